@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""AVGAN command line: a thin dispatcher.
+
+Each command lives in one module exposing ``add_arguments(parser)`` and
+``main(args) -> int``; this file only parses the command line and hands off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("training.trainer", "train a model family on one or more dataset folders"),
+    "evaluate": ("training.evaluate", "evaluate a bundle or run folder (face detection, identity, Fréchet)"),
+    "generate": ("training.generate", "one image per audio file, with a bundle"),
+    "export": ("training.export", "export a run folder to a model bundle (ONNX + torch.export)"),
+    "render": ("installation.render", "render an audio or video file to a generated video"),
+    "bench": ("benchmarks.cli", "run the benchmarks; print a table and write JSON"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser; command modules are imported lazily per command."""
+    parser = argparse.ArgumentParser(prog="run.py", description="AVGAN: audio-conditioned generative installations")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        if name in sys.argv[1:2] or "-h" in sys.argv or "--help" in sys.argv:
+            importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the command. Returns the process exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    sys.argv = [sys.argv[0], *argv]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    from engine.configs import ConfigError
+    from engine.errors import UserError
+
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.main(args) or 0)
+    except (UserError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

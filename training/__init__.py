@@ -1,0 +1,1 @@
+"""AVGAN training: datasets and importers, model families, losses, trainer, evaluation, export."""

@@ -1,0 +1,129 @@
+"""Typed, frozen training configuration (loaded strictly from YAML).
+
+Unknown keys and wrong types are rejected before training starts, naming the
+key (see :mod:`engine.configs`). The resolved config travels with every
+checkpoint and model bundle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from engine import configs
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """Speech input and preprocessing (Roldán 2018; Duarte et al. 2019).
+
+    sample_rate: Hz. window_seconds: length of one conditioning window (s).
+    preemphasis: coefficient of y[t] = x[t] - a*x[t-1] (0 disables).
+    normalize: peak-normalise each window to [-1, 1] before the encoder.
+    """
+
+    sample_rate: int = 16000
+    window_seconds: float = 1.0
+    preemphasis: float = 0.95
+    normalize: bool = True
+
+    @property
+    def window_samples(self) -> int:
+        return int(round(self.sample_rate * self.window_seconds))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the wav2pix family (see :mod:`training.models.wav2pix`).
+
+    front_end: 'raw' = SEGAN-discriminator-style strided 1-D convolutions on the
+    waveform; 'mel' = log-mel spectrogram (n_fft/hop/n_mels in samples/bins).
+    image_size: output side in pixels (64 or 128).
+    """
+
+    family: Literal["wav2pix"] = "wav2pix"
+    front_end: Literal["raw", "mel"] = "mel"
+    n_fft: int = 512
+    hop: int = 160
+    n_mels: int = 64
+    embedding_dim: int = 128
+    noise_dim: int = 128
+    image_size: Literal[64, 128] = 64
+    g_channels: int = 256
+    d_channels: int = 32
+    encoder_channels: int = 128
+    spectral_norm_g: bool = True
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Adversarial objective and auxiliary weights.
+
+    kind: 'lsgan' (Mao et al. 2017, as in Wav2Pix) or 'hinge' (Lim & Ye 2017;
+    Wan, Chuang & Lee 2018). matching_aware: add the (real image, wrong speech)
+    term (Reed et al. 2016). aux_weight: AC-GAN identity loss (Odena et al.
+    2017). speech_id_weight: identity classification of the speech embedding.
+    """
+
+    kind: Literal["lsgan", "hinge"] = "hinge"
+    matching_aware: bool = True
+    aux_weight: float = 1.0
+    speech_id_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """DiffAugment (Zhao et al., NeurIPS 2020) applied to real and fake images seen by D."""
+
+    enabled: bool = True
+    policy: tuple[str, ...] = ("color", "translation", "cutout")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation schedule. Step counts are generator steps; batch is per process."""
+
+    steps: int = 20000
+    batch_size: int = 32
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    ema_decay: float = 0.999
+    ema_start: int = 500
+    seed: int = 0
+    val_fraction: float = 0.1
+    sample_every: int = 500
+    checkpoint_every: int = 1000
+    log_every: int = 50
+    num_threads: int = 0
+    cache_features: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    """Resolved training configuration: what `run.py train --config` reads."""
+
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Load a :class:`Config` from YAML (``None`` gives the defaults).
+
+    Raises:
+        engine.configs.ConfigError: unknown key, wrong type, unreadable file.
+    """
+    if path is None:
+        return Config()
+    return configs.load(Config, path)
+
+
+def config_from_dict(data: dict, source: str = "<config>") -> Config:
+    """Build a :class:`Config` from a plain mapping (strict)."""
+    return configs.from_mapping(Config, data, source=source)

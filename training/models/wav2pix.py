@@ -1,0 +1,263 @@
+"""Wav2Pix: speech-conditioned face generation.
+
+After Duarte et al., "Wav2Pix: Speech-conditioned Face Generation using
+Generative Adversarial Networks" (ICASSP 2019) and its predecessor by Roldán
+(2018). Components:
+
+* :class:`SpeechEncoder` — raw waveform → 128-d embedding through strided 1-D
+  convolutions in the style of the SEGAN discriminator (Pascual et al. 2017),
+  or (``front_end='mel'``) a log-mel front end computed inside the graph for
+  speed. Amplitude normalisation and pre-emphasis are part of the module, so
+  every backend that runs the exported graph computes the same features.
+* :class:`Generator` — embedding + noise → image in [-1, 1], spectral
+  normalisation (Miyato et al. 2018) and pixel-wise feature normalisation
+  (Karras et al. 2018, batch-independent, so batch 1 equals batch 32).
+* :class:`Discriminator` — spectral-normalised convolutions, projection of the
+  speech embedding (Miyato & Koyama 2018) and an auxiliary identity classifier
+  (Odena et al. 2017, AC-GAN). The trainer scores (real, right speech),
+  (real, wrong speech) and (fake, right speech) (Reed et al. 2016).
+* :class:`Wav2PixInference` — the exported graph: raw audio [B, S] float32 at
+  16 kHz + noise [B, Z] → image [B, 3, H, W] float32 in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from training.config import AudioConfig, ModelConfig
+
+
+def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int, fmin: float = 0.0, fmax: float | None = None) -> np.ndarray:
+    """HTK-style triangular mel filterbank, float32 [n_mels, n_fft // 2 + 1] (Slaney-normalised area)."""
+    fmax = fmax or sample_rate / 2
+
+    def hz_to_mel(f: np.ndarray | float) -> np.ndarray:
+        return 2595.0 * np.log10(1.0 + np.asarray(f) / 700.0)
+
+    def mel_to_hz(m: np.ndarray) -> np.ndarray:
+        return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+
+    freqs = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
+    edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
+    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    up = (freqs[None, :] - lower) / (centre - lower)
+    down = (upper - freqs[None, :]) / (upper - centre)
+    bank = np.maximum(0.0, np.minimum(up, down))
+    bank *= (2.0 / (upper - lower))
+    return bank.astype(np.float32)
+
+
+class SpeechPreprocess(nn.Module):
+    """Amplitude normalisation and pre-emphasis, inside the graph.
+
+    Input: float32 [B, S] samples in [-1, 1]. Output: float32 [B, S].
+    Peak normalisation divides by max(|x|) (floor 1e-3 so near-silence is not
+    blown up into noise); pre-emphasis is y[t] = x[t] - a * x[t-1] (Roldán 2018).
+    """
+
+    def __init__(self, cfg: AudioConfig) -> None:
+        super().__init__()
+        self.normalize = cfg.normalize
+        self.preemphasis = float(cfg.preemphasis)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        x = audio
+        if self.normalize:
+            peak = x.abs().amax(dim=1, keepdim=True).clamp_min(1e-3)
+            x = x / peak
+        if self.preemphasis:
+            x = torch.cat([x[:, :1], x[:, 1:] - self.preemphasis * x[:, :-1]], dim=1)
+        return x
+
+
+class LogMel(nn.Module):
+    """Log-mel spectrogram as fixed convolutions (ONNX/TensorRT friendly).
+
+    STFT with a periodic Hann window of ``n_fft`` samples and hop ``hop``
+    samples, implemented as a strided conv1d with a windowed DFT basis; power
+    spectrum → mel filterbank → log(· + 1e-6).
+    Input: float32 [B, S]. Output: float32 [B, n_mels, 1 + (S - n_fft) // hop]
+    (no centre padding).
+    """
+
+    def __init__(self, n_fft: int, hop: int, n_mels: int, sample_rate: int) -> None:
+        super().__init__()
+        self.hop = hop
+        n = torch.arange(n_fft, dtype=torch.float64)
+        window = 0.5 - 0.5 * torch.cos(2 * math.pi * n / n_fft)
+        k = torch.arange(n_fft // 2 + 1, dtype=torch.float64)[:, None]
+        phase = 2 * math.pi * k * n[None, :] / n_fft
+        basis = torch.cat([torch.cos(phase) * window, -torch.sin(phase) * window], dim=0)
+        self.register_buffer("basis", basis.float().unsqueeze(1), persistent=False)
+        self.register_buffer("mel", torch.from_numpy(mel_filterbank(n_fft, n_mels, sample_rate)), persistent=False)
+        self.n_bins = n_fft // 2 + 1
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        spec = F.conv1d(audio.unsqueeze(1), self.basis, stride=self.hop)  # [B, 2K, T]
+        real, imag = spec[:, : self.n_bins], spec[:, self.n_bins :]
+        power = real * real + imag * imag
+        mel = torch.matmul(self.mel, power)  # [B, n_mels, T]
+        return torch.log(mel + 1e-6)
+
+
+class SpeechEncoder(nn.Module):
+    """Speech → embedding.
+
+    Input: float32 [B, S] raw samples in [-1, 1] at ``audio.sample_rate`` Hz.
+    Output: float32 [B, embedding_dim].
+    ``front_end='raw'``: SEGAN-discriminator-style strided 1-D convolutions
+    (kernel 31) on the pre-emphasised waveform. ``front_end='mel'``: log-mel
+    front end followed by 1-D convolutions over time. Both end in mean+max
+    pooling over time and a linear projection.
+    """
+
+    def __init__(self, audio: AudioConfig, model: ModelConfig) -> None:
+        super().__init__()
+        self.preprocess = SpeechPreprocess(audio)
+        c = model.encoder_channels
+        act = nn.LeakyReLU(0.2)
+        if model.front_end == "mel":
+            self.features: nn.Module = LogMel(model.n_fft, model.hop, model.n_mels, audio.sample_rate)
+            self.body = nn.Sequential(
+                nn.Conv1d(model.n_mels, c, 5, stride=1, padding=2), nn.GroupNorm(8, c), act,
+                nn.Conv1d(c, c, 5, stride=2, padding=2), nn.GroupNorm(8, c), act,
+                nn.Conv1d(c, 2 * c, 5, stride=2, padding=2), nn.GroupNorm(8, 2 * c), act,
+                nn.Conv1d(2 * c, 2 * c, 3, stride=2, padding=1), nn.GroupNorm(8, 2 * c), act,
+            )
+        else:
+            self.features = nn.Identity()
+            chans = [1, 16, 32, 64, c, c, 2 * c]
+            strides = [4, 4, 4, 2, 2, 2]
+            layers: list[nn.Module] = []
+            for cin, cout, s in zip(chans[:-1], chans[1:], strides):
+                layers += [nn.Conv1d(cin, cout, 31, stride=s, padding=15), nn.GroupNorm(min(8, cout), cout), act]
+            self.body = nn.Sequential(*layers)
+        self.raw = model.front_end == "raw"
+        self.proj = nn.Linear(4 * c, model.embedding_dim)
+
+    def features_of(self, audio: torch.Tensor) -> torch.Tensor:
+        """Parameter-free features (preprocessing + log-mel): [B, n_mels, T] or [B, 1, S]."""
+        x = self.preprocess(audio)
+        return x.unsqueeze(1) if self.raw else self.features(x)
+
+    def encode_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """Embedding [B, E] from :meth:`features_of` output."""
+        h = self.body(feats)
+        h = torch.cat([h.mean(dim=2), h.amax(dim=2)], dim=1)
+        return self.proj(h)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.encode_features(self.features_of(audio))
+
+
+class PixelNorm(nn.Module):
+    """Per-pixel feature vector normalisation (Karras et al. 2018). [B, C, H, W] → same."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + 1e-8)
+
+
+def _sn(module: nn.Module, enabled: bool = True) -> nn.Module:
+    return spectral_norm(module) if enabled else module
+
+
+def _channels(base: int, n: int, floor: int = 16) -> list[int]:
+    return [max(floor, base >> i) for i in range(n + 1)]
+
+
+class Generator(nn.Module):
+    """(embedding [B, E], noise [B, Z]) → image float32 [B, 3, H, W] in [-1, 1].
+
+    A 4×4 seed from a linear layer, then log2(H/4) blocks of nearest ×2
+    upsampling, 3×3 convolution, pixel norm and leaky ReLU; tanh output.
+    """
+
+    def __init__(self, model: ModelConfig) -> None:
+        super().__init__()
+        n_up = int(math.log2(model.image_size // 4))
+        chans = _channels(model.g_channels, n_up)
+        sn = model.spectral_norm_g
+        self.c0 = chans[0]
+        self.fc = _sn(nn.Linear(model.embedding_dim + model.noise_dim, 16 * chans[0]), sn)
+        blocks: list[nn.Module] = []
+        for cin, cout in zip(chans[:-1], chans[1:]):
+            blocks += [nn.Upsample(scale_factor=2, mode="nearest"), _sn(nn.Conv2d(cin, cout, 3, padding=1), sn), PixelNorm(), nn.LeakyReLU(0.2)]
+        self.blocks = nn.Sequential(*blocks)
+        self.to_rgb = nn.Conv2d(chans[-1], 3, 3, padding=1)
+
+    def forward(self, embedding: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        h = self.fc(torch.cat([embedding, noise], dim=1)).view(-1, self.c0, 4, 4)
+        h = F.leaky_relu(PixelNorm()(h), 0.2)
+        return torch.tanh(self.to_rgb(self.blocks(h)))
+
+
+class Discriminator(nn.Module):
+    """(image [B, 3, H, W], embedding [B, E]) → (score [B], identity logits [B, n_identities]).
+
+    Spectral-normalised strided 4×4 convolutions; the score is
+    ``psi(h) + <W e, h>`` (projection discriminator, Miyato & Koyama 2018);
+    an auxiliary linear head classifies identity (AC-GAN, Odena et al. 2017).
+    """
+
+    def __init__(self, model: ModelConfig, n_identities: int) -> None:
+        super().__init__()
+        n_down = int(math.log2(model.image_size // 4))
+        chans = [3] + [model.d_channels * (2**i) for i in range(n_down)]
+        layers: list[nn.Module] = []
+        for cin, cout in zip(chans[:-1], chans[1:]):
+            layers += [spectral_norm(nn.Conv2d(cin, cout, 4, stride=2, padding=1)), nn.LeakyReLU(0.2)]
+        layers += [spectral_norm(nn.Conv2d(chans[-1], chans[-1], 3, padding=1)), nn.LeakyReLU(0.2)]
+        self.body = nn.Sequential(*layers)
+        width = chans[-1]
+        self.psi = spectral_norm(nn.Linear(width, 1))
+        self.embed = spectral_norm(nn.Linear(model.embedding_dim, width))
+        self.classifier = spectral_norm(nn.Linear(width, max(1, n_identities)))
+
+    def forward(self, image: torch.Tensor, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.body(image).sum(dim=(2, 3))
+        score = self.psi(h).squeeze(1) + (self.embed(embedding) * h).sum(dim=1)
+        return score, self.classifier(h)
+
+
+class Wav2PixGenerator(nn.Module):
+    """Speech encoder + generator + speech identity head: everything the G optimiser trains.
+
+    forward(audio [B, S], noise [B, Z]) → image [B, 3, H, W] in [-1, 1].
+    """
+
+    def __init__(self, audio: AudioConfig, model: ModelConfig, n_identities: int) -> None:
+        super().__init__()
+        self.encoder = SpeechEncoder(audio, model)
+        self.generator = Generator(model)
+        self.speech_classifier = nn.Linear(model.embedding_dim, max(1, n_identities))
+
+    def forward(self, audio: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return self.generator(self.encoder(audio), noise)
+
+
+class Wav2PixInference(nn.Module):
+    """The exported inference graph.
+
+    Inputs: ``audio`` float32 [B, S] raw samples in [-1, 1] at the bundle's
+    sample rate (S = window samples, 16 000 for 1 s at 16 kHz); ``noise``
+    float32 [B, Z] standard normal. Output: ``image`` float32 [B, 3, H, W] in [-1, 1].
+    """
+
+    def __init__(self, net: Wav2PixGenerator) -> None:
+        super().__init__()
+        self.encoder = net.encoder
+        self.generator = net.generator
+
+    def forward(self, audio: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return self.generator(self.encoder(audio), noise)
+
+
+def build(audio: AudioConfig, model: ModelConfig, n_identities: int) -> tuple[Wav2PixGenerator, Discriminator]:
+    """Build the trainable (generator side, discriminator) pair for ``n_identities`` identities."""
+    return Wav2PixGenerator(audio, model, n_identities), Discriminator(model, n_identities)
