@@ -84,7 +84,12 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation schedule. Step counts are generator steps; batch is per process."""
+    """Optimisation schedule. Step counts are generator steps; batch is per process.
+
+    precision: 'bf16' runs forward passes under torch.autocast (bfloat16; weights, optimiser state and
+    the EMA stay float32) — about 2x faster on CPUs with AVX512-BF16/AMX and on recent GPUs.
+    num_threads: torch intra-op threads per process (0 = torch's default).
+    """
 
     steps: int = 20000
     batch_size: int = 32
@@ -100,6 +105,7 @@ class TrainConfig:
     log_every: int = 50
     num_threads: int = 0
     cache_features: bool = True
+    precision: Literal["fp32", "bf16"] = "fp32"
 
 
 @dataclass(frozen=True)

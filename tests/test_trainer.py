@@ -1,0 +1,82 @@
+"""Trainer: run folder contents, resume, load_run, and the two-process CPU (gloo) case under torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors import safe_open
+
+from engine.errors import UserError
+from tests.training_support import make_wav2pix_dataset, tiny_config_dict
+from training.config import config_from_dict
+from training.trainer import latest_checkpoint, load_run, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_wav2pix_dataset(tmp_path_factory.mktemp("data") / "ds", identities=2, faces=4, snippets=2)
+
+
+def test_run_folder_contents_and_resume(tmp_path, dataset, monkeypatch):
+    monkeypatch.setenv("AVGAN_CACHE", str(tmp_path / "cache"))
+    cfg = config_from_dict(tiny_config_dict(steps=4))
+    out = tmp_path / "run"
+    train(cfg, [str(dataset)], out, command="python run.py train ...")
+    for name in ("config.yaml", "command.txt", "split.json", "log.jsonl", "loss.png"):
+        assert (out / name).is_file(), name
+    assert sorted(p.name for p in (out / "samples").glob("*.png")) == ["step-0000002.png", "step-0000004.png"]
+    ckpt = latest_checkpoint(out)
+    assert ckpt.name == "step-0000004.safetensors"
+    with safe_open(str(ckpt), "pt") as fh:
+        meta = fh.metadata()
+        keys = set(fh.keys())
+    assert meta["format_version"] == "1" and meta["step"] == "4"
+    assert any(k.startswith("G_ema.") for k in keys) and any(k.startswith("opt_d/") for k in keys)
+    records = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    split = json.loads((out / "split.json").read_text())
+    assert split["val_face_hashes"]
+
+    with pytest.raises(UserError, match="--resume"):
+        train(cfg, [str(dataset)], out)
+    cfg6 = config_from_dict(tiny_config_dict(steps=6))
+    train(cfg6, [str(dataset)], out, resume=True)
+    records = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records][-2:] == [5, 6]  # continued, did not restart
+    net, loaded_cfg, identities, info = load_run(out)
+    assert info["step"] == 6 and identities == ["person0", "person1"] and loaded_cfg == cfg6
+    audio = torch.zeros(2, 16000)
+    img = net(audio, torch.zeros(2, loaded_cfg.model.noise_dim))
+    assert img.shape == (2, 3, 64, 64) and img.abs().max() <= 1
+
+
+def test_cli_rejects_unknown_key_before_training(tmp_path, dataset):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"train": {"stepz": 3}}))
+    r = subprocess.run([sys.executable, "run.py", "train", "--config", str(bad), "--data", str(dataset),
+                        "--out", str(tmp_path / "r")], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "unknown key 'train.stepz'" in r.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_torchrun_two_process_cpu(tmp_path, dataset):
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(yaml.safe_dump(tiny_config_dict(steps=3, sample_every=3, checkpoint_every=3)))
+    env = dict(os.environ, AVGAN_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "run.py", "train",
+           "--config", str(cfg_path), "--data", str(dataset), "--out", str(tmp_path / "ddp"), "--device", "cpu"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert latest_checkpoint(tmp_path / "ddp").name == "step-0000003.safetensors"
+    assert (tmp_path / "ddp" / "command.txt").read_text().startswith("torchrun --nproc_per_node=2")
+    records = [json.loads(x) for x in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
+    assert len(records) == 3  # only rank 0 logs

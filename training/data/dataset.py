@@ -1,0 +1,329 @@
+"""Speech ↔ face pair datasets: discovery, decoding, caching and the face-level split.
+
+Readers:
+
+* Wav2Pix layout (Duarte et al. 2019, "youtubers" data):
+  ``<root>/<identity>/cropped_face_frame_<N>.<ext>`` with ``preprocessed_frame_<N>.<ext>``.
+  Images are decoded by content (the ``.png`` files are really JPEG).
+* AVGAN capture layout (:mod:`training.data.capture_format`): identities = participants.
+
+Audio of any common format, rate and channel count is decoded to mono float32 at
+the model rate (:func:`engine.audio.load_audio`). A corrupt or empty file is
+skipped with a warning naming it and counted in :attr:`PairDataset.skipped`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from engine.audio import AudioDecodeError, load_audio
+from engine.errors import UserError
+from training.data import capture_format
+
+log = logging.getLogger(__name__)
+AUDIO_EXTS = (".flac", ".wav", ".ogg", ".mp3", ".m4a", ".aac", ".opus")
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+_W2P_IMAGE = re.compile(r"^cropped_face_frame_(\d+)$")
+_CACHE_VERSION = 2
+
+
+@dataclass(frozen=True)
+class PairSource:
+    """One (image file, audio file, identity) pair found on disk."""
+
+    image: Path
+    audio: Path
+    identity: str
+
+
+def _find_with_stem(folder: Path, stem: str, exts: Sequence[str]) -> Path | None:
+    for ext in exts:
+        p = folder / f"{stem}{ext}"
+        if p.is_file():
+            return p
+    return None
+
+
+def discover_pairs(root: str | Path) -> list[PairSource]:
+    """List the pairs in one dataset folder (Wav2Pix or capture layout).
+
+    Raises:
+        UserError: the folder does not exist or holds no recognisable pairs.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{root}: dataset folder not found")
+    if capture_format.is_capture_dataset(root):
+        records, problems = capture_format.read_manifest(root)
+        for problem in problems:
+            log.warning("skipping manifest line: %s", problem)
+        pairs = [PairSource(root / r.image, root / r.audio, r.participant) for r in records]
+    else:
+        pairs = []
+        for ident_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+            for img in sorted(ident_dir.iterdir()):
+                m = _W2P_IMAGE.match(img.stem)
+                if not m or img.suffix.lower() not in IMAGE_EXTS:
+                    continue
+                audio = _find_with_stem(ident_dir, f"preprocessed_frame_{m.group(1)}", AUDIO_EXTS)
+                if audio is None:
+                    log.warning("%s: no matching preprocessed_frame_%s audio; skipped", img, m.group(1))
+                    continue
+                pairs.append(PairSource(img, audio, ident_dir.name))
+    if not pairs:
+        raise UserError(
+            f"{root}: no speech/face pairs found (expected <identity>/cropped_face_frame_N.* + "
+            f"preprocessed_frame_N.* or a capture {capture_format.MANIFEST})"
+        )
+    return pairs
+
+
+def decode_image(data: bytes, size: int, where: str) -> np.ndarray:
+    """Decode image bytes by content (any format OpenCV reads) to RGB uint8 [size, size, 3].
+
+    Non-square images are centre-cropped to a square first; resizing uses area interpolation.
+
+    Raises:
+        ValueError: empty or undecodable data (message names ``where``).
+    """
+    if not data:
+        raise ValueError(f"{where}: empty image file")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError(f"{where}: cannot decode image data")
+    h, w = img.shape[:2]
+    s = min(h, w)
+    img = img[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
+    img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA if s > size else cv2.INTER_CUBIC)
+    return np.ascontiguousarray(img[:, :, ::-1])
+
+
+@dataclass
+class PairDataset:
+    """Decoded pairs in memory.
+
+    Attributes:
+        faces: uint8 [F, H, W, 3] distinct face images (RGB).
+        face_hashes: F content hashes (sha1 of the image file bytes).
+        face_index: int64 [N] face of each pair.
+        audio: N float32 arrays [samples] at ``sample_rate`` Hz, mono, in [-1, 1].
+        labels: int64 [N] identity index of each pair.
+        identities: identity names (index = label).
+        skipped: one message per skipped file.
+    """
+
+    faces: np.ndarray
+    face_hashes: list[str]
+    face_index: np.ndarray
+    audio: list[np.ndarray]
+    labels: np.ndarray
+    identities: list[str]
+    sample_rate: int
+    sources: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.audio)
+
+    def images(self, indices: np.ndarray | Sequence[int]) -> np.ndarray:
+        """Face images of the given pairs: uint8 [len(indices), H, W, 3]."""
+        return self.faces[self.face_index[np.asarray(indices, dtype=np.int64)]]
+
+    def window(self, i: int, samples: int, rng: np.random.Generator | None = None) -> np.ndarray:
+        """A ``samples``-long window of pair ``i``: a random crop when longer (centre when ``rng`` is None),
+        zero-padded at the end when shorter. float32 [samples]."""
+        a = self.audio[i]
+        if len(a) > samples:
+            start = int(rng.integers(0, len(a) - samples + 1)) if rng is not None else (len(a) - samples) // 2
+            return a[start : start + samples]
+        if len(a) < samples:
+            return np.pad(a, (0, samples - len(a)))
+        return a
+
+    def windows(self, indices: Sequence[int], samples: int, rng: np.random.Generator | None = None) -> np.ndarray:
+        """Stacked :meth:`window` s: float32 [len(indices), samples]."""
+        return np.stack([self.window(int(i), samples, rng) for i in indices]).astype(np.float32)
+
+    def summary(self) -> str:
+        """One line: pairs, distinct faces, identities, skipped files."""
+        counts = ", ".join(f"{n}: {int((self.labels == k).sum())}" for k, n in enumerate(self.identities))
+        return (
+            f"{len(self)} pairs, {len(self.faces)} distinct faces, {len(self.identities)} identities ({counts}); "
+            f"{len(self.skipped)} files skipped"
+        )
+
+
+def _cache_key(pairs: list[PairSource], sample_rate: int, image_size: int) -> str:
+    h = hashlib.sha1(f"{_CACHE_VERSION}:{sample_rate}:{image_size}".encode())
+    for p in pairs:
+        for f in (p.image, p.audio):
+            st = f.stat()
+            h.update(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}:{p.identity}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def default_cache_dir() -> Path:
+    """``$AVGAN_CACHE`` or ``~/.cache/avgan``."""
+    return Path(os.environ.get("AVGAN_CACHE", Path.home() / ".cache" / "avgan"))
+
+
+def load_dataset(
+    dirs: Sequence[str | Path],
+    sample_rate: int = 16000,
+    image_size: int = 64,
+    cache_dir: str | Path | None = None,
+    use_cache: bool = True,
+    workers: int = 4,
+) -> PairDataset:
+    """Discover, decode and (optionally) cache the pairs of one or more dataset folders.
+
+    Identities with the same name in different folders are merged. Decoded arrays are cached as
+    ``.npz`` under ``cache_dir`` keyed by file names, sizes, mtimes, rate and image size.
+
+    Args:
+        dirs: dataset folders (Wav2Pix or capture layout).
+        sample_rate: audio rate in Hz after decoding.
+        image_size: face side in pixels.
+
+    Raises:
+        UserError: a folder is missing or empty, or every pair failed to decode.
+    """
+    pairs = [p for d in dirs for p in discover_pairs(d)]
+    cache_path = None
+    if use_cache:
+        cache_path = Path(cache_dir or default_cache_dir()) / f"pairs-{_cache_key(pairs, sample_rate, image_size)}.npz"
+        if cache_path.is_file():
+            try:
+                return _load_cache(cache_path)
+            except Exception as exc:  # a damaged cache is rebuilt, never trusted
+                log.warning("%s: cache unreadable (%s); rebuilding", cache_path, exc)
+
+    skipped: list[str] = []
+
+    def decode(pair: PairSource) -> tuple[str, np.ndarray, np.ndarray] | None:
+        try:
+            data = pair.image.read_bytes()
+            digest = hashlib.sha1(data).hexdigest()
+            img = decode_image(data, image_size, str(pair.image))
+            audio = load_audio(pair.audio, sample_rate)
+            return digest, img, audio
+        except (OSError, ValueError, AudioDecodeError) as exc:
+            skipped.append(str(exc))
+            log.warning("skipping pair: %s", exc)
+            return None
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        decoded = list(pool.map(decode, pairs))
+
+    identities = sorted({p.identity for p, d in zip(pairs, decoded) if d is not None})
+    ident_index = {n: i for i, n in enumerate(identities)}
+    hash_index: dict[str, int] = {}
+    faces: list[np.ndarray] = []
+    face_index, labels, audio, sources = [], [], [], []
+    for pair, d in zip(pairs, decoded):
+        if d is None:
+            continue
+        digest, img, wav = d
+        if digest not in hash_index:
+            hash_index[digest] = len(faces)
+            faces.append(img)
+        face_index.append(hash_index[digest])
+        labels.append(ident_index[pair.identity])
+        audio.append(wav)
+        sources.append(str(pair.audio))
+    if not audio:
+        raise UserError(f"{', '.join(map(str, dirs))}: every pair failed to decode ({len(skipped)} skipped)")
+    ds = PairDataset(
+        faces=np.stack(faces),
+        face_hashes=list(hash_index),
+        face_index=np.asarray(face_index, np.int64),
+        audio=audio,
+        labels=np.asarray(labels, np.int64),
+        identities=identities,
+        sample_rate=sample_rate,
+        sources=sources,
+        skipped=skipped,
+    )
+    log.info("dataset: %s", ds.summary())
+    if cache_path is not None:
+        _save_cache(cache_path, ds)
+    return ds
+
+
+def _save_cache(path: Path, ds: PairDataset) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lengths = np.asarray([len(a) for a in ds.audio], np.int64)
+    meta = {
+        "face_hashes": ds.face_hashes,
+        "identities": ds.identities,
+        "sample_rate": ds.sample_rate,
+        "sources": ds.sources,
+        "skipped": ds.skipped,
+    }
+    tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
+    np.savez(
+        tmp,
+        faces=ds.faces,
+        face_index=ds.face_index,
+        labels=ds.labels,
+        audio=np.concatenate(ds.audio),
+        lengths=lengths,
+        meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
+    )
+    os.replace(tmp, path)
+
+
+def _load_cache(path: Path) -> PairDataset:
+    with np.load(path) as z:
+        meta = json.loads(z["meta"].tobytes().decode())
+        flat, lengths = z["audio"], z["lengths"]
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        audio = [flat[offsets[i] : offsets[i + 1]] for i in range(len(lengths))]
+        ds = PairDataset(
+            faces=z["faces"],
+            face_hashes=meta["face_hashes"],
+            face_index=z["face_index"],
+            audio=audio,
+            labels=z["labels"],
+            identities=meta["identities"],
+            sample_rate=meta["sample_rate"],
+            sources=meta["sources"],
+            skipped=meta["skipped"],
+        )
+    log.info("dataset (cached %s): %s", path.name, ds.summary())
+    return ds
+
+
+def split_by_face(ds: PairDataset, val_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Split pair indices into train/validation by *distinct face crop* (content hash), never by pair.
+
+    All pairs that share a face image land on the same side, so validation faces are never seen in
+    training. The assignment depends only on the hashes and ``seed`` (stable across machines).
+    Stratified per identity so each identity keeps about ``val_fraction`` of its faces for validation.
+
+    Returns:
+        (train_indices, val_indices): int64 arrays of pair indices.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise UserError(f"train.val_fraction: expected 0 <= value < 1, got {val_fraction}")
+    face_label = np.zeros(len(ds.faces), np.int64)
+    face_label[ds.face_index] = ds.labels
+    val_faces: set[int] = set()
+    for label in range(len(ds.identities)):
+        members = [f for f in range(len(ds.faces)) if face_label[f] == label]
+        members.sort(key=lambda f: hashlib.sha1(f"{seed}:{ds.face_hashes[f]}".encode()).hexdigest())
+        n_val = int(round(len(members) * val_fraction))
+        val_faces.update(members[:n_val])
+    is_val = np.isin(ds.face_index, np.fromiter(val_faces, np.int64, len(val_faces)))
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)

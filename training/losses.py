@@ -1,0 +1,34 @@
+"""Adversarial losses for conditional GANs.
+
+* LSGAN (Mao et al., ICCV 2017), as used by Wav2Pix: least squares on scores, targets 1 (real) / 0 (fake).
+* Hinge (Lim & Ye 2017; Miyato et al. 2018), as used by Wan, Chuang & Lee (ICASSP 2019).
+
+Scores are float32 [B]; losses are scalars.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def d_loss(kind: str, real: torch.Tensor, fakes: list[torch.Tensor]) -> torch.Tensor:
+    """Discriminator loss: ``real`` scores should be high, each tensor in ``fakes`` low (averaged).
+
+    With matching-aware training ``fakes`` holds (real image, wrong speech) and (fake image, right speech)
+    scores (Reed et al. 2016).
+    """
+    if kind == "hinge":
+        return F.relu(1.0 - real).mean() + sum(F.relu(1.0 + f).mean() for f in fakes) / len(fakes)
+    if kind == "lsgan":
+        return ((real - 1.0) ** 2).mean() + sum((f**2).mean() for f in fakes) / len(fakes)
+    raise ValueError(f"loss.kind: unknown '{kind}' (expected lsgan or hinge)")
+
+
+def g_loss(kind: str, fake: torch.Tensor) -> torch.Tensor:
+    """Generator loss on the scores of its (fake image, right speech) pairs."""
+    if kind == "hinge":
+        return -fake.mean()
+    if kind == "lsgan":
+        return ((fake - 1.0) ** 2).mean()
+    raise ValueError(f"loss.kind: unknown '{kind}' (expected lsgan or hinge)")

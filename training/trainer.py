@@ -1,0 +1,501 @@
+"""Training loop for the speech-conditioned GAN families.
+
+``python run.py train --config CONFIG.yaml --data DIR [--data DIR ...] --out RUN_DIR [--resume]``
+
+Runs on CPU or CUDA and under ``torchrun --nproc_per_node=N`` (gradients are
+averaged across processes with ``torch.distributed`` all-reduce — gloo on CPU,
+NCCL on CUDA — in the manner of StyleGAN2-ADA's manual gradient sync, which
+keeps the alternating G/D steps simple). Every run folder holds:
+
+* ``config.yaml`` — the resolved config; ``command.txt`` — the exact command;
+* ``split.json`` — the validation face hashes;
+* ``checkpoints/step-NNNNNNN.safetensors`` — generator, EMA generator, discriminator and both optimiser
+  states, with the config, format version, step and identities in the metadata (resumable);
+* ``log.jsonl`` — one JSON record per logged step; ``loss.png`` — loss curves;
+* ``samples/step-NNNNNNN.png`` — a grid for fixed validation voices (real face, then generated faces).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from engine import configs
+from engine.errors import UserError
+from training import losses
+from training.config import FORMAT_VERSION, Config, load_config
+from training.data import PairDataset, load_dataset, split_by_face
+from training.data.diffaugment import diff_augment
+from training.models import get_family
+
+log = logging.getLogger(__name__)
+CKPT_DIR = "checkpoints"
+
+
+# ----------------------------------------------------------------------------------------------- distributed
+def _dist_info() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's environment (1 process when absent)."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def _all_reduce_grads(params: list[torch.nn.Parameter], world: int) -> None:
+    if world == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for g in grads:
+        n = g.numel()
+        g.copy_(flat[offset : offset + n].view_as(g))
+        offset += n
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+def _flatten_optimizer(prefix: str, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:
+    sd = opt.state_dict()
+    tensors = {}
+    for idx, state in sd["state"].items():
+        for name, value in state.items():
+            t = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"{prefix}/{idx}/{name}"] = t.detach().cpu().contiguous()
+    return tensors, json.dumps(sd["param_groups"])
+
+
+def _unflatten_optimizer(prefix: str, tensors: dict[str, torch.Tensor], groups_json: str) -> dict[str, Any]:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith(prefix + "/"):
+            _, idx, name = key.split("/", 2)
+            state.setdefault(int(idx), {})[name] = value
+    return {"state": state, "param_groups": json.loads(groups_json)}
+
+
+def _state(prefix: str, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+
+def save_checkpoint(path: Path, step: int, cfg: Config, identities: list[str], net, ema, disc, opt_g, opt_d) -> None:
+    """Write a resumable safetensors checkpoint atomically (temp file + ``os.replace``)."""
+    tensors = {**_state("G", net), **_state("G_ema", ema), **_state("D", disc)}
+    og, og_groups = _flatten_optimizer("opt_g", opt_g)
+    od, od_groups = _flatten_optimizer("opt_d", opt_d)
+    tensors.update(og)
+    tensors.update(od)
+    meta = {
+        "format_version": str(FORMAT_VERSION),
+        "step": str(step),
+        "config": json.dumps(configs.to_mapping(cfg)),
+        "identities": json.dumps(identities),
+        "opt_g_groups": og_groups,
+        "opt_d_groups": od_groups,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def upgrade_checkpoint_meta(meta: dict[str, str]) -> dict[str, str]:
+    """The one place where older checkpoint metadata is brought up to the current format.
+
+    Raises:
+        UserError: a format version newer than this code understands.
+    """
+    version = int(meta.get("format_version", "1"))
+    if version > FORMAT_VERSION:
+        raise UserError(f"checkpoint format_version {version} is newer than supported ({FORMAT_VERSION})")
+    return meta
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a checkpoint. Raises UserError naming the file when unreadable."""
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = dict(fh.metadata() or {})
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:
+        raise UserError(f"{path}: cannot read checkpoint ({exc})") from exc
+    return tensors, upgrade_checkpoint_meta(meta)
+
+
+def _sub(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """Newest ``checkpoints/step-*.safetensors`` in ``run_dir`` or None."""
+    found = sorted((run_dir / CKPT_DIR).glob("step-*.safetensors"))
+    return found[-1] if found else None
+
+
+def load_run(run_dir: str | Path, checkpoint: str | Path | None = None):
+    """Load the EMA generator of a run folder for inference/export.
+
+    Returns:
+        (net_ema, cfg, identities, info) — ``net_ema`` in eval mode on CPU; ``info`` has ``step``,
+        ``checkpoint`` and ``command``.
+
+    Raises:
+        UserError: no run folder, no checkpoint, or an unreadable checkpoint.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: run folder not found")
+    path = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir)
+    if path is None:
+        raise UserError(f"{run_dir}: no checkpoints in {run_dir / CKPT_DIR}")
+    tensors, meta = read_checkpoint(path)
+    cfg = configs.from_mapping(Config, json.loads(meta["config"]), source=f"{path} (metadata)")
+    identities = json.loads(meta["identities"])
+    net, _ = get_family(cfg.model.family).build(cfg.audio, cfg.model, len(identities))
+    net.load_state_dict(_sub(tensors, "G_ema"))
+    net.eval()
+    command_file = run_dir / "command.txt"
+    info = {
+        "step": int(meta["step"]),
+        "checkpoint": str(path),
+        "command": command_file.read_text().strip() if command_file.is_file() else "",
+        "run_dir": str(run_dir),
+    }
+    return net, cfg, identities, info
+
+
+# ----------------------------------------------------------------------------------------------- plots
+def save_sample_grid(path: Path, real: np.ndarray, fake: np.ndarray) -> None:
+    """Grid PNG: one row per voice, the real face then its generated faces.
+
+    Args:
+        real: uint8 [V, H, W, 3]. fake: uint8 [V, K, H, W, 3].
+    """
+    import cv2
+
+    v, k = fake.shape[:2]
+    rows = [np.concatenate([real[i], *fake[i]], axis=1) for i in range(v)]
+    grid = np.concatenate(rows, axis=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), grid[:, :, ::-1])
+
+
+def save_loss_plot(log_path: Path, out: Path) -> None:
+    """Plot the loss curves of ``log.jsonl`` to ``out`` (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    if not records:
+        return
+    keys = [k for k in ("loss_d", "loss_g", "loss_aux", "loss_speech_id") if k in records[0]]
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
+    steps = [r["step"] for r in records]
+    for k in keys:
+        ax.plot(steps, [r[k] for r in records], label=k)
+    ax.set_xlabel("generator step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """float [B, 3, H, W] in [-1, 1] → uint8 [B, H, W, 3]."""
+    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+# ----------------------------------------------------------------------------------------------- training
+class _Batches:
+    """Per-process epoch permutations of the training indices (disjoint shards across ranks)."""
+
+    def __init__(self, indices: np.ndarray, batch: int, seed: int, rank: int, world: int) -> None:
+        self.indices, self.batch, self.seed, self.rank, self.world = indices, batch, seed, rank, world
+        self.epoch, self.pos, self.order = -1, 0, np.zeros(0, np.int64)
+
+    def next(self) -> np.ndarray:
+        if self.pos + self.batch > len(self.order):
+            self.epoch += 1
+            perm = np.random.default_rng([self.seed, self.epoch]).permutation(self.indices)
+            self.order = perm[self.rank :: self.world]
+            self.pos = 0
+        out = self.order[self.pos : self.pos + self.batch]
+        self.pos += self.batch
+        return out
+
+
+def _wrong_indices(labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """For each item, the index of another item in the batch, of a different identity where one exists."""
+    b = labels.shape[0]
+    perm = torch.randperm(b, generator=gen)
+    wrong = perm.clone()
+    for i in range(b):
+        if labels[wrong[i]] == labels[i]:
+            others = torch.nonzero(labels != labels[i]).flatten()
+            if len(others):
+                wrong[i] = others[torch.randint(len(others), (1,), generator=gen)]
+            else:
+                wrong[i] = (i + 1) % b
+    return wrong
+
+
+def _fixed_val_voices(ds: PairDataset, val_idx: np.ndarray, n: int) -> np.ndarray:
+    """``n`` validation pairs with distinct faces, alternating identities, deterministic."""
+    chosen: list[int] = []
+    seen_faces: set[int] = set()
+    per_label = {k: [i for i in val_idx if ds.labels[i] == k] for k in range(len(ds.identities))}
+    cursors = dict.fromkeys(per_label, 0)
+    while len(chosen) < n and any(cursors[k] < len(v) for k, v in per_label.items()):
+        for k, items in per_label.items():
+            while cursors[k] < len(items):
+                i = items[cursors[k]]
+                cursors[k] += 7
+                if ds.face_index[i] not in seen_faces:
+                    seen_faces.add(int(ds.face_index[i]))
+                    chosen.append(int(i))
+                    break
+            if len(chosen) >= n:
+                break
+    return np.asarray(chosen, np.int64)
+
+
+def train(cfg: Config, data_dirs: list[str], out_dir: str | Path, resume: bool = False, device: str = "auto",
+          command: str = "") -> Path:
+    """Train a model family on ``data_dirs`` into ``out_dir``. Returns the last checkpoint path.
+
+    Raises:
+        UserError: bad data folders, an existing run folder without ``resume``, or a broken checkpoint.
+    """
+    rank, world, local_rank = _dist_info()
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(local_rank)
+    dev = torch.device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    main = rank == 0
+    out = Path(out_dir)
+    ckpt_dir = out / CKPT_DIR
+    last = latest_checkpoint(out) if out.exists() else None
+    if out.exists() and last is not None and not resume:
+        raise UserError(f"{out}: run folder already has checkpoints; pass --resume to continue or choose --out")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        configs.dump(cfg, out / "config.yaml")
+        if command:
+            (out / "command.txt").write_text(command + "\n")
+
+    tc = cfg.train
+    torch.manual_seed(tc.seed + rank)
+    ds = load_dataset(data_dirs, cfg.audio.sample_rate, cfg.model.image_size)
+    train_idx, val_idx = split_by_face(ds, tc.val_fraction, tc.seed)
+    if main:
+        (out / "split.json").write_text(json.dumps({
+            "val_fraction": tc.val_fraction, "seed": tc.seed, "data": [str(d) for d in data_dirs],
+            "identities": ds.identities, "n_train_pairs": int(len(train_idx)), "n_val_pairs": int(len(val_idx)),
+            "val_face_hashes": sorted({ds.face_hashes[f] for f in ds.face_index[val_idx]}),
+            "skipped": ds.skipped,
+        }, indent=1))
+    n_id = len(ds.identities)
+    family = get_family(cfg.model.family)
+    net, disc = family.build(cfg.audio, cfg.model, n_id)
+    net.to(dev)
+    disc.to(dev)
+    ema = copy.deepcopy(net).eval().requires_grad_(False)
+    opt_g = torch.optim.Adam(net.parameters(), lr=tc.lr_g, betas=tc.betas)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=tc.lr_d, betas=tc.betas)
+    step = 0
+    if resume and last is not None:
+        tensors, meta = read_checkpoint(last)
+        net.load_state_dict(_sub(tensors, "G"))
+        ema.load_state_dict(_sub(tensors, "G_ema"))
+        disc.load_state_dict(_sub(tensors, "D"))
+        opt_g.load_state_dict(_unflatten_optimizer("opt_g", tensors, meta["opt_g_groups"]))
+        opt_d.load_state_dict(_unflatten_optimizer("opt_d", tensors, meta["opt_d_groups"]))
+        step = int(meta["step"])
+        if main:
+            log.info("resumed from %s at step %d", last, step)
+    if world > 1:  # identical start on every rank
+        for module in (net, disc, ema):
+            for t in list(module.parameters()) + list(module.buffers()):
+                dist.broadcast(t.data, 0)
+
+    window = cfg.audio.window_samples
+    rng = np.random.default_rng([tc.seed, rank, step])
+    fixed_len = all(len(a) == window for a in ds.audio)
+    feats_all = None
+    if tc.cache_features and fixed_len:
+        # The front end has no parameters, so its output can be computed once per clip (exact).
+        with torch.no_grad():
+            chunks = [net.encoder.features_of(torch.from_numpy(ds.windows(range(i, min(i + 256, len(ds))), window))
+                                              .to(dev)) for i in range(0, len(ds), 256)]
+        feats_all = torch.cat(chunks)
+    images_all = torch.from_numpy(ds.faces).to(dev).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    labels_all = torch.from_numpy(ds.labels).to(dev)
+    face_index = torch.from_numpy(ds.face_index).to(dev)
+    batches = _Batches(train_idx, tc.batch_size, tc.seed + step, rank, world)
+    gen = torch.Generator().manual_seed(tc.seed * 1000 + rank + step)
+
+    val_voices = _fixed_val_voices(ds, val_idx if len(val_idx) else train_idx, 8)
+    val_audio = torch.from_numpy(ds.windows(val_voices, window)).to(dev)
+    val_noise = torch.randn(4, cfg.model.noise_dim, generator=torch.Generator().manual_seed(1234)).to(dev)
+    policy = cfg.augment.policy if cfg.augment.enabled else ()
+
+    def augment(x: torch.Tensor) -> torch.Tensor:
+        return diff_augment(x, policy) if policy else x
+
+    def features(idx: np.ndarray) -> torch.Tensor:
+        if feats_all is not None:
+            return feats_all[torch.from_numpy(idx).to(dev)]
+        return net.encoder.features_of(torch.from_numpy(ds.windows(idx, window, rng)).to(dev))
+
+    def autocast() -> torch.autocast:
+        return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
+
+    log_path = out / "log.jsonl"
+    bar = tqdm(total=tc.steps, initial=step, desc="train", unit="step", disable=not main, dynamic_ncols=True)
+    t_last, imgs_since = time.perf_counter(), 0
+    g_params, d_params = list(net.parameters()), list(disc.parameters())
+    last_path = last
+    while step < tc.steps:
+        idx = batches.next()
+        idx_t = torch.from_numpy(idx).to(dev)
+        x_real = images_all[face_index[idx_t]]
+        y = labels_all[idx_t]
+        f = features(idx)
+        b = len(idx)
+        wrong = _wrong_indices(y.cpu(), gen).to(dev)
+
+        # ---- discriminator: (real, right) vs (real, wrong) and (fake, right)
+        disc.requires_grad_(True)
+        with torch.no_grad(), autocast():
+            e = net.encoder.encode_features(f)
+            z = torch.randn(b, cfg.model.noise_dim, device=dev)
+            x_fake = net.generator(e, z)
+        with autocast():
+            s_real, cls_real = disc(augment(x_real), e)
+            fakes = [disc(augment(x_fake), e)[0]]
+            if cfg.loss.matching_aware:
+                fakes.append(disc(augment(x_real), e[wrong])[0])
+        s_real, cls_real, fakes = s_real.float(), cls_real.float(), [s.float() for s in fakes]
+        loss_d = losses.d_loss(cfg.loss.kind, s_real, fakes)
+        loss_aux_d = F.cross_entropy(cls_real, y)
+        opt_d.zero_grad(set_to_none=True)
+        (loss_d + cfg.loss.aux_weight * loss_aux_d).backward()
+        _all_reduce_grads(d_params, world)
+        opt_d.step()
+
+        # ---- generator (+ speech encoder)
+        disc.requires_grad_(False)
+        with autocast():
+            e = net.encoder.encode_features(f)
+            z = torch.randn(b, cfg.model.noise_dim, device=dev)
+            x_fake = net.generator(e, z)
+            s_fake, cls_fake = disc(augment(x_fake), e)
+            speech_logits = net.speech_classifier(e)
+        s_fake, cls_fake, speech_logits = s_fake.float(), cls_fake.float(), speech_logits.float()
+        loss_g = losses.g_loss(cfg.loss.kind, s_fake)
+        loss_aux = F.cross_entropy(cls_fake, y)
+        loss_sid = F.cross_entropy(speech_logits, y)
+        opt_g.zero_grad(set_to_none=True)
+        (loss_g + cfg.loss.aux_weight * loss_aux + cfg.loss.speech_id_weight * loss_sid).backward()
+        _all_reduce_grads(g_params, world)
+        opt_g.step()
+
+        # ---- EMA of the generator side (Karras et al. 2018)
+        step += 1
+        with torch.no_grad():
+            decay = tc.ema_decay if step > tc.ema_start else 0.0
+            for pe, p in zip(ema.parameters(), net.parameters()):
+                pe.lerp_(p, 1.0 - decay)
+            for be, bn in zip(ema.buffers(), net.buffers()):
+                be.copy_(bn)
+        imgs_since += b * world
+        bar.update(1)
+
+        if main and (step % tc.log_every == 0 or step == tc.steps):
+            now = time.perf_counter()
+            rec = {
+                "step": step, "time": time.time(), "loss_d": loss_d.item(), "loss_g": loss_g.item(),
+                "loss_aux": loss_aux.item(), "loss_speech_id": loss_sid.item(),
+                "d_real": s_real.mean().item(), "d_fake": fakes[0].mean().item(),
+                "speech_id_acc": float((speech_logits.argmax(1) == y).float().mean()),
+                "images_per_s": imgs_since / max(now - t_last, 1e-9),
+            }
+            t_last, imgs_since = now, 0
+            with log_path.open("a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+            bar.set_postfix(d=f"{rec['loss_d']:.3f}", g=f"{rec['loss_g']:.3f}", ips=f"{rec['images_per_s']:.0f}")
+        if main and (step % tc.sample_every == 0 or step == tc.steps):
+            with torch.no_grad():
+                fake = torch.stack([ema(val_audio, val_noise[k].expand(len(val_voices), -1)) for k in range(4)], 1)
+            save_sample_grid(out / "samples" / f"step-{step:07d}.png", ds.images(val_voices),
+                             to_uint8(fake.flatten(0, 1)).reshape(len(val_voices), 4, *fake.shape[-2:], 3))
+            save_loss_plot(log_path, out / "loss.png")
+        if step % tc.checkpoint_every == 0 or step == tc.steps:
+            if main:
+                last_path = ckpt_dir / f"step-{step:07d}.safetensors"
+                save_checkpoint(last_path, step, cfg, ds.identities, net, ema, disc, opt_g, opt_d)
+                for old in sorted(ckpt_dir.glob("step-*.safetensors"))[:-3]:
+                    old.unlink()
+            if world > 1:
+                dist.barrier()
+        if not (math.isfinite(loss_d.item()) and math.isfinite(loss_g.item())):
+            raise RuntimeError(f"training diverged at step {step} (loss_d={loss_d.item()}, loss_g={loss_g.item()})")
+    bar.close()
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return last_path if last_path is not None else ckpt_dir
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``run.py train``."""
+    parser.add_argument("--config", help="training config YAML (defaults when omitted)")
+    parser.add_argument("--data", action="append", required=True, metavar="DIR",
+                        help="dataset folder (Wav2Pix or capture layout); repeat for several")
+    parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in RUN_DIR")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Entry point of ``run.py train``."""
+    cfg = load_config(args.config)
+    if args.dry_run:
+        import yaml
+
+        print(yaml.safe_dump(configs.to_mapping(cfg), sort_keys=False))
+        return 0
+    command = shlex.join([os.path.basename(sys.executable), "run.py", *sys.argv[1:]])
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        command = f"torchrun --nproc_per_node={os.environ['WORLD_SIZE']} " + shlex.join(["run.py", *sys.argv[1:]])
+    train(cfg, args.data, args.out, resume=args.resume, device=args.device, command=command)
+    return 0
