@@ -22,15 +22,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser; command modules are imported lazily per command."""
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser. Only the chosen command's module is imported (all of them for ``--help``)."""
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((a for a in argv if a in COMMANDS), None)
+    wants_help = "-h" in argv or "--help" in argv
     parser = argparse.ArgumentParser(prog="run.py", description="AVGAN: audio-conditioned generative installations")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
-        if name in sys.argv[1:2] or "-h" in sys.argv or "--help" in sys.argv:
+        if name == chosen or (wants_help and chosen is None):
             importlib.import_module(module).add_arguments(p)
     return parser
 
@@ -38,8 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the command. Returns the process exit code."""
     argv = sys.argv[1:] if argv is None else argv
-    sys.argv = [sys.argv[0], *argv]
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

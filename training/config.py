@@ -66,12 +66,16 @@ class LossConfig:
     Wan, Chuang & Lee 2018). matching_aware: add the (real image, wrong speech)
     term (Reed et al. 2016). aux_weight: AC-GAN identity loss (Odena et al.
     2017). speech_id_weight: identity classification of the speech embedding.
+    mode_seeking_weight: mode-seeking regulariser (Mao et al., "Mode Seeking Generative Adversarial
+    Networks for Diverse Image Synthesis", CVPR 2019): penalises 1 / (|G(c,z1) - G(c,z2)| / |z1 - z2|),
+    so the noise changes the face (pose, expression) instead of being ignored. 0 disables.
     """
 
     kind: Literal["lsgan", "hinge"] = "hinge"
     matching_aware: bool = True
     aux_weight: float = 1.0
     speech_id_weight: float = 1.0
+    mode_seeking_weight: float = 0.0
 
 
 @dataclass(frozen=True)

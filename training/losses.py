@@ -32,3 +32,14 @@ def g_loss(kind: str, fake: torch.Tensor) -> torch.Tensor:
     if kind == "lsgan":
         return ((fake - 1.0) ** 2).mean()
     raise ValueError(f"loss.kind: unknown '{kind}' (expected lsgan or hinge)")
+
+
+def mode_seeking(x1: torch.Tensor, x2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Mode-seeking regulariser (Mao et al., CVPR 2019): ``1 / (mean|x1 - x2| / mean|z1 - z2| + eps)``.
+
+    Args:
+        x1, x2: images [B, 3, H, W] generated from the same conditioning with noises ``z1``, ``z2`` [B, Z].
+    """
+    d_img = (x1 - x2).abs().mean(dim=(1, 2, 3))
+    d_z = (z1 - z2).abs().mean(dim=1)
+    return (1.0 / (d_img / d_z + eps)).mean()

@@ -207,7 +207,7 @@ def save_loss_plot(log_path: Path, out: Path) -> None:
     records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     if not records:
         return
-    keys = [k for k in ("loss_d", "loss_g", "loss_aux", "loss_speech_id") if k in records[0]]
+    keys = [k for k in ("loss_d", "loss_g", "loss_aux", "loss_speech_id", "loss_ms") if k in records[0]]
     fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
     steps = [r["step"] for r in records]
     for k in keys:
@@ -419,12 +419,19 @@ def train(cfg: Config, data_dirs: list[str], out_dir: str | Path, resume: bool =
             x_fake = net.generator(e, z)
             s_fake, cls_fake = disc(augment(x_fake), e)
             speech_logits = net.speech_classifier(e)
+            loss_ms = torch.zeros((), device=dev)
+            if cfg.loss.mode_seeking_weight > 0:
+                h = max(1, b // 2)
+                z2 = torch.randn(h, cfg.model.noise_dim, device=dev)
+                x_fake2 = net.generator(e[:h], z2)
+                loss_ms = losses.mode_seeking(x_fake[:h].float(), x_fake2.float(), z[:h], z2)
         s_fake, cls_fake, speech_logits = s_fake.float(), cls_fake.float(), speech_logits.float()
         loss_g = losses.g_loss(cfg.loss.kind, s_fake)
         loss_aux = F.cross_entropy(cls_fake, y)
         loss_sid = F.cross_entropy(speech_logits, y)
         opt_g.zero_grad(set_to_none=True)
-        (loss_g + cfg.loss.aux_weight * loss_aux + cfg.loss.speech_id_weight * loss_sid).backward()
+        (loss_g + cfg.loss.aux_weight * loss_aux + cfg.loss.speech_id_weight * loss_sid
+         + cfg.loss.mode_seeking_weight * loss_ms).backward()
         _all_reduce_grads(g_params, world)
         opt_g.step()
 
@@ -443,7 +450,7 @@ def train(cfg: Config, data_dirs: list[str], out_dir: str | Path, resume: bool =
             now = time.perf_counter()
             rec = {
                 "step": step, "time": time.time(), "loss_d": loss_d.item(), "loss_g": loss_g.item(),
-                "loss_aux": loss_aux.item(), "loss_speech_id": loss_sid.item(),
+                "loss_aux": loss_aux.item(), "loss_speech_id": loss_sid.item(), "loss_ms": loss_ms.item(),
                 "d_real": s_real.mean().item(), "d_fake": fakes[0].mean().item(),
                 "speech_id_acc": float((speech_logits.argmax(1) == y).float().mean()),
                 "images_per_s": imgs_since / max(now - t_last, 1e-9),
