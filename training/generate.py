@@ -1,0 +1,249 @@
+"""``run.py generate``: one generated face (PNG) per audio file, with a model bundle.
+
+Each file is decoded with :func:`engine.audio.load_audio` (any common format, any rate, mono mix),
+its loudest ``window_samples`` window is picked (:func:`loudest_window`; shorter files are
+zero-padded at the end, as in training), and the bundle's generator turns it into an image. The
+noise of each file is derived from ``--seed`` and the file's path relative to ``--audio``
+(:func:`file_noise`), so a file's image does not depend on which other files are processed or in
+what order. Sub-folders of ``--audio`` are mirrored under ``--out``; each PNG is named after the
+audio file's stem. Corrupt files are reported by name and skipped; the exit code is 1 if any failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.audio import AudioDecodeError, load_audio
+from engine.errors import UserError
+
+log = logging.getLogger(__name__)
+
+#: extensions treated as audio when ``--audio`` is a folder (lower case)
+AUDIO_EXTENSIONS = (
+    ".wav",
+    ".flac",
+    ".ogg",
+    ".oga",
+    ".opus",
+    ".mp3",
+    ".m4a",
+    ".aac",
+    ".aif",
+    ".aiff",
+    ".wma",
+    ".webm",
+)
+DEFAULT_BUNDLE = "presets/models/wav2pix-64"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``run.py generate``."""
+    parser.add_argument("--audio", required=True, type=Path, help="an audio file or a folder (searched recursively)")
+    parser.add_argument("--out", required=True, type=Path, help="output folder (sub-folders of --audio are mirrored)")
+    parser.add_argument(
+        "--bundle", type=Path, default=Path(DEFAULT_BUNDLE), help=f"model bundle (default {DEFAULT_BUNDLE})"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="noise seed (default 0); each file's noise also depends on its path"
+    )
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        help="engine backend: auto, tensorrt, onnxruntime-cuda, torch-cuda, onnxruntime-cpu, torch-cpu",
+    )
+    parser.add_argument("--batch", type=int, default=16, help="files per generator call (default 16)")
+
+
+# ---------------------------------------------------------------------- pieces
+def find_audio_files(path: str | Path) -> list[tuple[Path, Path]]:
+    """Audio files under ``path`` as (file, path relative to the root) pairs, sorted by relative path.
+
+    A file is taken as it is (whatever its extension; relative path = its name). A folder is searched
+    recursively for :data:`AUDIO_EXTENSIONS` (case-insensitive); hidden files and folders are skipped.
+
+    Raises:
+        UserError: ``path`` does not exist, or the folder holds no audio file.
+    """
+    path = Path(path)
+    if path.is_file():
+        return [(path, Path(path.name))]
+    if not path.is_dir():
+        raise UserError(f"{path}: no such file or folder")
+    found = []
+    for f in path.rglob("*"):
+        rel = f.relative_to(path)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if f.suffix.lower() in AUDIO_EXTENSIONS and f.is_file():
+            found.append((f, rel))
+    if not found:
+        raise UserError(f"{path}: no audio files found (looked for {', '.join(AUDIO_EXTENSIONS)})")
+    return sorted(found, key=lambda fr: fr[1].as_posix())
+
+
+def loudest_window(audio: np.ndarray, samples: int) -> np.ndarray:
+    """The ``samples``-long window of ``audio`` with the most energy: float32 [samples].
+
+    Energy is the sum of squared samples over the window, evaluated at every start offset. Ties
+    (e.g. digital silence) go to the window nearest the centre. Audio shorter than ``samples`` is
+    zero-padded at the end (as :meth:`training.data.dataset.PairDataset.window` does in training).
+
+    Args:
+        audio: float32 [n] mono samples in [-1, 1].
+        samples: window length in samples (e.g. 16 000 for 1 s at 16 kHz).
+    """
+    audio = np.asarray(audio, np.float32).reshape(-1)
+    n = len(audio)
+    if n <= samples:
+        return np.pad(audio, (0, samples - n)).astype(np.float32)
+    csum = np.concatenate([[0.0], np.cumsum(audio.astype(np.float64) ** 2)])
+    energy = csum[samples:] - csum[:-samples]  # [n - samples + 1]
+    best = energy.max()
+    candidates = np.flatnonzero(energy >= best - 1e-9 * max(best, 1.0))
+    centre = (n - samples) / 2
+    start = int(candidates[np.argmin(np.abs(candidates - centre))])
+    return audio[start : start + samples].copy()
+
+
+def file_seed(seed: int, relative: str | Path) -> int:
+    """A 64-bit seed from ``seed`` and a relative path (POSIX form), independent of processing order."""
+    key = f"{int(seed)}:{Path(relative).as_posix()}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little")
+
+
+def file_noise(seed: int, relative: str | Path, noise_dim: int) -> np.ndarray:
+    """Standard normal noise float32 [noise_dim] for one file (numpy PCG64 seeded by :func:`file_seed`)."""
+    rng = np.random.default_rng(file_seed(seed, relative))
+    return rng.standard_normal(noise_dim, dtype=np.float32)
+
+
+def output_paths(relatives: Sequence[Path], out: Path) -> list[Path]:
+    """PNG path under ``out`` for each relative audio path: same sub-folder, audio stem + ``.png``.
+
+    When two audio files in one folder share a stem (``a.wav``, ``a.flac``), both are named
+    ``<stem>.<ext>.png`` instead, so no image overwrites another.
+    """
+    plain = [out / rel.parent / f"{rel.stem}.png" for rel in relatives]
+    counts: dict[Path, int] = {}
+    for p in plain:
+        counts[p] = counts.get(p, 0) + 1
+    return [p if counts[p] == 1 else out / rel.parent / f"{rel.name}.png" for p, rel in zip(plain, relatives)]
+
+
+@dataclass
+class GenerateReport:
+    """What :func:`generate_files` did: written PNGs and ``(file, message)`` failures."""
+
+    written: list[Path]
+    failed: list[tuple[Path, str]]
+
+
+def generate_files(
+    generate: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    files: Sequence[tuple[Path, Path]],
+    out: Path,
+    *,
+    sample_rate: int,
+    window_samples: int,
+    noise_dim: int,
+    seed: int = 0,
+    batch: int = 16,
+) -> GenerateReport:
+    """Generate one PNG per audio file.
+
+    Args:
+        generate: ``(audio float32 [B, window_samples], noise float32 [B, noise_dim]) -> uint8 [B, H, W, 3]``
+            (e.g. an :class:`engine.generator.Generator` instance).
+        files: (file, relative path) pairs from :func:`find_audio_files`.
+        out: output folder; created as needed.
+        sample_rate: Hz the generator expects; window_samples: samples per window; noise_dim: Z.
+        seed: base seed of :func:`file_noise`.
+        batch: files per ``generate`` call; the last call is zero-padded to this size. Backends may pick
+            different kernels for different batch sizes (e.g. ONNX Runtime at batch 1 vs larger: ±1 grey level
+            in a few pixels), so padding keeps each image independent of how many files there are and of
+            their order; images are bit-identical for the same seed, relative path and ``batch``.
+
+    Returns:
+        :class:`GenerateReport`. Undecodable files are logged with their name and listed in ``failed``.
+    """
+    from PIL import Image
+
+    targets = output_paths([rel for _, rel in files], out)
+    written: list[Path] = []
+    failed: list[tuple[Path, str]] = []
+    pending: list[tuple[np.ndarray, np.ndarray, Path]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        audio = np.stack([p[0] for p in pending])
+        noise = np.stack([p[1] for p in pending])
+        size = max(1, batch)
+        if len(pending) < size:  # pad: every call has the same batch size, so no result depends on the file set
+            audio = np.concatenate([audio, np.zeros((size - len(pending), audio.shape[1]), np.float32)])
+            noise = np.concatenate([noise, np.zeros((size - len(pending), noise.shape[1]), np.float32)])
+        images = np.asarray(generate(audio, noise))[: len(pending)]
+        for image, (_, _, target) in zip(images, pending):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(target)
+            written.append(target)
+        pending.clear()
+
+    for (path, rel), target in zip(files, targets):
+        try:
+            samples = load_audio(path, sample_rate)
+        except (AudioDecodeError, OSError) as exc:
+            log.warning("skipping %s: %s", path, exc)
+            failed.append((path, str(exc)))
+            continue
+        pending.append((loudest_window(samples, window_samples), file_noise(seed, rel, noise_dim), target))
+        if len(pending) >= max(1, batch):
+            flush()
+    flush()
+    return GenerateReport(written=written, failed=failed)
+
+
+def open_bundle(bundle: Path, backend: str = "auto"):
+    """An :class:`engine.generator.Generator` for ``bundle`` (a relative path missing from the current
+    folder is also tried relative to the repository root).
+
+    Raises:
+        UserError: the bundle folder or its ``bundle.json`` is missing.
+    """
+    bundle = Path(bundle)
+    repo_relative = Path(__file__).resolve().parent.parent / bundle
+    if not bundle.exists() and not bundle.is_absolute() and repo_relative.exists():
+        bundle = repo_relative  # e.g. the default presets/models/... when run from another folder
+    if not (bundle / "bundle.json").is_file():
+        raise UserError(f"{bundle}: not a model bundle (no bundle.json); export one with `run.py export RUN_DIR`")
+    from engine.generator import Generator
+
+    return Generator(bundle, backend=backend)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``generate``. Returns 0, or 1 when any file failed to decode."""
+    files = find_audio_files(args.audio)
+    gen = open_bundle(args.bundle, args.backend)
+    log.info("bundle %s on %s (%s); %d audio file(s)", args.bundle, gen.backend_name, gen.backend_reason, len(files))
+    report = generate_files(
+        lambda audio, noise: gen(audio, noise=noise),
+        files,
+        Path(args.out),
+        sample_rate=gen.sample_rate,
+        window_samples=gen.window_samples,
+        noise_dim=gen.noise_dim,
+        seed=args.seed,
+        batch=args.batch,
+    )
+    print(f"generated {len(report.written)} image(s) in {args.out}; {len(report.failed)} file(s) failed")
+    for path, message in report.failed:
+        print(f"  failed: {path}: {message}")
+    return 1 if report.failed else 0
