@@ -1,0 +1,522 @@
+"""OSC control: strict decoding, a real python-osc client on loopback, a flood of junk beside valid messages,
+feedback, OSCQuery over HTTP, and the generated controller files."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import random
+import socket
+import struct
+import threading
+import time
+import urllib.error
+import urllib.request
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree
+
+import pytest
+from pythonosc.osc_message_builder import OscMessageBuilder
+from pythonosc.udp_client import SimpleUDPClient
+
+from installation.osc import (
+    REJECTIONS,
+    Feedback,
+    Message,
+    OscControl,
+    OscError,
+    OscQueryServer,
+    OscServer,
+    Rejected,
+    decode_packet,
+    unix_to_ntp,
+)
+from installation.params import PARAMS, Parameters
+from installation.presets import load_preset
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCAL = ("127.0.0.1", 50000)
+
+
+def msg(address: str, *args: Any, types: str | None = None) -> bytes:
+    """A datagram built with python-osc (the sender side of TouchOSC / Max)."""
+    builder = OscMessageBuilder(address)
+    for i, arg in enumerate(args):
+        builder.add_arg(arg, types[i] if types else None)
+    return builder.build().dgram
+
+
+def bundle(timetag: float | int, *messages: bytes) -> bytes:
+    """A bundle with a raw NTP time tag (int) or a Unix time (float)."""
+    tag = timetag if isinstance(timetag, int) else unix_to_ntp(timetag)
+    body = b"".join(struct.pack(">i", len(m)) + m for m in messages)
+    return b"#bundle\x00" + struct.pack(">Q", tag) + body
+
+
+def raw_message(address: bytes, tags: bytes = b",", payload: bytes = b"") -> bytes:
+    def pad(b: bytes) -> bytes:
+        b += b"\x00"
+        return b + b"\x00" * (-len(b) % 4)
+
+    return pad(address) + pad(tags) + payload
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.005)
+    return condition()
+
+
+# -- decoding (no sockets) ------------------------------------------------------------------------------
+
+
+def test_decode_messages_of_every_type() -> None:
+    data = msg("/a/b", 1, 2.5, "x", b"\x01\x02", True, False, None, types="ifsbTFN")
+    (item,) = decode_packet(data)
+    assert isinstance(item, Message) and item.address == "/a/b" and item.timetag is None
+    assert item.args == (1, 2.5, "x", b"\x01\x02", True, False, None)
+    (item,) = decode_packet(raw_message(b"/x", b",hdI[ii]", struct.pack(">qd", 2**40, 0.25) + struct.pack(">ii", 3, 4)))
+    assert item.args == (2**40, 0.25, True, [3, 4])
+    (item,) = decode_packet(raw_message(b"/no/tags")[:12])  # OSC 1.0: the type tag string may be missing
+    assert item == Message("/no/tags", ())
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "malformed"),
+        (b"/ab", "malformed"),  # not a multiple of 4
+        (b"hello!!!", "malformed"),
+        (b"/abc", "malformed"),  # unterminated
+        (raw_message(b"/a\xff\xfe"), "non_utf8"),
+        (raw_message(b"/a", b",s", b"\xff\xfe\x00\x00"), "non_utf8"),
+        (raw_message(b"/a b"), "bad_address"),
+        (raw_message(b"/" + b"a" * 300), "bad_address"),
+        (raw_message(b"/a", b",f"), "malformed"),  # argument missing
+        (raw_message(b"/a", b",Q"), "malformed"),  # unknown type tag
+        (raw_message(b"/a", b"xf", b"\x00" * 4), "malformed"),  # no comma
+        (raw_message(b"/a", b",i", b"\x00" * 8), "malformed"),  # trailing bytes
+        (raw_message(b"/a", b",[i", b"\x00" * 4), "malformed"),  # unbalanced array
+        (raw_message(b"/a", b",b", struct.pack(">i", 100)), "malformed"),  # blob past the end
+        (b"/a\x00\x01", "malformed"),  # non-zero padding
+        (b"#bundle\x00" + b"\x00" * 4, "malformed"),  # short header
+        (bundle(1, b"/a\x00\x00") + b"\x00\x00\x00\x09", "malformed"),  # bad element size
+    ],
+)
+def test_decode_rejects(data: bytes, reason: str) -> None:
+    items = decode_packet(data)
+    assert isinstance(items[-1], Rejected) and items[-1].reason == reason
+
+
+def test_decode_bundles() -> None:
+    now = time.time()
+    good, bad = msg("/avgan/overlay", 1), raw_message(b"/x\xff")
+    items = decode_packet(bundle(1, good, bad, good))
+    assert [type(i).__name__ for i in items] == ["Message", "Rejected", "Message"]
+    assert items[0].timetag is None and items[1].reason == "non_utf8"
+    (item,) = decode_packet(bundle(now + 5.0, good))
+    assert item.timetag == pytest.approx(now + 5.0, abs=1e-6)
+    (item,) = decode_packet(bundle(now + 5.0, bundle(1, good)))  # nested: no earlier than the outer tag
+    assert item.timetag == pytest.approx(now + 5.0, abs=1e-6)
+    deep = good
+    for _ in range(40):
+        deep = bundle(1, deep)
+    assert decode_packet(deep)[-1].reason == "malformed"
+    many = bundle(1, *([good] * 400))
+    items = decode_packet(many)
+    assert len(items) == 257 and items[-1].reason == "malformed"
+
+
+# -- the server's per-datagram path (no sockets) --------------------------------------------------------
+
+
+def test_handle_datagram_outcomes() -> None:
+    params = Parameters()
+    server = OscServer(params, port=0)
+    now = time.time()
+    cases = [
+        (msg("/avgan/sound/level", 0.25), ["handled"]),
+        (msg("/avgan/sound/level", 7.0), ["handled"]),  # clamped
+        (msg("/avgan/sound/level", math.nan), ["not_finite"]),
+        (msg("/avgan/sound/level", math.inf), ["not_finite"]),
+        (msg("/avgan/sound/level", "loud"), ["wrong_type"]),
+        (msg("/avgan/sound/level", 0.1, 0.2), ["wrong_count"]),
+        (msg("/avgan/sound/level"), ["wrong_count"]),
+        (msg("/avgan/scene", "morph"), ["handled"]),
+        (msg("/avgan/scene", "disco"), ["bad_choice"]),
+        (msg("/avgan/grid/n", 3.0), ["handled"]),  # TouchOSC faders send floats
+        (msg("/avgan/overlay", True), ["handled"]),
+        (msg("/avgan/quit", 0.0), ["ignored"]),  # a button's release
+        (msg("/avgan/nothing", 1), ["unknown_address"]),
+        (msg("/other", 1), ["unknown_address"]),
+        (msg("/avgan/*/*/*/*/*/x", 1), ["bad_pattern"]),
+        (bundle(now + 60.0, msg("/avgan/blackout", True)), ["future_timetag"]),
+        (bundle(now - 60.0, msg("/avgan/brightness", 0.5)), ["handled"]),  # late: at once
+        (bundle(1, msg("/avgan/noise/seed", 42), raw_message(b"/\xff")), ["handled", "non_utf8"]),
+        (b"\x00\x01\x02", ["malformed"]),
+        (msg("/avgan/query"), ["no_feedback"]),
+    ]
+    for data, expected in cases:
+        assert server.handle_datagram(data, LOCAL, now=now) == expected, data
+    params.apply_pending()
+    assert params.target("sound/level") == 1.0 and params.get("scene") == "morph" and params.get("grid/n") == 3
+    assert params.get("overlay") is True and params.get("noise/seed") == 42 and not params.get("blackout")
+    assert params.source("scene") == "osc:127.0.0.1"
+    stats = server.stats.snapshot()
+    assert stats["packets"] == len(cases) and stats["items"] == sum(len(e) for _, e in cases)
+    assert stats["handled"] + stats["ignored"] + stats["rejected_total"] == stats["items"]
+    assert set(stats["rejected"]) <= set(REJECTIONS)
+
+
+def test_patterns_reach_parameters_but_not_commands() -> None:
+    params = Parameters()
+    server = OscServer(params, port=0)
+    assert server.handle_datagram(msg("/avgan/sound/{level,mix}", 0.3), LOCAL) == ["handled"]
+    assert server.handle_datagram(msg("/avgan/q*", 1), LOCAL) == ["unknown_address"]  # quit/query: exact only
+    params.apply_pending()
+    assert params.target("sound/level") == pytest.approx(0.3) and params.target("sound/mix") == pytest.approx(0.3)
+    assert not params.fired("quit")
+
+
+def test_allowlist() -> None:
+    params = Parameters()
+    server = OscServer(params, port=0, allowlist=["10.1.0.0/16", "192.168.1.20"])
+    data = msg("/avgan/overlay", True)
+    assert server.handle_datagram(data, ("127.0.0.1", 1)) == ["not_allowed"]
+    assert server.handle_datagram(data, ("10.1.2.3", 1)) == ["handled"]
+    assert server.handle_datagram(data, ("192.168.1.20", 1)) == ["handled"]
+    assert server.handle_datagram(data, ("192.168.1.21", 1)) == ["not_allowed"]
+    assert server.handle_datagram(data, ("not an ip", 1)) == ["not_allowed"]
+
+
+def test_fuzz_without_sockets() -> None:
+    """Random bytes and mutated valid packets: never raises, every item accounted for, valid ones land."""
+    rng = random.Random(1234)
+    params = Parameters()
+    server = OscServer(params, port=0)
+    valid = [msg("/avgan/sound/mix", 0.125), msg("/avgan/scene", "grid"), bundle(1, msg("/avgan/grid/n", 4))]
+    started = time.perf_counter()
+    for i in range(4000):
+        kind = i % 4
+        if kind == 0:
+            data = bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 96)))
+        elif kind == 1:
+            base = bytearray(rng.choice(valid))
+            for _ in range(rng.randrange(1, 4)):
+                base[rng.randrange(len(base))] = rng.getrandbits(8)
+            data = bytes(base)
+        elif kind == 2:
+            data = rng.choice([b"/", b"#bundle\x00"]) + bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 64)))
+        else:
+            data = rng.choice(valid)
+        outcomes = server.handle_datagram(data, LOCAL)
+        assert outcomes and all(o in REJECTIONS or o in ("handled", "ignored") for o in outcomes)
+    elapsed = time.perf_counter() - started
+    stats = server.stats.snapshot()
+    assert stats["packets"] == 4000 and "internal_error" not in stats["rejected"]
+    assert stats["handled"] + stats["ignored"] + stats["rejected_total"] == stats["items"]
+    assert stats["handled"] >= 1000  # at least the untouched valid ones
+    params.apply_pending()
+    assert params.get("grid/n") in (1, 2, 3, 4) and params.get("scene") in PARAMS["scene"].choices
+    assert elapsed < 10.0
+
+
+# -- over the network -----------------------------------------------------------------------------------
+
+
+def test_loopback_client_takes_effect_after_apply_pending() -> None:
+    params = Parameters()
+    with OscServer(params, host="127.0.0.1", port=0) as server:
+        host, port = server.address
+        assert port != 0 and server.running
+        client = SimpleUDPClient(host, port)
+        client.send_message("/avgan/sound/level", 0.25)
+        client.send_message("/avgan/scene", "grid")
+        client.send_message("/avgan/grid/n", 3)
+        client.send_message("/avgan/blackout", 1)
+        client.send_message("/avgan/quit", [])
+        assert wait_for(lambda: server.stats.snapshot()["handled"] == 5)
+        assert params.get("scene") == "portrait"  # nothing changes until the frame applies the queue
+        changed = params.apply_pending()
+        assert {"sound/level", "scene", "grid/n", "blackout", "quit"} <= changed
+        assert params.target("sound/level") == 0.25 and params.get("scene") == "grid"
+        assert params.get("grid/n") == 3 and params.get("blackout") is True and params.fired("quit")
+    assert not server.running
+
+
+def test_flood_of_junk_beside_valid_messages() -> None:
+    """Junk and valid packets interleaved: the server stays up, never blocks, counts everything, and the
+    valid ones take effect. Sent in batches that wait for the server, so no datagram is lost in the kernel
+    and the counters must match exactly; the thread count does not grow."""
+    rng = random.Random(7)
+    params = Parameters()
+    server = OscServer(params, host="127.0.0.1", port=0).start()
+    threads_before = threading.active_count()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    now = time.time()
+    junk_makers: list[Callable[[], bytes]] = [
+        lambda: bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 200))),
+        lambda: raw_message(b"/avgan/\xff\xfe"),  # non-UTF-8 address
+        lambda: msg("/avgan/sound/level", math.nan),
+        lambda: msg("/avgan/sound/level", -math.inf),
+        lambda: msg("/avgan/sound/level", "x"),  # wrong type
+        lambda: msg("/avgan/scene", 1, 2),  # wrong count
+        lambda: bundle(now + 3600.0, msg("/avgan/blackout", 1)),  # future time tag
+        lambda: msg("/avgan/unknown", 1.0),
+        lambda: b"#bundle\x00" + bytes(rng.getrandbits(8) for _ in range(40)),
+    ]
+    sent_packets = sent_valid = 0
+    expected_items = 0
+    last_level = last_seed = None
+    started = time.perf_counter()
+    try:
+        for batch in range(20):
+            for i in range(100):
+                if i % 4 == 0:
+                    last_level = round(rng.random(), 3)
+                    last_seed = batch * 100 + i
+                    data = bundle(1, msg("/avgan/sound/level", last_level), msg("/avgan/noise/seed", last_seed))
+                    sent_valid += 2
+                    expected_items += 2
+                else:
+                    data = rng.choice(junk_makers)()
+                    expected_items += max(1, len(decode_packet(data)))
+                sock.sendto(data, server.address)
+                sent_packets += 1
+            target = sent_packets
+            assert wait_for(lambda: server.stats.snapshot()["packets"] == target), "datagrams lost or stuck"  # noqa: B023
+            assert threading.active_count() == threads_before
+        elapsed = time.perf_counter() - started
+        stats = server.stats.snapshot()
+        assert server.running and stats["packets"] == sent_packets == 2000
+        assert stats["items"] == expected_items
+        assert stats["handled"] == sent_valid
+        assert stats["handled"] + stats["ignored"] + stats["rejected_total"] == stats["items"]
+        assert {"malformed", "non_utf8", "not_finite", "wrong_type", "future_timetag"} <= set(stats["rejected"])
+        assert "internal_error" not in stats["rejected"]
+        assert not params.get("blackout")
+        params.apply_pending()
+        assert params.target("sound/level") == pytest.approx(last_level, abs=1e-6)
+        assert params.get("noise/seed") == last_seed
+        # still answering afterwards
+        sock.sendto(msg("/avgan/overlay", True), server.address)
+        assert wait_for(lambda: server.stats.snapshot()["packets"] == sent_packets + 1)
+        params.apply_pending()
+        assert params.get("overlay") is True
+        assert elapsed < 15.0
+    finally:
+        sock.close()
+        server.stop()
+    assert wait_for(lambda: threading.active_count() == threads_before - 1, 3.0)
+
+
+def test_port_in_use_is_a_user_error() -> None:
+    params = Parameters()
+    with OscServer(params, port=0) as first:
+        with pytest.raises(OscError, match="cannot listen"):
+            OscServer(params, port=first.address[1]).start()
+
+
+# -- feedback -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def receiver() -> Any:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(2.0)
+    yield sock
+    sock.close()
+
+
+def drain(sock: socket.socket, count: int) -> list[Message]:
+    out = []
+    for _ in range(count):
+        data, _ = sock.recvfrom(65535)
+        out.extend(i for i in decode_packet(data) if isinstance(i, Message))
+    return out
+
+
+def test_feedback_status_changes_events_and_queries(receiver: socket.socket) -> None:
+    params = Parameters()
+    feedback = Feedback("127.0.0.1", receiver.getsockname()[1], rate_hz=10.0)
+    feedback.status(fps=59.5, level=0.25, scene="portrait", input="ok", backend="onnxruntime-cpu")
+    with pytest.raises(KeyError):
+        feedback.status(volume=1)
+    feedback.event("preset loaded")
+    params.enqueue("scene", "morph")
+    params.enqueue("overlay", True)
+    feedback.note_changes(params.apply_pending())
+    sent = feedback.pump(params.published(), now=100.0)
+    assert sent == 1 + 5 + 2
+    got = {m.address: m.args for m in drain(receiver, sent)}
+    assert got["/avgan/status/event"] == ("preset loaded",)
+    assert got["/avgan/status/fps"][0] == pytest.approx(59.5)
+    assert got["/avgan/status/backend"] == ("onnxruntime-cpu",)
+    assert got["/avgan/scene"] == (2,) and got["/avgan/overlay"] == (1,)  # enum index, bool as int
+    assert feedback.pump(params.published(), now=100.05) == 0  # rate-limited
+    assert feedback.pump(params.published(), now=100.2) == 5
+    drain(receiver, 5)
+    # /avgan/query through the server
+    server = OscServer(params, port=0, feedback=feedback)
+    assert server.handle_datagram(msg("/avgan/query", "sound/level", "/avgan/grid/n"), LOCAL) == ["handled"]
+    got = {m.address: m.args for m in drain(receiver, 2)}
+    assert got == {"/avgan/sound/level": (pytest.approx(0.8),), "/avgan/grid/n": (2,)}
+    assert server.handle_datagram(msg("/avgan/query", "volume"), LOCAL) == ["unknown_param"]
+    assert server.handle_datagram(msg("/avgan/query"), LOCAL) == ["handled"]
+    assert len(drain(receiver, len(PARAMS) - 1)) == len(PARAMS) - 1  # every parameter but the trigger
+    feedback.close()
+
+
+def test_feedback_errors_are_counted_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    feedback = Feedback("127.0.0.1", 9)
+
+    def broken(*_: object) -> None:
+        raise BlockingIOError("socket buffer full")
+
+    monkeypatch.setattr(feedback._client, "send_message", broken)
+    feedback.status(fps=60.0)
+    for _ in range(40):
+        feedback.event("x")
+    assert feedback.pump(now=0.0) == 0
+    stats = feedback.stats()
+    assert stats["errors"] == 9 and stats["events_dropped"] == 8 and stats["sent"] == 0
+    feedback.close()
+
+
+# -- OSCQuery -------------------------------------------------------------------------------------------
+
+
+def get_json(url: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            body = response.read()
+            return response.status, json.loads(body) if body else None
+    except urllib.error.HTTPError as exc:
+        return exc.code, None
+
+
+def test_oscquery_over_http() -> None:
+    params = Parameters(initial={"sound/level": 0.5})
+    with OscServer(params, port=0) as server:
+        query = OscQueryServer(PARAMS, params.published, host="127.0.0.1", port=0, osc_port=server.address[1]).start()
+        try:
+            base = query.url
+            assert base is not None
+            code, tree = get_json(base)
+            assert code == 200 and tree["FULL_PATH"] == "/"
+
+            def walk(node: dict[str, Any]) -> dict[str, dict[str, Any]]:
+                found = {node["FULL_PATH"]: node}
+                for child in node.get("CONTENTS", {}).values():
+                    found.update(walk(child))
+                return found
+
+            nodes = walk(tree)
+            for spec in PARAMS.values():
+                node = nodes[spec.address]
+                assert node["TYPE"] == spec.osc_type and node["DESCRIPTION"] and node["ACCESS"] in (2, 3)
+                if spec.kind in ("float", "int"):
+                    assert node["RANGE"] == [{"MIN": spec.min, "MAX": spec.max}]
+                if spec.kind == "enum":
+                    assert node["RANGE"] == [{"VALS": list(spec.choices)}]
+            assert nodes["/avgan/sound/level"]["VALUE"] == [0.5]
+            assert "/avgan/status/fps" in nodes and "/avgan/query" in nodes
+            assert "CONTENTS" in nodes["/avgan/scene"] and nodes["/avgan/scene"]["VALUE"] == ["portrait"]
+            code, info = get_json(base + "?HOST_INFO")
+            assert code == 200 and info["OSC_PORT"] == server.address[1] and info["OSC_TRANSPORT"] == "UDP"
+            assert info["OSC_IP"] == "127.0.0.1" and info["EXTENSIONS"]["RANGE"] is True
+            params.enqueue("sound/level", 0.75)
+            params.set("sound/level", 0.75, immediate=True)
+            assert get_json(base + "avgan/sound/level?VALUE") == (200, {"VALUE": [0.75]})
+            assert get_json(base + "avgan/scene?RANGE") == (200, {"RANGE": [{"VALS": ["portrait", "grid", "morph"]}]})
+            assert get_json(base + "avgan/nope")[0] == 404
+            assert get_json(base + "avgan?BOGUS")[0] == 400
+            assert get_json(base + "avgan?VALUE")[0] == 204  # a container has no value
+        finally:
+            query.stop()
+    assert query.url is None
+
+
+def test_control_from_a_preset() -> None:
+    preset = load_preset(
+        "headless", overrides={"osc": {"port": 0, "oscquery_port": 0, "feedback_port": 9, "mdns": True}}
+    )
+    params = Parameters(initial=preset.params)
+    threads_before = threading.active_count()
+    with OscControl(params, preset.osc) as control:
+        assert control.server is not None and control.feedback is not None and control.oscquery is not None
+        SimpleUDPClient(*control.server.address).send_message("/avgan/brightness", 0.5)
+        assert wait_for(lambda: control.stats()["osc"]["handled"] == 1)
+        params.apply_pending()
+        control.status(fps=60.0, scene=params.get("scene"))
+        control.event("started")
+        assert control.pump() >= 2
+        stats = control.stats()
+        assert stats["feedback"]["sent"] >= 2 and stats["params"]["applied"] == 1
+        code, info = get_json(control.oscquery.url + "?HOST_INFO")
+        assert info["OSC_PORT"] == control.server.address[1]
+    assert wait_for(lambda: threading.active_count() <= threads_before, 3.0)
+
+
+def test_control_disabled() -> None:
+    preset = load_preset("headless", overrides={"osc": {"enabled": False}})
+    with OscControl(Parameters(), preset.osc) as control:
+        assert control.server is None and control.pump() == 0 and control.stats()["osc"] == {}
+
+
+# -- generated controllers ------------------------------------------------------------------------------
+
+
+def load_generator() -> Any:
+    spec = importlib.util.spec_from_file_location("make_controllers", ROOT / "scripts" / "make_controllers.py")
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_controller_files_are_up_to_date_and_cover_every_parameter() -> None:
+    generator = load_generator()
+    assert generator.stale() == [], "run: python scripts/make_controllers.py"
+    folder = ROOT / "presets" / "controllers"
+
+    root = ElementTree.fromstring(zlib.decompress((folder / "avgan.tosc").read_bytes()))
+    assert root.tag == "lexml" and root.get("version") == "3"
+    paths = {p.findtext("partial/value") for p in root.iter("path")}
+    sending = {osc.findtext("path/partial/value") for osc in root.iter("osc") if osc.findtext("send") == "1"}
+    for spec in PARAMS.values():
+        assert spec.address in sending, spec.address
+    assert {f"/avgan/status/{k}" for k in ("fps", "level", "scene", "input", "backend", "event")} <= paths
+    ids = [n.get("ID") for n in root.iter("node")]
+    assert len(ids) == len(set(ids))
+
+    patcher = json.loads((folder / "avgan.maxpat").read_text())["patcher"]
+    boxes = {b["box"]["id"]: b["box"] for b in patcher["boxes"]}
+    texts = [b.get("text", "") for b in boxes.values()]
+    assert "udpsend 127.0.0.1 8000" in texts and "udpreceive 9000" in texts
+    messages = [b["text"] for b in boxes.values() if b["maxclass"] == "message"]
+    for spec in PARAMS.values():
+        expected = spec.address if spec.kind == "trigger" else f"{spec.address} $1"
+        assert expected in messages, spec.address
+    for line in patcher["lines"]:
+        source, outlet = line["patchline"]["source"]
+        destination, inlet = line["patchline"]["destination"]
+        assert outlet < boxes[source]["numoutlets"] and inlet < boxes[destination]["numinlets"]
+    send_id = next(i for i, b in boxes.items() if b.get("text") == "udpsend 127.0.0.1 8000")
+    feeding = {
+        line["patchline"]["source"][0] for line in patcher["lines"] if line["patchline"]["destination"][0] == send_id
+    }
+    assert len(feeding) == len(PARAMS)
+
+    layout = json.loads((folder / "avgan.controls.json").read_text())
+    assert [c["address"] for c in layout["controls"]] == [s.address for s in PARAMS.values()]
+    doc = (folder / "ADDRESS_SPACE.md").read_text()
+    assert all(f"`{s.address}`" in doc for s in PARAMS.values())
