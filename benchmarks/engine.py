@@ -1,0 +1,189 @@
+"""Engine latency: raw audio windows -> uint8 images, per backend, next to plain torch eager.
+
+For batch 1 (the live case) and batch 32 (offline render), every backend that
+can run here is timed over ``--calls`` calls after warm-up, in round-robin
+chunks so that background load hits all of them alike. Reported: p50 / p99 /
+mean latency per call (ms), per-item time, throughput, the ratio
+``eager p50 / backend p50``, and the backend's max abs error against eager on
+the same inputs (float images in [-1, 1]).
+
+"torch eager" is, when the training package is importable, the export wrapper
+:class:`training.models.wav2pix.Wav2PixInference` rebuilt from the bundle's
+``generator.safetensors`` + ``config.yaml`` (spectral norm baked, exactly the
+module that was exported); otherwise the ``model.pt2`` program's ``.module()``.
+The row's ``note`` says which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.backends import AUTO_ORDER
+from engine.errors import UserError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "presets" / "models" / "wav2pix-64"
+BATCHES = (1, 32)
+CHUNKS = 10
+
+COLUMNS = (
+    "backend",
+    "batch",
+    "calls",
+    "p50_ms",
+    "p99_ms",
+    "mean_ms",
+    "per_item_ms",
+    "items_per_s",
+    "eager_over_this",
+    "max_abs_err",
+    "note",
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Engine-benchmark options (``--bundle`` and ``--calls`` are shared and added by :mod:`benchmarks.cli`)."""
+    parser.add_argument(
+        "--backends",
+        default=None,
+        help=f"comma-separated engine backends to time (default: all that run here; from {', '.join(AUTO_ORDER)})",
+    )
+    parser.add_argument(
+        "--batches", default=",".join(str(b) for b in BATCHES), help="comma-separated batch sizes (default %(default)s)"
+    )
+
+
+def _eager(bundle_dir: Path) -> tuple[Callable[[Any, Any], Any], str]:
+    """(module, description) of plain torch eager for the bundle (see the module docstring)."""
+    import torch
+
+    try:
+        from safetensors.torch import load_file
+
+        from training.config import load_config
+        from training.export import inference_module
+        from training.models.wav2pix import Wav2PixGenerator
+    except ImportError as exc:
+        log.info("training package not importable (%s); eager = model.pt2 .module()", exc)
+    else:
+        cfg = load_config(bundle_dir / "config.yaml")
+        state = load_file(str(bundle_dir / "generator.safetensors"))
+        n_ids = state["speech_classifier.weight"].shape[0] if "speech_classifier.weight" in state else 1
+        net = Wav2PixGenerator(cfg.audio, cfg.model, n_ids)
+        net.load_state_dict(state)
+        return inference_module(net), "torch eager: Wav2PixInference from generator.safetensors (spectral norm baked)"
+    program = torch.export.load(str(bundle_dir / "model.pt2"))
+    return program.module(), "torch eager: model.pt2 ExportedProgram.module()"
+
+
+def _percentiles(times: list[float]) -> dict[str, float]:
+    t = np.asarray(times) * 1e3
+    return {
+        "p50_ms": float(np.percentile(t, 50)),
+        "p99_ms": float(np.percentile(t, 99)),
+        "mean_ms": float(t.mean()),
+    }
+
+
+def _time_round_robin(runners: dict[str, Callable[[], Any]], calls: int, warmup: int) -> dict[str, list[float]]:
+    for fn in runners.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    chunk = max(1, calls // CHUNKS)
+    done = 0
+    while done < calls:
+        n = min(chunk, calls - done)
+        for name, fn in runners.items():
+            for _ in range(n):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+        done += n
+    return times
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Time every available backend and torch eager on the bundle; returns one row per (backend, batch).
+
+    Raises:
+        UserError: the bundle is missing (names the default path and how to make one).
+    """
+    import torch
+
+    from engine.bundle import load_bundle
+    from engine.generator import Generator, to_uint8
+
+    bundle_dir = Path(args.bundle) if getattr(args, "bundle", None) else DEFAULT_BUNDLE
+    if not bundle_dir.exists():
+        where = "the default bundle" if not getattr(args, "bundle", None) else "bundle"
+        raise UserError(
+            f"{where} {bundle_dir} does not exist; export one with `run.py export RUN_DIR -o {bundle_dir}` "
+            "or pass --bundle"
+        )
+    bundle = load_bundle(bundle_dir)
+    calls = int(getattr(args, "calls", 200))
+    batches = [int(b) for b in str(getattr(args, "batches", "1,32")).split(",") if b.strip()]
+    wanted = [b.strip() for b in args.backends.split(",")] if getattr(args, "backends", None) else list(AUTO_ORDER)
+    max_batch = max(batches)
+
+    eager, eager_note = _eager(bundle_dir)
+    rows: list[dict[str, Any]] = []
+    generators: dict[str, Generator] = {}
+    for name in AUTO_ORDER:
+        if name not in wanted:
+            continue
+        try:
+            generators[name] = Generator(bundle_dir, backend=name, max_batch=max_batch, fallback=False)
+        except UserError as exc:
+            rows.append({"backend": name, "note": f"skipped: {str(exc).split(': ', 1)[-1]}"})
+    if not generators:
+        log.warning("no engine backend could run %s", bundle_dir)
+
+    window, noise_dim = bundle.window_samples, bundle.noise_dim
+    timed: list[dict[str, Any]] = []
+    for batch in batches:
+        rng = np.random.default_rng(batch)
+        audio = np.clip(0.3 * rng.standard_normal((batch, window)), -1, 1).astype(np.float32)
+        noise = rng.standard_normal((batch, noise_dim)).astype(np.float32)
+        with torch.inference_mode():
+            reference = eager(torch.from_numpy(audio), torch.from_numpy(noise)).numpy()
+
+        def eager_call(a: np.ndarray = audio, z: np.ndarray = noise) -> np.ndarray:
+            with torch.inference_mode():
+                return to_uint8(eager(torch.from_numpy(a), torch.from_numpy(z)).numpy())
+
+        runners: dict[str, Callable[[], Any]] = {"torch-eager": eager_call}
+        errors: dict[str, float] = {"torch-eager": 0.0}
+        for name, gen in generators.items():
+            runners[name] = lambda g=gen, a=audio, z=noise: g(a, z)
+            errors[name] = float(np.abs(gen.run(audio, noise) - reference).max())
+        warm = 20 if batch == 1 else 5
+        times = _time_round_robin(runners, calls, warm)
+        eager_p50 = _percentiles(times["torch-eager"])["p50_ms"]
+        for name, ts in times.items():
+            stats = _percentiles(ts)
+            timed.append(
+                {
+                    "backend": name,
+                    "batch": batch,
+                    "calls": len(ts),
+                    **stats,
+                    "per_item_ms": stats["p50_ms"] / batch,
+                    "items_per_s": batch * 1e3 / stats["mean_ms"],
+                    "eager_over_this": eager_p50 / stats["p50_ms"],
+                    "max_abs_err": errors[name],
+                    "note": eager_note if name == "torch-eager" else generators[name].backend_reason,
+                }
+            )
+    for gen in generators.values():
+        gen.close()
+    return timed + rows

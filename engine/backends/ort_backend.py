@@ -1,0 +1,103 @@
+"""ONNX Runtime backend (CPU execution provider, or CUDA where available).
+
+CPU sessions are tuned for low-latency single-window inference next to a
+render loop: a pinned number of intra-op threads (default ``min(2, cores)``),
+one inter-op thread, sequential execution, no thread spinning (idle worker
+threads sleep instead of burning the cores the window and audio threads need),
+and every graph optimisation (``ORT_ENABLE_ALL``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+from engine.backends import BackendUnavailable
+from engine.bundle import Bundle
+
+log = logging.getLogger(__name__)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (affinity-aware), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def default_threads() -> int:
+    """Default intra-op threads for CPU inference: ``min(2, cores)``."""
+    return min(2, available_cores())
+
+
+def session_options(threads: int | None = None):  # -> onnxruntime.SessionOptions
+    """ONNX Runtime session options used for every session (see the module docstring).
+
+    Args:
+        threads: intra-op threads (``None``: :func:`default_threads`).
+    """
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads or default_threads())
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    so.log_severity_level = 3  # errors only; CUDA-provider fallbacks are reported by us
+    return so
+
+
+class OnnxRuntimeBackend:
+    """Runs ``model.onnx`` with ONNX Runtime.
+
+    Args:
+        bundle: the loaded bundle.
+        device: ``"cpu"`` (CPU execution provider) or ``"cuda"`` (CUDA execution provider).
+        device_index: CUDA device index.
+        threads: intra-op threads for the CPU provider (``None``: ``min(2, cores)``).
+
+    Raises:
+        BackendUnavailable: onnxruntime is not installed, the CUDA provider is not
+            available or failed to load, or the session could not be created.
+    """
+
+    def __init__(self, bundle: Bundle, device: str = "cpu", device_index: int = 0, threads: int | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise BackendUnavailable(f"onnxruntime not installed ({exc})") from exc
+        self.name = f"onnxruntime-{device}"
+        self.threads = int(threads or default_threads())
+        if device == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise BackendUnavailable("no CUDA provider (install onnxruntime-gpu)")
+            providers: list = [("CUDAExecutionProvider", {"device_id": device_index}), "CPUExecutionProvider"]
+        elif device == "cpu":
+            providers = ["CPUExecutionProvider"]
+        else:
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        try:
+            self.session = ort.InferenceSession(
+                str(bundle.onnx_path), sess_options=session_options(self.threads), providers=providers
+            )
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+            raise BackendUnavailable(f"cannot create session ({type(exc).__name__}: {exc})") from exc
+        if device == "cuda" and self.session.get_providers()[0] != "CUDAExecutionProvider":
+            raise BackendUnavailable("CUDA provider failed to load (CUDA/cuDNN libraries missing?)")
+        names = {i.name for i in self.session.get_inputs()}
+        if names != {"audio", "noise"}:
+            raise BackendUnavailable(f"model.onnx inputs are {sorted(names)}, expected ['audio', 'noise']")
+        self.output_name = self.session.get_outputs()[0].name
+
+    def run(self, audio: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """float32 audio [B, S] + noise [B, Z] -> float32 image [B, 3, H, W] in [-1, 1]."""
+        return self.session.run([self.output_name], {"audio": audio, "noise": noise})[0]
+
+    def close(self) -> None:
+        """Drop the session."""
+        self.session = None

@@ -1,0 +1,269 @@
+"""TensorRT backend (TensorRT 10 Python API), with an on-disk plan cache.
+
+Written against the documented TensorRT 10 API; not run on the development
+machine (no GPU there). The cache-key and fallback logic is plain Python and
+unit-tested without TensorRT.
+
+Build: ``trt.Builder`` -> network from ``trt.OnnxParser`` (``model.onnx``) ->
+builder config with FP16 when ``platform_has_fast_fp16``, one optimisation
+profile for batch 1..max_batch (optimised for batch 1, the live case), and a
+timing cache file shared across bundles on the same GPU/TensorRT version.
+The serialized plan is cached at ``<cache>/trt/<key>.plan`` where ``<cache>``
+is ``$AVGAN_CACHE`` or ``~/.cache/avgan``; the key covers the GPU name,
+compute capability, TensorRT version, bundle hash (sha256 of ``model.onnx``),
+max batch and precision, so changing any of them builds a new plan.
+
+Run: torch CUDA tensors are the I/O buffers (preallocated for ``max_batch``);
+``set_input_shape`` + ``set_tensor_address`` + ``execute_async_v3`` on torch's
+current stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.backends import BackendUnavailable
+from engine.bundle import Bundle
+
+log = logging.getLogger(__name__)
+
+WORKSPACE_BYTES = 1 << 30
+
+
+def cache_dir() -> Path:
+    """Directory for TensorRT plans and timing caches: ``$AVGAN_CACHE/trt`` or ``~/.cache/avgan/trt``."""
+    root = os.environ.get("AVGAN_CACHE")
+    base = Path(root).expanduser() if root else Path.home() / ".cache" / "avgan"
+    return base / "trt"
+
+
+def plan_key(
+    gpu_name: str,
+    compute_capability: tuple[int, int],
+    trt_version: str,
+    bundle_hash: str,
+    max_batch: int,
+    fp16: bool,
+) -> str:
+    """Cache key of a serialized plan: changes whenever any input changes.
+
+    Args:
+        gpu_name: e.g. ``"NVIDIA GeForce RTX 4090"``.
+        compute_capability: (major, minor), e.g. ``(8, 9)``.
+        trt_version: ``tensorrt.__version__``.
+        bundle_hash: sha256 of the bundle's ``model.onnx``.
+        max_batch: top of the optimisation profile.
+        fp16: whether FP16 kernels were allowed.
+
+    Returns:
+        A file-name-safe string ``<gpu>-sm<MM>-trt<version>-<digest16>``.
+    """
+    fields = {
+        "gpu": gpu_name,
+        "cc": [int(compute_capability[0]), int(compute_capability[1])],
+        "trt": trt_version,
+        "bundle": bundle_hash,
+        "max_batch": int(max_batch),
+        "fp16": bool(fp16),
+    }
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+    gpu = re.sub(r"[^A-Za-z0-9]+", "_", gpu_name).strip("_")[:40] or "gpu"
+    version = re.sub(r"[^A-Za-z0-9.]+", "_", trt_version)
+    return f"{gpu}-sm{compute_capability[0]}{compute_capability[1]}-trt{version}-{digest}"
+
+
+def timing_cache_name(gpu_name: str, compute_capability: tuple[int, int], trt_version: str) -> str:
+    """File name of the timing cache shared by every bundle on this GPU and TensorRT version."""
+    gpu = re.sub(r"[^A-Za-z0-9]+", "_", gpu_name).strip("_")[:40] or "gpu"
+    return f"timing-{gpu}-sm{compute_capability[0]}{compute_capability[1]}-trt{trt_version}.cache"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class TensorRTBackend:
+    """Runs a TensorRT engine built from ``model.onnx`` (cached per GPU / TensorRT / bundle).
+
+    Args:
+        bundle: the loaded bundle.
+        max_batch: largest batch accepted (optimisation profile 1..max_batch).
+        device_index: CUDA device.
+        fp16: allow FP16 kernels (``None``: when ``builder.platform_has_fast_fp16``).
+        cache: plan cache directory (``None``: :func:`cache_dir`).
+
+    Raises:
+        BackendUnavailable: TensorRT not installed, no CUDA device via torch, ONNX
+            parse / engine build / deserialisation failed.
+    """
+
+    name = "tensorrt"
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        max_batch: int = 32,
+        device_index: int = 0,
+        fp16: bool | None = None,
+        cache: Path | None = None,
+    ) -> None:
+        try:
+            import tensorrt as trt
+        except ModuleNotFoundError as exc:
+            if exc.name == "tensorrt":
+                raise BackendUnavailable("not installed") from exc
+            raise BackendUnavailable(f"import failed ({exc})") from exc
+        except ImportError as exc:
+            raise BackendUnavailable(f"not installed ({exc})") from exc
+        except Exception as exc:  # noqa: BLE001 - broken installs raise OSError etc. from native libs
+            raise BackendUnavailable(f"import failed ({type(exc).__name__}: {exc})") from exc
+        try:
+            import torch
+        except ImportError as exc:
+            raise BackendUnavailable("torch (CUDA) is needed for TensorRT buffers") from exc
+        if not torch.cuda.is_available():
+            raise BackendUnavailable("no CUDA device")
+        self.trt = trt
+        self.torch = torch
+        self.device = torch.device("cuda", device_index)
+        self.max_batch = int(max_batch)
+        self.window_samples = bundle.window_samples
+        self.noise_dim = bundle.noise_dim
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        gpu = torch.cuda.get_device_name(self.device)
+        cc = tuple(torch.cuda.get_device_capability(self.device))
+        self.cache = Path(cache) if cache is not None else cache_dir()
+        with torch.cuda.device(self.device):
+            if fp16 is None:
+                builder = trt.Builder(self.logger)
+                fp16 = bool(getattr(builder, "platform_has_fast_fp16", True))
+                del builder
+            self.fp16 = fp16
+            key = plan_key(gpu, cc, trt.__version__, bundle.digest, self.max_batch, fp16)
+            self.plan_path = self.cache / f"{key}.plan"
+            timing_path = self.cache / timing_cache_name(gpu, cc, trt.__version__)
+            self.runtime = trt.Runtime(self.logger)
+            self.engine = self._load_or_build(bundle, key, timing_path)
+            self.context = self.engine.create_execution_context()
+            if self.context is None:
+                raise BackendUnavailable("cannot create a TensorRT execution context")
+            self._allocate()
+        self.meta = {"gpu": gpu, "cc": cc, "trt": trt.__version__, "fp16": fp16, "plan": str(self.plan_path)}
+
+    # -- plan cache -------------------------------------------------------------------------
+
+    def _load_or_build(self, bundle: Bundle, key: str, timing_path: Path) -> Any:
+        """The deserialized engine: from the cached plan if it loads, else freshly built (and cached)."""
+        if self.plan_path.is_file():
+            engine = self.runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
+            if engine is not None:
+                log.info("tensorrt: using cached plan %s", self.plan_path)
+                return engine
+            log.warning("tensorrt: cached plan %s does not load; rebuilding", self.plan_path)
+        log.info("tensorrt: building a plan for %s (takes a minute; cached at %s)", bundle.path, self.plan_path)
+        plan = self._build(bundle, timing_path)
+        engine = self.runtime.deserialize_cuda_engine(plan)
+        if engine is None:
+            raise BackendUnavailable("cannot deserialize the freshly built TensorRT plan")
+        try:
+            _atomic_write(self.plan_path, plan)
+            sidecar = {"key": key, "bundle": str(bundle.path), "bundle_hash": bundle.digest, "fp16": self.fp16}
+            _atomic_write(self.plan_path.with_suffix(".json"), json.dumps(sidecar, indent=2).encode())
+        except OSError as exc:
+            log.warning("tensorrt: cannot cache the plan at %s (%s); it will be rebuilt next time", self.plan_path, exc)
+        return engine
+
+    def _build(self, bundle: Bundle, timing_path: Path) -> bytes:
+        trt = self.trt
+        builder = trt.Builder(self.logger)
+        network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+        parser = trt.OnnxParser(network, self.logger)
+        if not parser.parse_from_file(str(bundle.onnx_path)):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise BackendUnavailable(f"ONNX parse failed ({errors})")
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
+        if self.fp16:
+            config.set_flag(trt.BuilderFlag.FP16)
+        profile = builder.create_optimization_profile()
+        for i in range(network.num_inputs):
+            tensor = network.get_input(i)
+            width = self.window_samples if tensor.name == "audio" else self.noise_dim
+            profile.set_shape(tensor.name, (1, width), (1, width), (self.max_batch, width))
+        config.add_optimization_profile(profile)
+        cache_bytes = timing_path.read_bytes() if timing_path.is_file() else b""
+        timing_cache = config.create_timing_cache(cache_bytes)
+        config.set_timing_cache(timing_cache, ignore_mismatch=False)
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise BackendUnavailable("TensorRT engine build failed (see TensorRT log above)")
+        try:
+            _atomic_write(timing_path, bytes(memoryview(config.get_timing_cache().serialize())))
+        except OSError as exc:
+            log.warning("tensorrt: cannot write timing cache %s (%s)", timing_path, exc)
+        return bytes(memoryview(serialized))
+
+    # -- execution --------------------------------------------------------------------------
+
+    def _allocate(self) -> None:
+        trt, torch = self.trt, self.torch
+        dtypes = {trt.float32: torch.float32, trt.float16: torch.float16}
+        self.inputs: dict[str, Any] = {}
+        self.outputs: dict[str, Any] = {}
+        for i in range(self.engine.num_io_tensors):
+            name = self.engine.get_tensor_name(i)
+            dtype = dtypes[self.engine.get_tensor_dtype(name)]
+            if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                width = self.window_samples if name == "audio" else self.noise_dim
+                self.inputs[name] = torch.empty((self.max_batch, width), dtype=dtype, device=self.device)
+            else:
+                shape = list(self.engine.get_tensor_shape(name))
+                shape[0] = self.max_batch
+                self.outputs[name] = torch.empty(shape, dtype=dtype, device=self.device)
+        if set(self.inputs) != {"audio", "noise"} or len(self.outputs) != 1:
+            raise BackendUnavailable(
+                f"unexpected engine I/O: inputs {sorted(self.inputs)}, outputs {sorted(self.outputs)}"
+            )
+
+    def run(self, audio: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """float32 audio [B, S] + noise [B, Z] (B <= max_batch) -> float32 image [B, 3, H, W] in [-1, 1]."""
+        torch = self.torch
+        batch = audio.shape[0]
+        with torch.cuda.device(self.device):
+            stream = torch.cuda.current_stream(self.device)
+            for name, host in (("audio", audio), ("noise", noise)):
+                buf = self.inputs[name][:batch]
+                buf.copy_(torch.from_numpy(host))
+                self.context.set_input_shape(name, tuple(buf.shape))
+                self.context.set_tensor_address(name, buf.data_ptr())
+            ((out_name, out_buf),) = self.outputs.items()
+            out = out_buf[:batch]
+            self.context.set_tensor_address(out_name, out.data_ptr())
+            if not self.context.execute_async_v3(stream.cuda_stream):
+                raise RuntimeError("TensorRT execute_async_v3 failed")
+            return out.float().cpu().numpy()
+
+    def close(self) -> None:
+        """Release the execution context, engine and buffers."""
+        self.context = None
+        self.engine = None
+        self.runtime = None
+        self.inputs = {}
+        self.outputs = {}

@@ -1,0 +1,265 @@
+"""The engine's public entry point: raw audio windows in, images out.
+
+>>> gen = Generator("presets/models/wav2pix-64")            # doctest: +SKIP
+>>> gen.backend_name, gen.backend_reason                     # doctest: +SKIP
+('onnxruntime-cpu', 'tensorrt: not installed; ...; chose onnxruntime-cpu')
+>>> images = gen(audio)          # float32 [B, 16000] -> uint8 [B, 64, 64, 3]  # doctest: +SKIP
+
+Backend choice (``backend="auto"``) tries, in order: ``tensorrt`` >
+``onnxruntime-cuda`` > ``torch-cuda`` > ``onnxruntime-cpu`` > ``torch-cpu``,
+logging why each one that cannot run was skipped; ``backend_reason`` records
+the whole story. ``device="cpu"`` / ``"cuda"`` restricts the candidates.
+Explicit ``"tensorrt"`` falls back along the same order if TensorRT cannot run;
+``"onnxruntime"`` / ``"torch"`` try CUDA then CPU (or only ``device``); the
+exact names (``"onnxruntime-cpu"``, ...) and ``fallback=False`` try exactly one.
+
+A Generator is not thread-safe: call it from one thread (the render loop).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from engine.backends import AUTO_ORDER, Backend, BackendUnavailable, create, parse_device
+from engine.bundle import Bundle, load_bundle
+from engine.errors import UserError
+
+log = logging.getLogger(__name__)
+
+BACKEND_CHOICES: tuple[str, ...] = ("auto", "tensorrt", "onnxruntime", "torch", *AUTO_ORDER[1:])
+"""Values accepted for ``backend`` (``--backend`` on the command line)."""
+
+
+class EngineInputError(UserError, ValueError):
+    """Audio or noise of the wrong shape or dtype; the message states what was expected."""
+
+
+class BackendError(UserError, RuntimeError):
+    """No backend could run the bundle (the message lists why each one was skipped), or a bad backend name."""
+
+
+def candidates(backend: str, device: str | None, fallback: bool = True) -> list[str]:
+    """Backend names to try, in order, for a ``backend`` / ``device`` request.
+
+    Args:
+        backend: one of :data:`BACKEND_CHOICES`.
+        device: ``None``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        fallback: ``False`` keeps only the first candidate.
+
+    Raises:
+        BackendError: unknown backend, bad device, or a combination that leaves nothing
+            (e.g. ``backend="tensorrt", device="cpu"``).
+    """
+    try:
+        kind, _ = parse_device(device)
+    except ValueError as exc:
+        raise BackendError(str(exc)) from exc
+    if backend == "auto":
+        names = list(AUTO_ORDER)
+    elif backend == "tensorrt":
+        names = list(AUTO_ORDER)  # falls back along the auto order
+    elif backend in ("onnxruntime", "torch"):
+        names = [f"{backend}-cuda", f"{backend}-cpu"]
+    elif backend in AUTO_ORDER:
+        names = [backend]
+    else:
+        raise BackendError(f"unknown backend {backend!r} (choose from {', '.join(BACKEND_CHOICES)})")
+    if kind == "cpu":
+        names = [n for n in names if n.endswith("-cpu")]
+    elif kind == "cuda":
+        names = [n for n in names if not n.endswith("-cpu")]
+    if not names or (backend != "auto" and not names[0].startswith(backend)):
+        raise BackendError(f"backend {backend!r} cannot run on device {device!r}")
+    return names[:1] if not fallback else names
+
+
+class Generator:
+    """Runs a model bundle on the best available backend.
+
+    Args:
+        bundle_dir: model bundle directory (see ``docs/CONTRACTS.md``).
+        backend: ``"auto"`` (default), ``"tensorrt"``, ``"onnxruntime"``, ``"torch"``, or an
+            exact name from :data:`engine.backends.AUTO_ORDER`.
+        device: ``None`` (any), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        max_batch: largest batch one backend call receives; larger inputs are split.
+        warmup: run a few batch-1 and max-batch calls at load so the first real
+            call does not pay for allocations, kernel selection or graph capture.
+        threads: CPU threads for the ONNX Runtime CPU backend (default ``min(2, cores)``);
+            for torch-cpu, if given, sets torch's process-wide thread count.
+        fallback: try the next backend when one cannot run (default); ``False`` raises instead.
+        verify: check bundle file hashes at load.
+
+    Attributes:
+        bundle: the loaded :class:`engine.bundle.Bundle`.
+        backend_name: the backend in use, e.g. ``"onnxruntime-cpu"``.
+        backend_reason: why it was chosen, e.g. ``"tensorrt: not installed; ...; chose onnxruntime-cpu"``.
+        sample_rate: Hz. window_samples: samples per window. noise_dim: noise length.
+        image_size: output side in pixels.
+
+    Raises:
+        engine.bundle.BundleError: the bundle is missing or corrupted.
+        BackendError: bad backend/device, or no backend could run (lists the reasons).
+        ValueError: ``max_batch`` < 1.
+    """
+
+    def __init__(
+        self,
+        bundle_dir: str | Path,
+        backend: str = "auto",
+        device: str | None = None,
+        max_batch: int = 32,
+        warmup: bool = True,
+        *,
+        threads: int | None = None,
+        fallback: bool = True,
+        verify: bool = True,
+    ) -> None:
+        if int(max_batch) < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.max_batch = int(max_batch)
+        names = candidates(backend, device, fallback)
+        self.bundle: Bundle = load_bundle(bundle_dir, verify=verify)
+        self.sample_rate = self.bundle.sample_rate
+        self.window_samples = self.bundle.window_samples
+        self.noise_dim = self.bundle.noise_dim
+        self.image_size = self.bundle.image_size
+        self.identities = self.bundle.identities
+        _, device_index = parse_device(device)
+        skipped: list[str] = []
+        self._backend: Backend | None = None
+        for name in names:
+            try:
+                self._backend = create(
+                    name, self.bundle, max_batch=self.max_batch, device_index=device_index, threads=threads
+                )
+            except BackendUnavailable as exc:
+                log.info("backend %s unavailable: %s", name, exc)
+                skipped.append(f"{name}: {exc}")
+                continue
+            break
+        if self._backend is None:
+            raise BackendError(f"no backend can run {self.bundle.path}: " + "; ".join(skipped))
+        self.backend_name: str = self._backend.name
+        request = f"requested {backend}" + (f" on {device}" if device else "")
+        self.backend_reason: str = (
+            "; ".join([*skipped, f"chose {self.backend_name}"])
+            if skipped
+            else (f"{request}; chose {self.backend_name}")
+        )
+        log.info("engine backend: %s (%s)", self.backend_name, self.backend_reason)
+        if warmup:
+            self.warmup()
+
+    # -- inputs -----------------------------------------------------------------------------
+
+    def make_noise(self, batch: int, seed: int | None = None) -> np.ndarray:
+        """Standard normal noise float32 [batch, noise_dim]; the same ``seed`` gives the same noise."""
+        return np.random.default_rng(seed).standard_normal((int(batch), self.noise_dim), dtype=np.float32)
+
+    def _check_audio(self, audio: np.ndarray) -> np.ndarray:
+        arr = np.asarray(audio)
+        if arr.ndim != 2:
+            hint = "; add a batch axis with audio[None]" if arr.ndim == 1 else ""
+            raise EngineInputError(
+                f"audio must have shape [batch, {self.window_samples}] (window_samples at {self.sample_rate} Hz), "
+                f"got shape {tuple(arr.shape)}{hint}"
+            )
+        if arr.shape[1] != self.window_samples:
+            seconds = self.window_samples / self.sample_rate
+            raise EngineInputError(
+                f"audio has {arr.shape[1]} samples per window; this bundle expects window_samples="
+                f"{self.window_samples} ({seconds:g} s at {self.sample_rate} Hz)"
+            )
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise EngineInputError(
+                f"audio must be float samples in [-1, 1], got dtype {arr.dtype} (int16 PCM: divide by 32768)"
+            )
+        return np.ascontiguousarray(arr, dtype=np.float32)
+
+    def _check_noise(self, noise: np.ndarray, batch: int) -> np.ndarray:
+        arr = np.asarray(noise)
+        if arr.ndim != 2 or arr.shape != (batch, self.noise_dim):
+            raise EngineInputError(
+                f"noise must have shape [{batch}, {self.noise_dim}] (batch of the audio, noise_dim), "
+                f"got shape {tuple(arr.shape)}"
+            )
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise EngineInputError(f"noise must be float (standard normal), got dtype {arr.dtype}")
+        return np.ascontiguousarray(arr, dtype=np.float32)
+
+    # -- running ----------------------------------------------------------------------------
+
+    def run(self, audio: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """Run the graph on raw audio windows.
+
+        Args:
+            audio: float [B, window_samples] samples in [-1, 1] at ``sample_rate`` Hz
+                (any float dtype; converted to float32).
+            noise: float [B, noise_dim], standard normal.
+
+        Returns:
+            float32 [B, 3, image_size, image_size] in [-1, 1]. Batches larger than
+            ``max_batch`` are split into several backend calls.
+
+        Raises:
+            EngineInputError: wrong rank, window length, batch or dtype.
+        """
+        a = self._check_audio(audio)
+        z = self._check_noise(noise, a.shape[0])
+        if self._backend is None:
+            raise RuntimeError("Generator is closed")
+        batch = a.shape[0]
+        if batch == 0:
+            return np.zeros((0, 3, self.image_size, self.image_size), dtype=np.float32)
+        if batch <= self.max_batch:
+            return self._backend.run(a, z)
+        parts = [
+            self._backend.run(a[i : i + self.max_batch], z[i : i + self.max_batch])
+            for i in range(0, batch, self.max_batch)
+        ]
+        return np.concatenate(parts, axis=0)
+
+    def __call__(self, audio: np.ndarray, noise: np.ndarray | None = None, seed: int | None = None) -> np.ndarray:
+        """Raw audio windows -> uint8 images.
+
+        Args:
+            audio: float [B, window_samples] samples in [-1, 1] at ``sample_rate`` Hz.
+            noise: float [B, noise_dim]; ``None`` draws it from ``seed`` (see :meth:`make_noise`).
+            seed: noise seed when ``noise`` is ``None`` (``None``: fresh noise every call).
+
+        Returns:
+            uint8 [B, H, W, 3] RGB, ``round((x + 1) * 127.5)`` clipped to [0, 255].
+
+        Raises:
+            EngineInputError: wrong shapes or dtypes.
+        """
+        a = self._check_audio(audio)
+        z = self.make_noise(a.shape[0], seed) if noise is None else noise
+        return to_uint8(self.run(a, z))
+
+    def warmup(self, calls: int = 3) -> None:
+        """Run ``calls`` batch-1 and ``max(1, calls - 1)`` max-batch calls on silence-plus-noise."""
+        rng = np.random.default_rng(0)
+        for batch, n in ((1, calls), (self.max_batch, max(1, calls - 1))):
+            audio = (0.1 * rng.standard_normal((batch, self.window_samples))).astype(np.float32)
+            noise = self.make_noise(batch, 0)
+            for _ in range(n):
+                self.run(audio, noise)
+
+    def close(self) -> None:
+        """Release the backend (sessions, engines, device memory)."""
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
+    def __repr__(self) -> str:
+        return f"Generator({str(self.bundle.path)!r}, backend={self.backend_name!r}, max_batch={self.max_batch})"
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """float [B, 3, H, W] in [-1, 1] -> uint8 [B, H, W, 3]: ``round((x + 1) * 127.5)`` clipped to [0, 255]."""
+    x = np.clip(np.rint((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))

@@ -1,0 +1,144 @@
+"""Drawing helpers shared by the grid and morph scenes (private to :mod:`scenes`).
+
+Cost model at 1920x1080 (2 CPU cores): every float operation on a full canvas costs ~1-2 ms, an OpenCV
+``resize`` of a small picture straight into the canvas ~1 ms, an affine warp at full size ~16 ms. So the
+scenes compose each frame at a *small* working resolution with the canvas's aspect ratio (a few hundred
+pixels wide at most) and finish with exactly one :func:`upscale_into` into the caller's canvas. Working
+buffers are cached by shape, so a steady stream of frames allocates nothing at canvas size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+INTERPOLATIONS: dict[str, int] = {
+    "nearest": cv2.INTER_NEAREST,
+    "linear": cv2.INTER_LINEAR,
+    "cubic": cv2.INTER_CUBIC,
+    "lanczos": cv2.INTER_LANCZOS4,
+}
+
+
+def approach(value: float, target: float, dt: float, tau: float) -> float:
+    """One-pole step of ``value`` towards ``target`` over ``dt`` seconds with time constant ``tau`` seconds."""
+    if tau <= 0:
+        return target
+    return target + (value - target) * math.exp(-dt / tau)
+
+
+def working_shape(canvas_hw: tuple[int, int], height: int) -> tuple[int, int]:
+    """(h, w) of a working picture ``height`` px high (capped at the canvas's) with the canvas's aspect ratio."""
+    ch, cw = canvas_hw
+    h = max(1, min(int(height), ch))
+    return h, max(1, min(cw, round(h * cw / ch)))
+
+
+def upscale_into(small: np.ndarray, canvas: np.ndarray, interpolation: int) -> None:
+    """Resize uint8 ``small`` [h, w, 3] to fill ``canvas`` [H, W, 3] (uint8, written in place).
+
+    A C-contiguous canvas is written directly (``dst=``); a strided view gets a temporary copy.
+    """
+    height, width = canvas.shape[:2]
+    if small.shape[:2] == (height, width):
+        np.copyto(canvas, small)
+    elif canvas.flags.c_contiguous:
+        cv2.resize(small, (width, height), dst=canvas, interpolation=interpolation)
+    else:
+        canvas[...] = cv2.resize(small, (width, height), interpolation=interpolation)
+
+
+def validate_image(image: np.ndarray) -> None:
+    """Raise ``ValueError`` unless ``image`` is uint8 [h, w, 3] with h, w > 0."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        got = f"{image.dtype} {tuple(image.shape)}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise ValueError(f"generated image must be uint8 [h, w, 3], got {got}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError("generated image is empty")
+
+
+def check_rgb(name: str, value: tuple[int, ...]) -> tuple[int, int, int]:
+    """``value`` as an RGB tuple of ints in 0..255; ``ValueError`` naming ``name`` otherwise."""
+    try:
+        rgb = tuple(int(c) for c in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be 3 values in 0..255, got {value!r}") from None
+    if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
+        raise ValueError(f"{name} must be 3 values in 0..255, got {value!r}")
+    return rgb[0], rgb[1], rgb[2]
+
+
+def check_interpolation(name: str, value: str) -> None:
+    """``ValueError`` unless ``value`` is one of :data:`INTERPOLATIONS`."""
+    if value not in INTERPOLATIONS:
+        raise ValueError(f"{name} must be one of {', '.join(INTERPOLATIONS)}, got {value!r}")
+
+
+class Buffers:
+    """Working arrays cached by (name, shape, dtype): the steady state allocates nothing."""
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: type = np.float32) -> np.ndarray:
+        """An uninitialised array of ``shape``/``dtype`` reserved for ``name`` (the same object while the shape holds)."""
+        a = self._arrays.get(name)
+        if a is None or a.shape != shape or a.dtype != dtype:
+            a = np.empty(shape, dtype)
+            self._arrays[name] = a
+        return a
+
+    def clear(self) -> None:
+        self._arrays.clear()
+
+
+class Crossfade:
+    """Linear crossfade between successive generated pictures (float32, any fixed shape), as in the portrait.
+
+    A new picture starts a fade from what is on screen now to it, lasting ``crossfade_s`` seconds from
+    the *previous* frame's time (so the frame that brings it already moves towards it). A shape change cuts.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._from: np.ndarray | None = None
+        self._to: np.ndarray | None = None
+        self._start = 0.0
+        self._mix: np.ndarray | None = None
+
+    @property
+    def empty(self) -> bool:
+        """No picture yet."""
+        return self._to is None
+
+    def push(self, picture: np.ndarray, now: float, previous: float, crossfade_s: float) -> None:
+        """Start fading to float32 ``picture`` (taken over: the caller must not modify it afterwards)."""
+        current = self.at(now, crossfade_s)
+        if current is None or current.shape != picture.shape:
+            self._from = picture
+        else:
+            self._from = current.copy() if current is self._mix else current
+        self._to = picture
+        self._start = previous
+
+    def at(self, now: float, crossfade_s: float) -> np.ndarray | None:
+        """The picture at ``now`` (float32; an internal buffer, valid until the next call), or ``None``."""
+        if self._to is None or self._from is None:
+            return None
+        if crossfade_s <= 0 or self._from is self._to:
+            return self._to
+        alpha = (now - self._start) / crossfade_s
+        if alpha >= 1.0:
+            self._from = self._to
+            return self._to
+        alpha = max(0.0, alpha)
+        if self._mix is None or self._mix.shape != self._to.shape:
+            self._mix = np.empty_like(self._to)
+        np.subtract(self._to, self._from, out=self._mix)
+        self._mix *= np.float32(alpha)
+        self._mix += self._from
+        return self._mix

@@ -1,0 +1,429 @@
+"""Export a trained generator to a model bundle (``docs/CONTRACTS.md``), and check it.
+
+``python run.py export RUN_DIR -o BUNDLE_DIR`` loads the run's EMA generator
+(``training.trainer.load_run``) and writes:
+
+* ``model.onnx`` — :class:`~training.models.wav2pix.Wav2PixInference` (raw audio
+  + noise -> image, feature extraction inside), dynamic batch axis, opset 18
+  via the dynamo exporter (falls back to the TorchScript-based exporter, opset
+  17, if that fails), checked with ``onnx.checker``;
+* ``model.pt2`` — the same module as a ``torch.export`` program with a dynamic
+  batch dimension (1..max_batch);
+* ``generator.safetensors`` — the generator-side state dict as trained
+  (spectral-norm parametrizations included, loadable into ``Wav2PixGenerator``);
+* ``config.yaml``, ``metrics.json``, ``TRAINING.md`` and ``bundle.json`` (sha256 of every file).
+
+Spectral-norm parametrizations are baked into plain weights (eval mode, no
+power iteration) before tracing. Everything is written into a temporary folder
+next to the target, verified by loading it with the engine (ONNX Runtime and
+torch backends against torch eager, max abs error <= 1e-3), and only then
+renamed into place, so a failed export never leaves a half-written bundle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from engine import configs
+from engine.bundle import (
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    MANIFEST,
+    METRICS_FILE,
+    ONNX_FILE,
+    PT2_FILE,
+    TRAINING_FILE,
+    WEIGHTS_FILE,
+    sha256_file,
+)
+from engine.errors import UserError
+from training.config import Config
+from training.models.wav2pix import Wav2PixGenerator, Wav2PixInference
+
+log = logging.getLogger(__name__)
+
+ONNX_OPSET = 18
+LEGACY_ONNX_OPSET = 17
+CHECK_TOLERANCE = 1e-3
+DEFAULT_MAX_BATCH = 1024
+
+
+class ExportError(RuntimeError):
+    """The exported graph failed its self-check (the message gives the error and the backend)."""
+
+
+# ----------------------------------------------------------------------------------------------- graph
+def bake_parametrizations(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` in eval mode, on CPU, float32, with every parametrization baked into a plain tensor.
+
+    The copy's parametrized modules get their own classes first: ``copy.deepcopy``
+    shares the dynamically created ``Parametrized*`` class with the original,
+    and ``remove_parametrizations`` deletes the property from that class, which
+    would break the original module.
+    """
+    baked = copy.deepcopy(module).eval().cpu().float()
+    for sub in baked.modules():
+        if parametrize.is_parametrized(sub):
+            cls = type(sub)
+            sub.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+            for name in list(sub.parametrizations.keys()):
+                parametrize.remove_parametrizations(sub, name, leave_parametrized=True)
+    for p in baked.parameters():
+        p.requires_grad_(False)
+    return baked
+
+
+def inference_module(net: Wav2PixGenerator) -> Wav2PixInference:
+    """The exported graph (:class:`Wav2PixInference`) built from a baked copy of ``net``."""
+    return Wav2PixInference(bake_parametrizations(net)).eval()
+
+
+def _example_inputs(cfg: Config, batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    audio = (torch.rand(batch, cfg.audio.window_samples, generator=g) * 2 - 1) * 0.5
+    noise = torch.randn(batch, cfg.model.noise_dim, generator=g)
+    return audio, noise
+
+
+def _dynamic_shapes(max_batch: int) -> dict[str, dict[int, Any]]:
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    return {"audio": {0: batch}, "noise": {0: batch}}
+
+
+def export_pt2(module: nn.Module, cfg: Config, path: Path, max_batch: int) -> None:
+    """Write ``module`` as a ``torch.export`` program with a dynamic batch axis (1..max_batch)."""
+    program = torch.export.export(module, _example_inputs(cfg, 2), dynamic_shapes=_dynamic_shapes(max_batch))
+    torch.export.save(program, str(path))
+
+
+@contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the ONNX exporter's INFO chatter (onnxscript rewrites, onnx_ir passes) and its known warnings."""
+    names = ("onnx_ir", "onnxscript", "torch.onnx", "torch.export")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=".*axis name.*")
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def export_onnx(module: nn.Module, cfg: Config, path: Path, max_batch: int) -> str:
+    """Write ``module`` as ONNX (inputs ``audio``, ``noise``; output ``image``; dynamic batch).
+
+    Tries the dynamo exporter (opset 18) first and falls back to the
+    TorchScript-based exporter (opset 17). The file is checked with
+    ``onnx.checker`` (full check). Returns a description of the exporter used.
+
+    Raises:
+        ExportError: both exporters failed or produced an invalid model.
+    """
+    import onnx
+
+    args = _example_inputs(cfg, 2)
+    names = {"input_names": ["audio", "noise"], "output_names": ["image"]}
+    try:
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            dynamo=True,
+            opset_version=ONNX_OPSET,
+            dynamic_shapes=_dynamic_shapes(max_batch),
+            external_data=False,
+            verbose=False,
+            **names,
+        )
+        onnx.checker.check_model(str(path), full_check=True)
+        return f"torch.onnx dynamo exporter, opset {ONNX_OPSET}"
+    except Exception as exc:  # noqa: BLE001 - fall back on any exporter failure
+        log.warning("dynamo ONNX export failed (%s: %s); using the legacy exporter", type(exc).__name__, exc)
+        path.unlink(missing_ok=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)  # "legacy TorchScript-based ONNX export"
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # GroupNorm's batch-size check
+            torch.onnx.export(
+                module,
+                args,
+                str(path),
+                dynamo=False,
+                opset_version=LEGACY_ONNX_OPSET,
+                dynamic_axes={"audio": {0: "batch"}, "noise": {0: "batch"}, "image": {0: "batch"}},
+                do_constant_folding=True,
+                **names,
+            )
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:  # noqa: BLE001
+        raise ExportError(f"ONNX export failed with both exporters ({type(exc).__name__}: {exc})") from exc
+    return f"torch.onnx legacy (TorchScript) exporter, opset {LEGACY_ONNX_OPSET}"
+
+
+# ----------------------------------------------------------------------------------------------- files
+def _training_md(cfg: Config, training: dict[str, Any], export: dict[str, Any], identities: list[str]) -> str:
+    lines = ["# Training record", ""]
+    lines += ["## Command", "", "```", str(training.get("command") or "(not recorded)"), "```", ""]
+    data = training.get("data") or []
+    lines += ["## Data", ""]
+    lines += [f"- `{d}`" for d in data] if data else ["(not recorded)"]
+    lines += ["", f"{len(identities)} identities: {', '.join(identities[:20])}{' …' if len(identities) > 20 else ''}"]
+    lines += ["", "## Run", ""]
+    lines.append(f"- steps: {training.get('steps', '(not recorded)')}")
+    wall = training.get("wall_time_s")
+    if wall is not None:
+        lines.append(f"- wall time: {float(wall) / 3600:.2f} h ({float(wall):.0f} s)")
+    for key, value in training.items():
+        if key not in ("command", "data", "steps", "wall_time_s"):
+            lines.append(f"- {key}: {value}")
+    m = cfg.model
+    lines += ["", "## Model", ""]
+    lines.append(
+        f"- {m.family}, front end {m.front_end}, {m.image_size} px, g_channels {m.g_channels}, "
+        f"encoder_channels {m.encoder_channels}, embedding {m.embedding_dim}, noise {m.noise_dim}"
+    )
+    lines.append(f"- audio: {cfg.audio.sample_rate} Hz, window {cfg.audio.window_samples} samples")
+    lines.append(f"- full resolved config: `{CONFIG_FILE}`")
+    lines += ["", "## Export", ""]
+    lines += [f"- {k}: {v}" for k, v in export.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _self_check(bundle_dir: Path, module: nn.Module, cfg: Config) -> dict[str, float]:
+    """Load the bundle with the engine and compare each CPU backend with torch eager; returns max abs errors."""
+    from engine.generator import Generator
+
+    audio, noise = _example_inputs(cfg, 3, seed=1234)
+    with torch.inference_mode():
+        expected = module(audio, noise).numpy()
+    errors: dict[str, float] = {}
+    for backend in ("onnxruntime-cpu", "torch-cpu"):
+        gen = Generator(bundle_dir, backend=backend, max_batch=4, warmup=False, fallback=False)
+        try:
+            got = gen.run(audio.numpy(), noise.numpy())
+        finally:
+            gen.close()
+        err = float(np.abs(got - expected).max())
+        errors[backend] = err
+        if not np.isfinite(err) or err > CHECK_TOLERANCE:
+            raise ExportError(
+                f"export self-check failed: {backend} differs from torch eager by {err:.3g} "
+                f"(tolerance {CHECK_TOLERANCE:g})"
+            )
+    return errors
+
+
+def _normalise_modes(folder: Path) -> None:
+    """Give the bundle ordinary permissions (mkdtemp makes the folder 0700; some writers make files 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for f in folder.iterdir():
+        f.chmod(0o666 & ~umask)
+
+
+def _replace_dir(tmp: Path, out_dir: Path) -> None:
+    if not out_dir.exists():
+        os.rename(tmp, out_dir)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+    old.rmdir()
+    os.rename(out_dir, old)
+    try:
+        os.rename(tmp, out_dir)
+    except OSError:
+        os.rename(old, out_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def export_bundle(
+    net: Wav2PixGenerator,
+    cfg: Config,
+    identities: list[str],
+    out_dir: str | Path,
+    *,
+    training_info: dict[str, Any],
+    metrics: dict[str, Any] | None = None,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    check: bool = True,
+) -> Path:
+    """Write a verified model bundle for ``net`` to ``out_dir`` (replacing an older bundle there).
+
+    Args:
+        net: the (EMA) generator side; not modified (a baked copy is exported).
+        cfg: the resolved training config (written as ``config.yaml``).
+        identities: identity names; index = training label.
+        out_dir: bundle directory to create. An existing bundle there is replaced;
+            an existing non-empty folder that is not a bundle is refused.
+        training_info: ``command`` (str), ``data`` (list of dataset folders), ``steps``
+            (int; ``step`` is accepted too), optionally ``wall_time_s`` and other
+            keys, which go to ``TRAINING.md`` and the manifest's ``training``.
+        metrics: evaluation figures for ``metrics.json`` (``None``: ``{}``).
+        max_batch: largest batch of the torch.export program's dynamic batch axis.
+        check: load the bundle with the engine and compare with torch eager (default).
+
+    Returns:
+        ``out_dir`` as a :class:`Path`.
+
+    Raises:
+        UserError: ``out_dir`` exists and is not a bundle, or the config is not a wav2pix one.
+        ExportError: ONNX export failed or the self-check found a mismatch > 1e-3.
+    """
+    if cfg.model.family != "wav2pix":
+        raise UserError(f"export supports the wav2pix family, got {cfg.model.family!r}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file())):
+        raise UserError(f"{out_dir}: exists and is not a model bundle; choose another output folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    module = inference_module(net)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        with _quiet_exporter():
+            export_pt2(module, cfg, tmp / PT2_FILE, max_batch)
+            exporter = export_onnx(module, cfg, tmp / ONNX_FILE, max_batch)
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"n_identities": str(len(identities))})
+        configs.dump(cfg, tmp / CONFIG_FILE)
+        (tmp / METRICS_FILE).write_text(json.dumps(metrics or {}, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        training = dict(training_info)
+        if "steps" not in training and "step" in training:
+            training["steps"] = training.pop("step")
+        training.setdefault("command", "")
+        training.setdefault("data", [])
+        training.setdefault("steps", 0)
+        export = {
+            "exporter": exporter,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "pt2_max_batch": max_batch,
+            "exported": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+        (tmp / TRAINING_FILE).write_text(_training_md(cfg, training, export, identities), encoding="utf-8")
+        files = [ONNX_FILE, PT2_FILE, WEIGHTS_FILE, CONFIG_FILE, METRICS_FILE, TRAINING_FILE]
+        size = cfg.model.image_size
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "family": cfg.model.family,
+            "sample_rate": cfg.audio.sample_rate,
+            "window_samples": cfg.audio.window_samples,
+            "noise_dim": cfg.model.noise_dim,
+            "image_size": size,
+            "inputs": {"audio": [None, cfg.audio.window_samples], "noise": [None, cfg.model.noise_dim]},
+            "outputs": {"image": [None, 3, size, size]},
+            "identities": list(identities),
+            "files": {name: sha256_file(tmp / name) for name in files},
+            "created": export["exported"],
+            "training": _jsonable(training),
+            "export": export,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        _normalise_modes(tmp)
+        if check:
+            errors = _self_check(tmp, module, cfg)
+            log.info("export self-check passed: %s", ", ".join(f"{k} max abs err {v:.2e}" for k, v in errors.items()))
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote bundle %s in %.1f s (%s)", out_dir, time.perf_counter() - started, exporter)
+    return out_dir
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``run.py export RUN_DIR -o BUNDLE_DIR``."""
+    parser.add_argument("run_dir", type=Path, help="training run folder (checkpoints/, command.txt, ...)")
+    parser.add_argument("-o", "--out", type=Path, required=True, help="bundle folder to write (replaced if a bundle)")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint file (default: the latest)")
+    parser.add_argument(
+        "--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="largest batch of model.pt2 (default %(default)s)"
+    )
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: cannot read JSON ({exc})") from exc
+
+
+def _wall_time_from_log(path: Path) -> float | None:
+    """Seconds between the first and last ``time`` stamps of a training log (JSON lines), or ``None``."""
+    if not path.is_file():
+        return None
+    stamps: list[float] = []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    t = json.loads(line).get("time")
+                except (json.JSONDecodeError, AttributeError):
+                    continue
+                if isinstance(t, (int, float)):
+                    stamps.append(float(t))
+    except OSError:
+        return None
+    return max(stamps) - min(stamps) if len(stamps) >= 2 else None
+
+
+def main(args: argparse.Namespace) -> int:
+    """Export the run folder ``args.run_dir`` to ``args.out``; prints the bundle path and its check results."""
+    run_dir: Path = args.run_dir
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: run folder not found")
+    try:
+        from training.trainer import load_run
+    except ImportError as exc:
+        if getattr(exc, "name", None) not in ("training.trainer",) and "load_run" not in str(exc):
+            raise
+        raise UserError("export needs training.trainer.load_run, which this checkout does not have") from exc
+    checkpoint = getattr(args, "checkpoint", None)
+    net, cfg, identities, info = load_run(run_dir, checkpoint) if checkpoint else load_run(run_dir)
+    info = dict(info)
+    if not info.get("data") and (run_dir / "split.json").is_file():
+        info["data"] = _read_json(run_dir / "split.json").get("data", [])
+    if info.get("wall_time_s") is None:
+        wall = _wall_time_from_log(run_dir / "log.jsonl")
+        if wall is not None:
+            info["wall_time_s"] = round(wall, 1)
+            info["wall_time_source"] = "log.jsonl, first to last record (includes pauses between resumed runs)"
+    metrics_path = run_dir / METRICS_FILE
+    metrics = _read_json(metrics_path) if metrics_path.is_file() else None
+    out = export_bundle(
+        net, cfg, list(identities), args.out, training_info=info, metrics=metrics, max_batch=args.max_batch
+    )
+    print(f"wrote {out} ({len(identities)} identities, {cfg.model.image_size} px)")
+    return 0
