@@ -5,8 +5,9 @@ Data flow (see ARCHITECTURE.md): input --PyAV--> mono audio at the bundle's rate
 conditioning windows at the video frame times --> :class:`engine.generator.Generator` (batched,
 voiced frames only) --> image EMA --> a scene (:mod:`scenes`) --> frames --PyAV--> ``.mp4``
 (H.264 yuv420p, x264 ``ultrafast`` / crf 20 by default) with the input's own audio (re-encoded to
-AAC at the input's rate, mono or stereo). Only the clock differs from the live loop: here it is a frame
-counter (:class:`FrameCounterClock`); :class:`Conditioner`, :class:`NoiseDrift`, :class:`ImageEMA`
+AAC at the input's rate, mono or stereo; with ``--sound`` the installation's generated sound, rendered
+by pyo's offline server (:func:`installation.sound.render_offline`), is mixed in). Only the clock differs
+from the live loop: here it is a frame counter (:class:`FrameCounterClock`); :class:`Conditioner`, :class:`NoiseDrift`, :class:`ImageEMA`
 and the scenes are shared with it.
 
 Timing (exact): output frame ``i`` (0-based) is shown from ``i / fps`` to ``(i + 1) / fps`` seconds
@@ -600,10 +601,18 @@ def render(
             if sound is not None:
                 with timer("sound"):
                     track = _sound_state(requests, level, clock, n_frames)
+                    seconds = audio.shape[0] / rate + 0.05  # a little past the end: the mixer never runs short
                     generated = render_offline(
-                        audio, rate, audio.shape[0] / rate + 0.05, sound, track,
-                        sample_rate=muxer.rate, channels=muxer.channels, control_rate_hz=float(fps), seed=seed,
-                    )  # fmt: skip
+                        audio,
+                        rate,
+                        seconds,
+                        sound,
+                        track,
+                        sample_rate=muxer.rate,
+                        channels=muxer.channels,
+                        control_rate_hz=float(fps),
+                        seed=seed,
+                    )
                 muxer.mix_in(generated, sound_mix)
             for i in range(n_frames):
                 t = clock.tick()
