@@ -48,10 +48,11 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], list[dict[str, Any]]]] = {
     "engine": _module_runner("benchmarks.engine"),
     "render": _module_runner("benchmarks.render"),
     "live": _module_runner("benchmarks.live"),
+    "train": _module_runner("benchmarks.train"),
 }
 """name -> function(args) -> list of row dicts."""
 
-_MODULES = {"engine": "benchmarks.engine", "render": "benchmarks.render", "live": "benchmarks.live"}
+_MODULES = {name: f"benchmarks.{name}" for name in BENCHMARKS}
 
 
 def _import(module: str) -> Any:

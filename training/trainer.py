@@ -261,6 +261,106 @@ def _wrong_indices(labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return wrong
 
 
+class GanStep:
+    """One alternating discriminator + generator update of a conditional GAN family (the whole training step).
+
+    Discriminator: LSGAN or hinge on (real image, right speech) against (fake image, right speech) and, when
+    matching-aware, (real image, wrong speech) (Reed et al. 2016), plus the AC-GAN identity loss on real images
+    (Odena et al. 2017); DiffAugment on every image the discriminator sees (Zhao et al. 2020).
+    Generator + speech encoder: adversarial loss, AC-GAN identity loss on fakes, identity classification of the
+    speech embedding, and the mode-seeking term (Mao et al. 2019). Under ``precision='bf16'`` forward passes run
+    in autocast; losses are computed in float32. With ``world > 1`` gradients are all-reduced before each step.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        net: torch.nn.Module,
+        disc: torch.nn.Module,
+        opt_g: torch.optim.Optimizer,
+        opt_d: torch.optim.Optimizer,
+        world: int = 1,
+    ) -> None:
+        self.cfg, self.net, self.disc, self.opt_g, self.opt_d, self.world = cfg, net, disc, opt_g, opt_d, world
+        self.policy = cfg.augment.policy if cfg.augment.enabled else ()
+        self.g_params, self.d_params = list(net.parameters()), list(disc.parameters())
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        return diff_augment(x, self.policy) if self.policy else x
+
+    def _autocast(self, device: torch.device) -> torch.autocast:
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.cfg.train.precision == "bf16")
+
+    def __call__(self, x_real: torch.Tensor, y: torch.Tensor, feats: torch.Tensor, wrong: torch.Tensor) -> dict:
+        """Run one step.
+
+        Args:
+            x_real: real faces float32 [B, 3, H, W] in [-1, 1]. y: identity labels int64 [B].
+            feats: speech features [B, ...] from ``net.encoder.features_of``. wrong: int64 [B] index of a
+                mismatched voice for each item.
+
+        Returns:
+            floats: loss_d, loss_g, loss_aux, loss_speech_id, loss_ms, d_real, d_fake, speech_id_acc.
+        """
+        cfg, net, disc, aug = self.cfg, self.net, self.disc, self._augment
+        dev, b, z_dim = x_real.device, x_real.shape[0], cfg.model.noise_dim
+        # ---- discriminator: (real, right) vs (fake, right) and (real, wrong)
+        disc.requires_grad_(True)
+        with torch.no_grad(), self._autocast(dev):
+            e = net.encoder.encode_features(feats)
+            x_fake = net.generator(e, torch.randn(b, z_dim, device=dev))
+        with self._autocast(dev):
+            s_real, cls_real = disc(aug(x_real), e)
+            fakes = [disc(aug(x_fake), e)[0]]
+            if cfg.loss.matching_aware:
+                fakes.append(disc(aug(x_real), e[wrong])[0])
+        s_real, cls_real, fakes = s_real.float(), cls_real.float(), [s.float() for s in fakes]
+        loss_d = losses.d_loss(cfg.loss.kind, s_real, fakes)
+        loss_aux_d = F.cross_entropy(cls_real, y)
+        self.opt_d.zero_grad(set_to_none=True)
+        (loss_d + cfg.loss.aux_weight * loss_aux_d).backward()
+        _all_reduce_grads(self.d_params, self.world)
+        self.opt_d.step()
+
+        # ---- generator (+ speech encoder)
+        disc.requires_grad_(False)
+        with self._autocast(dev):
+            e = net.encoder.encode_features(feats)
+            z = torch.randn(b, z_dim, device=dev)
+            x_fake = net.generator(e, z)
+            s_fake, cls_fake = disc(aug(x_fake), e)
+            speech_logits = net.speech_classifier(e)
+            loss_ms = torch.zeros((), device=dev)
+            if cfg.loss.mode_seeking_weight > 0:
+                h = max(1, b // 2)
+                z2 = torch.randn(h, z_dim, device=dev)
+                loss_ms = losses.mode_seeking(x_fake[:h].float(), net.generator(e[:h], z2).float(), z[:h], z2)
+        s_fake, cls_fake, speech_logits = s_fake.float(), cls_fake.float(), speech_logits.float()
+        loss_g = losses.g_loss(cfg.loss.kind, s_fake)
+        loss_aux = F.cross_entropy(cls_fake, y)
+        loss_sid = F.cross_entropy(speech_logits, y)
+        self.opt_g.zero_grad(set_to_none=True)
+        total = (
+            loss_g
+            + cfg.loss.aux_weight * loss_aux
+            + cfg.loss.speech_id_weight * loss_sid
+            + cfg.loss.mode_seeking_weight * loss_ms
+        )
+        total.backward()
+        _all_reduce_grads(self.g_params, self.world)
+        self.opt_g.step()
+        return {
+            "loss_d": loss_d.item(),
+            "loss_g": loss_g.item(),
+            "loss_aux": loss_aux.item(),
+            "loss_speech_id": loss_sid.item(),
+            "loss_ms": loss_ms.item(),
+            "d_real": s_real.mean().item(),
+            "d_fake": fakes[0].mean().item(),
+            "speech_id_acc": float((speech_logits.argmax(1) == y).float().mean()),
+        }
+
+
 def _fixed_val_voices(ds: PairDataset, val_idx: np.ndarray, n: int) -> np.ndarray:
     """``n`` validation pairs with distinct faces, alternating identities, deterministic."""
     chosen: list[int] = []
@@ -281,8 +381,14 @@ def _fixed_val_voices(ds: PairDataset, val_idx: np.ndarray, n: int) -> np.ndarra
     return np.asarray(chosen, np.int64)
 
 
-def train(cfg: Config, data_dirs: list[str], out_dir: str | Path, resume: bool = False, device: str = "auto",
-          command: str = "") -> Path:
+def train(
+    cfg: Config,
+    data_dirs: list[str],
+    out_dir: str | Path,
+    resume: bool = False,
+    device: str = "auto",
+    command: str = "",
+) -> Path:
     """Train a model family on ``data_dirs`` into ``out_dir``. Returns the last checkpoint path.
 
     Raises:
@@ -316,12 +422,21 @@ def train(cfg: Config, data_dirs: list[str], out_dir: str | Path, resume: bool =
     ds = load_dataset(data_dirs, cfg.audio.sample_rate, cfg.model.image_size)
     train_idx, val_idx = split_by_face(ds, tc.val_fraction, tc.seed)
     if main:
-        (out / "split.json").write_text(json.dumps({
-            "val_fraction": tc.val_fraction, "seed": tc.seed, "data": [str(d) for d in data_dirs],
-            "identities": ds.identities, "n_train_pairs": int(len(train_idx)), "n_val_pairs": int(len(val_idx)),
-            "val_face_hashes": sorted({ds.face_hashes[f] for f in ds.face_index[val_idx]}),
-            "skipped": ds.skipped,
-        }, indent=1))
+        (out / "split.json").write_text(
+            json.dumps(
+                {
+                    "val_fraction": tc.val_fraction,
+                    "seed": tc.seed,
+                    "data": [str(d) for d in data_dirs],
+                    "identities": ds.identities,
+                    "n_train_pairs": int(len(train_idx)),
+                    "n_val_pairs": int(len(val_idx)),
+                    "val_face_hashes": sorted({ds.face_hashes[f] for f in ds.face_index[val_idx]}),
+                    "skipped": ds.skipped,
+                },
+                indent=1,
+            )
+        )
     n_id = len(ds.identities)
     family = get_family(cfg.model.family)
     net, disc = family.build(cfg.audio, cfg.model, n_id)
@@ -353,8 +468,10 @@ def train(cfg: Config, data_dirs: list[str], out_dir: str | Path, resume: bool =
     if tc.cache_features and fixed_len:
         # The front end has no parameters, so its output can be computed once per clip (exact).
         with torch.no_grad():
-            chunks = [net.encoder.features_of(torch.from_numpy(ds.windows(range(i, min(i + 256, len(ds))), window))
-                                              .to(dev)) for i in range(0, len(ds), 256)]
+            chunks = [
+                net.encoder.features_of(torch.from_numpy(ds.windows(range(i, min(i + 256, len(ds))), window)).to(dev))
+                for i in range(0, len(ds), 256)
+            ]
         feats_all = torch.cat(chunks)
     images_all = torch.from_numpy(ds.faces).to(dev).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
     labels_all = torch.from_numpy(ds.labels).to(dev)
@@ -365,23 +482,16 @@ def train(cfg: Config, data_dirs: list[str], out_dir: str | Path, resume: bool =
     val_voices = _fixed_val_voices(ds, val_idx if len(val_idx) else train_idx, 8)
     val_audio = torch.from_numpy(ds.windows(val_voices, window)).to(dev)
     val_noise = torch.randn(4, cfg.model.noise_dim, generator=torch.Generator().manual_seed(1234)).to(dev)
-    policy = cfg.augment.policy if cfg.augment.enabled else ()
-
-    def augment(x: torch.Tensor) -> torch.Tensor:
-        return diff_augment(x, policy) if policy else x
+    gan_step = GanStep(cfg, net, disc, opt_g, opt_d, world)
 
     def features(idx: np.ndarray) -> torch.Tensor:
         if feats_all is not None:
             return feats_all[torch.from_numpy(idx).to(dev)]
         return net.encoder.features_of(torch.from_numpy(ds.windows(idx, window, rng)).to(dev))
 
-    def autocast() -> torch.autocast:
-        return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
-
     log_path = out / "log.jsonl"
     bar = tqdm(total=tc.steps, initial=step, desc="train", unit="step", disable=not main, dynamic_ncols=True)
     t_last, imgs_since = time.perf_counter(), 0
-    g_params, d_params = list(net.parameters()), list(disc.parameters())
     last_path = last
     while step < tc.steps:
         idx = batches.next()
@@ -392,48 +502,7 @@ def train(cfg: Config, data_dirs: list[str], out_dir: str | Path, resume: bool =
         b = len(idx)
         wrong = _wrong_indices(y.cpu(), gen).to(dev)
 
-        # ---- discriminator: (real, right) vs (real, wrong) and (fake, right)
-        disc.requires_grad_(True)
-        with torch.no_grad(), autocast():
-            e = net.encoder.encode_features(f)
-            z = torch.randn(b, cfg.model.noise_dim, device=dev)
-            x_fake = net.generator(e, z)
-        with autocast():
-            s_real, cls_real = disc(augment(x_real), e)
-            fakes = [disc(augment(x_fake), e)[0]]
-            if cfg.loss.matching_aware:
-                fakes.append(disc(augment(x_real), e[wrong])[0])
-        s_real, cls_real, fakes = s_real.float(), cls_real.float(), [s.float() for s in fakes]
-        loss_d = losses.d_loss(cfg.loss.kind, s_real, fakes)
-        loss_aux_d = F.cross_entropy(cls_real, y)
-        opt_d.zero_grad(set_to_none=True)
-        (loss_d + cfg.loss.aux_weight * loss_aux_d).backward()
-        _all_reduce_grads(d_params, world)
-        opt_d.step()
-
-        # ---- generator (+ speech encoder)
-        disc.requires_grad_(False)
-        with autocast():
-            e = net.encoder.encode_features(f)
-            z = torch.randn(b, cfg.model.noise_dim, device=dev)
-            x_fake = net.generator(e, z)
-            s_fake, cls_fake = disc(augment(x_fake), e)
-            speech_logits = net.speech_classifier(e)
-            loss_ms = torch.zeros((), device=dev)
-            if cfg.loss.mode_seeking_weight > 0:
-                h = max(1, b // 2)
-                z2 = torch.randn(h, cfg.model.noise_dim, device=dev)
-                x_fake2 = net.generator(e[:h], z2)
-                loss_ms = losses.mode_seeking(x_fake[:h].float(), x_fake2.float(), z[:h], z2)
-        s_fake, cls_fake, speech_logits = s_fake.float(), cls_fake.float(), speech_logits.float()
-        loss_g = losses.g_loss(cfg.loss.kind, s_fake)
-        loss_aux = F.cross_entropy(cls_fake, y)
-        loss_sid = F.cross_entropy(speech_logits, y)
-        opt_g.zero_grad(set_to_none=True)
-        (loss_g + cfg.loss.aux_weight * loss_aux + cfg.loss.speech_id_weight * loss_sid
-         + cfg.loss.mode_seeking_weight * loss_ms).backward()
-        _all_reduce_grads(g_params, world)
-        opt_g.step()
+        stats = gan_step(x_real, y, f, wrong)
 
         # ---- EMA of the generator side (Karras et al. 2018)
         step += 1
@@ -449,10 +518,9 @@ def train(cfg: Config, data_dirs: list[str], out_dir: str | Path, resume: bool =
         if main and (step % tc.log_every == 0 or step == tc.steps):
             now = time.perf_counter()
             rec = {
-                "step": step, "time": time.time(), "loss_d": loss_d.item(), "loss_g": loss_g.item(),
-                "loss_aux": loss_aux.item(), "loss_speech_id": loss_sid.item(), "loss_ms": loss_ms.item(),
-                "d_real": s_real.mean().item(), "d_fake": fakes[0].mean().item(),
-                "speech_id_acc": float((speech_logits.argmax(1) == y).float().mean()),
+                "step": step,
+                "time": time.time(),
+                **stats,
                 "images_per_s": imgs_since / max(now - t_last, 1e-9),
             }
             t_last, imgs_since = now, 0
@@ -462,8 +530,11 @@ def train(cfg: Config, data_dirs: list[str], out_dir: str | Path, resume: bool =
         if main and (step % tc.sample_every == 0 or step == tc.steps):
             with torch.no_grad():
                 fake = torch.stack([ema(val_audio, val_noise[k].expand(len(val_voices), -1)) for k in range(4)], 1)
-            save_sample_grid(out / "samples" / f"step-{step:07d}.png", ds.images(val_voices),
-                             to_uint8(fake.flatten(0, 1)).reshape(len(val_voices), 4, *fake.shape[-2:], 3))
+            save_sample_grid(
+                out / "samples" / f"step-{step:07d}.png",
+                ds.images(val_voices),
+                to_uint8(fake.flatten(0, 1)).reshape(len(val_voices), 4, *fake.shape[-2:], 3),
+            )
             save_loss_plot(log_path, out / "loss.png")
         if step % tc.checkpoint_every == 0 or step == tc.steps:
             if main:
@@ -473,8 +544,8 @@ def train(cfg: Config, data_dirs: list[str], out_dir: str | Path, resume: bool =
                     old.unlink()
             if world > 1:
                 dist.barrier()
-        if not (math.isfinite(loss_d.item()) and math.isfinite(loss_g.item())):
-            raise RuntimeError(f"training diverged at step {step} (loss_d={loss_d.item()}, loss_g={loss_g.item()})")
+        if not (math.isfinite(stats["loss_d"]) and math.isfinite(stats["loss_g"])):
+            raise RuntimeError(f"training diverged at step {step} (loss_d={stats['loss_d']}, loss_g={stats['loss_g']})")
     bar.close()
     if world > 1:
         dist.barrier()
@@ -485,8 +556,13 @@ def train(cfg: Config, data_dirs: list[str], out_dir: str | Path, resume: bool =
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``run.py train``."""
     parser.add_argument("--config", help="training config YAML (defaults when omitted)")
-    parser.add_argument("--data", action="append", required=True, metavar="DIR",
-                        help="dataset folder (Wav2Pix or capture layout); repeat for several")
+    parser.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        metavar="DIR",
+        help="dataset folder (Wav2Pix or capture layout); repeat for several",
+    )
     parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in RUN_DIR")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
