@@ -17,6 +17,7 @@ The row's ``note`` says which.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -79,7 +80,10 @@ def _eager(bundle_dir: Path) -> tuple[Callable[[Any, Any], Any], str]:
         n_ids = state["speech_classifier.weight"].shape[0] if "speech_classifier.weight" in state else 1
         net = Wav2PixGenerator(cfg.audio, cfg.model, n_ids)
         net.load_state_dict(state)
-        return inference_module(net), "torch eager: Wav2PixInference from generator.safetensors (spectral norm baked)"
+        psi = float(json.loads((bundle_dir / "bundle.json").read_text()).get("truncation", 1.0))
+        return inference_module(
+            net, psi
+        ), "torch eager: Wav2PixInference from generator.safetensors (spectral norm baked)"
     program = torch.export.load(str(bundle_dir / "model.pt2"))
     return program.module(), "torch eager: model.pt2 ExportedProgram.module()"
 

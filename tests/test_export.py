@@ -191,3 +191,22 @@ def test_parser_has_documented_options() -> None:
     tex.add_arguments(parser)
     args = parser.parse_args(["runs/x", "-o", "presets/models/y", "--max-batch", "64"])
     assert args.run_dir == Path("runs/x") and args.out == Path("presets/models/y") and args.max_batch == 64
+
+
+def test_truncation_is_inside_the_graph_and_recorded(tiny_model, tmp_path: Path) -> None:
+    from engine.generator import Generator
+    from training.export import export_bundle, inference_module
+
+    out = export_bundle(
+        tiny_model.net, tiny_model.cfg, tiny_model.identities, tmp_path / "psi", training_info={}, truncation=0.5
+    )
+    assert json.loads((out / "bundle.json").read_text())["truncation"] == 0.5
+    audio, noise = _inputs(tiny_model.cfg, 2)
+    gen = Generator(out, backend="onnxruntime", warmup=False)
+    got = gen.run(audio.numpy(), noise.numpy())
+    with torch.inference_mode():
+        half = inference_module(tiny_model.net)(audio, noise * 0.5).numpy()
+        full = inference_module(tiny_model.net)(audio, noise).numpy()
+    assert np.abs(got - half).max() < 1e-3 and np.abs(got - full).max() > 1e-3
+    with pytest.raises(ValueError, match="truncation"):
+        inference_module(tiny_model.net, 0.0)

@@ -92,9 +92,9 @@ def bake_parametrizations(module: nn.Module) -> nn.Module:
     return baked
 
 
-def inference_module(net: Wav2PixGenerator) -> Wav2PixInference:
-    """The exported graph (:class:`Wav2PixInference`) built from a baked copy of ``net``."""
-    return Wav2PixInference(bake_parametrizations(net)).eval()
+def inference_module(net: Wav2PixGenerator, truncation: float = 1.0) -> Wav2PixInference:
+    """The exported graph (:class:`Wav2PixInference`, noise scaled by ``truncation``) from a baked copy of ``net``."""
+    return Wav2PixInference(bake_parametrizations(net), truncation).eval()
 
 
 def _example_inputs(cfg: Config, batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -272,6 +272,7 @@ def export_bundle(
     metrics: dict[str, Any] | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
     check: bool = True,
+    truncation: float = 1.0,
 ) -> Path:
     """Write a verified model bundle for ``net`` to ``out_dir`` (replacing an older bundle there).
 
@@ -287,6 +288,8 @@ def export_bundle(
         metrics: evaluation figures for ``metrics.json`` (``None``: ``{}``).
         max_batch: largest batch of the torch.export program's dynamic batch axis.
         check: load the bundle with the engine and compare with torch eager (default).
+        truncation: noise scale psi applied inside the graph (truncation trick, Brock et al. 2019); the
+            manifest records it as ``truncation``. 1.0 = none.
 
     Returns:
         ``out_dir`` as a :class:`Path`.
@@ -302,7 +305,7 @@ def export_bundle(
         raise UserError(f"{out_dir}: exists and is not a model bundle; choose another output folder")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    module = inference_module(net)
+    module = inference_module(net, truncation)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         with _quiet_exporter():
@@ -340,6 +343,7 @@ def export_bundle(
             "inputs": {"audio": [None, cfg.audio.window_samples], "noise": [None, cfg.model.noise_dim]},
             "outputs": {"image": [None, 3, size, size]},
             "identities": list(identities),
+            "truncation": float(truncation),
             "files": {name: sha256_file(tmp / name) for name in files},
             "created": export["exported"],
             "training": _jsonable(training),
@@ -370,6 +374,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint file (default: the latest)")
     parser.add_argument(
         "--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="largest batch of model.pt2 (default %(default)s)"
+    )
+    parser.add_argument(
+        "--truncation",
+        type=float,
+        default=1.0,
+        metavar="PSI",
+        help="noise scale inside the graph (truncation trick, Brock et al. 2019; default 1.0 = none)",
     )
 
 
@@ -423,7 +434,14 @@ def main(args: argparse.Namespace) -> int:
     metrics_path = run_dir / METRICS_FILE
     metrics = _read_json(metrics_path) if metrics_path.is_file() else None
     out = export_bundle(
-        net, cfg, list(identities), args.out, training_info=info, metrics=metrics, max_batch=args.max_batch
+        net,
+        cfg,
+        list(identities),
+        args.out,
+        training_info=info,
+        metrics=metrics,
+        max_batch=args.max_batch,
+        truncation=args.truncation,
     )
     print(f"wrote {out} ({len(identities)} identities, {cfg.model.image_size} px)")
     return 0

@@ -33,7 +33,9 @@ from torch.nn.utils.parametrizations import spectral_norm
 from training.config import AudioConfig, ModelConfig
 
 
-def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int, fmin: float = 0.0, fmax: float | None = None) -> np.ndarray:
+def mel_filterbank(
+    n_fft: int, n_mels: int, sample_rate: int, fmin: float = 0.0, fmax: float | None = None
+) -> np.ndarray:
     """HTK-style triangular mel filterbank, float32 [n_mels, n_fft // 2 + 1] (Slaney-normalised area)."""
     fmax = fmax or sample_rate / 2
 
@@ -49,7 +51,7 @@ def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int, fmin: float = 0.0,
     up = (freqs[None, :] - lower) / (centre - lower)
     down = (upper - freqs[None, :]) / (upper - centre)
     bank = np.maximum(0.0, np.minimum(up, down))
-    bank *= (2.0 / (upper - lower))
+    bank *= 2.0 / (upper - lower)
     return bank.astype(np.float32)
 
 
@@ -125,10 +127,18 @@ class SpeechEncoder(nn.Module):
         if model.front_end == "mel":
             self.features: nn.Module = LogMel(model.n_fft, model.hop, model.n_mels, audio.sample_rate)
             self.body = nn.Sequential(
-                nn.Conv1d(model.n_mels, c, 5, stride=1, padding=2), nn.GroupNorm(8, c), act,
-                nn.Conv1d(c, c, 5, stride=2, padding=2), nn.GroupNorm(8, c), act,
-                nn.Conv1d(c, 2 * c, 5, stride=2, padding=2), nn.GroupNorm(8, 2 * c), act,
-                nn.Conv1d(2 * c, 2 * c, 3, stride=2, padding=1), nn.GroupNorm(8, 2 * c), act,
+                nn.Conv1d(model.n_mels, c, 5, stride=1, padding=2),
+                nn.GroupNorm(8, c),
+                act,
+                nn.Conv1d(c, c, 5, stride=2, padding=2),
+                nn.GroupNorm(8, c),
+                act,
+                nn.Conv1d(c, 2 * c, 5, stride=2, padding=2),
+                nn.GroupNorm(8, 2 * c),
+                act,
+                nn.Conv1d(2 * c, 2 * c, 3, stride=2, padding=1),
+                nn.GroupNorm(8, 2 * c),
+                act,
             )
         else:
             self.features = nn.Identity()
@@ -187,7 +197,12 @@ class Generator(nn.Module):
         self.fc = _sn(nn.Linear(model.embedding_dim + model.noise_dim, 16 * chans[0]), sn)
         blocks: list[nn.Module] = []
         for cin, cout in zip(chans[:-1], chans[1:]):
-            blocks += [nn.Upsample(scale_factor=2, mode="nearest"), _sn(nn.Conv2d(cin, cout, 3, padding=1), sn), PixelNorm(), nn.LeakyReLU(0.2)]
+            blocks += [
+                nn.Upsample(scale_factor=2, mode="nearest"),
+                _sn(nn.Conv2d(cin, cout, 3, padding=1), sn),
+                PixelNorm(),
+                nn.LeakyReLU(0.2),
+            ]
         self.blocks = nn.Sequential(*blocks)
         self.to_rgb = nn.Conv2d(chans[-1], 3, 3, padding=1)
 
@@ -247,14 +262,24 @@ class Wav2PixInference(nn.Module):
     Inputs: ``audio`` float32 [B, S] raw samples in [-1, 1] at the bundle's
     sample rate (S = window samples, 16 000 for 1 s at 16 kHz); ``noise``
     float32 [B, Z] standard normal. Output: ``image`` float32 [B, 3, H, W] in [-1, 1].
+
+    ``truncation`` (psi) scales the noise inside the graph before the generator: the
+    truncation trick (Brock et al., "Large Scale GAN Training for High Fidelity Natural
+    Image Synthesis", ICLR 2019) trades variety for fidelity; 1.0 = no truncation. Callers
+    always feed standard-normal noise; the bundle records psi.
     """
 
-    def __init__(self, net: Wav2PixGenerator) -> None:
+    def __init__(self, net: Wav2PixGenerator, truncation: float = 1.0) -> None:
         super().__init__()
+        if not 0.0 < truncation <= 2.0:
+            raise ValueError(f"truncation: expected 0 < psi <= 2, got {truncation}")
         self.encoder = net.encoder
         self.generator = net.generator
+        self.truncation = float(truncation)
 
     def forward(self, audio: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        if self.truncation != 1.0:
+            noise = noise * self.truncation
         return self.generator(self.encoder(audio), noise)
 
 
