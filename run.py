@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("training.generate", "one image per audio file, with a bundle"),
     "export": ("training.export", "export a run folder to a model bundle (ONNX + torch.export)"),
     "render": ("installation.render", "render an audio or video file to a generated video"),
+    "live": ("installation.live", "the live installation: microphone in, generated faces fullscreen"),
     "bench": ("benchmarks.cli", "run the benchmarks; print a table and write JSON"),
 }
 
