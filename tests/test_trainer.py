@@ -49,7 +49,13 @@ def test_run_folder_contents_and_resume(tmp_path, dataset, monkeypatch):
     with pytest.raises(UserError, match="--resume"):
         train(cfg, [str(dataset)], out)
     cfg6 = config_from_dict(tiny_config_dict(steps=6))
-    train(cfg6, [str(dataset)], out, resume=True)
+    train(cfg6, [str(dataset)], out, resume=True, command="python run.py train --resume ...")
+    assert (out / "command.txt").read_text().splitlines() == [
+        "python run.py train ...",
+        "python run.py train --resume ...",
+    ]
+    assert "steps: 4" in (out / "config.until-step-4.yaml").read_text()
+    assert "steps: 6" in (out / "config.yaml").read_text()
     records = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records][-2:] == [5, 6]  # continued, did not restart
     net, loaded_cfg, identities, info = load_run(out)
@@ -62,8 +68,12 @@ def test_run_folder_contents_and_resume(tmp_path, dataset, monkeypatch):
 def test_cli_rejects_unknown_key_before_training(tmp_path, dataset):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"train": {"stepz": 3}}))
-    r = subprocess.run([sys.executable, "run.py", "train", "--config", str(bad), "--data", str(dataset),
-                        "--out", str(tmp_path / "r")], cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "run.py", "train", "--config", str(bad), "--data", str(dataset), "--out", str(tmp_path / "r")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "unknown key 'train.stepz'" in r.stderr
     assert not (tmp_path / "r").exists()
 
@@ -72,8 +82,23 @@ def test_torchrun_two_process_cpu(tmp_path, dataset):
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text(yaml.safe_dump(tiny_config_dict(steps=3, sample_every=3, checkpoint_every=3)))
     env = dict(os.environ, AVGAN_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "run.py", "train",
-           "--config", str(cfg_path), "--data", str(dataset), "--out", str(tmp_path / "ddp"), "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--standalone",
+        "run.py",
+        "train",
+        "--config",
+        str(cfg_path),
+        "--data",
+        str(dataset),
+        "--out",
+        str(tmp_path / "ddp"),
+        "--device",
+        "cpu",
+    ]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert latest_checkpoint(tmp_path / "ddp").name == "step-0000003.safetensors"

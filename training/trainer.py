@@ -381,6 +381,28 @@ def _fixed_val_voices(ds: PairDataset, val_idx: np.ndarray, n: int) -> np.ndarra
     return np.asarray(chosen, np.int64)
 
 
+def _record_provenance(out: Path, cfg: Config, command: str, resumed_from: Path | None) -> None:
+    """Write ``config.yaml`` and ``command.txt``; on resume keep the history.
+
+    A resumed run appends its command to ``command.txt`` (one command per line, in order) and, when its
+    config differs from the one in the folder, keeps the earlier one as ``config.until-step-N.yaml``.
+    """
+    cfg_path, cmd_path = out / "config.yaml", out / "command.txt"
+    if resumed_from is not None and cfg_path.is_file():
+        step = int(resumed_from.stem.split("-")[-1])
+        previous = cfg_path.read_text(encoding="utf-8")
+        configs.dump(cfg, cfg_path)
+        if cfg_path.read_text(encoding="utf-8") != previous:
+            (out / f"config.until-step-{step}.yaml").write_text(previous, encoding="utf-8")
+        if command:
+            with cmd_path.open("a", encoding="utf-8") as fh:
+                fh.write(command + "\n")
+        return
+    configs.dump(cfg, cfg_path)
+    if command:
+        cmd_path.write_text(command + "\n", encoding="utf-8")
+
+
 def train(
     cfg: Config,
     data_dirs: list[str],
@@ -413,9 +435,7 @@ def train(
         raise UserError(f"{out}: run folder already has checkpoints; pass --resume to continue or choose --out")
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        configs.dump(cfg, out / "config.yaml")
-        if command:
-            (out / "command.txt").write_text(command + "\n")
+        _record_provenance(out, cfg, command, resumed_from=last if resume else None)
 
     tc = cfg.train
     torch.manual_seed(tc.seed + rank)
