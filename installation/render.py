@@ -102,7 +102,7 @@ class RenderParams:
 
 
 PRESETS: dict[str, RenderParams] = {"default": RenderParams()}
-"""Built-in presets. ``--preset`` is reserved for the live presets (YAML); only ``default`` exists for now."""
+"""Built-in presets; any other ``--preset`` name is a live preset (:func:`installation.presets.load_preset`)."""
 
 
 # -- clocks ---------------------------------------------------------------------------------------
@@ -720,7 +720,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--preset",
         default="default",
-        help="picture preset; reserved for the live installation's presets: only the built-in 'default' exists for now",
+        help="picture preset: 'default' (built in) or a live preset name/path (presets/<name>.yaml: its scene, "
+        "scene parameters, generation rate, noise walk and VAD threshold) (default: %(default)s)",
     )
     parser.add_argument(
         "--bundle", default=str(DEFAULT_BUNDLE), help="model bundle directory (default: presets/models/wav2pix-64)"
@@ -765,11 +766,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``run.py render``; returns 0. Raises UserError for bad input (run.py prints it, exits 2)."""
-    if args.preset not in PRESETS:
-        raise RenderError(
-            f"--preset: unknown preset {args.preset!r}; only the built-in {', '.join(PRESETS)} exists for now"
-        )
-    params = PRESETS[args.preset]
+    if args.preset in PRESETS:
+        params = PRESETS[args.preset]
+    else:
+        from installation.presets import load_preset
+
+        params = load_preset(args.preset).render_params()
     if args.gen_fps is not None:
         if args.gen_fps < 0:
             raise RenderError(f"--gen-fps: expected >= 0 Hz, got {args.gen_fps}")

@@ -252,7 +252,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list, str]]:
         "missing output folder": ([good, "-o", tmp / "no" / "such" / "o.mp4"], "o.mp4"),
         "output folder is a file": ([good, "-o", tmp / "afile" / "o.mp4"], "o.mp4"),
         "output is a folder": ([good, "-o", tmp], str(tmp)),
-        "unknown preset": ([good, "-o", tmp / "o.mp4", "--preset", "gallery"], "gallery"),
+        "unknown preset": ([good, "-o", tmp / "o.mp4", "--preset", "no_such_preset"], "no_such_preset"),
     }
 
 
@@ -265,11 +265,13 @@ def test_bad_input_exit_2_with_one_line(tiny_bundle: Path, tmp_path: Path, capsy
         assert set(tmp_path.rglob("*")) == before, case  # nothing written, no temporary file left
 
 
-def test_help_says_preset_is_reserved(capsys: pytest.CaptureFixture) -> None:
-    with pytest.raises(SystemExit):
-        run.main(["render", "--help"])
-    out = " ".join(capsys.readouterr().out.split())
-    assert "--preset" in out and "only the built-in 'default'" in out
+def test_live_presets_drive_the_render_picture() -> None:
+    from installation.presets import load_preset
+
+    params = load_preset("gallery").render_params()
+    assert params.scene == "portrait" and params.gen_fps > 0
+    grid = load_preset("headless", overrides={"params": {"scene": "grid"}}).render_params()
+    assert grid.scene == "grid" and grid.scene_params["n"] >= 1
 
 
 # -- conditioning pieces ------------------------------------------------------------------------------
