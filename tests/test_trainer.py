@@ -48,7 +48,7 @@ def test_run_folder_contents_and_resume(tmp_path, dataset, monkeypatch):
 
     with pytest.raises(UserError, match="--resume"):
         train(cfg, [str(dataset)], out)
-    cfg6 = config_from_dict(tiny_config_dict(steps=6))
+    cfg6 = config_from_dict(tiny_config_dict(steps=6, lr_g=5e-5))
     train(cfg6, [str(dataset)], out, resume=True, command="python run.py train --resume ...")
     assert (out / "command.txt").read_text().splitlines() == [
         "python run.py train ...",
@@ -58,6 +58,10 @@ def test_run_folder_contents_and_resume(tmp_path, dataset, monkeypatch):
     assert "steps: 6" in (out / "config.yaml").read_text()
     records = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records][-2:] == [5, 6]  # continued, did not restart
+    from safetensors import safe_open as _open
+
+    with _open(str(latest_checkpoint(out)), "pt") as fh:
+        assert json.loads(fh.metadata()["opt_g_groups"])[0]["lr"] == cfg6.train.lr_g
     net, loaded_cfg, identities, info = load_run(out)
     assert info["step"] == 6 and identities == ["person0", "person1"] and loaded_cfg == cfg6
     audio = torch.zeros(2, 16000)

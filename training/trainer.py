@@ -473,6 +473,10 @@ def train(
         disc.load_state_dict(_sub(tensors, "D"))
         opt_g.load_state_dict(_unflatten_optimizer("opt_g", tensors, meta["opt_g_groups"]))
         opt_d.load_state_dict(_unflatten_optimizer("opt_d", tensors, meta["opt_d_groups"]))
+        # load_state_dict restores the saved hyper-parameters; the resumed run's config must win.
+        for opt, lr in ((opt_g, tc.lr_g), (opt_d, tc.lr_d)):
+            for group in opt.param_groups:
+                group["lr"], group["betas"] = lr, tuple(tc.betas)
         step = int(meta["step"])
         if main:
             log.info("resumed from %s at step %d", last, step)
