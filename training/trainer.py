@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -590,12 +591,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in RUN_DIR")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="override train.steps (train until generator step N; the resolved config records it)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
 
 
 def main(args: argparse.Namespace) -> int:
     """Entry point of ``run.py train``."""
     cfg = load_config(args.config)
+    if args.steps is not None:
+        if args.steps <= 0:
+            raise UserError(f"--steps: expected a positive number of generator steps, got {args.steps}")
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=args.steps))
     if args.dry_run:
         import yaml
 
