@@ -56,3 +56,10 @@ def test_shipped_training_presets_load():
 
     for path in sorted(Path(__file__).resolve().parents[1].glob("presets/training/*.yaml")):
         load_config(path)
+
+
+def test_optional_float_key():
+    assert config_from_dict({"loss": {"aux_weight_g": 0}}).loss.aux_weight_g == 0.0
+    assert config_from_dict({}).loss.aux_weight_g is None
+    with pytest.raises(ConfigError, match=r"loss\.aux_weight_g"):
+        config_from_dict({"loss": {"aux_weight_g": "zero"}})

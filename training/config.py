@@ -65,7 +65,11 @@ class LossConfig:
     kind: 'lsgan' (Mao et al. 2017, as in Wav2Pix) or 'hinge' (Lim & Ye 2017;
     Wan, Chuang & Lee 2018). matching_aware: add the (real image, wrong speech)
     term (Reed et al. 2016). aux_weight: AC-GAN identity loss (Odena et al.
-    2017). speech_id_weight: identity classification of the speech embedding.
+    2017) in the discriminator (trained on real faces). aux_weight_g: weight of the same classifier's
+    loss on fakes in the generator step (None: aux_weight). Because the classifier never sees fakes, a
+    large aux_weight_g lets the generator satisfy it with adversarial-example cues instead of identity;
+    0 leaves identity to the projection and matching-aware terms.
+    speech_id_weight: identity classification of the speech embedding.
     mode_seeking_weight: mode-seeking regulariser (Mao et al., "Mode Seeking Generative Adversarial
     Networks for Diverse Image Synthesis", CVPR 2019): penalises 1 / (|G(c,z1) - G(c,z2)| / |z1 - z2|),
     so the noise changes the face (pose, expression) instead of being ignored. 0 disables.
@@ -74,6 +78,7 @@ class LossConfig:
     kind: Literal["lsgan", "hinge"] = "hinge"
     matching_aware: bool = True
     aux_weight: float = 1.0
+    aux_weight_g: float | None = None
     speech_id_weight: float = 1.0
     mode_seeking_weight: float = 0.0
 

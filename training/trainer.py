@@ -341,9 +341,10 @@ class GanStep:
         loss_aux = F.cross_entropy(cls_fake, y)
         loss_sid = F.cross_entropy(speech_logits, y)
         self.opt_g.zero_grad(set_to_none=True)
+        aux_g = cfg.loss.aux_weight if cfg.loss.aux_weight_g is None else cfg.loss.aux_weight_g
         total = (
             loss_g
-            + cfg.loss.aux_weight * loss_aux
+            + aux_g * loss_aux
             + cfg.loss.speech_id_weight * loss_sid
             + cfg.loss.mode_seeking_weight * loss_ms
         )
