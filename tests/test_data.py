@@ -125,8 +125,11 @@ def test_capture_layout(tmp_path):
         img = np.full((320, 320, 3), 30 * i, np.uint8)
         cv2.imwrite(str(root / "p01" / f"t{i}.face.png"), img)
         sf.write(root / "p01" / f"t{i}.wav", np.zeros(48000, np.float32) + 0.1, 48000, subtype="PCM_16")
-        lines.append(json.dumps({"take_id": f"t{i}", "participant": "p01", "image": f"p01/t{i}.face.png",
-                                 "audio": f"p01/t{i}.wav"}))
+        lines.append(
+            json.dumps(
+                {"take_id": f"t{i}", "participant": "p01", "image": f"p01/t{i}.face.png", "audio": f"p01/t{i}.wav"}
+            )
+        )
     (root / MANIFEST).write_text("\n".join(lines) + '\n{"take_id": "torn')  # torn last line after a crash
     ds = load_dataset([root], image_size=32, use_cache=False)
     assert ds.identities == ["p01"] and len(ds) == 3 and len(ds.audio[0]) == 16000

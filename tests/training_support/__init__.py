@@ -11,8 +11,9 @@ import soundfile as sf
 TINY_MODEL = {"g_channels": 32, "d_channels": 8, "encoder_channels": 16, "embedding_dim": 16, "noise_dim": 8}
 
 
-def make_wav2pix_dataset(root: Path, identities: int = 2, faces: int = 4, snippets: int = 2, rate: int = 16000,
-                         seconds: float = 1.0) -> Path:
+def make_wav2pix_dataset(
+    root: Path, identities: int = 2, faces: int = 4, snippets: int = 2, rate: int = 16000, seconds: float = 1.0
+) -> Path:
     """Write a tiny dataset in the Wav2Pix layout: JPEG bytes named .png, FLAC speech-like tones.
 
     Each identity gets its own colour and pitch, so identity is learnable. Returns ``root``.
@@ -38,7 +39,15 @@ def make_wav2pix_dataset(root: Path, identities: int = 2, faces: int = 4, snippe
 
 def tiny_config_dict(steps: int = 4, **train: object) -> dict:
     """A config mapping for a fast CPU run."""
-    t = {"steps": steps, "batch_size": 4, "sample_every": 2, "checkpoint_every": 2, "log_every": 1,
-         "ema_start": 1, "num_threads": 1, "val_fraction": 0.25}
+    t = {
+        "steps": steps,
+        "batch_size": 4,
+        "sample_every": 2,
+        "checkpoint_every": 2,
+        "log_every": 1,
+        "ema_start": 1,
+        "num_threads": 1,
+        "val_fraction": 0.25,
+    }
     t.update(train)
     return {"model": dict(TINY_MODEL), "train": t}
