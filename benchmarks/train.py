@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-DEFAULT_CONFIG = Path("presets/training/wav2pix-64.yaml")
+DEFAULT_CONFIG = Path("presets/training/wav2pix-64d.yaml")
 
 
 def add_arguments(parser: argparse._ArgumentGroup) -> None:

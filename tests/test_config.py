@@ -54,7 +54,7 @@ def test_unreadable_and_non_mapping(tmp_path):
 def test_shipped_training_presets_load():
     from pathlib import Path
 
-    for path in sorted(Path(__file__).resolve().parents[1].glob("presets/training/*.yaml")):
+    for path in sorted(Path(__file__).resolve().parents[1].glob("presets/training/**/*.yaml")):
         load_config(path)
 
 
