@@ -68,7 +68,8 @@ def test_ring_single_writer_single_reader_threads_stay_consistent() -> None:
         k = 0
         while not stop.is_set():
             n = 97 + (k % 61)
-            ring.write((np.arange(n, dtype=np.float64) + ring.written).astype(np.float32) % 65536)
+            # modulo in float64 first: past 2**24 samples float32 cannot hold consecutive integers
+            ring.write(((np.arange(n, dtype=np.float64) + ring.written) % 65536).astype(np.float32))
             k += 1
 
     thread = threading.Thread(target=writer, daemon=True)

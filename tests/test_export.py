@@ -166,7 +166,7 @@ def test_cli_export_wiring(tmp_path: Path, tiny_model, monkeypatch: pytest.Monke
     monkeypatch.setitem(sys.modules, "training.trainer", fake)
     calls = []
 
-    def fake_export(net, cfg, identities, out_dir, *, training_info, metrics, max_batch):
+    def fake_export(net, cfg, identities, out_dir, *, training_info, metrics, max_batch, truncation=1.0):
         calls.append((identities, Path(out_dir), training_info, metrics, max_batch))
         return Path(out_dir)
 
