@@ -79,6 +79,7 @@ import numpy as np
 
 from engine.errors import UserError
 from installation.audio_in import AudioInput, AudioReader, open_input
+from installation.params import PARAMS
 from installation.render import DEFAULT_BUNDLE, Conditioner, ImageEMA, NoiseDrift, RenderParams
 from installation.vad import VadParams, VoiceActivityDetector
 from scenes import SCENES, FrameState, Scene, make_scene
@@ -1405,9 +1406,9 @@ class LiveLoop:
 
 def preset_param_values(preset: Any) -> dict[str, Any]:
     """Every live parameter's value under ``preset`` (the declared defaults overlaid with its ``params``),
-    without the commands (``preset/load``, ``quit``): loading a preset live sets them all."""
+    without the commands (``preset/load``, ``quit`` and the other triggers): loading a preset live sets them all."""
     values = preset.param_values() if hasattr(preset, "param_values") else dict(getattr(preset, "params", {}))
-    return {k: v for k, v in values.items() if k not in ("preset/load", "quit")}
+    return {k: v for k, v in values.items() if not (k in PARAMS and PARAMS[k].is_command)}
 
 
 def input_spec(source: str | int, base: Path | None = None) -> str | int | Path:

@@ -307,6 +307,19 @@ _DECLARED: tuple[ParamSpec, ...] = (
         doc="load the named preset from presets/ (names only, no paths)",
     ),
     ParamSpec("quit", "trigger", False, doc="quit the installation"),
+    # capture booth (run.py capture) and rating station (run.py rate): buttons, so operators and TouchOSC
+    # pages drive them exactly like the keyboard and touch screen do
+    ParamSpec("capture/consent", "trigger", False, doc="capture: the visitor consents (as the Y key)"),
+    ParamSpec("capture/decline", "trigger", False, doc="capture: the visitor declines; nothing is kept (as N)"),
+    ParamSpec("capture/go", "trigger", False, doc="capture: start the 3-2-1 countdown of a take (as Space)"),
+    ParamSpec("capture/next", "trigger", False, doc="capture: end this participant, welcome the next (as Enter)"),
+    ParamSpec("rate/1", "trigger", False, doc="rating station: score 1 (bad) for the face shown"),
+    ParamSpec("rate/2", "trigger", False, doc="rating station: score 2 (poor)"),
+    ParamSpec("rate/3", "trigger", False, doc="rating station: score 3 (fair)"),
+    ParamSpec("rate/4", "trigger", False, doc="rating station: score 4 (good)"),
+    ParamSpec("rate/5", "trigger", False, doc="rating station: score 5 (excellent)"),
+    ParamSpec("rate/skip", "trigger", False, doc="rating station: skip this face without a score"),
+    ParamSpec("rate/replay", "trigger", False, doc="rating station: play the voice again"),
 )
 
 PARAMS: Mapping[str, ParamSpec] = MappingProxyType({spec.name: spec for spec in _DECLARED})

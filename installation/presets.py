@@ -224,19 +224,70 @@ class GenerationConfig:
 
 @dataclass(frozen=True)
 class CaptureConfig:
-    """Open-day capture sessions (camera + microphone -> dataset pairs).
+    """Open-day capture sessions (``run.py capture``: camera + microphone -> consented face+voice pairs).
 
     Attributes:
-        camera: camera index (OpenCV) or a video file standing in for it.
-        take_s: length of one take (the sound of one pair), seconds.
-        countdown_s: countdown before a take, seconds.
-        output: dataset folder the pairs are written to (relative to the repository root, or absolute).
+        camera: OpenCV camera index, or a video file standing in for it (relative to the repository root).
+        camera_size: requested camera frame size [width, height], px (the device may give another).
+        camera_fps: requested camera rate, frames per second (a file camera plays at its own rate).
+        take_s: length of the sound of one take, seconds (Wav2Pix found 1 s windows best).
+        countdown_s: the 3-2-1 countdown before a take, seconds.
+        review_s: how long a kept take (or the reason a take failed) is shown, seconds.
+        takes_per_participant: takes per visitor before the thank-you screen (the operator may end earlier).
+        output: dataset folder the takes are written to (relative to the repository root, or absolute).
+        face_size: side of the stored square face crop, px (320 like the original AVGAN collection).
+        margin: margin added around the detected face box on each side, as a fraction of the box side.
+        save_full_frame: also keep the whole camera frame (JPEG) of each take.
+        min_face_frac: the face box side must be at least this fraction of the frame's shorter side.
+        min_luma: mean luma of the face box must reach this (0-255): "too dark" below it.
+        silence_dbfs: RMS level of the take's sound below this is "silent", dBFS.
+        clip_fraction: share of samples at full scale (|x| >= 0.999) above which the sound is "clipped".
+        min_free_mb: free disk space below which capture pauses with a "disk full" message, MiB.
+        consent_scope: short identifier of what the consent covers, stored in every take record.
+        consent_text: the consent screen's text (what is kept, for what, how to withdraw); ``{code}`` is replaced
+            by the participant's withdrawal code.
     """
 
     camera: int | str = 0
+    camera_size: tuple[int, int] = _range((1280, 720), 16, 8192, "px")
+    camera_fps: float = _range(30.0, 1.0, 240.0, "Hz")
     take_s: float = _range(1.0, 0.1, 30.0, "s")
     countdown_s: float = _range(3.0, 0.0, 30.0, "s")
+    review_s: float = _range(2.0, 0.0, 30.0, "s")
+    takes_per_participant: int = _range(3, 1, 100)
     output: str = "captures"
+    face_size: int = _range(320, 32, 2048, "px")
+    margin: float = _range(0.4, 0.0, 2.0)
+    save_full_frame: bool = False
+    min_face_frac: float = _range(0.2, 0.01, 1.0)
+    min_luma: float = _range(50.0, 0.0, 255.0)
+    silence_dbfs: float = _range(-45.0, -120.0, 0.0, "dBFS")
+    clip_fraction: float = _range(0.001, 0.0, 1.0)
+    min_free_mb: float = _range(200.0, 0.0, 1e7, "MiB")
+    consent_scope: str = "research-training-v1"
+    consent_text: str = (
+        "We keep one photo of your face and one second of your voice per take.\n"
+        "They are used only to train and evaluate face-from-voice generators in this lab's research.\n"
+        "They are stored under the code {code}, never with your name.\n"
+        "To withdraw at any time, tell us the code: all your takes are deleted."
+    )
+
+
+@dataclass(frozen=True)
+class RatingConfig:
+    """The rating station (``run.py rate``): visitors score generated faces 1-5.
+
+    Attributes:
+        show_real: also show the real face of the voice where the dataset has one.
+        play_voice: play the voice the face came from (through sounddevice; silent where there is no output).
+        seed: seed of the presentation order and of the generator's noise.
+        max_items: stop after this many faces (0: every audio file once).
+    """
+
+    show_real: bool = False
+    play_voice: bool = True
+    seed: int = _range(0, 0, 2**31 - 1)
+    max_items: int = _range(0, 0, 1_000_000)
 
 
 @dataclass(frozen=True)
@@ -245,7 +296,7 @@ class Preset:
 
     Attributes:
         description: one line shown by ``--help`` / logs.
-        display, input, engine, osc, sound, generation, capture: the sections above.
+        display, input, engine, osc, sound, generation, capture, rating: the sections above.
         scenes: per-scene start-up settings, ``{scene name: {parameter: value}}`` (e.g. the portrait's
             ``idle_fade_s``), checked against the scene's parameter dataclass where it has one.
         params: initial live parameter values by OSC name (``sound/level: 0.8``), checked against
@@ -263,6 +314,7 @@ class Preset:
     sound: SoundConfig = field(default_factory=SoundConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
+    rating: RatingConfig = field(default_factory=RatingConfig)
     scenes: dict[str, dict[str, Any]] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
     name: str = field(default="", init=False)
@@ -311,6 +363,7 @@ SECTIONS: dict[str, type] = {
     "sound": SoundConfig,
     "generation": GenerationConfig,
     "capture": CaptureConfig,
+    "rating": RatingConfig,
 }
 """The typed sections of a preset by key."""
 

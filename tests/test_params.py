@@ -28,6 +28,17 @@ CONTRACT_NAMES = [  # docs/CONTRACTS.md, "Live installation"
     "vad/threshold_db",
     "preset/load",
     "quit",
+    "capture/consent",
+    "capture/decline",
+    "capture/go",
+    "capture/next",
+    "rate/1",
+    "rate/2",
+    "rate/3",
+    "rate/4",
+    "rate/5",
+    "rate/skip",
+    "rate/replay",
 ]
 
 

@@ -13,7 +13,7 @@
       50.0,
       80.0,
       1140.0,
-      718.0
+      1092.0
     ],
     "bglocked": 0,
     "openinpresentation": 0,
@@ -1798,6 +1798,567 @@
           ],
           "text": "/avgan/quit"
         }
+      },
+      {
+        "box": {
+          "id": "obj-98",
+          "maxclass": "comment",
+          "numinlets": 1,
+          "numoutlets": 0,
+          "patching_rect": [
+            20,
+            688,
+            190,
+            20
+          ],
+          "text": "capture/consent: a trigger (no value, or true)"
+        }
+      },
+      {
+        "box": {
+          "id": "obj-99",
+          "maxclass": "button",
+          "numinlets": 1,
+          "numoutlets": 1,
+          "patching_rect": [
+            370,
+            688,
+            22,
+            22
+          ],
+          "outlettype": [
+            "bang"
+          ],
+          "parameter_enable": 0
+        }
+      },
+      {
+        "box": {
+          "id": "obj-100",
+          "maxclass": "message",
+          "numinlets": 2,
+          "numoutlets": 1,
+          "patching_rect": [
+            500,
+            688,
+            200,
+            22
+          ],
+          "outlettype": [
+            ""
+          ],
+          "text": "/avgan/capture/consent"
+        }
+      },
+      {
+        "box": {
+          "id": "obj-101",
+          "maxclass": "comment",
+          "numinlets": 1,
+          "numoutlets": 0,
+          "patching_rect": [
+            20,
+            722,
+            190,
+            20
+          ],
+          "text": "capture/decline: a trigger (no value, or true)"
+        }
+      },
+      {
+        "box": {
+          "id": "obj-102",
+          "maxclass": "button",
+          "numinlets": 1,
+          "numoutlets": 1,
+          "patching_rect": [
+            370,
+            722,
+            22,
+            22
+          ],
+          "outlettype": [
+            "bang"
+          ],
+          "parameter_enable": 0
+        }
+      },
+      {
+        "box": {
+          "id": "obj-103",
+          "maxclass": "message",
+          "numinlets": 2,
+          "numoutlets": 1,
+          "patching_rect": [
+            500,
+            722,
+            200,
+            22
+          ],
+          "outlettype": [
+            ""
+          ],
+          "text": "/avgan/capture/decline"
+        }
+      },
+      {
+        "box": {
+          "id": "obj-104",
+          "maxclass": "comment",
+          "numinlets": 1,
+          "numoutlets": 0,
+          "patching_rect": [
+            20,
+            756,
+            190,
+            20
+          ],
+          "text": "capture/go: a trigger (no value, or true)"
+        }
+      },
+      {
+        "box": {
+          "id": "obj-105",
+          "maxclass": "button",
+          "numinlets": 1,
+          "numoutlets": 1,
+          "patching_rect": [
+            370,
+            756,
+            22,
+            22
+          ],
+          "outlettype": [
+            "bang"
+          ],
+          "parameter_enable": 0
+        }
+      },
+      {
+        "box": {
+          "id": "obj-106",
+          "maxclass": "message",
+          "numinlets": 2,
+          "numoutlets": 1,
+          "patching_rect": [
+            500,
+            756,
+            200,
+            22
+          ],
+          "outlettype": [
+            ""
+          ],
+          "text": "/avgan/capture/go"
+        }
+      },
+      {
+        "box": {
+          "id": "obj-107",
+          "maxclass": "comment",
+          "numinlets": 1,
+          "numoutlets": 0,
+          "patching_rect": [
+            20,
+            790,
+            190,
+            20
+          ],
+          "text": "capture/next: a trigger (no value, or true)"
+        }
+      },
+      {
+        "box": {
+          "id": "obj-108",
+          "maxclass": "button",
+          "numinlets": 1,
+          "numoutlets": 1,
+          "patching_rect": [
+            370,
+            790,
+            22,
+            22
+          ],
+          "outlettype": [
+            "bang"
+          ],
+          "parameter_enable": 0
+        }
+      },
+      {
+        "box": {
+          "id": "obj-109",
+          "maxclass": "message",
+          "numinlets": 2,
+          "numoutlets": 1,
+          "patching_rect": [
+            500,
+            790,
+            200,
+            22
+          ],
+          "outlettype": [
+            ""
+          ],
+          "text": "/avgan/capture/next"
+        }
+      },
+      {
+        "box": {
+          "id": "obj-110",
+          "maxclass": "comment",
+          "numinlets": 1,
+          "numoutlets": 0,
+          "patching_rect": [
+            20,
+            824,
+            190,
+            20
+          ],
+          "text": "rate/1: a trigger (no value, or true)"
+        }
+      },
+      {
+        "box": {
+          "id": "obj-111",
+          "maxclass": "button",
+          "numinlets": 1,
+          "numoutlets": 1,
+          "patching_rect": [
+            370,
+            824,
+            22,
+            22
+          ],
+          "outlettype": [
+            "bang"
+          ],
+          "parameter_enable": 0
+        }
+      },
+      {
+        "box": {
+          "id": "obj-112",
+          "maxclass": "message",
+          "numinlets": 2,
+          "numoutlets": 1,
+          "patching_rect": [
+            500,
+            824,
+            200,
+            22
+          ],
+          "outlettype": [
+            ""
+          ],
+          "text": "/avgan/rate/1"
+        }
+      },
+      {
+        "box": {
+          "id": "obj-113",
+          "maxclass": "comment",
+          "numinlets": 1,
+          "numoutlets": 0,
+          "patching_rect": [
+            20,
+            858,
+            190,
+            20
+          ],
+          "text": "rate/2: a trigger (no value, or true)"
+        }
+      },
+      {
+        "box": {
+          "id": "obj-114",
+          "maxclass": "button",
+          "numinlets": 1,
+          "numoutlets": 1,
+          "patching_rect": [
+            370,
+            858,
+            22,
+            22
+          ],
+          "outlettype": [
+            "bang"
+          ],
+          "parameter_enable": 0
+        }
+      },
+      {
+        "box": {
+          "id": "obj-115",
+          "maxclass": "message",
+          "numinlets": 2,
+          "numoutlets": 1,
+          "patching_rect": [
+            500,
+            858,
+            200,
+            22
+          ],
+          "outlettype": [
+            ""
+          ],
+          "text": "/avgan/rate/2"
+        }
+      },
+      {
+        "box": {
+          "id": "obj-116",
+          "maxclass": "comment",
+          "numinlets": 1,
+          "numoutlets": 0,
+          "patching_rect": [
+            20,
+            892,
+            190,
+            20
+          ],
+          "text": "rate/3: a trigger (no value, or true)"
+        }
+      },
+      {
+        "box": {
+          "id": "obj-117",
+          "maxclass": "button",
+          "numinlets": 1,
+          "numoutlets": 1,
+          "patching_rect": [
+            370,
+            892,
+            22,
+            22
+          ],
+          "outlettype": [
+            "bang"
+          ],
+          "parameter_enable": 0
+        }
+      },
+      {
+        "box": {
+          "id": "obj-118",
+          "maxclass": "message",
+          "numinlets": 2,
+          "numoutlets": 1,
+          "patching_rect": [
+            500,
+            892,
+            200,
+            22
+          ],
+          "outlettype": [
+            ""
+          ],
+          "text": "/avgan/rate/3"
+        }
+      },
+      {
+        "box": {
+          "id": "obj-119",
+          "maxclass": "comment",
+          "numinlets": 1,
+          "numoutlets": 0,
+          "patching_rect": [
+            20,
+            926,
+            190,
+            20
+          ],
+          "text": "rate/4: a trigger (no value, or true)"
+        }
+      },
+      {
+        "box": {
+          "id": "obj-120",
+          "maxclass": "button",
+          "numinlets": 1,
+          "numoutlets": 1,
+          "patching_rect": [
+            370,
+            926,
+            22,
+            22
+          ],
+          "outlettype": [
+            "bang"
+          ],
+          "parameter_enable": 0
+        }
+      },
+      {
+        "box": {
+          "id": "obj-121",
+          "maxclass": "message",
+          "numinlets": 2,
+          "numoutlets": 1,
+          "patching_rect": [
+            500,
+            926,
+            200,
+            22
+          ],
+          "outlettype": [
+            ""
+          ],
+          "text": "/avgan/rate/4"
+        }
+      },
+      {
+        "box": {
+          "id": "obj-122",
+          "maxclass": "comment",
+          "numinlets": 1,
+          "numoutlets": 0,
+          "patching_rect": [
+            20,
+            960,
+            190,
+            20
+          ],
+          "text": "rate/5: a trigger (no value, or true)"
+        }
+      },
+      {
+        "box": {
+          "id": "obj-123",
+          "maxclass": "button",
+          "numinlets": 1,
+          "numoutlets": 1,
+          "patching_rect": [
+            370,
+            960,
+            22,
+            22
+          ],
+          "outlettype": [
+            "bang"
+          ],
+          "parameter_enable": 0
+        }
+      },
+      {
+        "box": {
+          "id": "obj-124",
+          "maxclass": "message",
+          "numinlets": 2,
+          "numoutlets": 1,
+          "patching_rect": [
+            500,
+            960,
+            200,
+            22
+          ],
+          "outlettype": [
+            ""
+          ],
+          "text": "/avgan/rate/5"
+        }
+      },
+      {
+        "box": {
+          "id": "obj-125",
+          "maxclass": "comment",
+          "numinlets": 1,
+          "numoutlets": 0,
+          "patching_rect": [
+            20,
+            994,
+            190,
+            20
+          ],
+          "text": "rate/skip: a trigger (no value, or true)"
+        }
+      },
+      {
+        "box": {
+          "id": "obj-126",
+          "maxclass": "button",
+          "numinlets": 1,
+          "numoutlets": 1,
+          "patching_rect": [
+            370,
+            994,
+            22,
+            22
+          ],
+          "outlettype": [
+            "bang"
+          ],
+          "parameter_enable": 0
+        }
+      },
+      {
+        "box": {
+          "id": "obj-127",
+          "maxclass": "message",
+          "numinlets": 2,
+          "numoutlets": 1,
+          "patching_rect": [
+            500,
+            994,
+            200,
+            22
+          ],
+          "outlettype": [
+            ""
+          ],
+          "text": "/avgan/rate/skip"
+        }
+      },
+      {
+        "box": {
+          "id": "obj-128",
+          "maxclass": "comment",
+          "numinlets": 1,
+          "numoutlets": 0,
+          "patching_rect": [
+            20,
+            1028,
+            190,
+            20
+          ],
+          "text": "rate/replay: a trigger (no value, or true)"
+        }
+      },
+      {
+        "box": {
+          "id": "obj-129",
+          "maxclass": "button",
+          "numinlets": 1,
+          "numoutlets": 1,
+          "patching_rect": [
+            370,
+            1028,
+            22,
+            22
+          ],
+          "outlettype": [
+            "bang"
+          ],
+          "parameter_enable": 0
+        }
+      },
+      {
+        "box": {
+          "id": "obj-130",
+          "maxclass": "message",
+          "numinlets": 2,
+          "numoutlets": 1,
+          "patching_rect": [
+            500,
+            1028,
+            200,
+            22
+          ],
+          "outlettype": [
+            ""
+          ],
+          "text": "/avgan/rate/replay"
+        }
       }
     ],
     "lines": [
@@ -2825,6 +3386,270 @@
         "patchline": {
           "source": [
             "obj-97",
+            0
+          ],
+          "destination": [
+            "obj-2",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-99",
+            0
+          ],
+          "destination": [
+            "obj-100",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-100",
+            0
+          ],
+          "destination": [
+            "obj-2",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-102",
+            0
+          ],
+          "destination": [
+            "obj-103",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-103",
+            0
+          ],
+          "destination": [
+            "obj-2",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-105",
+            0
+          ],
+          "destination": [
+            "obj-106",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-106",
+            0
+          ],
+          "destination": [
+            "obj-2",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-108",
+            0
+          ],
+          "destination": [
+            "obj-109",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-109",
+            0
+          ],
+          "destination": [
+            "obj-2",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-111",
+            0
+          ],
+          "destination": [
+            "obj-112",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-112",
+            0
+          ],
+          "destination": [
+            "obj-2",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-114",
+            0
+          ],
+          "destination": [
+            "obj-115",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-115",
+            0
+          ],
+          "destination": [
+            "obj-2",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-117",
+            0
+          ],
+          "destination": [
+            "obj-118",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-118",
+            0
+          ],
+          "destination": [
+            "obj-2",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-120",
+            0
+          ],
+          "destination": [
+            "obj-121",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-121",
+            0
+          ],
+          "destination": [
+            "obj-2",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-123",
+            0
+          ],
+          "destination": [
+            "obj-124",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-124",
+            0
+          ],
+          "destination": [
+            "obj-2",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-126",
+            0
+          ],
+          "destination": [
+            "obj-127",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-127",
+            0
+          ],
+          "destination": [
+            "obj-2",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-129",
+            0
+          ],
+          "destination": [
+            "obj-130",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-130",
             0
           ],
           "destination": [
