@@ -152,6 +152,7 @@ def test_write_take_rejects_bad_arguments(tmp_path):
         dict(audio=np.full(10, np.nan, np.float32)),
         dict(sample_rate=0),
         dict(audio_format="mp3"),
+        dict(audio_format="flac", sample_rate=10_000_000),
         dict(meta={"take_id": "x"}),
         dict(meta={"sha256": {}}),
         dict(meta={"obj": object()}),
@@ -360,6 +361,50 @@ def test_interrupted_deletion_reported_and_finished(tmp_path):
         delete_participant(root, "P-CCCCCC")
     assert not marker2.exists() and not (root / "P-BBBBBB").exists()
     assert len((root / cf.DELETIONS).read_text().splitlines()) == 2
+
+
+def test_deletion_failing_midway_is_finished_by_repair(tmp_path, monkeypatch):
+    root = tmp_path / "ds"
+    _make(root, ("P-AAAAAA", "P-BBBBBB"), per=2)
+
+    def broken_rmtree(path, *a, **k):
+        next(Path(path).glob("*.wav")).unlink()  # half-way through, then the disk fails
+        raise OSError(errno.EIO, "Input/output error", str(path))
+
+    monkeypatch.setattr(cs.shutil, "rmtree", broken_rmtree)
+    with pytest.raises(CaptureStoreError, match="Input/output error"):
+        delete_participant(root, "P-AAAAAA")
+    monkeypatch.undo()
+    assert "P-AAAAAA" not in (root / cf.MANIFEST).read_text()  # the manifest was already rewritten
+    report = check_dataset(root)
+    assert report.counts()[cs.INCOMPLETE_DELETION] == 1 and report.takes == 2
+    check_dataset(root, repair=True)
+    assert check_dataset(root).ok and not (root / "P-AAAAAA").exists()
+    entry = json.loads((root / cf.DELETIONS).read_text())
+    assert entry["takes"] == 2 and entry["files"] == 7 and "P-AAAAAA" not in json.dumps(entry)
+
+
+def test_threads_share_a_writer(tmp_path):
+    import threading
+
+    root = tmp_path / "ds"
+    shared = DatasetWriter(root, min_free_mb=0)
+    other = DatasetWriter(root, min_free_mb=0)
+    ids: list[str] = []
+
+    def work(w: DatasetWriter, k: int) -> None:
+        for j in range(8):
+            ids.append(w.write_take(f"P-THREAD{k}", _png(k * 10 + j), _audio(j, n=800), 16000).take_id)
+
+    threads = [threading.Thread(target=work, args=(shared if k < 3 else other, k)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    shared.close()
+    other.close()
+    report = check_dataset(root)
+    assert report.ok and report.takes == 32 and len(set(ids)) == 32
 
 
 def test_writer_survives_concurrent_delete(tmp_path):

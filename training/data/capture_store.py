@@ -51,6 +51,7 @@ import math
 import os
 import secrets
 import shutil
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -408,7 +409,10 @@ def encode_audio(audio: np.ndarray, sample_rate: int, audio_format: str = "wav")
     buf = io.BytesIO()
     import soundfile as sf
 
-    sf.write(buf, np.clip(a, -1.0, 1.0), int(sample_rate), format=fmt.upper(), subtype="PCM_16")
+    try:
+        sf.write(buf, np.clip(a, -1.0, 1.0), int(sample_rate), format=fmt.upper(), subtype="PCM_16")
+    except Exception as exc:  # noqa: BLE001 - libsndfile reports unsupported rates/channels in several types
+        raise ValueError(f"audio: cannot encode {a.shape[1]} channel(s) at {sample_rate} Hz as {fmt} ({exc})") from exc
     return buf.getvalue(), int(a.shape[0]), int(a.shape[1])
 
 
@@ -419,7 +423,8 @@ class DatasetWriter:
     (no final newline) is truncated back to its last newline (a warning is logged; the torn take's files become
     orphans that :func:`check_dataset` reports), so the next append never lands on a torn line.
 
-    Thread-safety: one writer per thread; several writers (threads or processes) may share a dataset.
+    Thread-safety: a writer may be shared by threads (appends are serialised); several writers (threads or
+    processes) may write to one dataset at the same time.
 
     Args:
         root: dataset folder.
@@ -437,6 +442,7 @@ class DatasetWriter:
         self.min_free_mb = float(min_free_mb)
         self.manifest = self.root / cf.MANIFEST
         self._lock: _Lock | None = None
+        self._thread_lock = threading.Lock()  # flock does not exclude threads sharing one open file
         try:
             if not self.root.is_dir():
                 self.root.mkdir(parents=True, exist_ok=True)
@@ -595,7 +601,7 @@ class DatasetWriter:
                     current, action = folder, "syncing the folder"
                     _fsync_dir(folder)
             current, action = self.manifest, "appending to the manifest"
-            with self._lock.held():
+            with self._thread_lock, self._lock.held():
                 for path in written:
                     if not path.is_file():
                         raise CaptureStoreError(
@@ -922,7 +928,12 @@ def check_dataset(root: str | Path, repair: bool = False) -> CheckReport:
     """
     root = _open_dataset(root)
     if not repair:
-        lock = _Lock(root, create=False) if (root / cf.LOCK).is_file() else None
+        lock = None
+        if (root / cf.LOCK).is_file():
+            try:
+                lock = _Lock(root, create=False)
+            except OSError as exc:  # e.g. a read-only copy owned by someone else: check without the lock
+                log.debug("%s: not locking (%s)", root / cf.LOCK, exc)
         try:
             if lock is None:
                 return _scan(root).report
