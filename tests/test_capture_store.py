@@ -558,7 +558,7 @@ def test_cli_check_repair_delete(tmp_path, capsys):
     assert json.loads(out_json.read_text())["counts"] == {"sha-mismatch": 1}
 
     assert run.main(["dataset", "check", str(root), "--repair"]) == 1
-    assert "moved to" in capsys.readouterr().out
+    assert "4 path(s) moved; quarantine folder" in capsys.readouterr().out
     assert run.main(["dataset", "check", str(root)]) == 0
     capsys.readouterr()
 

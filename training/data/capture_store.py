@@ -779,7 +779,7 @@ def _scan(root: Path) -> _Scan:
             record = cf.parse_record(text, where)
             data = json.loads(text)
         except (UnicodeDecodeError, ValueError) as exc:
-            detail = str(exc) if not isinstance(exc, UnicodeDecodeError) else f"{where}: not UTF-8"
+            detail = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else str(exc).removeprefix(f"{where}: ")
             if not had_newline:
                 detail += " (torn last line: a crash during an append)"
             problems.append(Problem(INVALID_LINE, where, detail))
@@ -1216,7 +1216,8 @@ def format_report(report: CheckReport, limit: int = 10) -> str:
             out.append(f"  ... and {len(report.problems) - limit} more (--json for all)")
     if report.repaired:
         moved = sum(a.startswith("moved ") for a in report.actions)
-        out.append(f"repair: {len(report.actions)} action(s), {moved} path(s) moved to {report.quarantine or '-'}")
+        where = f"; quarantine folder {report.quarantine}" if report.quarantine else ""
+        out.append(f"repair: {len(report.actions)} action(s), {moved} path(s) moved{where}")
         out.extend(f"  {a}" for a in report.actions[:limit] if not a.startswith("moved "))
         if not report.actions:
             out.append("  nothing to do")
