@@ -50,13 +50,31 @@ GenerateFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``run.py evaluate``."""
-    parser.add_argument("target", metavar="BUNDLE_OR_RUN", type=Path, help="a model bundle or a training run folder")
+    parser.add_argument(
+        "target",
+        metavar="BUNDLE_OR_RUN",
+        type=Path,
+        nargs="?",
+        help="a model bundle or a training run folder (optional with --ratings)",
+    )
     parser.add_argument(
         "--data",
         action="append",
-        required=True,
         metavar="DIR",
-        help="dataset folder the model was trained on (repeat for several)",
+        help="dataset folder the model was trained on (repeat for several; required with BUNDLE_OR_RUN)",
+    )
+    parser.add_argument(
+        "--ratings",
+        action="append",
+        type=Path,
+        metavar="RATINGS.jsonl",
+        help="rating-station file(s) (run.py rate): mean opinion score with a 95 %% CI per model (repeatable)",
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        metavar="OUT",
+        help="with --ratings: write the opinion-score report here (default out/eval/ratings.json)",
     )
     parser.add_argument(
         "--out",
@@ -536,8 +554,35 @@ def unseen_voice_images(
     return images, names, failed
 
 
+def ratings_main(paths: list[Path], json_out: Path | None) -> int:
+    """``evaluate --ratings``: mean opinion score per model (:mod:`training.ratings`); prints a table, writes JSON."""
+    from training import ratings
+
+    data = ratings.report(paths)
+    out = json_out or Path("out") / "eval" / "ratings.json"
+    ratings.write_json(out, data)
+    print(ratings.format_table(data["models"], data["confidence"]))
+    invalid = f"; {data['n_invalid_lines']} invalid lines skipped" if data["n_invalid_lines"] else ""
+    print(f"{data['n_ratings']} ratings from {len(paths)} file(s){invalid}; wrote {out}")
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
-    """Run ``evaluate``; returns 0."""
+    """Run ``evaluate``; returns 0. With ``--ratings`` (and no BUNDLE_OR_RUN) only the opinion-score report."""
+    ratings_files = getattr(args, "ratings", None)
+    if args.target is None:
+        if ratings_files:
+            return ratings_main(ratings_files, getattr(args, "json", None))
+        raise UserError("evaluate: give a BUNDLE_OR_RUN (with --data DIR) or --ratings RATINGS.jsonl")
+    if not args.data:
+        raise UserError(f"evaluate {args.target}: --data DIR is required (the dataset the model was trained on)")
+    if ratings_files:
+        ratings_main(ratings_files, getattr(args, "json", None))
+    return _evaluate_model(args)
+
+
+def _evaluate_model(args: argparse.Namespace) -> int:
+    """The face-based evaluation of a bundle or run folder (see the module docstring); returns 0."""
     from training.data import load_dataset, split_by_face
     from training.data.dataset import default_cache_dir
 
