@@ -685,9 +685,11 @@ class RatingStation:
         script = VisitorScript.from_file(path, press=lambda name: self.params.enqueue(name, True, source="script"))
         allowed = (*BUTTONS, "quit")
         for step in script.steps:
-            if step.name and step.name not in allowed:
+            choices = tuple(getattr(step, "alternatives", ()) or (step.name,))  # ``any A B``: one of them will do
+            if step.name and not any(c in allowed for c in choices):
                 raise ScriptError(
-                    f"{path}: {step.name!r} is not a rating-station button (expected one of: {', '.join(allowed)})"
+                    f"{path}: {' / '.join(repr(c) for c in choices)} is not a rating-station button "
+                    f"(expected one of: {', '.join(allowed)})"
                 )
         return script
 
