@@ -673,7 +673,14 @@ class Window:
         pygame.display.set_caption(title)
         if hide_cursor:
             pygame.mouse.set_visible(False)
-        if not fullscreen and windowed_size and tuple(windowed_size) != (width, height):
+        # (not under the dummy driver: there is no OS window, and resizing it through pygame's private _sdl2
+        # API crashed SDL's event pump there)
+        if (
+            not fullscreen
+            and windowed_size
+            and tuple(windowed_size) != (width, height)
+            and pygame.display.get_driver() != "dummy"
+        ):
             try:  # SCALED picks an integer multiple of the logical size; resize the OS window as asked
                 from pygame._sdl2.video import Window as SdlWindow
 

@@ -14,6 +14,7 @@ Script format (UTF-8 text, one step per line; ``#`` starts a comment)::
     capture/go
     rate/4
     repeat 10 capture/go     # the same press 10 times
+    any capture/consent capture/go   # whichever of these the screen accepts first
     loop                     # start over from the first line (e.g. for long crash-test sessions)
 
 A press is held until the loop is in a state that accepts that button (a patient visitor): the loop calls
@@ -38,10 +39,14 @@ class ScriptError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class Step:
-    """One step: press ``name`` (a trigger parameter), or wait ``seconds`` (``name == ""``)."""
+    """One step: press ``name`` (a trigger parameter), or wait ``seconds`` (``name == ""``).
+
+    ``alternatives``: for ``any A B ...``, every name that may be pressed (whichever the loop accepts first).
+    """
 
     name: str
     seconds: float = 0.0
+    alternatives: tuple[str, ...] = ()
 
 
 def parse_script(
@@ -85,16 +90,23 @@ def parse_script(
             if count < 1 or len(words) != 3:
                 raise ScriptError(f"{where}:{number}: expected 'repeat N BUTTON' with N >= 1, got {line!r}")
             words = words[2:]
-        if len(words) != 1:
+        alternatives: tuple[str, ...] = ()
+        if words[0] == "any":
+            if len(words) < 3:
+                raise ScriptError(f"{where}:{number}: expected 'any BUTTON BUTTON ...', got {line!r}")
+            words = words[1:]
+            alternatives = tuple(w.removeprefix("/avgan/") for w in words)
+        elif len(words) != 1:
             raise ScriptError(f"{where}:{number}: expected one button name per line, got {line!r}")
-        name = words[0].removeprefix("/avgan/")
-        spec = specs.get(name)
-        if spec is None or spec.kind != "trigger":
-            buttons = ", ".join(n for n, s in specs.items() if s.kind == "trigger")
-            raise ScriptError(
-                f"{where}:{number}: {name!r} is not a button; expected one of: {buttons}, wait, repeat, loop"
-            )
-        steps.extend(Step(name) for _ in range(count))
+        for word in words:
+            name = word.removeprefix("/avgan/")
+            spec = specs.get(name)
+            if spec is None or spec.kind != "trigger":
+                buttons = ", ".join(n for n, s in specs.items() if s.kind == "trigger")
+                raise ScriptError(
+                    f"{where}:{number}: {name!r} is not a button; expected one of: {buttons}, wait, repeat, any, loop"
+                )
+        steps.extend(Step(alternatives[0] if alternatives else name, 0.0, alternatives) for _ in range(count))
     if not steps:
         raise ScriptError(f"{where}: the script has no steps")
     return steps, loop
@@ -161,10 +173,12 @@ class VisitorScript:
                 self._not_before = now + step.seconds
                 self.index += 1
                 continue
-            if step.name not in accepting:
+            choices = step.alternatives or (step.name,)
+            name = next((c for c in choices if c in accepting), None)
+            if name is None:
                 return None
             self.index += 1
             self.pressed += 1
-            self.press(step.name)
-            return step.name
+            self.press(name)
+            return name
         return None
