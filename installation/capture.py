@@ -28,8 +28,9 @@ the stand-in); the microphone is the live installation's input (:func:`installat
 sounddevice stream, or a file played in real time as the stand-in), kept at its own rate (takes are stored at the
 device rate). A camera that vanishes, a microphone that stops delivering, or a disk that fills up shows a message
 on screen and in the log and pauses new takes until it is resolved (devices reconnect by themselves); a take in
-flight is dropped, and every take already kept stays as it is. Each kept take is printed to stdout as
-``kept take <take_id> participant <id>`` after it is durable (the crash test relies on it).
+flight is dropped, and every take already kept stays as it is. Stdout gets ``saving take participant <id>`` when a
+take that passed the gate starts being written and ``kept take <take_id> participant <id>`` once it is durable
+(the operator's console; the crash test relies on both).
 """
 
 from __future__ import annotations
@@ -552,6 +553,7 @@ class CaptureBooth:
             "take_s": float(self.cfg.take_s),
             "frame_offset_s": round(take.frame_at - take.go_t, 3),
         }
+        print(f"saving take participant {take.participant}", flush=True)  # the crash test aims kills at this
         try:
             record = self.writer.write_take(
                 take.participant,
@@ -561,10 +563,9 @@ class CaptureBooth:
                 frame_jpg=frame_jpg,
                 meta=meta,
             )
-        except DiskFullError as exc:
-            log.error("take not kept: %s", exc)
+        except DiskFullError as exc:  # the writer logged it
             return "disk_full", exc
-        except CaptureStoreError as exc:
+        except (CaptureStoreError, ValueError) as exc:  # ValueError: a record the store refuses (a bug, not data)
             log.error("take not kept: %s", exc)
             return "write_failed", exc
         self.stats.save_ms.append(round((time.perf_counter() - t0) * 1000, 2))

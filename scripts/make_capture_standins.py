@@ -10,12 +10,12 @@ the Wav2Pix face crops and speech snippets under ``../shared/data`` (see its REA
 The timeline is a queue of visitors at an open-day booth. Each visitor (the two speakers take turns, each visit
 using a different run of consecutive video frames of that speaker) is:
 
-* 1.5 s of the empty booth (no face) with room tone (-60 dBFS noise);
 * 9 s of the visitor in front of the camera (their consecutive face crops, scaled 1.7x, drifting slowly, in the
   middle of the frame), speaking (their 1 s speech snippets, in frame order);
 * then one awkward moment the quality gate must catch, cycling through: a friend steps in (two faces), the booth
   light goes off (the picture at 25 % brightness), the visitor steps back (face at 0.45x: too small), the
-  visitor falls silent (face, room tone only).
+  visitor falls silent (face, room tone only);
+* 1.5 s of the empty booth (no face) with room tone (-60 dBFS noise) while the next visitor steps in.
 
 The background is the visitor's first crop, enlarged and blurred (sigma 25 px): real colours, no face.
 """
@@ -114,7 +114,6 @@ def make(data: Path, out: Path, visitors: int, seed: int = 0) -> dict:
         clip = run[start : start + 11 * FPS]
         faces = [_read_image(img) for _, img, _ in clip]
         background = cv2.GaussianBlur(cv2.resize(faces[0], (W, H)), (0, 0), 25)
-        emit([background.copy() for _ in range(int(1.5 * FPS))], room_tone(1.5), "empty", "")
         speech = np.concatenate([load_audio(a, RATE) for _, _, a in clip[:9]]).astype(np.float32)
         speech /= max(1e-3, float(np.abs(speech).max())) / 0.5  # a normal speaking level, peaks at -6 dBFS
         frames = []
@@ -143,6 +142,7 @@ def make(data: Path, out: Path, visitors: int, seed: int = 0) -> dict:
                 f = cv2.convertScaleAbs(f, alpha=0.25)
             frames.append(f)
         emit(frames, room_tone(2.0) if extra == "silent" else audio, extra, who)
+        emit([background.copy() for _ in range(int(1.5 * FPS))], room_tone(1.5), "empty", "")
     for packet in stream.encode():
         container.mux(packet)
     container.close()
