@@ -571,3 +571,21 @@ def test_cli_check_repair_delete(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run.main(["dataset", "delete", str(root)])  # --participant missing: argparse usage error
     assert exit_info.value.code == 2
+
+
+def test_delete_purges_the_training_cache(tmp_path, monkeypatch):
+    """A withdrawal also removes the loader's decoded copies (pairs-*.npz) that hold the participant's takes."""
+    from training.data.dataset import load_dataset
+
+    monkeypatch.setenv("AVGAN_CACHE", str(tmp_path / "cache"))
+    root, other = tmp_path / "ds", tmp_path / "other"
+    _make(root, ("P-AAAAAA", "P-BBBBBB"), per=2)
+    _make(other, ("P-CCCCCC", "P-DDDDDD"), per=1)
+    load_dataset([root], image_size=16, workers=1)
+    load_dataset([other], image_size=16, workers=1)
+    assert len(list((tmp_path / "cache").glob("pairs-*.npz"))) == 2
+    result = delete_participant(root, "P-AAAAAA")
+    assert result["caches"] == 1
+    left = list((tmp_path / "cache").glob("pairs-*.npz"))
+    assert len(left) == 1  # the other dataset's cache stays
+    assert load_dataset([other], image_size=16, workers=1).identities == ["P-CCCCCC", "P-DDDDDD"]

@@ -1128,7 +1128,8 @@ def delete_participant(root: str | Path, participant: str) -> dict[str, Any]:
         participant: the participant id (withdrawal code), e.g. ``"P-7K3M9Q"``.
 
     Returns:
-        ``{"takes": manifest records removed, "files": files removed, "deletion_id": "D-..."}``.
+        ``{"takes": manifest records removed, "files": files removed, "deletion_id": "D-...", "caches": decoded-pairs
+        caches of the training loader that held this participant's takes and were removed}``.
 
     Raises:
         UserError: no dataset there, an id that is not a participant id (path separators ...), or an id unknown
@@ -1170,8 +1171,13 @@ def delete_participant(root: str | Path, participant: str) -> dict[str, Any]:
             _finish_deletion(root, marker)
     finally:
         lock.close()
-    log.info("deletion %s: %d take(s), %d file(s) removed", deletion_id, len(drop), files)
-    return {"takes": len(drop), "files": files, "deletion_id": deletion_id}
+    from training.data.dataset import purge_caches
+
+    caches = purge_caches(root / participant)  # decoded copies in the training cache go too
+    log.info(
+        "deletion %s: %d take(s), %d file(s), %d training cache(s) removed", deletion_id, len(drop), files, len(caches)
+    )
+    return {"takes": len(drop), "files": files, "deletion_id": deletion_id, "caches": len(caches)}
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -1234,7 +1240,8 @@ def main(args: argparse.Namespace) -> int:
         if args.action == "delete":
             result = delete_participant(args.dataset, args.participant)
             print(
-                f"deleted participant {args.participant}: {result['takes']} take(s), {result['files']} file(s); "
+                f"deleted participant {args.participant}: {result['takes']} take(s), {result['files']} file(s), "
+                f"{result['caches']} training cache file(s); "
                 f"deletion {result['deletion_id']} logged in {Path(args.dataset) / cf.DELETIONS}"
             )
             return 0

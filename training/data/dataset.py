@@ -261,6 +261,37 @@ def load_dataset(
     return ds
 
 
+def purge_caches(folder: str | Path, cache_dir: str | Path | None = None) -> list[Path]:
+    """Remove every decoded-pairs cache (``pairs-*.npz``) that holds audio from under ``folder``.
+
+    Used when a participant withdraws (``run.py dataset delete``): the cache keeps decoded faces and sound, so it
+    must go with the files. Unreadable cache files are removed too (they would be rebuilt anyway).
+
+    Args:
+        folder: a participant's folder (or any folder); matched against the cached source paths, resolved.
+        cache_dir: cache folder (default :func:`default_cache_dir`).
+
+    Returns:
+        The cache files removed.
+    """
+    prefix = str(Path(folder).resolve()) + os.sep
+    removed: list[Path] = []
+    for path in sorted(Path(cache_dir or default_cache_dir()).glob("pairs-*.npz")):
+        try:
+            with np.load(path) as z:
+                sources = json.loads(z["meta"].tobytes().decode())["sources"]
+            hit = any(str(Path(s).resolve()).startswith(prefix) for s in sources)
+        except Exception:  # noqa: BLE001 - unreadable: cannot prove it is clean
+            hit = True
+        if hit:
+            try:
+                path.unlink()
+                removed.append(path)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
 def _save_cache(path: Path, ds: PairDataset) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     lengths = np.asarray([len(a) for a in ds.audio], np.int64)
