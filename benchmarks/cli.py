@@ -49,6 +49,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], list[dict[str, Any]]]] = {
     "render": _module_runner("benchmarks.render"),
     "live": _module_runner("benchmarks.live"),
     "train": _module_runner("benchmarks.train"),
+    "capture": _module_runner("benchmarks.capture"),
 }
 """name -> function(args) -> list of row dicts."""
 
