@@ -34,7 +34,9 @@ def g_loss(kind: str, fake: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"loss.kind: unknown '{kind}' (expected lsgan or hinge)")
 
 
-def mode_seeking(x1: torch.Tensor, x2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+def mode_seeking(
+    x1: torch.Tensor, x2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor, eps: float = 1e-5
+) -> torch.Tensor:
     """Mode-seeking regulariser (Mao et al., CVPR 2019): ``1 / (mean|x1 - x2| / mean|z1 - z2| + eps)``.
 
     Args:

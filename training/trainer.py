@@ -343,10 +343,7 @@ class GanStep:
         self.opt_g.zero_grad(set_to_none=True)
         aux_g = cfg.loss.aux_weight if cfg.loss.aux_weight_g is None else cfg.loss.aux_weight_g
         total = (
-            loss_g
-            + aux_g * loss_aux
-            + cfg.loss.speech_id_weight * loss_sid
-            + cfg.loss.mode_seeking_weight * loss_ms
+            loss_g + aux_g * loss_aux + cfg.loss.speech_id_weight * loss_sid + cfg.loss.mode_seeking_weight * loss_ms
         )
         total.backward()
         _all_reduce_grads(self.g_params, self.world)
