@@ -1725,7 +1725,9 @@
             ",",
             "headless",
             ",",
-            "open_day"
+            "open_day",
+            ",",
+            "rating_station"
           ],
           "parameter_enable": 0
         }
