@@ -53,7 +53,7 @@ import cv2
 import numpy as np
 
 from engine.errors import UserError
-from installation.audio_in import AudioInput, FileInput, open_input
+from installation.audio_in import AudioInput, FileInput, SoundDeviceInput, open_input
 from installation.params import Parameters
 
 log = logging.getLogger(__name__)
@@ -345,9 +345,17 @@ class CaptureBooth:
         self.params = Parameters()
         self.stats = BoothStats()
         self.writer = DatasetWriter(settings.out, min_free_mb=float(self.cfg.min_free_mb))
-        self.camera = camera if camera is not None else self._open_camera()
-        self.audio = audio if audio is not None else self._open_audio()
-        self.detector = FaceDetector()
+        self.camera: Any = None
+        self.audio: Any = None
+        try:
+            self.camera = camera if camera is not None else self._open_camera()
+            self.audio = audio if audio is not None else self._open_audio()
+            self.detector = FaceDetector()
+        except BaseException:  # release what did open (camera thread, audio stream, dataset lock)
+            for part in (self.audio, self.camera, self.writer):
+                if part is not None:
+                    part.close()
+            raise
         self.state = "consent"
         self.state_t = time.perf_counter()
         self.participant = ""
@@ -391,10 +399,20 @@ class CaptureBooth:
 
     def _open_audio(self) -> AudioInput:
         spec = self.s.input
+        ring_s = max(4.0, 3 * float(self.cfg.take_s))  # a whole take must fit with room to spare
+        source: AudioInput
         if isinstance(spec, Path):
-            source = FileInput(spec, file_rate(spec), loop=True, ring_seconds=max(4.0, 3 * self.cfg.take_s))
+            source = FileInput(spec, file_rate(spec), loop=True, ring_seconds=ring_s)
         else:
-            source = open_input(spec, 16000, device_rate=self.s.input_rate, channels=self.s.input_channels)
+            probe = open_input(spec, 16000)  # resolves "mic" / index / name the way `live` does
+            device = getattr(probe, "device", None)
+            source = SoundDeviceInput(
+                device,
+                ring_seconds=ring_s,
+                samplerate=self.s.input_rate,
+                channels=self.s.input_channels,
+                on_event=lambda kind, detail: self._event(f"microphone {kind}: {detail}"),
+            )
         source.start()
         return source
 
@@ -408,7 +426,7 @@ class CaptureBooth:
     def _new_participant(self) -> None:
         from training.data.capture_store import new_participant_id
 
-        self.participant = new_participant_id()
+        self.participant = new_participant_id(self.s.out)  # never one that already has takes here
         self.participant_kept = 0
         self.consent = {}
 
