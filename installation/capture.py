@@ -683,6 +683,17 @@ class CaptureBooth:
 
                 self._hint_future = self._hint_pool.submit(job)
 
+    def start_osc(self) -> None:
+        """Start the OSC server if the preset enables it (a busy port is logged; the booth goes on without OSC)."""
+        if self.s.osc is None or self.osc is not None:
+            return
+        try:
+            from installation.osc import OscControl
+
+            self.osc = OscControl(self.params, self.s.osc).start()
+        except Exception as exc:  # noqa: BLE001 - the booth works without OSC
+            log.error("OSC disabled: %s", exc)
+
     def done(self, now: float, started: float) -> bool:
         """Whether the session should end (quit, duration or max takes reached)."""
         if self._stop_reason:
@@ -707,13 +718,7 @@ class CaptureBooth:
             from installation.visitor_script import VisitorScript
 
             self.script = VisitorScript.from_file(self.s.script, lambda name: self._press(name, "script"))
-        if self.s.osc is not None:
-            try:
-                from installation.osc import OscControl
-
-                self.osc = OscControl(self.params, self.s.osc).start()
-            except Exception as exc:  # noqa: BLE001 - the booth works without OSC
-                log.error("OSC disabled: %s", exc)
+        self.start_osc()
         self.window = CaptureScreen(self.s)
         started = time.perf_counter()
         period = 1.0 / self.s.fps if self.s.fps > 0 else 0.0

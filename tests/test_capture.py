@@ -299,7 +299,7 @@ class SwitchCamera:
         self.camera.close()
 
 
-def _booth(tmp_path: Path, standins: Path, camera=None, audio=None, **capture) -> CaptureBooth:
+def _booth(tmp_path: Path, standins: Path, camera=None, audio=None, osc=None, **capture) -> CaptureBooth:
     preset = load_preset(_preset(tmp_path, countdown_s=0.1, review_s=0.0, takes_per_participant=50, **capture))
     settings = CaptureSettings(
         out=tmp_path / "dataset",
@@ -311,9 +311,11 @@ def _booth(tmp_path: Path, standins: Path, camera=None, audio=None, **capture) -
         height=180,
         windowed_size=(320, 180),
         video_driver="dummy",
+        osc=osc,
     )
     booth = CaptureBooth(settings, camera=camera, audio=audio)
-    booth.script = VisitorScript(*parse_script(settings.script.read_text()), lambda n: booth._press(n, "script"))
+    if osc is None:
+        booth.script = VisitorScript(*parse_script(settings.script.read_text()), lambda n: booth._press(n, "script"))
     return booth
 
 
@@ -448,3 +450,35 @@ def test_crash_test_sigkill_during_writes(tmp_path: Path, standins: Path) -> Non
     assert result["missing_reported"] == 0 and result["damaged"] == 0
     assert result["manifest_takes"] >= result["kept_reported"]
     assert result["clean_after_repair"] and result["kept_after_repair"] == result["kept_reported"]
+
+
+@needs_data
+def test_osc_consent_and_go_from_a_controller(tmp_path: Path, standins: Path) -> None:
+    """TouchOSC / Max buttons: /avgan/capture/consent and /avgan/capture/go over UDP drive the booth."""
+    from pythonosc.udp_client import SimpleUDPClient
+
+    from installation.presets import OscConfig
+    from training.data.capture_format import read_manifest
+
+    osc = OscConfig(enabled=True, host="127.0.0.1", port=0, feedback=False, oscquery=False)
+    booth = _booth(tmp_path, standins, osc=osc)
+    try:
+        booth.start_osc()
+        client = SimpleUDPClient(*booth.osc.server.address)
+        _steps(booth, 0.3)
+        assert booth.state == "consent"
+        client.send_message("/avgan/capture/go", [])  # not accepted before consent: ignored
+        _steps(booth, 0.3)
+        assert booth.state == "consent" and booth.stats.attempts == 0
+        client.send_message("/avgan/capture/consent", [])
+        _steps(booth, 2, lambda b: b.state == "ready")
+        assert booth.state == "ready"
+        for _ in range(4):  # a few presses: the stand-in may be between visitors for one of them
+            client.send_message("/avgan/capture/go", [1.0])
+            _steps(booth, 5, lambda b: b.state in ("ready",) and b.stats.attempts > 0)
+            if booth.stats.kept:
+                break
+    finally:
+        booth.close()
+    records, _ = read_manifest(tmp_path / "dataset")
+    assert records and records[0].extra["consent"]["confirmed_by"] == "osc"
