@@ -718,12 +718,12 @@ class CaptureBooth:
             from installation.visitor_script import VisitorScript
 
             self.script = VisitorScript.from_file(self.s.script, lambda name: self._press(name, "script"))
-        self.start_osc()
-        self.window = CaptureScreen(self.s)
         started = time.perf_counter()
         period = 1.0 / self.s.fps if self.s.fps > 0 else 0.0
         next_frame = started
         try:
+            self.start_osc()
+            self.window = CaptureScreen(self.s)
             while True:
                 now = time.perf_counter()
                 if self.done(now, started):

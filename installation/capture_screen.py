@@ -27,23 +27,14 @@ class CaptureScreen:
         settings: :class:`installation.capture.CaptureSettings` (canvas size, fullscreen, display, driver).
 
     Raises:
-        installation.live.LiveError / pygame.error: no window can be opened.
+        installation.live.LiveError: no window can be opened (one line: set SDL_VIDEODRIVER=dummy without a screen).
     """
 
     def __init__(self, settings: Any) -> None:
         from installation.live import Window
 
         self.canvas = np.zeros((settings.height, settings.width, 3), np.uint8)
-        self.win = Window(
-            self.canvas,
-            fullscreen=settings.fullscreen,
-            display=settings.display,
-            vsync=True,
-            hide_cursor=settings.hide_cursor,
-            windowed_size=settings.windowed_size,
-            video_driver=settings.video_driver,
-            title="AVGAN capture",
-        )
+        self.win = Window.open(self.canvas, settings, title="AVGAN capture")
         self.pg = self.win.pg
         self.pg.font.init()
         self._fonts: dict[int, Any] = {}

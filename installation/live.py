@@ -693,6 +693,33 @@ class Window:
         self._font: Any = None
         self._overlay: Any = None
 
+    @classmethod
+    def open(
+        cls, canvas: np.ndarray, settings: Any, title: str = "AVGAN", error: type[Exception] | None = None
+    ) -> Window:
+        """Open a window for ``canvas`` from anything with the display attributes of :class:`LiveConfig`
+        (``fullscreen``, ``display``, ``hide_cursor``, ``windowed_size``, ``video_driver``; ``vsync`` optional).
+
+        Raises:
+            LiveError (or ``error``): no window can be opened (no display, bad driver); one line saying what to do.
+        """
+        try:
+            return cls(
+                canvas,
+                fullscreen=settings.fullscreen,
+                display=settings.display,
+                vsync=getattr(settings, "vsync", True),
+                hide_cursor=settings.hide_cursor,
+                windowed_size=settings.windowed_size,
+                video_driver=settings.video_driver,
+                title=title,
+            )
+        except Exception as exc:  # pygame.error: no display, bad driver
+            raise (error or LiveError)(
+                f"display: cannot open a window ({exc}); on a machine without a screen use a headless preset "
+                "or set SDL_VIDEODRIVER=dummy"
+            ) from exc
+
     def overlay_text(self, lines: list[str], font_px: int) -> None:
         """Render the overlay's text (call a few times per second, not every frame)."""
         pg = self.pg
@@ -1175,21 +1202,7 @@ class LiveLoop:
         """
         cfg = self.config
         try:
-            try:
-                self.window = Window(
-                    self.canvas,
-                    fullscreen=cfg.fullscreen,
-                    display=cfg.display,
-                    vsync=cfg.vsync,
-                    hide_cursor=cfg.hide_cursor,
-                    windowed_size=cfg.windowed_size,
-                    video_driver=cfg.video_driver,
-                )
-            except Exception as exc:  # pygame.error: no display, bad driver
-                raise LiveError(
-                    f"display: cannot open a window ({exc}); on a machine without a screen use the headless "
-                    "preset or set SDL_VIDEODRIVER=dummy"
-                ) from exc
+            self.window = Window.open(self.canvas, cfg)
             self._vsync = self.window.vsync
             self._start_services()
             self.input.start(retry=True)  # a busy or late microphone is retried with back-off; the picture idles

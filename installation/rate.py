@@ -924,21 +924,7 @@ class RatingStation:
 
         cfg = self.config
         try:
-            try:
-                self.window = Window(
-                    self.canvas,
-                    fullscreen=cfg.fullscreen,
-                    display=cfg.display,
-                    vsync=cfg.vsync,
-                    hide_cursor=cfg.hide_cursor,
-                    windowed_size=cfg.windowed_size,
-                    video_driver=cfg.video_driver,
-                    title="AVGAN rating station",
-                )
-            except Exception as exc:  # pygame.error: no display, bad driver
-                raise RateError(
-                    f"display: cannot open a window ({exc}); on a machine without a screen set SDL_VIDEODRIVER=dummy"
-                ) from exc
+            self.window = Window.open(self.canvas, cfg, title="AVGAN rating station", error=RateError)
             self._start_services()
             period = 1.0 / cfg.fps if cfg.fps > 0 else 0.0
             deadline = time.perf_counter()
