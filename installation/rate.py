@@ -736,12 +736,14 @@ class RatingStation:
             return item
         return None
 
-    def accepting(self) -> frozenset[str]:
-        """The triggers the station reacts to now (what a patient scripted visitor may press)."""
+    def accepting(self, now: float | None = None) -> frozenset[str]:
+        """The triggers the station reacts to at ``now`` (default: the clock now; the loop passes its frame
+        time, the same one the answer is checked against) -- what a patient scripted visitor may press."""
         item = self.item
         if item is None or item.shown_at is None:
             return frozenset({"quit"})
-        if time.perf_counter() - item.shown_at < self.config.min_view_s:
+        now = time.perf_counter() if now is None else now
+        if now - item.shown_at < self.config.min_view_s:
             return frozenset({"quit", "rate/replay"})
         return frozenset({*BUTTONS, "quit"})
 
@@ -934,7 +936,7 @@ class RatingStation:
                 now = time.perf_counter()
                 self._handle_events()
                 if self.script is not None:
-                    self.script.poll(self.accepting())
+                    self.script.poll(self.accepting(now))
                 self.params.apply_pending()
                 self._handle_triggers(now)
                 if not self.running:
