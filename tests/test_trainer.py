@@ -109,3 +109,30 @@ def test_torchrun_two_process_cpu(tmp_path, dataset):
     assert (tmp_path / "ddp" / "command.txt").read_text().startswith("torchrun --nproc_per_node=2")
     records = [json.loads(x) for x in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
     assert len(records) == 3  # only rank 0 logs
+
+
+def test_twin_classifier_fine_tune_from_a_plain_checkpoint(tmp_path, dataset, monkeypatch):
+    """TAC-GAN (Gong et al. 2019): resuming a plain run with ``model.d_twin_classifier`` adds the twin head,
+    resets only D's optimiser state, and the generator's AC term becomes CE(head) - CE(twin)."""
+    import torch
+
+    from training.models.wav2pix import Discriminator
+
+    monkeypatch.setenv("AVGAN_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    train(config_from_dict(tiny_config_dict(steps=2)), [str(dataset)], out)
+    twin_cfg = tiny_config_dict(steps=4)
+    twin_cfg["model"]["d_twin_classifier"] = True
+    train(config_from_dict(twin_cfg), [str(dataset)], out, resume=True)
+    records = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert records[1]["loss_twin"] == 0 and records[3]["loss_twin"] > 0
+    with safe_open(str(latest_checkpoint(out)), "pt") as fh:
+        assert any(k.startswith("D.twin.") for k in fh.keys())
+    cfg = config_from_dict(twin_cfg)
+    disc = Discriminator(cfg.model, 2)
+    score, cls, twin = disc(torch.zeros(3, 3, 64, 64), torch.zeros(3, cfg.model.embedding_dim), twin=True)
+    assert score.shape == (3,) and cls.shape == twin.shape == (3, 2)
+    plain = Discriminator(config_from_dict(tiny_config_dict()).model, 2)
+    with pytest.raises(ValueError, match="no twin classifier"):
+        plain(torch.zeros(1, 3, 64, 64), torch.zeros(1, cfg.model.embedding_dim), twin=True)

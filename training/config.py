@@ -42,6 +42,9 @@ class ModelConfig:
     front_end: 'raw' = SEGAN-discriminator-style strided 1-D convolutions on the
     waveform; 'mel' = log-mel spectrogram (n_fft/hop/n_mels in samples/bins).
     image_size: output side in pixels (64 or 128).
+    d_twin_classifier: give the discriminator a second identity head trained on generated faces
+    (TAC-GAN, Gong et al., "Twin Auxiliary Classifiers GAN", NeurIPS 2019); the generator's AC term then
+    becomes CE(real-trained head) - CE(twin head), so identity cues that only fakes carry stop paying off.
     """
 
     family: Literal["wav2pix"] = "wav2pix"
@@ -56,6 +59,7 @@ class ModelConfig:
     d_channels: int = 32
     encoder_channels: int = 128
     spectral_norm_g: bool = True
+    d_twin_classifier: bool = False
 
 
 @dataclass(frozen=True)

@@ -301,7 +301,8 @@ class GanStep:
                 mismatched voice for each item.
 
         Returns:
-            floats: loss_d, loss_g, loss_aux, loss_speech_id, loss_ms, d_real, d_fake, speech_id_acc.
+            floats: loss_d, loss_g, loss_aux, loss_twin (0 without the twin head), loss_speech_id, loss_ms, d_real,
+            d_fake, speech_id_acc.
         """
         cfg, net, disc, aug = self.cfg, self.net, self.disc, self._augment
         dev, b, z_dim = x_real.device, x_real.shape[0], cfg.model.noise_dim
@@ -310,14 +311,18 @@ class GanStep:
         with torch.no_grad(), self._autocast(dev):
             e = net.encoder.encode_features(feats)
             x_fake = net.generator(e, torch.randn(b, z_dim, device=dev))
+        twin = cfg.model.d_twin_classifier
         with self._autocast(dev):
             s_real, cls_real = disc(aug(x_real), e)
-            fakes = [disc(aug(x_fake), e)[0]]
+            out_fake = disc(aug(x_fake), e, twin=True) if twin else disc(aug(x_fake), e)
+            fakes = [out_fake[0]]
             if cfg.loss.matching_aware:
                 fakes.append(disc(aug(x_real), e[wrong])[0])
         s_real, cls_real, fakes = s_real.float(), cls_real.float(), [s.float() for s in fakes]
         loss_d = losses.d_loss(cfg.loss.kind, s_real, fakes)
         loss_aux_d = F.cross_entropy(cls_real, y)
+        if twin:  # TAC-GAN: the twin head learns the identity of generated faces
+            loss_aux_d = loss_aux_d + F.cross_entropy(out_fake[2].float(), y)
         self.opt_d.zero_grad(set_to_none=True)
         (loss_d + cfg.loss.aux_weight * loss_aux_d).backward()
         _all_reduce_grads(self.d_params, self.world)
@@ -329,7 +334,8 @@ class GanStep:
             e = net.encoder.encode_features(feats)
             z = torch.randn(b, z_dim, device=dev)
             x_fake = net.generator(e, z)
-            s_fake, cls_fake = disc(aug(x_fake), e)
+            out_fake = disc(aug(x_fake), e, twin=True) if twin else disc(aug(x_fake), e)
+            s_fake, cls_fake = out_fake[0], out_fake[1]
             speech_logits = net.speech_classifier(e)
             loss_ms = torch.zeros((), device=dev)
             if cfg.loss.mode_seeking_weight > 0:
@@ -339,11 +345,15 @@ class GanStep:
         s_fake, cls_fake, speech_logits = s_fake.float(), cls_fake.float(), speech_logits.float()
         loss_g = losses.g_loss(cfg.loss.kind, s_fake)
         loss_aux = F.cross_entropy(cls_fake, y)
+        loss_twin = F.cross_entropy(out_fake[2].float(), y) if twin else torch.zeros((), device=dev)
         loss_sid = F.cross_entropy(speech_logits, y)
         self.opt_g.zero_grad(set_to_none=True)
         aux_g = cfg.loss.aux_weight if cfg.loss.aux_weight_g is None else cfg.loss.aux_weight_g
         total = (
-            loss_g + aux_g * loss_aux + cfg.loss.speech_id_weight * loss_sid + cfg.loss.mode_seeking_weight * loss_ms
+            loss_g
+            + aux_g * (loss_aux - loss_twin)  # TAC-GAN: minus the twin head's loss (0 without the twin)
+            + cfg.loss.speech_id_weight * loss_sid
+            + cfg.loss.mode_seeking_weight * loss_ms
         )
         total.backward()
         _all_reduce_grads(self.g_params, self.world)
@@ -352,6 +362,7 @@ class GanStep:
             "loss_d": loss_d.item(),
             "loss_g": loss_g.item(),
             "loss_aux": loss_aux.item(),
+            "loss_twin": loss_twin.item(),
             "loss_speech_id": loss_sid.item(),
             "loss_ms": loss_ms.item(),
             "d_real": s_real.mean().item(),
@@ -469,9 +480,18 @@ def train(
         tensors, meta = read_checkpoint(last)
         net.load_state_dict(_sub(tensors, "G"))
         ema.load_state_dict(_sub(tensors, "G_ema"))
-        disc.load_state_dict(_sub(tensors, "D"))
+        missing, unexpected = disc.load_state_dict(_sub(tensors, "D"), strict=False)
+        new_heads = sorted({k.split(".")[0] for k in missing})
+        if unexpected or any(h != "twin" for h in new_heads):
+            raise UserError(
+                f"{last}: discriminator does not match the config (missing {sorted(missing)[:4]}, "
+                f"unexpected {sorted(unexpected)[:4]})"
+            )
         opt_g.load_state_dict(_unflatten_optimizer("opt_g", tensors, meta["opt_g_groups"]))
-        opt_d.load_state_dict(_unflatten_optimizer("opt_d", tensors, meta["opt_d_groups"]))
+        if new_heads:  # a fine-tune that adds the TAC-GAN twin head: D's Adam state starts afresh
+            log.info("resume: new discriminator head(s) %s initialised; discriminator optimiser state reset", new_heads)
+        else:
+            opt_d.load_state_dict(_unflatten_optimizer("opt_d", tensors, meta["opt_d_groups"]))
         # load_state_dict restores the saved hyper-parameters; the resumed run's config must win.
         for opt, lr in ((opt_g, tc.lr_g), (opt_d, tc.lr_d)):
             for group in opt.param_groups:

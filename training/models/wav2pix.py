@@ -217,7 +217,9 @@ class Discriminator(nn.Module):
 
     Spectral-normalised strided 4×4 convolutions; the score is
     ``psi(h) + <W e, h>`` (projection discriminator, Miyato & Koyama 2018);
-    an auxiliary linear head classifies identity (AC-GAN, Odena et al. 2017).
+    an auxiliary linear head classifies identity (AC-GAN, Odena et al. 2017). With
+    ``model.d_twin_classifier`` a second identity head (:attr:`twin`) is trained on generated faces only
+    (TAC-GAN, Gong et al. 2019); ``forward(..., twin=True)`` also returns its logits [B, n_identities].
     """
 
     def __init__(self, model: ModelConfig, n_identities: int) -> None:
@@ -233,11 +235,21 @@ class Discriminator(nn.Module):
         self.psi = spectral_norm(nn.Linear(width, 1))
         self.embed = spectral_norm(nn.Linear(model.embedding_dim, width))
         self.classifier = spectral_norm(nn.Linear(width, max(1, n_identities)))
+        self.twin = spectral_norm(nn.Linear(width, max(1, n_identities))) if model.d_twin_classifier else None
 
-    def forward(self, image: torch.Tensor, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, image: torch.Tensor, embedding: torch.Tensor, twin: bool = False) -> tuple[torch.Tensor, ...]:
+        """(score [B], identity logits [B, K]) -- plus the twin head's logits [B, K] when ``twin``.
+
+        Raises:
+            ValueError: ``twin`` asked of a discriminator built without the twin head.
+        """
         h = self.body(image).sum(dim=(2, 3))
         score = self.psi(h).squeeze(1) + (self.embed(embedding) * h).sum(dim=1)
-        return score, self.classifier(h)
+        if not twin:
+            return score, self.classifier(h)
+        if self.twin is None:
+            raise ValueError("this discriminator has no twin classifier (model.d_twin_classifier: false)")
+        return score, self.classifier(h), self.twin(h)
 
 
 class Wav2PixGenerator(nn.Module):
