@@ -76,6 +76,29 @@ def check_interpolation(name: str, value: str) -> None:
         raise ValueError(f"{name} must be one of {', '.join(INTERPOLATIONS)}, got {value!r}")
 
 
+class FrameClock:
+    """A scene's own clock: the time of the frame being drawn, never running backwards.
+
+    :meth:`tick` takes ``FrameState.time`` (seconds) and returns ``(now, previous, dt)``: this frame's time,
+    the previous frame's (``now`` on the first frame) and the non-negative step between them. A frame time
+    earlier than the previous one (a clock reset) gives ``dt = 0`` and keeps the later time.
+    """
+
+    def __init__(self) -> None:
+        self.time: float | None = None
+
+    def reset(self) -> None:
+        """Forget the previous frame's time."""
+        self.time = None
+
+    def tick(self, frame_time: float) -> tuple[float, float, float]:
+        """(now, previous, dt) in seconds for a frame at ``frame_time``."""
+        now = float(frame_time)
+        previous = now if self.time is None else self.time
+        self.time = max(now, previous)
+        return now, previous, max(0.0, now - previous)
+
+
 class Buffers:
     """Working arrays cached by (name, shape, dtype): the steady state allocates nothing."""
 

@@ -34,6 +34,7 @@ from scenes._fit import (
     INTERPOLATIONS,
     Buffers,
     Crossfade,
+    FrameClock,
     approach,
     check_interpolation,
     check_rgb,
@@ -115,13 +116,14 @@ class Grid:
         self._cached: tuple[dict[str, Any], GridParams] | None = None
         self._buffers = Buffers()
         self._fade = Crossfade()
+        self._clock = FrameClock()
         self.reset()
 
     def reset(self) -> None:
         """Forget faces, fades and timing (next frame: background until images arrive)."""
         self._fade.reset()
         self._index = -1
-        self._time: float | None = None
+        self._clock.reset()
         self._brightness = 0.0
         self._layout: tuple[int, int, int] | None = None  # (n, cell side, gutter) of the mosaic in the crossfade
 
@@ -179,10 +181,7 @@ class Grid:
         """
         check_canvas(canvas)
         p = self.resolve(frame.params)
-        now = float(frame.time)
-        previous = now if self._time is None else self._time
-        dt = max(0.0, now - previous)
-        self._time = max(now, previous)
+        now, previous, dt = self._clock.tick(frame.time)
 
         if frame.images and frame.image_index != self._index:
             self._index = frame.image_index

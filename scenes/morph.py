@@ -34,6 +34,7 @@ from scenes._fit import (
     INTERPOLATIONS,
     Buffers,
     Crossfade,
+    FrameClock,
     approach,
     check_interpolation,
     check_rgb,
@@ -122,13 +123,14 @@ class Morph:
         self._cached: tuple[dict[str, Any], MorphParams] | None = None
         self._buffers = Buffers()
         self._fade = Crossfade()
+        self._clock = FrameClock()
         self.reset()
 
     def reset(self) -> None:
         """Forget the face, the trail, fades and timing."""
         self._fade.reset()
         self._index = -1
-        self._time: float | None = None
+        self._clock.reset()
         self._brightness = 0.0
         self._trail_valid = False
 
@@ -156,10 +158,7 @@ class Morph:
         """
         check_canvas(canvas)
         p = self.resolve(frame.params)
-        now = float(frame.time)
-        previous = now if self._time is None else self._time
-        dt = max(0.0, now - previous)
-        self._time = max(now, previous)
+        now, previous, dt = self._clock.tick(frame.time)
 
         image = frame.image
         if image is not None and frame.image_index != self._index:

@@ -26,6 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from scenes._fit import FrameClock, validate_image
 from scenes.base import FrameState, check_canvas
 
 INTERPOLATIONS: dict[str, int] = {
@@ -109,6 +110,7 @@ class Portrait:
         self.params = params or PortraitParams()
         self._cached: tuple[dict[str, Any], PortraitParams] | None = None
         self._bg: np.ndarray | None = None
+        self._clock = FrameClock()
         self.reset()
 
     def reset(self) -> None:
@@ -117,7 +119,7 @@ class Portrait:
         self._to: np.ndarray | None = None  # float32 [h, w, 3], newest generated image
         self._xf_start = 0.0  # s, crossfade start time
         self._index = -1
-        self._time: float | None = None
+        self._clock.reset()
         self._brightness = 0.0  # 0 = background, 1 = full face
         self._zoom = 1.0
 
@@ -155,15 +157,11 @@ class Portrait:
         """
         check_canvas(canvas)
         p = self._params(frame.params)
-        now = float(frame.time)
-        previous = now if self._time is None else self._time
-        dt = max(0.0, now - previous)
-        self._time = max(now, previous)
+        now, previous, dt = self._clock.tick(frame.time)
 
         image = frame.image
         if image is not None and frame.image_index != self._index:
-            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-                raise ValueError(f"generated image must be uint8 [h, w, 3], got {image.dtype} {tuple(image.shape)}")
+            validate_image(image)
             self._index = frame.image_index
             new = image.astype(np.float32)
             current = self._picture(now, p.crossfade_s)
