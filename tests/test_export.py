@@ -158,9 +158,10 @@ def test_cli_export_wiring(tmp_path: Path, tiny_model, monkeypatch: pytest.Monke
     (run_dir / "log.jsonl").write_text('{"step": 5, "time": 100.0}\nnot json\n{"step": 10, "time": 160.5}\n')
     fake = types.ModuleType("training.trainer")
 
-    def load_run(path):
-        assert Path(path) == run_dir
-        return tiny_model.net, tiny_model.cfg, tiny_model.identities, {"step": 4, "command": "train it"}
+    def load_run(path, checkpoint=None, generator="ema"):
+        assert Path(path) == run_dir and checkpoint is None
+        info = {"step": 4, "command": "train it", "generator": generator}
+        return tiny_model.net, tiny_model.cfg, tiny_model.identities, info
 
     fake.load_run = load_run
     monkeypatch.setitem(sys.modules, "training.trainer", fake)
@@ -177,6 +178,9 @@ def test_cli_export_wiring(tmp_path: Path, tiny_model, monkeypatch: pytest.Monke
     assert out == tmp_path / "out" and identities == tiny_model.identities and max_batch == 1024
     assert metrics == {"fid": 50.0} and info["data"] == ["/data/voices"] and info["step"] == 4
     assert info["wall_time_s"] == 60.5 and "log.jsonl" in info["wall_time_source"]
+    assert info["generator"] == "ema"
+    assert run.main(["export", str(run_dir), "-o", str(tmp_path / "out"), "--generator", "raw"]) == 0
+    assert calls[1][2]["generator"] == "raw"
 
 
 def test_cli_missing_run_dir_is_one_line_error(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -67,6 +67,12 @@ def test_run_folder_contents_and_resume(tmp_path, dataset, monkeypatch):
     audio = torch.zeros(2, 16000)
     img = net(audio, torch.zeros(2, loaded_cfg.model.noise_dim))
     assert img.shape == (2, 3, 64, 64) and img.abs().max() <= 1
+    raw, _, _, raw_info = load_run(out, generator="raw")
+    assert info["generator"] == "ema" and raw_info["generator"] == "raw"
+    ema_w = dict(net.named_parameters())
+    assert any(not torch.equal(w, ema_w[k]) for k, w in raw.named_parameters())  # the average differs from G
+    with pytest.raises(UserError, match="generator"):
+        load_run(out, generator="average")
 
 
 def test_cli_rejects_unknown_key_before_training(tmp_path, dataset):

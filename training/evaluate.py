@@ -99,6 +99,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="auto", help="engine backend for a bundle (default auto)")
     parser.add_argument("--device", default="auto", help="torch device for a run folder: auto, cpu, cuda")
     parser.add_argument("--checkpoint", type=Path, help="for a run folder: this checkpoint instead of the newest")
+    parser.add_argument(
+        "--generator",
+        choices=("ema", "raw"),
+        default="ema",
+        help="for a run folder: the moving-average weights (default) or the trained weights",
+    )
 
 
 # ---------------------------------------------------------------------- metric core
@@ -323,10 +329,10 @@ class ImageSource:
 
 
 def open_source(
-    target: Path, backend: str = "auto", device: str = "auto", checkpoint: Path | None = None
+    target: Path, backend: str = "auto", device: str = "auto", checkpoint: Path | None = None, generator: str = "ema"
 ) -> ImageSource:
     """Open a model bundle (``bundle.json`` present; via :class:`engine.generator.Generator`) or a run
-    folder (via :func:`training.trainer.load_run`, EMA generator).
+    folder (via :func:`training.trainer.load_run`; ``generator``: "ema" or "raw" weights).
 
     Raises:
         UserError: neither a bundle nor a run folder, or it cannot be loaded.
@@ -361,7 +367,7 @@ def open_source(
 
     from training.trainer import load_run, to_uint8
 
-    net, cfg, identities, info = load_run(target, checkpoint)
+    net, cfg, identities, info = load_run(target, checkpoint, generator)
     dev = torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
     )
@@ -589,7 +595,7 @@ def _evaluate_model(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise UserError(f"--seeds: expected >= 1, got {args.seeds}")
     started = time.perf_counter()
-    source = open_source(args.target, args.backend, args.device, args.checkpoint)
+    source = open_source(args.target, args.backend, args.device, args.checkpoint, getattr(args, "generator", "ema"))
     out = Path(args.out) if args.out else _default_out(Path(args.target), source.kind)
     ds = load_dataset(args.data, source.sample_rate, source.image_size)
     if ds.faces.shape[1] != source.image_size:

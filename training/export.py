@@ -373,6 +373,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--out", type=Path, required=True, help="bundle folder to write (replaced if a bundle)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint file (default: the latest)")
     parser.add_argument(
+        "--generator",
+        choices=("ema", "raw"),
+        default="ema",
+        help="the moving-average weights (default) or the trained weights themselves",
+    )
+    parser.add_argument(
         "--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="largest batch of model.pt2 (default %(default)s)"
     )
     parser.add_argument(
@@ -422,7 +428,8 @@ def main(args: argparse.Namespace) -> int:
             raise
         raise UserError("export needs training.trainer.load_run, which this checkout does not have") from exc
     checkpoint = getattr(args, "checkpoint", None)
-    net, cfg, identities, info = load_run(run_dir, checkpoint) if checkpoint else load_run(run_dir)
+    generator = getattr(args, "generator", "ema")
+    net, cfg, identities, info = load_run(run_dir, checkpoint, generator)
     info = dict(info)
     if not info.get("data") and (run_dir / "split.json").is_file():
         info["data"] = _read_json(run_dir / "split.json").get("data", [])

@@ -150,16 +150,29 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_run(run_dir: str | Path, checkpoint: str | Path | None = None):
-    """Load the EMA generator of a run folder for inference/export.
+GENERATORS = ("ema", "raw")
+"""Which generator weights of a checkpoint to use: the exponential moving average (``G_ema``, Karras et al.
+2018) or the trained weights themselves (``G``)."""
+
+
+def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, generator: str = "ema"):
+    """Load a generator of a run folder for inference/export.
+
+    Args:
+        run_dir: the run folder. checkpoint: a checkpoint file (default: the newest).
+        generator: ``"ema"`` (the moving average, the default) or ``"raw"`` (the trained weights). The average
+            is usually smoother; when the generator's identity mapping keeps moving during training, it can
+            blend identities, and the raw weights are the better model (see the README, "Default model").
 
     Returns:
-        (net_ema, cfg, identities, info) — ``net_ema`` in eval mode on CPU; ``info`` has ``step``,
-        ``checkpoint`` and ``command``.
+        (net, cfg, identities, info) — ``net`` in eval mode on CPU; ``info`` has ``step``, ``checkpoint``,
+        ``generator`` and ``command``.
 
     Raises:
-        UserError: no run folder, no checkpoint, or an unreadable checkpoint.
+        UserError: no run folder, no checkpoint, an unreadable checkpoint, or an unknown ``generator``.
     """
+    if generator not in GENERATORS:
+        raise UserError(f"generator: expected one of {', '.join(GENERATORS)}, got {generator!r}")
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: run folder not found")
@@ -170,12 +183,13 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None):
     cfg = configs.from_mapping(Config, json.loads(meta["config"]), source=f"{path} (metadata)")
     identities = json.loads(meta["identities"])
     net, _ = get_family(cfg.model.family).build(cfg.audio, cfg.model, len(identities))
-    net.load_state_dict(_sub(tensors, "G_ema"))
+    net.load_state_dict(_sub(tensors, "G_ema" if generator == "ema" else "G"))
     net.eval()
     command_file = run_dir / "command.txt"
     info = {
         "step": int(meta["step"]),
         "checkpoint": str(path),
+        "generator": generator,
         "command": command_file.read_text().strip() if command_file.is_file() else "",
         "run_dir": str(run_dir),
     }
