@@ -142,3 +142,15 @@ def test_twin_classifier_fine_tune_from_a_plain_checkpoint(tmp_path, dataset, mo
     plain = Discriminator(config_from_dict(tiny_config_dict()).model, 2)
     with pytest.raises(ValueError, match="no twin classifier"):
         plain(torch.zeros(1, 3, 64, 64), torch.zeros(1, cfg.model.embedding_dim), twin=True)
+
+
+def test_resume_from_an_older_checkpoint_sets_later_log_records_aside(tmp_path, dataset, monkeypatch):
+    monkeypatch.setenv("AVGAN_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    train(config_from_dict(tiny_config_dict(steps=4)), [str(dataset)], out)
+    (out / "checkpoints" / "step-0000004.safetensors").unlink()  # back to step 2, as after a bad stretch
+    train(config_from_dict(tiny_config_dict(steps=4)), [str(dataset)], out, resume=True)
+    steps = [json.loads(x)["step"] for x in (out / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]  # no duplicates
+    aside = [json.loads(x)["step"] for x in (out / "log.discarded-after-step-2.jsonl").read_text().splitlines()]
+    assert aside == [3, 4]

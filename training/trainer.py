@@ -212,6 +212,30 @@ def save_sample_grid(path: Path, real: np.ndarray, fake: np.ndarray) -> None:
     cv2.imwrite(str(path), grid[:, :, ::-1])
 
 
+def _set_aside_log_after(log_path: Path, step: int) -> None:
+    """On resume from ``step``: records of later steps belong to a continuation that was discarded (its
+    checkpoints were never resumed from); move them to ``log.discarded-after-step-N.jsonl`` so ``log.jsonl``
+    tells the story of the weights in the run, step by step, without duplicates."""
+    lines = log_path.read_text(encoding="utf-8").splitlines(keepends=True)
+    keep, later = [], []
+    for line in lines:
+        try:
+            s = int(json.loads(line).get("step", 0))
+        except (ValueError, AttributeError, TypeError):
+            keep.append(line)  # not ours to judge
+            continue
+        (later if s > step else keep).append(line)
+    if not later:
+        return
+    aside = log_path.with_name(f"log.discarded-after-step-{step}.jsonl")
+    with aside.open("a", encoding="utf-8") as fh:
+        fh.writelines(later)
+    tmp = log_path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(keep), encoding="utf-8")
+    os.replace(tmp, log_path)
+    log.info("resume at step %d: %d log records of later steps moved to %s", step, len(later), aside.name)
+
+
 def save_loss_plot(log_path: Path, out: Path) -> None:
     """Plot the loss curves of ``log.jsonl`` to ``out`` (matplotlib, Agg)."""
     import matplotlib
@@ -547,6 +571,8 @@ def train(
         return net.encoder.features_of(torch.from_numpy(ds.windows(idx, window, rng)).to(dev))
 
     log_path = out / "log.jsonl"
+    if main and step and log_path.is_file():
+        _set_aside_log_after(log_path, step)
     bar = tqdm(total=tc.steps, initial=step, desc="train", unit="step", disable=not main, dynamic_ncols=True)
     t_last, imgs_since = time.perf_counter(), 0
     last_path = last
