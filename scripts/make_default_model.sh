@@ -5,21 +5,24 @@
 #   phase 1  presets/training/wav2pix-64b.yaml to step 5500  (the shipped run used 1 torch thread for
 #            steps 0-4500 and 2 after; results are not bit-identical across thread counts)
 #   phase 2  presets/training/wav2pix-64d.yaml (identity fine-tune) to its end, keeping every checkpoint
-#            (the shipped run was stopped at step 8800 after its validation figures had peaked at 7000;
-#            presets/training/rejected/wav2pix-64c.yaml is a fine-tune that was tried first and made identity worse)
+#            (the shipped run went to step 8800, was resumed from its step-8500 checkpoint to 11000 and then
+#            to the end, 14000; presets/training/rejected/ holds fine-tunes that were tried and made it worse)
 #   then     export a candidate per kept checkpoint, evaluate on the validation split, and export the
-#            checkpoint named by CHECKPOINT (the shipped one: see docs/default_model/TRAINING.md) with
+#            checkpoint named by CHECKPOINT (the shipped one: see docs/default_model/command.txt) with
 #            its figures and the unseen-voice detection ratio inside the bundle.
-# About 1 h on a 2-core CPU (bf16 autocast) for the training, plus ~2 min per evaluated checkpoint.
+# GENERATOR picks the weights of a checkpoint: "raw" (the trained weights; the shipped choice) or "ema" (their
+# moving average, which here blended the two speakers' faces while the identity mapping kept moving).
+# About 1.5 h on a 2-core CPU (bf16 autocast) for the training, plus ~2 min per evaluated checkpoint.
 #
-#   bash scripts/make_default_model.sh                                  # train, then evaluate every checkpoint
-#   CHECKPOINT=step-0007000 PSI=0.8 bash scripts/make_default_model.sh  # the shipped choice
+#   bash scripts/make_default_model.sh                                                # train, evaluate all
+#   CHECKPOINT=step-0009500 GENERATOR=raw PSI=1.0 bash scripts/make_default_model.sh  # the shipped choice
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 DATA=${DATA:-../shared/data/wav2pix/train}
 RUN=${RUN:-runs/wav2pix-64}
 PSI=${PSI:-1.0}
+GENERATOR=${GENERATOR:-raw}
 OUT=${OUT:-presets/models/wav2pix-64}
 CHECKPOINT=${CHECKPOINT:-}
 
@@ -40,16 +43,16 @@ keep
 if [ -z "$CHECKPOINT" ]; then
   for ckpt in "$RUN"/keep/step-*.safetensors; do
     name=$(basename "$ckpt" .safetensors)
-    "$PY" run.py export "$RUN" --checkpoint "$ckpt" -o "out/candidates/$name" --truncation "$PSI"
+    "$PY" run.py export "$RUN" --checkpoint "$ckpt" --generator "$GENERATOR" -o "out/candidates/$name" --truncation "$PSI"
     "$PY" run.py evaluate "out/candidates/$name" --data "$DATA" --out "out/candidates/$name.eval"
   done
   echo "pick a checkpoint from out/candidates/*.eval/metrics.json and run again with CHECKPOINT=step-NNNNNNN"
   exit 0
 fi
-"$PY" run.py export "$RUN" --checkpoint "$RUN/keep/$CHECKPOINT.safetensors" -o out/default-candidate --truncation "$PSI"
+"$PY" run.py export "$RUN" --checkpoint "$RUN/keep/$CHECKPOINT.safetensors" --generator "$GENERATOR" -o out/default-candidate --truncation "$PSI"
 "$PY" run.py evaluate out/default-candidate --data "$DATA" --unseen-voices out/unseen_voices --out "$RUN/eval"
 cp "$RUN/eval/metrics.json" "$RUN/metrics.json"
-"$PY" run.py export "$RUN" --checkpoint "$RUN/keep/$CHECKPOINT.safetensors" -o "$OUT" --truncation "$PSI"
+"$PY" run.py export "$RUN" --checkpoint "$RUN/keep/$CHECKPOINT.safetensors" --generator "$GENERATOR" -o "$OUT" --truncation "$PSI"
 mkdir -p docs/default_model
 cp "$RUN/eval/metrics.json" "$RUN/eval/samples.png" "$RUN/loss.png" "$RUN/config.yaml" "$RUN/command.txt" docs/default_model/
 echo "default model written to $OUT; figures in docs/default_model/"
