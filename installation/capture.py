@@ -579,6 +579,7 @@ class CaptureBooth:
                 audio=take.audio,
                 sample_rate=self.rate,
                 frame_jpg=frame_jpg,
+                audio_format=str(self.cfg.audio_format),
                 meta=meta,
             )
         except DiskFullError as exc:  # the writer logged it

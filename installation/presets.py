@@ -238,6 +238,7 @@ class CaptureConfig:
         face_size: side of the stored square face crop, px (320 like the original AVGAN collection).
         margin: margin added around the detected face box on each side, as a fraction of the box side.
         save_full_frame: also keep the whole camera frame (JPEG) of each take.
+        audio_format: ``wav`` or ``flac`` (both 16-bit PCM at the device rate).
         min_face_frac: the face box side must be at least this fraction of the frame's shorter side.
         min_luma: mean luma of the face box must reach this (0-255): "too dark" below it.
         silence_dbfs: RMS level of the take's sound below this is "silent", dBFS.
@@ -259,6 +260,7 @@ class CaptureConfig:
     face_size: int = _range(320, 32, 2048, "px")
     margin: float = _range(0.4, 0.0, 2.0)
     save_full_frame: bool = False
+    audio_format: Literal["wav", "flac"] = "wav"
     min_face_frac: float = _range(0.2, 0.01, 1.0)
     min_luma: float = _range(50.0, 0.0, 255.0)
     silence_dbfs: float = _range(-45.0, -120.0, 0.0, "dBFS")

@@ -241,7 +241,9 @@ def _script(tmp_path: Path, text: str = "any capture/consent capture/go\nloop\n"
 def test_capture_session_end_to_end_then_check_and_train(tmp_path: Path, standins: Path) -> None:
     import run
 
-    preset = _preset(tmp_path, countdown_s=0.2, review_s=0.05, takes_per_participant=2, save_full_frame=True)
+    preset = _preset(
+        tmp_path, countdown_s=0.2, review_s=0.05, takes_per_participant=2, save_full_frame=True, audio_format="flac"
+    )
     out = tmp_path / "dataset"
     report_path = tmp_path / "report.json"
     argv = ["capture", "--preset", str(preset), "--out", str(out), "--camera", str(standins / "camera.mp4")]
@@ -267,6 +269,7 @@ def test_capture_session_end_to_end_then_check_and_train(tmp_path: Path, standin
     assert face.shape == (320, 320, 3)
     info = sf.info(str(out / rec.audio))
     assert (info.samplerate, info.channels, info.frames, info.subtype) == (48000, 1, 48000, "PCM_16")
+    assert info.format == "FLAC" and rec.audio.endswith(".flac")
     assert (out / rec.participant / f"{rec.take_id}.frame.jpg").is_file()
 
     cfg = tmp_path / "tiny.yaml"
