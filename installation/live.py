@@ -1395,7 +1395,8 @@ class LiveLoop:
                 "start": round(start_mb, 2),
                 "after_warmup": round(base, 2),
                 "end": round(end_mb, 2),
-                "peak": round(peak_rss_mb(), 2),
+                # ru_maxrss and /proc/self/statm count slightly differently: the peak is never below a sample
+                "peak": round(max([peak_rss_mb(), start_mb, end_mb, *(mb for _, mb in points)]), 2),
                 "growth_pct": round(100.0 * (end_mb - base) / base, 2) if base else None,
                 "series": [list(p) for p in points],
             },
