@@ -686,14 +686,10 @@ class CaptureBooth:
 
     def start_osc(self) -> None:
         """Start the OSC server if the preset enables it (a busy port is logged; the booth goes on without OSC)."""
-        if self.s.osc is None or self.osc is not None:
-            return
-        try:
-            from installation.osc import OscControl
+        if self.osc is None:
+            from installation.osc import start_or_log
 
-            self.osc = OscControl(self.params, self.s.osc).start()
-        except Exception as exc:  # noqa: BLE001 - the booth works without OSC
-            log.error("OSC disabled: %s", exc)
+            self.osc, _ = start_or_log(self.params, self.s.osc)
 
     def done(self, now: float, started: float) -> bool:
         """Whether the session should end (quit, duration or max takes reached)."""

@@ -1169,14 +1169,9 @@ class LiveLoop:
     def _start_services(self) -> None:
         cfg = self.config
         if self.osc is None and cfg.osc is not None:
-            try:
-                from installation.osc import OscControl
+            from installation.osc import start_or_log
 
-                self.osc = OscControl(self.params, cfg.osc).start()
-            except Exception as exc:  # noqa: BLE001 - the picture must come up even if the port is taken
-                self.osc_error = f"{type(exc).__name__}: {exc}"
-                self.osc = None
-                log.error("OSC disabled: %s", self.osc_error)
+            self.osc, self.osc_error = start_or_log(self.params, cfg.osc)
         elif self.osc is not None and hasattr(self.osc, "start"):
             self.osc.start()
         if self.sound is None and cfg.sound is not None:

@@ -1279,3 +1279,17 @@ class OscControl:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def start_or_log(params: Parameters, config: Any) -> tuple[OscControl | None, str | None]:
+    """Start OSC for a loop that must come up without it: ``(control, None)``, or ``(None, error)`` after logging
+    ``OSC disabled: ...`` when the port is taken or anything else fails (live, the booth, the rating station).
+    ``config`` ``None`` or not ``enabled``: ``(None, None)``."""
+    if config is None or not getattr(config, "enabled", True):
+        return None, None
+    try:
+        return OscControl(params, config).start(), None
+    except Exception as exc:  # noqa: BLE001 - the picture must come up even if the port is taken
+        error = f"{type(exc).__name__}: {exc}"
+        log.error("OSC disabled: %s", error)
+        return None, error
