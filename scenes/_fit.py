@@ -9,7 +9,10 @@ buffers are cached by shape, so a steady stream of frames allocates nothing at c
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar
 
 import cv2
 import numpy as np
@@ -74,6 +77,45 @@ def check_interpolation(name: str, value: str) -> None:
     """``ValueError`` unless ``value`` is one of :data:`INTERPOLATIONS`."""
     if value not in INTERPOLATIONS:
         raise ValueError(f"{name} must be one of {', '.join(INTERPOLATIONS)}, got {value!r}")
+
+
+P = TypeVar("P")
+
+
+def replace_known(base: P, params: Mapping[str, Any]) -> P:
+    """``base`` (a frozen parameter dataclass) with the keys of ``params`` that are its fields replaced; other keys
+    are ignored. Goes through the dataclass's ``__init__``, so its checks run.
+
+    Raises:
+        ValueError: a known key has an invalid value.
+    """
+    changes = {f.name: params[f.name] for f in dataclasses.fields(base) if f.name in params}  # type: ignore[arg-type]
+    return dataclasses.replace(base, **changes) if changes else base  # type: ignore[type-var]
+
+
+class ParamCache(Generic[P]):
+    """The parameters in effect for a frame's ``params``, resolved once per distinct value (compared by value:
+    callers may update one dict in place).
+
+    Args:
+        resolve: ``(params, base) -> P``, e.g. a parameter class's ``from_params``.
+    """
+
+    def __init__(self, resolve: Callable[[Mapping[str, Any], P], P]) -> None:
+        self._resolve = resolve
+        self._cached: tuple[dict[str, Any], P] | None = None
+
+    def get(self, params: Mapping[str, Any], base: P) -> P:
+        """``base`` when ``params`` is empty, else ``resolve(params, base)`` (cached).
+
+        Raises:
+            ValueError: a known key has an invalid value.
+        """
+        if not params:
+            return base
+        if self._cached is None or self._cached[0] != params:
+            self._cached = (dict(params), self._resolve(params, base))
+        return self._cached[1]
 
 
 class FrameClock:

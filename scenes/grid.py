@@ -24,7 +24,7 @@ and right) so no face is cropped.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -35,9 +35,11 @@ from scenes._fit import (
     Buffers,
     Crossfade,
     FrameClock,
+    ParamCache,
     approach,
     check_interpolation,
     check_rgb,
+    replace_known,
     upscale_into,
     validate_image,
     working_shape,
@@ -93,13 +95,9 @@ class GridParams:
         Raises:
             ValueError: a known key has an invalid value.
         """
-        base = base or cls()
-        changes = {f.name: params[f.name] for f in fields(cls) if f.name in params}
-        if not changes:
-            return base
-        if "n" in changes and isinstance(changes["n"], float) and changes["n"].is_integer():
-            changes["n"] = int(changes["n"])
-        return cls(**{**{f.name: getattr(base, f.name) for f in fields(cls)}, **changes})
+        if isinstance(params.get("n"), float) and params["n"].is_integer():  # TouchOSC faders send floats
+            params = {**params, "n": int(params["n"])}
+        return replace_known(base or cls(), params)
 
 
 class Grid:
@@ -113,7 +111,7 @@ class Grid:
 
     def __init__(self, params: GridParams | None = None) -> None:
         self.params = params or GridParams()
-        self._cached: tuple[dict[str, Any], GridParams] | None = None
+        self._cache: ParamCache[GridParams] = ParamCache(GridParams.from_params)
         self._buffers = Buffers()
         self._fade = Crossfade()
         self._clock = FrameClock()
@@ -133,11 +131,7 @@ class Grid:
         Raises:
             ValueError: a known key has an invalid value.
         """
-        if not params:
-            return self.params
-        if self._cached is None or self._cached[0] != params:
-            self._cached = (dict(params), GridParams.from_params(params, self.params))
-        return self._cached[1]
+        return self._cache.get(params, self.params)
 
     def faces_needed(self, params: Mapping[str, Any]) -> int:
         """Images per generation for ``params``: ``n * n``."""

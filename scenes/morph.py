@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -35,9 +35,11 @@ from scenes._fit import (
     Buffers,
     Crossfade,
     FrameClock,
+    ParamCache,
     approach,
     check_interpolation,
     check_rgb,
+    replace_known,
     upscale_into,
     validate_image,
     working_shape,
@@ -102,11 +104,7 @@ class MorphParams:
         Raises:
             ValueError: a known key has an invalid value.
         """
-        base = base or cls()
-        changes = {f.name: params[f.name] for f in fields(cls) if f.name in params}
-        if not changes:
-            return base
-        return cls(**{**{f.name: getattr(base, f.name) for f in fields(cls)}, **changes})
+        return replace_known(base or cls(), params)
 
 
 class Morph:
@@ -120,7 +118,7 @@ class Morph:
 
     def __init__(self, params: MorphParams | None = None) -> None:
         self.params = params or MorphParams()
-        self._cached: tuple[dict[str, Any], MorphParams] | None = None
+        self._cache: ParamCache[MorphParams] = ParamCache(MorphParams.from_params)
         self._buffers = Buffers()
         self._fade = Crossfade()
         self._clock = FrameClock()
@@ -140,11 +138,7 @@ class Morph:
         Raises:
             ValueError: a known key has an invalid value.
         """
-        if not params:
-            return self.params
-        if self._cached is None or self._cached[0] != params:
-            self._cached = (dict(params), MorphParams.from_params(params, self.params))
-        return self._cached[1]
+        return self._cache.get(params, self.params)
 
     def faces_needed(self, params: Mapping[str, Any]) -> int:
         """Images per generation: 1 (the walk moves one face)."""

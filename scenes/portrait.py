@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
 
-from scenes._fit import FrameClock, validate_image
+from scenes._fit import FrameClock, ParamCache, replace_known, validate_image
 from scenes.base import FrameState, check_canvas
 
 INTERPOLATIONS: dict[str, int] = {
@@ -81,13 +81,9 @@ class PortraitParams:
         Raises:
             ValueError: a known key has an invalid value.
         """
-        base = base or cls()
-        changes = {f.name: params[f.name] for f in fields(cls) if f.name in params}
-        if not changes:
-            return base
-        if "background" in changes:
-            changes["background"] = tuple(int(c) for c in changes["background"])
-        return cls(**{**{f.name: getattr(base, f.name) for f in fields(cls)}, **changes})
+        if "background" in params:
+            params = {**params, "background": tuple(int(c) for c in params["background"])}
+        return replace_known(base or cls(), params)
 
 
 def _approach(value: float, target: float, dt: float, tau: float) -> float:
@@ -108,7 +104,7 @@ class Portrait:
 
     def __init__(self, params: PortraitParams | None = None) -> None:
         self.params = params or PortraitParams()
-        self._cached: tuple[dict[str, Any], PortraitParams] | None = None
+        self._cache: ParamCache[PortraitParams] = ParamCache(PortraitParams.from_params)
         self._bg: np.ndarray | None = None
         self._clock = FrameClock()
         self.reset()
@@ -124,11 +120,7 @@ class Portrait:
         self._zoom = 1.0
 
     def _params(self, params: Mapping[str, Any]) -> PortraitParams:
-        if not params:
-            return self.params
-        if self._cached is None or self._cached[0] != params:  # by value: callers may update one dict in place
-            self._cached = (dict(params), PortraitParams.from_params(params, self.params))
-        return self._cached[1]
+        return self._cache.get(params, self.params)
 
     def _background(self, shape: tuple[int, ...], rgb: tuple[int, int, int]) -> np.ndarray:
         """A cached uint8 canvas of ``shape`` filled with ``rgb`` (copying it is ~50x faster than a broadcast fill)."""
