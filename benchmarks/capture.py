@@ -209,9 +209,7 @@ def crash_test(
     records, _ = read_manifest(dataset)
     in_manifest = {r.take_id for r in records}
     bad_paths = {p.path for p in report.problems if p.kind in DAMAGE}
-    damaged_takes = {
-        r.take_id for r in records if any(str(dataset / f) in bad_paths or f in bad_paths for f in (r.image, r.audio))
-    }
+    damaged_takes = {r.take_id for r in records if r.image in bad_paths or r.audio in bad_paths}  # dataset-relative
     missing = (reported - in_manifest) | (reported & damaged_takes)
     repaired = check_dataset(dataset, repair=True)
     after = check_dataset(dataset)

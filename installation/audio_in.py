@@ -772,6 +772,7 @@ def open_input(
     heartbeat_s: float = 1.0,
     backoff_s: float = 0.5,
     backoff_max_s: float = 30.0,
+    ring_seconds: float = 4.0,
 ) -> AudioInput:
     """An audio input from a ``--input`` / preset ``input.source`` value (not started).
 
@@ -783,13 +784,14 @@ def open_input(
         on_event: state-change listener for device inputs.
         file_speed, loop: :class:`FileInput` playback speed and looping.
         device_rate, channels, heartbeat_s, backoff_s, backoff_max_s: :class:`SoundDeviceInput` settings.
+        ring_seconds: ring capacity in seconds (either kind of input).
 
     Raises:
         AudioInputError: unknown device, missing or unreadable file.
     """
     device: int | str | None
     if isinstance(spec, Path) or (isinstance(spec, str) and _is_file_spec(spec)):
-        return FileInput(Path(spec), sample_rate, speed=file_speed, loop=loop)
+        return FileInput(Path(spec), sample_rate, speed=file_speed, loop=loop, ring_seconds=ring_seconds)
     if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "mic", "default")):
         device = None
     elif isinstance(spec, int) or spec.strip().isdigit():
@@ -804,6 +806,7 @@ def open_input(
         heartbeat_s=heartbeat_s,
         backoff_s=backoff_s,
         backoff_max_s=backoff_max_s,
+        ring_seconds=ring_seconds,
     )
 
 

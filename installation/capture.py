@@ -53,7 +53,7 @@ import cv2
 import numpy as np
 
 from engine.errors import UserError
-from installation.audio_in import AudioInput, FileInput, SoundDeviceInput, open_input
+from installation.audio_in import AudioInput, open_input
 from installation.params import Parameters
 
 log = logging.getLogger(__name__)
@@ -375,6 +375,7 @@ class CaptureBooth:
         self._hint_t = 0.0
         self._stop_reason = ""
         self._disk_check_t = 0.0
+        self._disk_low = False
         self._last_audio = (0, time.perf_counter())
         self._new_participant()
 
@@ -399,20 +400,14 @@ class CaptureBooth:
 
     def _open_audio(self) -> AudioInput:
         spec = self.s.input
-        ring_s = max(4.0, 3 * float(self.cfg.take_s))  # a whole take must fit with room to spare
-        source: AudioInput
-        if isinstance(spec, Path):
-            source = FileInput(spec, file_rate(spec), loop=True, ring_seconds=ring_s)
-        else:
-            probe = open_input(spec, 16000)  # resolves "mic" / index / name the way `live` does
-            device = getattr(probe, "device", None)
-            source = SoundDeviceInput(
-                device,
-                ring_seconds=ring_s,
-                samplerate=self.s.input_rate,
-                channels=self.s.input_channels,
-                on_event=lambda kind, detail: self._event(f"microphone {kind}: {detail}"),
-            )
+        source = open_input(
+            spec,
+            file_rate(spec) if isinstance(spec, Path) else 16000,  # a stand-in file plays at its own rate
+            on_event=lambda kind, detail: self._event(f"microphone {kind}: {detail}"),
+            device_rate=self.s.input_rate,
+            channels=self.s.input_channels,
+            ring_seconds=max(4.0, 3 * float(self.cfg.take_s)),  # a whole take must fit with room to spare
+        )
         source.start()
         return source
 
@@ -493,12 +488,11 @@ class CaptureBooth:
             self._last_audio = (written, now)
         if self.audio.state not in ("running",) or now - self._last_audio[1] > 1.0:
             return "mic_stopped"
-        if now - self._disk_check_t > 2.0 or self.pause_reason == "disk_full":
-            if now - self._disk_check_t > 1.0:
-                self._disk_check_t = now
-                self._disk_low = self.writer.free_mb() < float(self.cfg.min_free_mb)
-            if getattr(self, "_disk_low", False):
-                return "disk_full"
+        if now - self._disk_check_t >= (1.0 if self._disk_low else 2.0):  # statvfs, not every frame
+            self._disk_check_t = now
+            self._disk_low = self.writer.free_mb() < float(self.cfg.min_free_mb)
+        if self._disk_low:
+            return "disk_full"
         return ""
 
     # -- the take ----------------------------------------------------------------------------------------------
@@ -517,7 +511,7 @@ class CaptureBooth:
         if take.frame is None and now >= take.go_t + self.cfg.take_s / 2:
             frame, _, frame_t = self.camera.latest()
             if frame is not None and now - frame_t < 0.5:
-                take.frame, take.frame_at = frame.copy(), frame_t
+                take.frame, take.frame_at = frame, frame_t  # the camera never reuses a frame's array
         ring = self.audio.ring
         if ring.written >= take.start_index + take.samples:
             audio = np.zeros(take.samples, np.float32)
