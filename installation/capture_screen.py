@@ -38,6 +38,7 @@ class CaptureScreen:
         self.pg = self.win.pg
         self.pg.font.init()
         self._fonts: dict[int, Any] = {}
+        self._texts: dict[tuple[str, int, tuple[int, int, int]], Any] = {}
         self.h, self.w = self.canvas.shape[:2]
 
     # -- input ---------------------------------------------------------------------------------------------------
@@ -84,14 +85,21 @@ class CaptureScreen:
 
     # -- drawing -------------------------------------------------------------------------------------------------
 
-    def _font(self, px: int) -> Any:
-        if px not in self._fonts:
-            self._fonts[px] = self.pg.font.Font(None, px)
-        return self._fonts[px]
+    def _rendered(self, line: str, px: int, color: tuple[int, int, int]) -> Any:
+        """The text surface of ``line`` (rendered once: the screens repeat the same lines every frame)."""
+        key = (line, px, color)
+        surf = self._texts.get(key)
+        if surf is None:
+            if px not in self._fonts:
+                self._fonts[px] = self.pg.font.Font(None, px)
+            if len(self._texts) > 256:  # participant codes and hints come and go
+                self._texts.clear()
+            surf = self._texts[key] = self._fonts[px].render(line, True, color)
+        return surf
 
     def text(self, line: str, y: int, px: int, color: tuple[int, int, int] = WHITE, x: int | None = None) -> int:
         """Draw one line centred (or at ``x``) with its top at ``y``; returns the y below it."""
-        surf = self._font(px).render(line, True, color)
+        surf = self._rendered(line, px, color)
         left = (self.w - surf.get_width()) // 2 if x is None else x
         self.win.surface.blit(surf, (left, y))
         return y + surf.get_height()
@@ -135,7 +143,7 @@ class CaptureScreen:
             cv2.rectangle(self.canvas, (x, y), (x + w, y + h), (60, 60, 70), -1)
             cv2.rectangle(self.canvas, (x, y), (x + w, y + h), WHITE, 2)
             px = int(h * 0.45)
-            surf = self._font(px).render(label, True, WHITE)
+            surf = self._rendered(label, px, WHITE)
             self.win.surface.blit(surf, (x + (w - surf.get_width()) // 2, y + (h - surf.get_height()) // 2))
 
     def _picture(self, img_bgr: np.ndarray, side: int) -> None:
