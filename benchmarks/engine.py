@@ -12,6 +12,11 @@ the same inputs (float images in [-1, 1]).
 ``generator.safetensors`` + ``config.yaml`` (spectral norm baked, exactly the
 module that was exported); otherwise the ``model.pt2`` program's ``.module()``.
 The row's ``note`` says which.
+
+``onnxruntime-cpu`` runs the graph after the exact rewrites of
+:mod:`engine.graph_rewrite` (the engine's default); the row
+``onnxruntime-cpu/as-exported`` times the same backend on ``model.onnx`` as
+exported, side by side, so the table shows what the rewrites buy.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "presets" / "models" / "wav2pix-64"
 BATCHES = (1, 32)
+AS_EXPORTED = "onnxruntime-cpu/as-exported"
+"""Row name of ONNX Runtime CPU on ``model.onnx`` as exported, without :mod:`engine.graph_rewrite`."""
 CHUNKS = 10
 
 COLUMNS = (
@@ -86,6 +93,14 @@ def _eager(bundle_dir: Path) -> tuple[Callable[[Any, Any], Any], str]:
         ), "torch eager: Wav2PixInference from generator.safetensors (spectral norm baked)"
     program = torch.export.load(str(bundle_dir / "model.pt2"))
     return program.module(), "torch eager: model.pt2 ExportedProgram.module()"
+
+
+def _note(name: str, gen: Any) -> str:
+    if name == AS_EXPORTED:
+        return "onnxruntime-cpu on model.onnx as exported (no engine.graph_rewrite)"
+    rewrites = getattr(gen._backend, "rewrites", None)
+    done = ", ".join(f"{k} x{v}" for k, v in (rewrites or {}).items() if v)
+    return gen.backend_reason + (f"; graph rewrites: {done}" if done else "")
 
 
 def _percentiles(times: list[float]) -> dict[str, float]:
@@ -149,6 +164,10 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             generators[name] = Generator(bundle_dir, backend=name, max_batch=max_batch, fallback=False)
         except UserError as exc:
             rows.append({"backend": name, "note": f"skipped: {str(exc).split(': ', 1)[-1]}"})
+    if "onnxruntime-cpu" in generators:  # the same backend on the graph as exported: what the rewrites buy
+        generators[AS_EXPORTED] = Generator(
+            bundle_dir, backend="onnxruntime-cpu", max_batch=max_batch, fallback=False, graph_rewrites=False
+        )
     if not generators:
         log.warning("no engine backend could run %s", bundle_dir)
 
@@ -185,7 +204,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "items_per_s": batch * 1e3 / stats["mean_ms"],
                     "eager_over_this": eager_p50 / stats["p50_ms"],
                     "max_abs_err": errors[name],
-                    "note": eager_note if name == "torch-eager" else generators[name].backend_reason,
+                    "note": eager_note if name == "torch-eager" else _note(name, generators[name]),
                 }
             )
     for gen in generators.values():

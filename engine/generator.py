@@ -91,6 +91,8 @@ class Generator:
             for torch-cpu, if given, sets torch's process-wide thread count.
         fallback: try the next backend when one cannot run (default); ``False`` raises instead.
         verify: check bundle file hashes at load.
+        graph_rewrites: let the ONNX Runtime CPU backend run the exactly rewritten graph of
+            :mod:`engine.graph_rewrite` (default); ``False`` runs ``model.onnx`` as exported.
 
     Attributes:
         bundle: the loaded :class:`engine.bundle.Bundle`.
@@ -116,6 +118,7 @@ class Generator:
         threads: int | None = None,
         fallback: bool = True,
         verify: bool = True,
+        graph_rewrites: bool = True,
     ) -> None:
         if int(max_batch) < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
@@ -133,7 +136,12 @@ class Generator:
         for name in names:
             try:
                 self._backend = create(
-                    name, self.bundle, max_batch=self.max_batch, device_index=device_index, threads=threads
+                    name,
+                    self.bundle,
+                    max_batch=self.max_batch,
+                    device_index=device_index,
+                    threads=threads,
+                    graph_rewrites=graph_rewrites,
                 )
             except BackendUnavailable as exc:
                 log.info("backend %s unavailable: %s", name, exc)

@@ -341,7 +341,8 @@ def test_bench_engine_cli(tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest
     data = json.loads(out.read_text())
     rows = data["benchmarks"]["engine"]["rows"]
     timed = {(r["backend"], r["batch"]) for r in rows if "p50_ms" in r}
-    assert timed == {(b, n) for b in ("torch-eager", "onnxruntime-cpu", "torch-cpu") for n in (1, 3)}
+    backends = ("torch-eager", "onnxruntime-cpu", "torch-cpu", "onnxruntime-cpu/as-exported")
+    assert timed == {(b, n) for b in backends for n in (1, 3)}
     assert all(r["max_abs_err"] <= 1e-3 and r["calls"] == 4 for r in rows if "p50_ms" in r)
     assert data["benchmarks"]["render"]["rows"] == [{"case": "kept"}]  # other results survive
     assert data["machine"]["cpu_count"] and data["machine"]["onnxruntime"]

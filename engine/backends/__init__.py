@@ -71,6 +71,7 @@ def create(
     max_batch: int,
     device_index: int = 0,
     threads: int | None = None,
+    graph_rewrites: bool = True,
 ) -> Backend:
     """Start the backend called ``name`` (one of :data:`AUTO_ORDER`) for ``bundle``.
 
@@ -81,6 +82,7 @@ def create(
         device_index: CUDA device for the ``*-cuda`` and ``tensorrt`` backends.
         threads: CPU threads for the ``*-cpu`` backends (``None``: min(2, cores) for
             ONNX Runtime; torch's process-wide setting is left alone).
+        graph_rewrites: let ``onnxruntime-cpu`` apply the exact rewrites of :mod:`engine.graph_rewrite`.
 
     Raises:
         BackendUnavailable: it cannot run here (the message says why).
@@ -94,7 +96,11 @@ def create(
         from engine.backends.ort_backend import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(
-            bundle, device="cuda" if name.endswith("cuda") else "cpu", device_index=device_index, threads=threads
+            bundle,
+            device="cuda" if name.endswith("cuda") else "cpu",
+            device_index=device_index,
+            threads=threads,
+            rewrites=graph_rewrites,
         )
     if name in ("torch-cpu", "torch-cuda"):
         from engine.backends.torch_backend import TorchBackend

@@ -4,7 +4,10 @@ CPU sessions are tuned for low-latency single-window inference next to a
 render loop: a pinned number of intra-op threads (default ``min(2, cores)``),
 one inter-op thread, sequential execution, no thread spinning (idle worker
 threads sleep instead of burning the cores the window and audio threads need),
-and every graph optimisation (``ORT_ENABLE_ALL``).
+and every graph optimisation (``ORT_ENABLE_ALL``). Before the session is made,
+the CPU backend applies the exact rewrites of :mod:`engine.graph_rewrite`
+(folded DFT front end, 1-D convolutions as 2-D, channel means as 1x1
+convolutions); ``rewrites=False`` runs the graph as exported.
 """
 
 from __future__ import annotations
@@ -60,13 +63,21 @@ class OnnxRuntimeBackend:
         device: ``"cpu"`` (CPU execution provider) or ``"cuda"`` (CUDA execution provider).
         device_index: CUDA device index.
         threads: intra-op threads for the CPU provider (``None``: ``min(2, cores)``).
+        rewrites: apply :func:`engine.graph_rewrite.optimize_for_cpu` (CPU provider only).
 
     Raises:
         BackendUnavailable: onnxruntime is not installed, the CUDA provider is not
             available or failed to load, or the session could not be created.
     """
 
-    def __init__(self, bundle: Bundle, device: str = "cpu", device_index: int = 0, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        device: str = "cpu",
+        device_index: int = 0,
+        threads: int | None = None,
+        rewrites: bool = True,
+    ) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -81,10 +92,17 @@ class OnnxRuntimeBackend:
             providers = ["CPUExecutionProvider"]
         else:
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        model: str | bytes = str(bundle.onnx_path)
+        self.rewrites: dict[str, int] = {}
+        if rewrites and device == "cpu":
+            from engine.graph_rewrite import optimize_for_cpu
+
+            data, self.rewrites = optimize_for_cpu(str(bundle.onnx_path))
+            if data is not None:
+                model = data
+                log.debug("graph rewrites for %s: %s", bundle.onnx_path, self.rewrites)
         try:
-            self.session = ort.InferenceSession(
-                str(bundle.onnx_path), sess_options=session_options(self.threads), providers=providers
-            )
+            self.session = ort.InferenceSession(model, sess_options=session_options(self.threads), providers=providers)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
             raise BackendUnavailable(f"cannot create session ({type(exc).__name__}: {exc})") from exc
         if device == "cuda" and self.session.get_providers()[0] != "CUDAExecutionProvider":

@@ -1,0 +1,158 @@
+"""engine.graph_rewrite: every rewrite computes what the graph computed before, and leaves alone what it must not."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from engine.backends.ort_backend import OnnxRuntimeBackend
+from engine.bundle import load_bundle
+from engine.graph_rewrite import (
+    channel_mean_as_conv,
+    conv1d_as_conv2d,
+    fold_symmetric_frame_conv,
+    optimize_for_cpu,
+    square_as_mul,
+)
+
+OPSET = [helper.make_opsetid("", 18)]
+
+
+def _run(model: onnx.ModelProto | bytes, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    return ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+
+
+def _dft_basis(n_fft: int) -> np.ndarray:
+    """Periodic-Hann-windowed [cos; -sin] DFT rows, [2K, 1, n_fft] -- the log-mel front end's kernel."""
+    n = np.arange(n_fft)
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * n / n_fft)
+    k = np.arange(n_fft // 2 + 1)[:, None]
+    phase = 2 * np.pi * k * n[None, :] / n_fft
+    return np.concatenate([np.cos(phase) * window, -np.sin(phase) * window])[:, None, :].astype(np.float32)
+
+
+def _frame_conv_model(weight: np.ndarray, samples: int, hop: int) -> onnx.ModelProto:
+    """audio [B, samples] -> Conv(Unsqueeze(audio, 1), weight, stride hop) -> [B, 2K, T]."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Unsqueeze", ["audio", "axis1"], ["x3"]),
+            helper.make_node("Conv", ["x3", "basis"], ["spec"], strides=[hop], kernel_shape=[weight.shape[2]]),
+        ],
+        "frames",
+        [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["batch", samples])],
+        [helper.make_tensor_value_info("spec", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(weight, "basis"), numpy_helper.from_array(np.array([1], np.int64), "axis1")],
+    )
+    return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=OPSET, ir_version=9))
+
+
+@pytest.mark.parametrize(
+    ("n_fft", "hop", "samples"),
+    [(64, 20, 1000), (64, 16, 1000), (64, 20, 64), (512, 160, 16000), (32, 12, 300)],
+)
+def test_folded_dft_conv_matches_the_convolution(n_fft: int, hop: int, samples: int) -> None:
+    model = _frame_conv_model(_dft_basis(n_fft), samples, hop)
+    audio = np.random.default_rng(n_fft + hop).uniform(-1, 1, (3, samples)).astype(np.float32)
+    expected = _run(model, {"audio": audio})
+    assert fold_symmetric_frame_conv(model) == 1
+    assert "Conv" not in {n.op_type for n in model.graph.node}
+    got = _run(model, {"audio": audio})
+    assert got.shape == expected.shape == (3, n_fft + 2, 1 + (samples - n_fft) // hop)
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+def test_kernels_without_the_symmetry_are_not_folded() -> None:
+    rng = np.random.default_rng(0)
+    asymmetric = rng.standard_normal((66, 1, 64)).astype(np.float32)
+    assert fold_symmetric_frame_conv(_frame_conv_model(asymmetric, 1000, 20)) == 0
+    first_column = _dft_basis(64)
+    first_column[:, 0, 0] = 0.5  # x[0] would be dropped by the fold
+    assert fold_symmetric_frame_conv(_frame_conv_model(first_column, 1000, 20)) == 0
+    # ... but still become a 2-D convolution, with the same result
+    model = _frame_conv_model(asymmetric, 1000, 20)
+    audio = rng.uniform(-1, 1, (2, 1000)).astype(np.float32)
+    expected = _run(model, {"audio": audio})
+    assert conv1d_as_conv2d(model) == 1
+    assert np.abs(_run(model, {"audio": audio}) - expected).max() <= 1e-4
+
+
+def test_conv1d_as_conv2d_keeps_padding_stride_dilation_and_groups() -> None:
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((8, 2, 5)).astype(np.float32)
+    b = rng.standard_normal(8).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[2, 1], strides=[2], dilations=[2], group=2)],
+        "c1d",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 37])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=OPSET, ir_version=9)
+    x = rng.standard_normal((3, 4, 37)).astype(np.float32)
+    expected = _run(model, {"x": x})
+    assert conv1d_as_conv2d(model) == 1
+    got = _run(model, {"x": x})
+    assert got.shape == expected.shape and np.abs(got - expected).max() <= 1e-5
+
+
+def test_pixel_norm_mean_and_square_rewrites() -> None:
+    graph = helper.make_graph(
+        [
+            helper.make_node("Pow", ["x", "two"], ["sq"]),
+            helper.make_node("ReduceMean", ["sq", "axis1"], ["m"], keepdims=1),
+            helper.make_node("ReduceMean", ["sq", "axis2"], ["other_axis"], keepdims=1),
+        ],
+        "pn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 6, 5, 7])],
+        [
+            helper.make_tensor_value_info("m", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("other_axis", TensorProto.FLOAT, None),
+        ],
+        [
+            numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+            numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+            numpy_helper.from_array(np.array([2], np.int64), "axis2"),
+        ],
+    )
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=OPSET, ir_version=9))
+    x = np.random.default_rng(2).standard_normal((2, 6, 5, 7)).astype(np.float32)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    expected = sess.run(None, {"x": x})
+    assert channel_mean_as_conv(model) == 1  # only the channel-axis mean
+    assert square_as_mul(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["Mul", "Conv", "ReduceMean"]
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    for g, e in zip(got, expected):
+        assert np.abs(g - e).max() <= 1e-5
+
+
+def test_bundle_graph_is_rewritten_and_agrees(tiny_bundle: Path, tiny_model) -> None:
+    path = str(load_bundle(tiny_bundle).onnx_path)
+    data, counts = optimize_for_cpu(path)
+    assert data is not None
+    assert counts == {"folded_dft_conv": 1, "conv1d_as_conv2d": 4, "channel_mean_as_conv": 5, "square_as_mul": 5}
+    rng = np.random.default_rng(3)
+    for batch in (1, 3):
+        feeds = {
+            "audio": np.clip(0.3 * rng.standard_normal((batch, 16000)), -1, 1).astype(np.float32),
+            "noise": rng.standard_normal((batch, tiny_model.cfg.model.noise_dim)).astype(np.float32),
+        }
+        assert np.abs(_run(data, feeds) - _run(onnx.load(path), feeds)).max() <= 1e-4
+    backend = OnnxRuntimeBackend(load_bundle(tiny_bundle))
+    assert backend.rewrites == counts
+    assert OnnxRuntimeBackend(load_bundle(tiny_bundle), rewrites=False).rewrites == {}
+
+
+def test_unreadable_graph_costs_only_the_rewrite(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"not an onnx graph")
+    with caplog.at_level(logging.WARNING, logger="engine.graph_rewrite"):
+        assert optimize_for_cpu(str(bad)) == (None, {})
+    assert "model.onnx" in caplog.text and "skipped" in caplog.text
