@@ -214,3 +214,24 @@ def test_truncation_is_inside_the_graph_and_recorded(tiny_model, tmp_path: Path)
     assert np.abs(got - half).max() < 1e-3 and np.abs(got - full).max() > 1e-3
     with pytest.raises(ValueError, match="truncation"):
         inference_module(tiny_model.net, 0.0)
+
+
+class _ZeroPixels(torch.nn.Module):
+    """(audio, noise) -> the pixel norm of an all-zero feature map: 0 in torch, NaN without the epsilon."""
+
+    def forward(self, audio: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        from training.models.wav2pix import PixelNorm
+
+        zeros = (noise[:, :4] * 0.0).view(-1, 4, 1, 1).expand(-1, 4, 2, 2)
+        return PixelNorm()(zeros) + audio[:, :1, None, None] * 0.0
+
+
+def test_exported_pixel_norm_keeps_its_epsilon(tiny_model, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    used = tex.export_onnx(_ZeroPixels(), tiny_model.cfg, tmp_path / "z.onnx", max_batch=4)
+    assert "dynamo" in used
+    session = ort.InferenceSession(str(tmp_path / "z.onnx"), providers=["CPUExecutionProvider"])
+    audio, noise = _inputs(tiny_model.cfg, 2)
+    got = session.run(None, {"audio": audio.numpy(), "noise": noise.numpy()})[0]
+    assert np.isfinite(got).all() and np.all(got == 0.0)

@@ -167,10 +167,20 @@ class SpeechEncoder(nn.Module):
 
 
 class PixelNorm(nn.Module):
-    """Per-pixel feature vector normalisation (Karras et al. 2018). [B, C, H, W] → same."""
+    """Per-pixel feature vector normalisation (Karras et al. 2018). [B, C, H, W] → same.
+
+    ``x / sqrt(mean_c(x²) + 1e-8)``. The epsilon is a 1-element tensor rather than a Python float:
+    the ONNX exporter's optimiser (onnxscript 0.7) removes ``Add(x, c)`` for any scalar ``c`` within
+    1e-8 of zero as an "add zero", which turned an all-zero pixel into NaN in the exported graph;
+    its no-op rules match scalars only (``tests/test_export.py`` guards this).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("eps", torch.full((1,), 1e-8), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + 1e-8)
+        return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + self.eps)
 
 
 def _sn(module: nn.Module, enabled: bool = True) -> nn.Module:
@@ -194,6 +204,7 @@ class Generator(nn.Module):
         chans = _channels(model.g_channels, n_up)
         sn = model.spectral_norm_g
         self.c0 = chans[0]
+        self.seed_norm = PixelNorm()
         self.fc = _sn(nn.Linear(model.embedding_dim + model.noise_dim, 16 * chans[0]), sn)
         blocks: list[nn.Module] = []
         for cin, cout in zip(chans[:-1], chans[1:]):
@@ -208,7 +219,7 @@ class Generator(nn.Module):
 
     def forward(self, embedding: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         h = self.fc(torch.cat([embedding, noise], dim=1)).view(-1, self.c0, 4, 4)
-        h = F.leaky_relu(PixelNorm()(h), 0.2)
+        h = F.leaky_relu(self.seed_norm(h), 0.2)
         return torch.tanh(self.to_rgb(self.blocks(h)))
 
 
