@@ -114,9 +114,7 @@ def from_mapping(cls: type[T], data: dict[str, Any] | None, source: str = "<conf
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(
-            f"{source}: unknown key '{prefix}{unknown[0]}' (allowed: {', '.join(sorted(fields))})"
-        )
+        raise ConfigError(f"{source}: unknown key '{prefix}{unknown[0]}' (allowed: {', '.join(sorted(fields))})")
     kwargs = {}
     for name, field in fields.items():
         if name in data:
