@@ -100,21 +100,53 @@ def fold_symmetric_frame_conv(model: Any) -> int:
     inits = {i.name: i for i in graph.initializer}
     producers = {o: n for n in graph.node for o in n.output}
     new_nodes: list[Any] = []
+    halves: dict[str, tuple[str, str, int]] = {}  # conv output -> (real part, imaginary part, K)
     count = 0
     for node in graph.node:
         rewritten = _fold_one(graph, node, inits, producers, numpy_helper) if node.op_type == "Conv" else None
         if rewritten is None:
             new_nodes.append(node)
         else:
-            new_nodes.extend(rewritten)
+            nodes, re, im, k = rewritten
+            new_nodes.extend(nodes)
+            halves[node.output[0]] = (re, im, k)
             count += 1
     if count:
+        _take_halves_directly(new_nodes, halves, inits, numpy_helper)
         del graph.node[:]
         graph.node.extend(new_nodes)
     return count
 
 
-def _fold_one(graph: Any, node: Any, inits: dict, producers: dict, numpy_helper: Any) -> list[Any] | None:
+def _take_halves_directly(nodes: list[Any], halves: dict[str, tuple[str, str, int]], inits: dict, nh: Any) -> None:
+    """Consumers that slice the ``[B, 2K, T]`` output back into its two halves along axis 1 (as the log-mel
+    front end does for real and imaginary parts) read the half directly instead (``Identity``), so the
+    concatenation and the split cancel out; the unused ``Concat`` is pruned later."""
+    from onnx import helper
+
+    for i, node in enumerate(nodes):
+        if node.op_type != "Slice" or node.input[0] not in halves or len(node.input) < 4:
+            continue
+        if any(name not in inits for name in node.input[1:]):
+            continue
+        starts, ends, axes = (nh.to_array(inits[name]).tolist() for name in node.input[1:4])
+        steps = nh.to_array(inits[node.input[4]]).tolist() if len(node.input) > 4 else [1]
+        re, im, k = halves[node.input[0]]
+        if axes not in ([1], [-2]) or steps != [1]:
+            continue
+        if starts == [0] and ends == [k]:
+            source = re
+        elif starts == [k] and ends[0] >= 2 * k:
+            source = im
+        else:
+            continue
+        nodes[i] = helper.make_node("Identity", [source], list(node.output), name=node.name)
+
+
+def _fold_one(
+    graph: Any, node: Any, inits: dict, producers: dict, numpy_helper: Any
+) -> tuple[list[Any], str, str, int] | None:
+    """(new nodes, real-part name, imaginary-part name, K) for a matching ``node``, else None."""
     if len(node.input) != 2 or node.input[1] not in inits:
         return None
     w = numpy_helper.to_array(inits[node.input[1]])
@@ -180,7 +212,7 @@ def _fold_one(graph: Any, node: Any, inits: dict, producers: dict, numpy_helper:
     n9, re = b.node("MatMul", [b.const(w2[:k, 1 : h + 1].astype(np.float32), "even_rows"), even])  # [B, K, T]
     n10, im = b.node("MatMul", [b.const(w2[k:, 1:h].astype(np.float32), "odd_rows"), odd])  # [B, K, T]
     n11, _ = b.node("Concat", [re, im], out=node.output[0], axis=1)  # [B, 2K, T]
-    return nodes + [n2, n3, n4, n5, n6, n7, n8, n9, n10, n11]
+    return [*nodes, n2, n3, n4, n5, n6, n7, n8, n9, n10, n11], re, im, k
 
 
 def conv1d_as_conv2d(model: Any) -> int:

@@ -156,3 +156,32 @@ def test_unreadable_graph_costs_only_the_rewrite(tmp_path: Path, caplog: pytest.
     with caplog.at_level(logging.WARNING, logger="engine.graph_rewrite"):
         assert optimize_for_cpu(str(bad)) == (None, {})
     assert "model.onnx" in caplog.text and "skipped" in caplog.text
+
+
+def test_split_into_real_and_imaginary_parts_reads_the_halves_directly() -> None:
+    n_fft, hop, samples, k = 64, 20, 1000, 33
+    model = _frame_conv_model(_dft_basis(n_fft), samples, hop)
+    g = model.graph
+    g.initializer.extend(
+        numpy_helper.from_array(np.array(v, np.int64), name)
+        for name, v in (("zero", [0]), ("k", [k]), ("big", [2**63 - 1]), ("one", [1]))
+    )
+    g.node.extend(
+        [
+            helper.make_node("Slice", ["spec", "zero", "k", "one", "one"], ["re"]),
+            helper.make_node("Slice", ["spec", "k", "big", "one", "one"], ["im"]),
+            helper.make_node("Mul", ["re", "re"], ["re2"]),
+            helper.make_node("Mul", ["im", "im"], ["im2"]),
+            helper.make_node("Add", ["re2", "im2"], ["power"]),
+        ]
+    )
+    del g.output[:]
+    g.output.extend([helper.make_tensor_value_info("power", TensorProto.FLOAT, None)])
+    audio = np.random.default_rng(5).uniform(-1, 1, (2, samples)).astype(np.float32)
+    expected = _run(model, {"audio": audio})
+    assert fold_symmetric_frame_conv(model) == 1
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("Identity") == 2
+    assert not any(n.op_type == "Slice" and n.input[0] == "spec" for n in model.graph.node)
+    got = _run(model, {"audio": audio})
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
