@@ -16,7 +16,12 @@ The row's ``note`` says which.
 ``onnxruntime-cpu`` runs the graph after the exact rewrites of
 :mod:`engine.graph_rewrite` (the engine's default); the row
 ``onnxruntime-cpu/as-exported`` times the same backend on ``model.onnx`` as
-exported, side by side, so the table shows what the rewrites buy.
+exported, side by side, so the table shows what the rewrites buy. The row
+``onnxruntime-cpu/spin-in-call`` lets the worker threads spin within a call
+(``ort_spin="in-call"``; the engine default never spins). For batch 1,
+``cpu_at_10hz`` is the process's CPU-seconds per second while the backend is
+called 10 times a second, as the live loop does: the work plus any spinning
+between calls.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +46,10 @@ DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "presets" / "models" / "w
 BATCHES = (1, 32)
 AS_EXPORTED = "onnxruntime-cpu/as-exported"
 """Row name of ONNX Runtime CPU on ``model.onnx`` as exported, without :mod:`engine.graph_rewrite`."""
+SPIN_IN_CALL = "onnxruntime-cpu/spin-in-call"
+"""Row name of ONNX Runtime CPU with ``ort_spin="in-call"`` (the engine default is ``"never"``)."""
+IDLE_RATE_HZ = 10.0
+IDLE_CALLS = 20
 CHUNKS = 10
 
 COLUMNS = (
@@ -53,6 +63,7 @@ COLUMNS = (
     "items_per_s",
     "eager_over_this",
     "max_abs_err",
+    "cpu_at_10hz",
     "note",
 )
 
@@ -98,9 +109,25 @@ def _eager(bundle_dir: Path) -> tuple[Callable[[Any, Any], Any], str]:
 def _note(name: str, gen: Any) -> str:
     if name == AS_EXPORTED:
         return "onnxruntime-cpu on model.onnx as exported (no engine.graph_rewrite)"
+    if name == SPIN_IN_CALL:
+        return "onnxruntime-cpu, worker threads spin within a call and stop when it returns (ort_spin=in-call)"
     rewrites = getattr(gen._backend, "rewrites", None)
     done = ", ".join(f"{k} x{v}" for k, v in (rewrites or {}).items() if v)
     return gen.backend_reason + (f"; graph rewrites: {done}" if done else "")
+
+
+def _cpu_at_rate(fn: Callable[[], Any], rate_hz: float = IDLE_RATE_HZ, calls: int = IDLE_CALLS) -> float:
+    """Process CPU-seconds per wall-second while ``fn`` is called ``rate_hz`` times a second (the live
+    loop's generation rate): the calls' own work plus whatever the backend's threads burn in between
+    (spinning). Measured after a 0.3 s pause so the previous backend's threads have settled."""
+    time.sleep(0.3)
+    fn()
+    c0, w0 = os.times(), time.perf_counter()
+    for i in range(calls):
+        fn()
+        time.sleep(max(0.0, w0 + (i + 1) / rate_hz - time.perf_counter()))
+    c1, w1 = os.times(), time.perf_counter()
+    return ((c1.user - c0.user) + (c1.system - c0.system)) / (w1 - w0)
 
 
 def _percentiles(times: list[float]) -> dict[str, float]:
@@ -168,6 +195,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         generators[AS_EXPORTED] = Generator(
             bundle_dir, backend="onnxruntime-cpu", max_batch=max_batch, fallback=False, graph_rewrites=False
         )
+        generators[SPIN_IN_CALL] = Generator(
+            bundle_dir, backend="onnxruntime-cpu", max_batch=max_batch, fallback=False, ort_spin="in-call"
+        )
     if not generators:
         log.warning("no engine backend could run %s", bundle_dir)
 
@@ -192,8 +222,11 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         warm = 20 if batch == 1 else 5
         times = _time_round_robin(runners, calls, warm)
         eager_p50 = _percentiles(times["torch-eager"])["p50_ms"]
+        paced = {name: _cpu_at_rate(fn) for name, fn in runners.items()} if batch == 1 else {}
         for name, ts in times.items():
             stats = _percentiles(ts)
+            if name in paced:
+                stats["cpu_at_10hz"] = paced[name]
             timed.append(
                 {
                     "backend": name,

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.backends import AUTO_ORDER, Backend, BackendUnavailable, create, parse_device
+from engine.backends.ort_backend import SPIN_MODES
 from engine.bundle import Bundle, load_bundle
 from engine.errors import UserError
 
@@ -93,6 +94,9 @@ class Generator:
         verify: check bundle file hashes at load.
         graph_rewrites: let the ONNX Runtime CPU backend run the exactly rewritten graph of
             :mod:`engine.graph_rewrite` (default); ``False`` runs ``model.onnx`` as exported.
+        ort_spin: ONNX Runtime CPU thread spinning: ``"never"`` (default; workers sleep when idle) or
+            ``"in-call"`` (spin between the kernels of one call, stop when it returns); see
+            :mod:`engine.backends.ort_backend`.
 
     Attributes:
         bundle: the loaded :class:`engine.bundle.Bundle`.
@@ -104,7 +108,7 @@ class Generator:
     Raises:
         engine.bundle.BundleError: the bundle is missing or corrupted.
         BackendError: bad backend/device, or no backend could run (lists the reasons).
-        ValueError: ``max_batch`` < 1.
+        ValueError: ``max_batch`` < 1 or an unknown ``ort_spin``.
     """
 
     def __init__(
@@ -119,9 +123,12 @@ class Generator:
         fallback: bool = True,
         verify: bool = True,
         graph_rewrites: bool = True,
+        ort_spin: str = "never",
     ) -> None:
         if int(max_batch) < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if ort_spin not in SPIN_MODES:
+            raise ValueError(f"ort_spin must be one of {', '.join(SPIN_MODES)}, got {ort_spin!r}")
         self.max_batch = int(max_batch)
         names = candidates(backend, device, fallback)
         self.bundle: Bundle = load_bundle(bundle_dir, verify=verify)
@@ -142,6 +149,7 @@ class Generator:
                     device_index=device_index,
                     threads=threads,
                     graph_rewrites=graph_rewrites,
+                    ort_spin=ort_spin,
                 )
             except BackendUnavailable as exc:
                 log.info("backend %s unavailable: %s", name, exc)

@@ -510,6 +510,7 @@ class LiveConfig:
     Attributes:
         bundle: model bundle directory. backend: engine backend request. device: engine device (``None``: auto).
         gen_threads: CPU threads of the generator backend (``None``: the engine's default, ``min(2, cores)``).
+        gen_spin: ONNX Runtime CPU thread spinning, ``"never"`` or ``"in-call"`` (``engine.ort_spin``).
         gen_nice: added to the generator thread's nice value (5: under CPU contention the frame deadline wins;
             measured on the 2-core machine: frame-time p99 ~27 ms instead of ~30 ms with other load running).
         max_batch: largest generator batch (the grid's n x n <= 16).
@@ -538,6 +539,7 @@ class LiveConfig:
     backend: str = "auto"
     device: str | None = None
     gen_threads: int | None = None
+    gen_spin: str = "never"
     gen_nice: int = 5
     max_batch: int = 16
     input: str | int | Path = "mic"
@@ -809,6 +811,7 @@ class LiveLoop:
                 device=config.device,
                 max_batch=config.max_batch,
                 threads=config.gen_threads,
+                ort_spin=config.gen_spin,
             )
         self.generator = generator
         self.backend = str(getattr(generator, "backend_name", type(generator).__name__))
@@ -1477,6 +1480,7 @@ def config_from_preset(preset: Any) -> LiveConfig:
         backend=e.backend,
         device=e.device or None,
         gen_threads=int(e.threads) or None,
+        gen_spin=str(e.ort_spin),
         max_batch=int(e.max_batch),
         input=input_spec(i.source),
         input_rate=int(i.sample_rate),

@@ -476,7 +476,7 @@ class StationConfig:
 
     Attributes:
         audio: folder (searched recursively) or one audio file. out: the ratings ``.jsonl``.
-        bundle, backend, device, threads: the generator (:class:`engine.generator.Generator`).
+        bundle, backend, device, threads, ort_spin: the generator (:class:`engine.generator.Generator`).
         width, height: canvas size in px. fullscreen, display, vsync, video_driver, hide_cursor, windowed_size,
             fps: the window (see :class:`installation.live.LiveConfig`).
         show_real, play_voice, seed, max_items: the preset's ``rating`` section (``max_items`` 0: no limit).
@@ -492,6 +492,7 @@ class StationConfig:
     backend: str = "auto"
     device: str | None = None
     threads: int | None = None
+    ort_spin: str = "never"
     width: int = 1920
     height: int = 1080
     fullscreen: bool = True
@@ -650,6 +651,7 @@ class RatingStation:
                 device=config.device,
                 max_batch=1,
                 threads=config.threads,
+                ort_spin=config.ort_spin,
             )
         self.generator = generator
         self.model = model_name(generator, config.bundle)
@@ -1086,6 +1088,7 @@ def resolve_config(args: argparse.Namespace) -> StationConfig:
         backend=args.backend or e.backend,
         device=e.device or None,
         threads=int(e.threads) or None,
+        ort_spin=str(e.ort_spin),
         width=width,
         height=height,
         fullscreen=bool(d.fullscreen) and not args.windowed,

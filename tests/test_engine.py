@@ -202,6 +202,24 @@ def test_ort_session_options() -> None:
 
     assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     assert session_options(threads=1).intra_op_num_threads == 1
+    with pytest.raises(RuntimeError):  # never set: the workers never spin at all
+        so.get_session_config_entry("session.force_spinning_stop")
+    in_call = session_options(spin="in-call")
+    assert in_call.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert in_call.get_session_config_entry("session.force_spinning_stop") == "1"
+    assert in_call.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+    with pytest.raises(ValueError, match="spin"):
+        session_options(spin="off")
+
+
+def test_spin_in_call_agrees_and_bad_mode_is_refused(tiny_bundle: Path, tiny_model) -> None:
+    audio, noise = _inputs(tiny_model.cfg, 2, seed=3)
+    never = Generator(tiny_bundle, backend="onnxruntime-cpu", warmup=False)
+    in_call = Generator(tiny_bundle, backend="onnxruntime-cpu", warmup=False, ort_spin="in-call")
+    assert never._backend.spin == "never" and in_call._backend.spin == "in-call"
+    assert np.array_equal(never.run(audio, noise), in_call.run(audio, noise))
+    with pytest.raises(ValueError, match="ort_spin must be one of never, in-call"):
+        Generator(tiny_bundle, backend="onnxruntime-cpu", warmup=False, ort_spin="off")
 
 
 # -- TensorRT plan cache key ----------------------------------------------------------------------
@@ -341,7 +359,13 @@ def test_bench_engine_cli(tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest
     data = json.loads(out.read_text())
     rows = data["benchmarks"]["engine"]["rows"]
     timed = {(r["backend"], r["batch"]) for r in rows if "p50_ms" in r}
-    backends = ("torch-eager", "onnxruntime-cpu", "torch-cpu", "onnxruntime-cpu/as-exported")
+    backends = (
+        "torch-eager",
+        "onnxruntime-cpu",
+        "torch-cpu",
+        "onnxruntime-cpu/as-exported",
+        "onnxruntime-cpu/spin-in-call",
+    )
     assert timed == {(b, n) for b in backends for n in (1, 3)}
     assert all(r["max_abs_err"] <= 1e-3 and r["calls"] == 4 for r in rows if "p50_ms" in r)
     assert data["benchmarks"]["render"]["rows"] == [{"case": "kept"}]  # other results survive

@@ -72,6 +72,7 @@ def create(
     device_index: int = 0,
     threads: int | None = None,
     graph_rewrites: bool = True,
+    ort_spin: str = "never",
 ) -> Backend:
     """Start the backend called ``name`` (one of :data:`AUTO_ORDER`) for ``bundle``.
 
@@ -83,6 +84,7 @@ def create(
         threads: CPU threads for the ``*-cpu`` backends (``None``: min(2, cores) for
             ONNX Runtime; torch's process-wide setting is left alone).
         graph_rewrites: let ``onnxruntime-cpu`` apply the exact rewrites of :mod:`engine.graph_rewrite`.
+        ort_spin: thread spinning of ``onnxruntime-cpu`` (:data:`engine.backends.ort_backend.SPIN_MODES`).
 
     Raises:
         BackendUnavailable: it cannot run here (the message says why).
@@ -101,6 +103,7 @@ def create(
             device_index=device_index,
             threads=threads,
             rewrites=graph_rewrites,
+            spin=ort_spin,
         )
     if name in ("torch-cpu", "torch-cuda"):
         from engine.backends.torch_backend import TorchBackend

@@ -4,7 +4,19 @@ CPU sessions are tuned for low-latency single-window inference next to a
 render loop: a pinned number of intra-op threads (default ``min(2, cores)``),
 one inter-op thread, sequential execution, no thread spinning (idle worker
 threads sleep instead of burning the cores the window and audio threads need),
-and every graph optimisation (``ORT_ENABLE_ALL``). Before the session is made,
+and every graph optimisation (``ORT_ENABLE_ALL``).
+
+Spinning (``spin``, see :data:`SPIN_MODES`): ``"never"`` (the default) lets a
+worker thread sleep whenever it has no work, so it is woken for every
+parallel kernel. ``"in-call"`` lets workers spin between the kernels of one
+inference call and forces them to stop when the call returns
+(``session.force_spinning_stop``, ONNX Runtime PR #11841): no CPU is burnt
+between calls, but the cores stay busy for the whole call. ONNX Runtime's own
+default (spin, and keep spinning after the call) is not offered: called at
+10 Hz as the live loop does, the default bundle's process then used 0.87-0.91
+CPU-seconds per second on the 2-core development machine, against 0.03-0.045
+with ``"never"`` or ``"in-call"`` (``run.py bench --only engine`` reports the
+latter two as ``cpu_at_10hz``). Before the session is made,
 the CPU backend applies the exact rewrites of :mod:`engine.graph_rewrite`
 (folded DFT front end, 1-D convolutions as 2-D, channel means as 1x1
 convolutions); ``rewrites=False`` runs the graph as exported.
@@ -36,21 +48,33 @@ def default_threads() -> int:
     return min(2, available_cores())
 
 
-def session_options(threads: int | None = None):  # -> onnxruntime.SessionOptions
+SPIN_MODES: tuple[str, ...] = ("never", "in-call")
+"""Thread-spinning policies of the CPU sessions (see the module docstring); ``"never"`` is the default."""
+
+
+def session_options(threads: int | None = None, spin: str = "never"):  # -> onnxruntime.SessionOptions
     """ONNX Runtime session options used for every session (see the module docstring).
 
     Args:
         threads: intra-op threads (``None``: :func:`default_threads`).
+        spin: one of :data:`SPIN_MODES`.
+
+    Raises:
+        ValueError: unknown ``spin``.
     """
     import onnxruntime as ort
 
+    if spin not in SPIN_MODES:
+        raise ValueError(f"spin: expected one of {', '.join(SPIN_MODES)}, got {spin!r}")
     so = ort.SessionOptions()
     so.intra_op_num_threads = int(threads or default_threads())
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin == "in-call" else "0")
     so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if spin == "in-call":
+        so.add_session_config_entry("session.force_spinning_stop", "1")
     so.log_severity_level = 3  # errors only; CUDA-provider fallbacks are reported by us
     return so
 
@@ -64,6 +88,7 @@ class OnnxRuntimeBackend:
         device_index: CUDA device index.
         threads: intra-op threads for the CPU provider (``None``: ``min(2, cores)``).
         rewrites: apply :func:`engine.graph_rewrite.optimize_for_cpu` (CPU provider only).
+        spin: thread spinning, one of :data:`SPIN_MODES` (see the module docstring).
 
     Raises:
         BackendUnavailable: onnxruntime is not installed, the CUDA provider is not
@@ -77,6 +102,7 @@ class OnnxRuntimeBackend:
         device_index: int = 0,
         threads: int | None = None,
         rewrites: bool = True,
+        spin: str = "never",
     ) -> None:
         try:
             import onnxruntime as ort
@@ -84,6 +110,7 @@ class OnnxRuntimeBackend:
             raise BackendUnavailable(f"onnxruntime not installed ({exc})") from exc
         self.name = f"onnxruntime-{device}"
         self.threads = int(threads or default_threads())
+        self.spin = spin
         if device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise BackendUnavailable("no CUDA provider (install onnxruntime-gpu)")
@@ -102,7 +129,9 @@ class OnnxRuntimeBackend:
                 model = data
                 log.debug("graph rewrites for %s: %s", bundle.onnx_path, self.rewrites)
         try:
-            self.session = ort.InferenceSession(model, sess_options=session_options(self.threads), providers=providers)
+            self.session = ort.InferenceSession(
+                model, sess_options=session_options(self.threads, spin), providers=providers
+            )
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
             raise BackendUnavailable(f"cannot create session ({type(exc).__name__}: {exc})") from exc
         if device == "cuda" and self.session.get_providers()[0] != "CUDAExecutionProvider":
