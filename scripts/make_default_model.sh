@@ -1,28 +1,31 @@
 #!/usr/bin/env bash
 # Reproduces the shipped default model presets/models/wav2pix-64 with the project's own commands.
 # What the shipped run did is in docs/default_model/command.txt (the exact commands, in order);
-# this script replays it in one run folder:
-#   phase 1  presets/training/wav2pix-64b.yaml to step 5500  (the shipped run used 1 torch thread for
+# this script replays it in two run folders:
+#   phase 1  presets/training/wav2pix-64b.yaml to step 5500 in RUN  (the shipped run used 1 torch thread for
 #            steps 0-4500 and 2 after; results are not bit-identical across thread counts)
-#   phase 2  presets/training/wav2pix-64d.yaml (identity fine-tune) to its end, keeping every checkpoint
-#            (the shipped run went to step 8800, was resumed from its step-8500 checkpoint to 11000 and then
-#            to the end, 14000; presets/training/rejected/ holds fine-tunes that were tried and made it worse)
-#   then     export a candidate per kept checkpoint, evaluate on the validation split, and export the
-#            checkpoint named by CHECKPOINT (the shipped one: see docs/default_model/command.txt) with
-#            its figures and the unseen-voice detection ratio inside the bundle.
-# GENERATOR picks the weights of a checkpoint: "raw" (the trained weights; the shipped choice) or "ema" (their
-# moving average, which here blended the two speakers' faces while the identity mapping kept moving).
-# About 1.5 h on a 2-core CPU (bf16 autocast) for the training, plus ~2 min per evaluated checkpoint.
+#   phase 2  presets/training/wav2pix-64d.yaml (identity fine-tune) to its end, 14000, in RUN, keeping every
+#            checkpoint (the shipped run went to step 8800, was resumed from its step-8500 checkpoint to 11000 and
+#            then to the end; presets/training/rejected/ holds fine-tunes that were tried and made it worse)
+#   phase 3  presets/training/wav2pix-64g.yaml (diversity fine-tune) from phase 2's step 12000 to 16000 in RUN3,
+#            keeping every checkpoint
+#   then     export a candidate per kept phase-3 checkpoint, evaluate on the validation split, and export the
+#            checkpoint named by CHECKPOINT (the shipped one: step-0014000, EMA weights) with its figures and
+#            the unseen-voice detection ratio inside the bundle.
+# GENERATOR picks the weights of a checkpoint: "ema" (the moving average; the shipped choice) or "raw" (the
+# trained weights; in phase 2 the average blended the two speakers while the identity mapping kept moving).
+# About 2 h on a 2-core CPU (bf16 autocast) for the training, plus ~1-3 min per evaluated checkpoint.
 #
 #   bash scripts/make_default_model.sh                                                # train, evaluate all
-#   CHECKPOINT=step-0009500 GENERATOR=raw PSI=1.0 bash scripts/make_default_model.sh  # the shipped choice
+#   CHECKPOINT=step-0014000 GENERATOR=ema PSI=1.0 bash scripts/make_default_model.sh  # the shipped choice
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 DATA=${DATA:-../shared/data/wav2pix/train}
 RUN=${RUN:-runs/wav2pix-64}
+RUN3=${RUN3:-${RUN}g}
 PSI=${PSI:-1.0}
-GENERATOR=${GENERATOR:-raw}
+GENERATOR=${GENERATOR:-ema}
 OUT=${OUT:-presets/models/wav2pix-64}
 CHECKPOINT=${CHECKPOINT:-}
 
@@ -37,6 +40,22 @@ fi
 ( while sleep 20; do keep; done ) & keeper=$!
 trap 'kill $keeper 2>/dev/null || true' EXIT
 "$PY" run.py train --config presets/training/wav2pix-64d.yaml --data "$DATA" --out "$RUN" --resume
+keep
+
+# phase 3 branches from phase 2's step 12000 (checkpoint, split, configs and log up to that step)
+if [ ! -d "$RUN3/checkpoints" ]; then
+  mkdir -p "$RUN3/checkpoints"
+  cp "$RUN/keep/step-0012000.safetensors" "$RUN3/checkpoints/"
+  cp "$RUN/split.json" "$RUN3/"
+  for f in "$RUN"/config.until-step-*.yaml; do cp "$f" "$RUN3/"; done
+  cp "$RUN/config.yaml" "$RUN3/config.until-step-12000.yaml"
+  "$PY" -c 'import json, sys; [sys.stdout.write(l) for l in open(sys.argv[1]) if json.loads(l)["step"] <= 12000]' \
+    "$RUN/log.jsonl" > "$RUN3/log.jsonl"
+fi
+kill $keeper 2>/dev/null || true
+RUN=$RUN3
+( while sleep 20; do keep; done ) & keeper=$!  # the keeper reads RUN when it starts
+"$PY" run.py train --config presets/training/wav2pix-64g.yaml --data "$DATA" --out "$RUN" --resume
 keep
 
 "$PY" scripts/make_unseen_voices.py out/unseen_voices
