@@ -51,6 +51,23 @@ def _attrs(node: Any) -> dict[str, Any]:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
+def _explicit_padding(attrs: dict[str, Any]) -> bool:
+    """True when a Conv's padding is given by ``pads`` (no ``auto_pad``)."""
+    return attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")
+
+
+def _constants(graph: Any) -> dict[str, np.ndarray]:
+    """Initializer values by name."""
+    from onnx import numpy_helper
+
+    return {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+
+
+def _set_nodes(graph: Any, nodes: list[Any]) -> None:
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
 def _static_dims(graph: Any, name: str) -> list[int | None] | None:
     """Static dims of a value (None for a symbolic dim), or None when the shape is unknown."""
     for v in list(graph.input) + list(graph.value_info) + list(graph.output):
@@ -94,16 +111,14 @@ def fold_symmetric_frame_conv(model: Any) -> int:
     ``W[k, n] == s_k * W[k, N - n]`` for n in 1..N-1 with ``s_k = +1`` for the first K rows and ``-1`` for
     the last K (to ``1e-6`` of the largest weight). Output ``[B, 2K, 1 + (S - N) // H]`` as before.
     """
-    from onnx import numpy_helper
-
     graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
+    consts = _constants(graph)
     producers = {o: n for n in graph.node for o in n.output}
     new_nodes: list[Any] = []
     halves: dict[str, tuple[str, str, int]] = {}  # conv output -> (real part, imaginary part, K)
     count = 0
     for node in graph.node:
-        rewritten = _fold_one(graph, node, inits, producers, numpy_helper) if node.op_type == "Conv" else None
+        rewritten = _fold_one(graph, node, consts, producers) if node.op_type == "Conv" else None
         if rewritten is None:
             new_nodes.append(node)
         else:
@@ -112,13 +127,12 @@ def fold_symmetric_frame_conv(model: Any) -> int:
             halves[node.output[0]] = (re, im, k)
             count += 1
     if count:
-        _take_halves_directly(new_nodes, halves, inits, numpy_helper)
-        del graph.node[:]
-        graph.node.extend(new_nodes)
+        _take_halves_directly(new_nodes, halves, consts)
+        _set_nodes(graph, new_nodes)
     return count
 
 
-def _take_halves_directly(nodes: list[Any], halves: dict[str, tuple[str, str, int]], inits: dict, nh: Any) -> None:
+def _take_halves_directly(nodes: list[Any], halves: dict[str, tuple[str, str, int]], consts: dict) -> None:
     """Consumers that slice the ``[B, 2K, T]`` output back into its two halves along axis 1 (as the log-mel
     front end does for real and imaginary parts) read the half directly instead (``Identity``), so the
     concatenation and the split cancel out; the unused ``Concat`` is pruned later."""
@@ -127,10 +141,10 @@ def _take_halves_directly(nodes: list[Any], halves: dict[str, tuple[str, str, in
     for i, node in enumerate(nodes):
         if node.op_type != "Slice" or node.input[0] not in halves or len(node.input) < 4:
             continue
-        if any(name not in inits for name in node.input[1:]):
+        if any(name not in consts for name in node.input[1:]):
             continue
-        starts, ends, axes = (nh.to_array(inits[name]).tolist() for name in node.input[1:4])
-        steps = nh.to_array(inits[node.input[4]]).tolist() if len(node.input) > 4 else [1]
+        starts, ends, axes = (consts[name].tolist() for name in node.input[1:4])
+        steps = consts[node.input[4]].tolist() if len(node.input) > 4 else [1]
         re, im, k = halves[node.input[0]]
         if axes not in ([1], [-2]) or steps != [1]:
             continue
@@ -143,30 +157,20 @@ def _take_halves_directly(nodes: list[Any], halves: dict[str, tuple[str, str, in
         nodes[i] = helper.make_node("Identity", [source], list(node.output), name=node.name)
 
 
-def _fold_one(
-    graph: Any, node: Any, inits: dict, producers: dict, numpy_helper: Any
-) -> tuple[list[Any], str, str, int] | None:
+def _fold_one(graph: Any, node: Any, consts: dict, producers: dict) -> tuple[list[Any], str, str, int] | None:
     """(new nodes, real-part name, imaginary-part name, K) for a matching ``node``, else None."""
-    if len(node.input) != 2 or node.input[1] not in inits:
+    if len(node.input) != 2 or node.input[1] not in consts:
         return None
-    w = numpy_helper.to_array(inits[node.input[1]])
+    w = consts[node.input[1]]
     a = _attrs(node)
     if w.ndim != 3 or w.shape[1] != 1 or w.shape[0] % 2 or w.shape[2] % 2 or a.get("group", 1) != 1:
         return None
-    if (
-        any(a.get("pads", [0, 0]))
-        or any(d != 1 for d in a.get("dilations", [1]))
-        or a.get("auto_pad", b"NOTSET")
-        not in (
-            b"NOTSET",
-            "NOTSET",
-        )
-    ):
+    if any(a.get("pads", [0, 0])) or any(d != 1 for d in a.get("dilations", [1])) or not _explicit_padding(a):
         return None
     unsq = producers.get(node.input[0])
-    if unsq is None or unsq.op_type != "Unsqueeze" or len(unsq.input) != 2 or unsq.input[1] not in inits:
+    if unsq is None or unsq.op_type != "Unsqueeze" or len(unsq.input) != 2 or unsq.input[1] not in consts:
         return None
-    if numpy_helper.to_array(inits[unsq.input[1]]).tolist() not in ([1], 1):
+    if consts[unsq.input[1]].tolist() not in ([1], 1):
         return None
     dims = _static_dims(graph, unsq.input[0])
     two_k, _, n_fft = w.shape
@@ -221,23 +225,21 @@ def conv1d_as_conv2d(model: Any) -> int:
     Every ``Conv`` with a 3-D initializer weight ``[Cout, Cin/group, k]`` becomes
     ``Squeeze(Conv(Unsqueeze(x, 2), W[:, :, None, :]), 2)`` with the attributes carried over.
     """
-    from onnx import numpy_helper
-
     graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
+    consts = _constants(graph)
     new_nodes: list[Any] = []
     count = 0
     for node in graph.node:
-        w = inits.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+        w = consts.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
         a = _attrs(node) if w is not None else {}
-        if w is None or len(w.dims) != 3 or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        if w is None or w.ndim != 3 or not _explicit_padding(a):
             new_nodes.append(node)
             continue
         b = _Builder(graph, node.name or "conv1d")
-        weight = b.const(numpy_helper.to_array(w)[:, :, None, :], "w2d")
+        weight = b.const(w[:, :, None, :], "w2d")
         pads = list(a.get("pads", [0, 0]))
         attrs = {
-            "kernel_shape": [1, int(w.dims[2])],
+            "kernel_shape": [1, int(w.shape[2])],
             "strides": [1, *a.get("strides", [1])],
             "dilations": [1, *a.get("dilations", [1])],
             "pads": [0, pads[0], 0, pads[1]],
@@ -250,8 +252,7 @@ def conv1d_as_conv2d(model: Any) -> int:
         new_nodes += [n0, n1, n2]
         count += 1
     if count:
-        del graph.node[:]
-        graph.node.extend(new_nodes)
+        _set_nodes(graph, new_nodes)
     return count
 
 
@@ -260,15 +261,15 @@ def channel_mean_as_conv(model: Any) -> int:
 
     Matches ``ReduceMean(x, axes=[1], keepdims=1)`` on a 4-D ``x`` whose channel count C is static.
     """
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
     graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
+    consts = _constants(graph)
     count = 0
     for i, node in enumerate(graph.node):
-        if node.op_type != "ReduceMean" or len(node.input) != 2 or node.input[1] not in inits:
+        if node.op_type != "ReduceMean" or len(node.input) != 2 or node.input[1] not in consts:
             continue
-        if numpy_helper.to_array(inits[node.input[1]]).tolist() != [1] or _attrs(node).get("keepdims", 1) != 1:
+        if consts[node.input[1]].tolist() != [1] or _attrs(node).get("keepdims", 1) != 1:
             continue
         dims = _static_dims(graph, node.input[0])
         if not dims or len(dims) != 4 or not dims[1]:
@@ -287,20 +288,17 @@ def channel_mean_as_conv(model: Any) -> int:
 
 def square_as_mul(model: Any) -> int:
     """Rewrite 4 (see the module docstring), in place. Returns the number of nodes rewritten."""
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
     graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
+    consts = _constants(graph)
     count = 0
     for i, node in enumerate(graph.node):
-        if node.op_type == "Pow" and len(node.input) == 2 and node.input[1] in inits:
-            if (
-                numpy_helper.to_array(inits[node.input[1]]).size == 1
-                and float(numpy_helper.to_array(inits[node.input[1]]).reshape(())) == 2.0
-            ):
-                x = node.input[0]
-                graph.node[i].CopyFrom(helper.make_node("Mul", [x, x], list(node.output), name=node.name))
-                count += 1
+        exponent = consts.get(node.input[1]) if node.op_type == "Pow" and len(node.input) == 2 else None
+        if exponent is not None and exponent.size == 1 and float(exponent.reshape(())) == 2.0:
+            x = node.input[0]
+            graph.node[i].CopyFrom(helper.make_node("Mul", [x, x], list(node.output), name=node.name))
+            count += 1
     return count
 
 
@@ -331,8 +329,7 @@ def constants_to_initializers(model: Any) -> int:
         else:
             keep.append(node)
     if count:
-        del graph.node[:]
-        graph.node.extend(keep)
+        _set_nodes(graph, keep)
     return count
 
 
@@ -345,8 +342,7 @@ def _prune(model: Any) -> None:
         if any(o in needed for o in node.output):
             keep.append(node)
             needed.update(i for i in node.input if i)
-    del graph.node[:]
-    graph.node.extend(reversed(keep))
+    _set_nodes(graph, keep[::-1])
     live = [i for i in graph.initializer if i.name in needed]
     del graph.initializer[:]
     graph.initializer.extend(live)

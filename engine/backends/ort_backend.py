@@ -16,10 +16,12 @@ default (spin, and keep spinning after the call) is not offered: called at
 10 Hz as the live loop does, the default bundle's process then used 0.87-0.91
 CPU-seconds per second on the 2-core development machine, against 0.03-0.045
 with ``"never"`` or ``"in-call"`` (``run.py bench --only engine`` reports the
-latter two as ``cpu_at_10hz``). Before the session is made,
-the CPU backend applies the exact rewrites of :mod:`engine.graph_rewrite`
-(folded DFT front end, 1-D convolutions as 2-D, channel means as 1x1
-convolutions); ``rewrites=False`` runs the graph as exported.
+latter two as ``cpu_at_10hz``).
+
+Before the session is made, the CPU backend applies the exact rewrites of
+:mod:`engine.graph_rewrite` (folded DFT front end, 1-D convolutions as 2-D,
+channel means as 1x1 convolutions); ``rewrites=False`` runs the graph as
+exported.
 """
 
 from __future__ import annotations
