@@ -13,6 +13,18 @@ what the graph computes (float32 results agree to rounding, ~1e-5):
    even/odd decomposition of a real DFT; Oppenheim & Schafer, *Discrete-Time
    Signal Processing*, 3rd ed., sec. 8.5) halves the multiply-adds: two
    ``[T, N/2] x [N/2, K]`` products instead of one ``[T, N] x [N, 2K]``.
+   **One step further** (:func:`mirrored_power_mel`, tried first): when the
+   rows are the ``K = N/2 + 1`` bins in frequency order, the basis of bin
+   ``N/2 - k`` is that of bin ``k`` times ``(-1)^n``, so splitting each folded
+   frame by the parity of ``n`` (``A``: even ``n``, ``B``: odd ``n``; ``C``,
+   ``D`` likewise for the sine rows) gives ``Re[k] = A + B`` and
+   ``Re[N/2 - k] = A - B`` (``|Im|`` from ``C +- D``) from products over bins
+   ``0..N/4`` only -- the next radix-2 step of a real FFT, halving the
+   multiply-adds again (one batched ``[4, N/4 + 1, N/4]`` product). It applies
+   when the spectrum is read only as a power spectrum ``re^2 + im^2`` into a
+   constant filterbank ``MatMul(F, power)`` (the log-mel front end): the
+   squares are summed per half and the filterbank's columns are reordered to
+   the mirrored bins, so the bins never need to be put back in order.
 2. **1-D convolutions as 2-D** (:func:`conv1d_as_conv2d`). ONNX Runtime's
    blocked NCHWc convolution kernels (the layout optimiser for AVX2/AVX-512)
    only take 4-D tensors; a ``Conv`` on ``[B, C, T]`` runs through the slower
@@ -139,27 +151,18 @@ def _take_halves_directly(nodes: list[Any], halves: dict[str, tuple[str, str, in
     from onnx import helper
 
     for i, node in enumerate(nodes):
-        if node.op_type != "Slice" or node.input[0] not in halves or len(node.input) < 4:
+        if node.op_type != "Slice" or node.input[0] not in halves:
             continue
-        if any(name not in consts for name in node.input[1:]):
-            continue
-        starts, ends, axes = (consts[name].tolist() for name in node.input[1:4])
-        steps = consts[node.input[4]].tolist() if len(node.input) > 4 else [1]
         re, im, k = halves[node.input[0]]
-        if axes not in ([1], [-2]) or steps != [1]:
-            continue
-        if starts == [0] and ends == [k]:
-            source = re
-        elif starts == [k] and ends[0] >= 2 * k:
-            source = im
-        else:
-            continue
-        nodes[i] = helper.make_node("Identity", [source], list(node.output), name=node.name)
+        half = _half_slice(node, node.input[0], k, consts)
+        if half is not None:
+            nodes[i] = helper.make_node("Identity", [(re, im)[half]], list(node.output), name=node.name)
 
 
-def _fold_one(graph: Any, node: Any, consts: dict, producers: dict) -> tuple[list[Any], str, str, int] | None:
-    """(new nodes, real-part name, imaginary-part name, K) for a matching ``node``, else None."""
-    if len(node.input) != 2 or node.input[1] not in consts:
+def _match_frame_conv(graph: Any, node: Any, consts: dict, producers: dict) -> tuple[np.ndarray, int, int, str] | None:
+    """(float64 kernel [2K, N], hop, static signal length, signal name) when ``node`` is a frame convolution whose
+    kernel rows are even (first K) or odd (last K) about the frame centre (see :func:`fold_symmetric_frame_conv`)."""
+    if node.op_type != "Conv" or len(node.input) != 2 or node.input[1] not in consts:
         return None
     w = consts[node.input[1]]
     a = _attrs(node)
@@ -176,22 +179,24 @@ def _fold_one(graph: Any, node: Any, consts: dict, producers: dict) -> tuple[lis
     two_k, _, n_fft = w.shape
     if not dims or len(dims) != 2 or dims[1] is None or dims[1] < n_fft:
         return None
-    k, h, sig = two_k // 2, n_fft // 2, int(dims[1])
-    hop = int(a.get("strides", [1])[0])
+    k = two_k // 2
     w2 = w[:, 0, :].astype(np.float64)
     tol = _ATOL * max(1e-30, float(np.abs(w2).max()))
     mirrored = w2[:, :0:-1]  # W[:, N - n] for n = 1..N-1
     sign = np.r_[np.ones(k), -np.ones(k)][:, None]
     if np.abs(w2[:, 0]).max() > tol or np.abs(w2[:, 1:] - sign * mirrored).max() > tol:
         return None
+    return w2, int(a.get("strides", [1])[0]), int(dims[1]), unsq.input[0]
 
-    b = _Builder(graph, node.name or "dft")
+
+def _frame_nodes(b: _Builder, x: str, sig: int, n_fft: int, hop: int) -> tuple[list[Any], str, int]:
+    """Nodes that cut ``x [B, sig]`` into frames ``[B, n_fft, T]`` (frames as columns) with hop ``hop``; returns
+    (nodes, frames name, T). Built from hop-sized chunks with Reshape/Transpose/Slice/Concat (block copies)."""
     frames_t = 1 + (sig - n_fft) // hop
     full, rem = divmod(n_fft, hop)
     chunks = frames_t + full - (0 if rem else 1)
     need = chunks * hop
     nodes: list[Any] = []
-    x = unsq.input[0]
     if need > sig:
         n0, x = b.node("Pad", [x, b.ints([0, 0, 0, need - sig])], mode="constant")
     else:
@@ -207,6 +212,19 @@ def _fold_one(graph: Any, node: Any, consts: dict, producers: dict) -> tuple[lis
         nodes.append(ni)
         parts.append(p)
     n2, frames = b.node("Concat", parts, axis=1)  # [B, N, T]
+    return [*nodes, n2], frames, frames_t
+
+
+def _fold_one(graph: Any, node: Any, consts: dict, producers: dict) -> tuple[list[Any], str, str, int] | None:
+    """(new nodes, real-part name, imaginary-part name, K) for a matching ``node``, else None."""
+    match = _match_frame_conv(graph, node, consts, producers)
+    if match is None:
+        return None
+    w2, hop, sig, x = match
+    k, n_fft = w2.shape[0] // 2, w2.shape[1]
+    h = n_fft // 2
+    b = _Builder(graph, node.name or "dft")
+    nodes, frames, _ = _frame_nodes(b, x, sig, n_fft, hop)
     n3, lo = b.node("Slice", [frames, b.ints([1]), b.ints([h]), b.ints([1])])  # x[1 .. h-1]
     n4, hi = b.node("Slice", [frames, b.ints([n_fft - 1]), b.ints([h]), b.ints([1]), b.ints([-1])])  # x[N-1 .. h+1]
     n5, mid = b.node("Slice", [frames, b.ints([h]), b.ints([h + 1]), b.ints([1])])  # x[h]
@@ -216,7 +234,160 @@ def _fold_one(graph: Any, node: Any, consts: dict, producers: dict) -> tuple[lis
     n9, re = b.node("MatMul", [b.const(w2[:k, 1 : h + 1].astype(np.float32), "even_rows"), even])  # [B, K, T]
     n10, im = b.node("MatMul", [b.const(w2[k:, 1:h].astype(np.float32), "odd_rows"), odd])  # [B, K, T]
     n11, _ = b.node("Concat", [re, im], out=node.output[0], axis=1)  # [B, 2K, T]
-    return [*nodes, n2, n3, n4, n5, n6, n7, n8, n9, n10, n11], re, im, k
+    return [*nodes, n3, n4, n5, n6, n7, n8, n9, n10, n11], re, im, k
+
+
+def _half_slice(node: Any, source: str, k: int, consts: dict) -> int | None:
+    """0 / 1 when ``node`` slices the first / second half (K rows) of ``source [B, 2K, T]`` along axis 1."""
+    if node.op_type != "Slice" or node.input[0] != source or len(node.input) < 4:
+        return None
+    if any(name not in consts for name in node.input[1:]):
+        return None
+    starts, ends, axes = (consts[name].tolist() for name in node.input[1:4])
+    steps = consts[node.input[4]].tolist() if len(node.input) > 4 else [1]
+    if axes not in ([1], [-2]) or steps != [1]:
+        return None
+    if starts == [0] and ends == [k]:
+        return 0
+    if starts == [k] and ends[0] >= 2 * k:
+        return 1
+    return None
+
+
+def _square_of(node: Any, consts: dict) -> str | None:
+    """The input ``x`` when ``node`` is ``Mul(x, x)`` or ``Pow(x, 2)``."""
+    if node.op_type == "Mul" and len(node.input) == 2 and node.input[0] == node.input[1]:
+        return node.input[0]
+    if node.op_type == "Pow" and len(node.input) == 2 and node.input[1] in consts:
+        e = consts[node.input[1]]
+        if e.size == 1 and float(e.reshape(())) == 2.0:
+            return node.input[0]
+    return None
+
+
+def _power_to_mel(graph: Any, conv: Any, k: int, consts: dict) -> tuple[list[Any], np.ndarray, str] | None:
+    """(consumer nodes, filterbank [M, K], output name) when the frame convolution's output is only read as
+    ``MatMul(F, re * re + im * im)`` with a constant filterbank ``F`` -- the power spectrum of a log-mel front
+    end -- with ``re``/``im`` the two halves along axis 1."""
+    users: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for name in dict.fromkeys(n.input):  # a node reading one value twice (Mul(x, x)) is one user
+            users.setdefault(name, []).append(n)
+    outputs = {o.name for o in graph.output}
+
+    def only_user(name: str) -> Any | None:
+        found = users.get(name, [])
+        return found[0] if len(found) == 1 and name not in outputs else None
+
+    slices = users.get(conv.output[0], [])
+    if len(slices) != 2 or conv.output[0] in outputs:
+        return None
+    halves = sorted(slices, key=lambda n: _half_slice(n, conv.output[0], k, consts) or 0)
+    if [_half_slice(n, conv.output[0], k, consts) for n in halves] != [0, 1]:
+        return None
+    squares = [only_user(n.output[0]) for n in halves]
+    if any(sq is None or _square_of(sq, consts) != half.output[0] for sq, half in zip(squares, halves)):
+        return None
+    add = only_user(squares[0].output[0])
+    if add is None or add.op_type != "Add" or sorted(add.input) != sorted(sq.output[0] for sq in squares):
+        return None
+    mel = only_user(add.output[0])
+    if mel is None or mel.op_type != "MatMul" or mel.input[1] != add.output[0] or mel.input[0] not in consts:
+        return None
+    bank = consts[mel.input[0]]
+    if bank.ndim != 2 or bank.shape[1] != k:
+        return None
+    return [*halves, *squares, add, mel], bank.astype(np.float64), mel.output[0]
+
+
+def mirrored_power_mel(model: Any) -> int:
+    """Rewrite 1 taken one step further (see the module docstring), in place. Returns the number of front
+    ends rewritten.
+
+    Matches a frame convolution as in :func:`fold_symmetric_frame_conv` with ``K = N/2 + 1`` rows per half,
+    ``N/2`` even, rows in frequency order with mirrored bins ``W[K-1-i, n] == (-1)^n W[i, n]`` (and
+    ``== +-(-1)^n W[K+i, n]`` in the odd half, one sign for all rows), read only as
+    ``MatMul(F [M, K], re * re + im * im)``. Output ``[B, M, T]`` as before.
+    """
+    graph = model.graph
+    consts = _constants(graph)
+    producers = {o: n for n in graph.node for o in n.output}
+    replaced: dict[int, list[Any]] = {}
+    dropped: set[int] = set()
+    for node in graph.node:
+        match = _match_frame_conv(graph, node, consts, producers)
+        if match is None:
+            continue
+        w2, hop, sig, x = match
+        k, n_fft = w2.shape[0] // 2, w2.shape[1]
+        h = n_fft // 2
+        if k != h + 1 or h % 2:
+            continue
+        parity = np.where(np.arange(n_fft) % 2, -1.0, 1.0)
+        tol = _ATOL * max(1e-30, float(np.abs(w2).max()))
+        cos_rows, sin_rows = w2[:k], w2[k:]
+        if np.abs(cos_rows[::-1] - parity * cos_rows).max() > tol:
+            continue
+        if min(np.abs(sin_rows[::-1] - s * parity * sin_rows).max() for s in (1.0, -1.0)) > tol:
+            continue
+        consumers = _power_to_mel(graph, node, k, consts)
+        if consumers is None:
+            continue
+        old, bank, out = consumers
+        replaced[id(node)] = _mirrored_nodes(graph, node, w2, bank, hop, sig, x, out)
+        dropped.update(id(n) for n in old)
+    if not replaced:
+        return 0
+    nodes: list[Any] = []
+    for node in graph.node:
+        if id(node) in replaced:
+            nodes.extend(replaced[id(node)])
+        elif id(node) not in dropped:
+            nodes.append(node)
+    _set_nodes(graph, nodes)
+    return len(replaced)
+
+
+def _mirrored_nodes(
+    graph: Any, node: Any, w2: np.ndarray, bank: np.ndarray, hop: int, sig: int, x: str, out: str
+) -> list[Any]:
+    """The nodes of :func:`mirrored_power_mel` for one front end (see the module docstring for the algebra)."""
+    k, n_fft = w2.shape[0] // 2, w2.shape[1]
+    h, q = n_fft // 2, n_fft // 4
+    lo_bins = q + 1  # bins 0..h/2; the mirrored bins h..h/2 come from the same products
+    n_even, n_odd = np.arange(2, h + 1, 2), np.arange(1, h, 2)  # sample offsets in a frame, q each
+    w_a = w2[:lo_bins][:, n_even].copy()
+    w_a[:, -1] *= 0.5  # n = h pairs with itself: P + Q counts x[h] twice
+    w_b = w2[:lo_bins][:, n_odd]
+    w_c = w2[k : k + lo_bins][:, n_even]
+    w_d = w2[k : k + lo_bins][:, n_odd]
+    bank_hi = bank[:, h - np.arange(lo_bins)].copy()  # product row i of the mirrored half is bin h - i
+    bank_hi[:, -1] = 0.0  # bin h/2 is in both halves; count it once
+    b = _Builder(graph, node.name or "dft")
+    nodes, frames, frames_t = _frame_nodes(b, x, sig, n_fft, hop)
+    perm = np.r_[n_even, n_odd, n_fft - n_even, n_fft - n_odd]
+    n0, fp = b.node("Gather", [frames, b.ints(list(perm))], axis=1)  # [B, 2h, T]: x[n] rows, then x[N - n] rows
+    n1, p = b.node("Slice", [fp, b.ints([0]), b.ints([h]), b.ints([1])])
+    n2, r = b.node("Slice", [fp, b.ints([h]), b.ints([2 * h]), b.ints([1])])
+    n3, even = b.node("Add", [p, r])  # x[n] + x[N - n], n even then odd
+    n4, odd = b.node("Sub", [p, r])  # x[n] - x[N - n]
+    n5, eo = b.node("Concat", [even, odd], axis=1)
+    n6, xs = b.node("Reshape", [eo, b.ints([0, 4, q, frames_t])])  # [B, 4, h/2, T]
+    weights = np.stack([w_a, w_b, w_c, w_d]).astype(np.float32)  # [4, h/2 + 1, h/2]
+    n7, y = b.node("MatMul", [b.const(weights, "mirrored_rows"), xs])  # [B, 4, h/2 + 1, T]: A, B, C, D
+    n8, ac = b.node("Slice", [y, b.ints([0]), b.ints([4]), b.ints([1]), b.ints([2])])
+    n9, bd = b.node("Slice", [y, b.ints([1]), b.ints([4]), b.ints([1]), b.ints([2])])
+    n10, plus = b.node("Add", [ac, bd])  # re, im of bins 0..h/2
+    n11, minus = b.node("Sub", [ac, bd])  # re, -+im of bins h..h/2
+    n12, z = b.node("Concat", [plus, minus], axis=1)
+    n13, z2 = b.node("Mul", [z, z])
+    n14, re2 = b.node("Slice", [z2, b.ints([0]), b.ints([4]), b.ints([1]), b.ints([2])])
+    n15, im2 = b.node("Slice", [z2, b.ints([1]), b.ints([4]), b.ints([1]), b.ints([2])])
+    n16, power = b.node("Add", [re2, im2])  # [B, 2, h/2 + 1, T]
+    n17, power = b.node("Reshape", [power, b.ints([0, 2 * lo_bins, frames_t])])
+    fb = np.concatenate([bank[:, :lo_bins], bank_hi], axis=1).astype(np.float32)
+    n18, _ = b.node("MatMul", [b.const(fb, "mirrored_filterbank"), power], out=out)
+    return [*nodes, n0, n1, n2, n3, n4, n5, n6, n7, n8, n9, n10, n11, n12, n13, n14, n15, n16, n17, n18]
 
 
 def conv1d_as_conv2d(model: Any) -> int:
@@ -368,6 +539,7 @@ def optimize_for_cpu(onnx_path: str) -> tuple[bytes | None, dict[str, int]]:
         constants_to_initializers(model)
         model = onnx.shape_inference.infer_shapes(model)
         counts = {
+            "mirrored_power_mel": mirrored_power_mel(model),
             "folded_dft_conv": fold_symmetric_frame_conv(model),
             "conv1d_as_conv2d": conv1d_as_conv2d(model),
             "channel_mean_as_conv": channel_mean_as_conv(model),

@@ -17,6 +17,7 @@ from engine.graph_rewrite import (
     channel_mean_as_conv,
     conv1d_as_conv2d,
     fold_symmetric_frame_conv,
+    mirrored_power_mel,
     optimize_for_cpu,
     square_as_mul,
 )
@@ -137,7 +138,13 @@ def test_bundle_graph_is_rewritten_and_agrees(tiny_bundle: Path, tiny_model) -> 
     path = str(load_bundle(tiny_bundle).onnx_path)
     data, counts = optimize_for_cpu(path)
     assert data is not None
-    assert counts == {"folded_dft_conv": 1, "conv1d_as_conv2d": 4, "channel_mean_as_conv": 5, "square_as_mul": 5}
+    assert counts == {
+        "mirrored_power_mel": 1,
+        "folded_dft_conv": 0,
+        "conv1d_as_conv2d": 4,
+        "channel_mean_as_conv": 5,
+        "square_as_mul": 5,
+    }
     rng = np.random.default_rng(3)
     for batch in (1, 3):
         feeds = {
@@ -185,3 +192,95 @@ def test_split_into_real_and_imaginary_parts_reads_the_halves_directly() -> None
     assert not any(n.op_type == "Slice" and n.input[0] == "spec" for n in model.graph.node)
     got = _run(model, {"audio": audio})
     assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+def _log_mel_model(
+    weight: np.ndarray, samples: int, hop: int, bank: np.ndarray, square: str = "Mul"
+) -> onnx.ModelProto:
+    """audio -> frame Conv -> halves -> re^2 + im^2 -> MatMul(bank, power) -> log: the log-mel front end's graph."""
+    k = weight.shape[0] // 2
+    model = _frame_conv_model(weight, samples, hop)
+    g = model.graph
+    g.initializer.extend(
+        [
+            *(
+                numpy_helper.from_array(np.array(v, np.int64), name)
+                for name, v in (("zero", [0]), ("k", [k]), ("big", [2**63 - 1]), ("one", [1]))
+            ),
+            numpy_helper.from_array(bank.astype(np.float32), "bank"),
+            numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+            numpy_helper.from_array(np.array(1e-6, np.float32), "eps"),
+        ]
+    )
+    squares = (
+        [helper.make_node("Mul", ["re", "re"], ["re2"]), helper.make_node("Mul", ["im", "im"], ["im2"])]
+        if square == "Mul"
+        else [helper.make_node("Pow", ["re", "two"], ["re2"]), helper.make_node("Pow", ["im", "two"], ["im2"])]
+    )
+    g.node.extend(
+        [
+            helper.make_node("Slice", ["spec", "zero", "k", "one", "one"], ["re"]),
+            helper.make_node("Slice", ["spec", "k", "big", "one", "one"], ["im"]),
+            *squares,
+            helper.make_node("Add", ["re2", "im2"], ["power"]),
+            helper.make_node("MatMul", ["bank", "power"], ["mel"]),
+            helper.make_node("Add", ["mel", "eps"], ["mel_eps"]),
+            helper.make_node("Log", ["mel_eps"], ["log_mel"]),
+        ]
+    )
+    del g.output[:]
+    g.output.extend([helper.make_tensor_value_info("log_mel", TensorProto.FLOAT, None)])
+    return model
+
+
+def _bank(n_mels: int, k: int, seed: int = 0) -> np.ndarray:
+    """A sparse non-negative [n_mels, k] filterbank (triangular-filter-like support, random weights)."""
+    rng = np.random.default_rng(seed)
+    return np.abs(rng.standard_normal((n_mels, k))) * (rng.random((n_mels, k)) < 0.2)
+
+
+@pytest.mark.parametrize(
+    ("n_fft", "hop", "samples", "square"),
+    [(512, 160, 16000, "Mul"), (64, 20, 1000, "Pow"), (32, 12, 300, "Mul"), (64, 16, 64, "Mul")],
+)
+def test_mirrored_power_mel_matches_the_front_end(n_fft: int, hop: int, samples: int, square: str) -> None:
+    k = n_fft // 2 + 1
+    model = _log_mel_model(_dft_basis(n_fft), samples, hop, _bank(16, k), square)
+    rng = np.random.default_rng(n_fft)
+    audio = rng.uniform(-1, 1, (3, samples)).astype(np.float32)
+    audio[1] *= 1e-3  # quiet input: the log amplifies relative error
+    expected = _run(model, {"audio": audio})
+    assert mirrored_power_mel(model) == 1
+    ops = [n.op_type for n in model.graph.node]
+    assert "Conv" not in ops and "Pow" not in ops
+    assert ops.count("MatMul") == 2  # the DFT products and the filterbank
+    assert fold_symmetric_frame_conv(model) == 0  # nothing left for the one-level fold
+    got = _run(model, {"audio": audio})
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() <= 1e-3
+
+
+def test_mirrored_power_mel_leaves_other_front_ends_to_the_plain_fold() -> None:
+    n_fft, hop, samples = 64, 20, 1000
+    k = n_fft // 2 + 1
+    audio = np.random.default_rng(7).uniform(-1, 1, (2, samples)).astype(np.float32)
+    # bins out of frequency order: the mirror pairs are not rows k and K-1-k
+    shuffled = _dft_basis(n_fft)
+    order = np.r_[np.random.default_rng(1).permutation(k)]
+    shuffled = np.concatenate([shuffled[:k][order], shuffled[k:][order]])
+    bank = _bank(16, k)
+    model = _log_mel_model(shuffled, samples, hop, bank[:, order])
+    assert mirrored_power_mel(model) == 0
+    # the power spectrum also read elsewhere (a second graph output)
+    model = _log_mel_model(_dft_basis(n_fft), samples, hop, bank)
+    model.graph.output.extend([helper.make_tensor_value_info("power", TensorProto.FLOAT, None)])
+    assert mirrored_power_mel(model) == 0
+    # a filterbank that is an input, not a constant
+    model = _log_mel_model(_dft_basis(n_fft), samples, hop, bank)
+    model.graph.input.extend([helper.make_tensor_value_info("bank_in", TensorProto.FLOAT, [16, k])])
+    next(n for n in model.graph.node if n.op_type == "MatMul").input[0] = "bank_in"
+    assert mirrored_power_mel(model) == 0
+    expected = _run(model, {"audio": audio, "bank_in": bank.astype(np.float32)})
+    assert fold_symmetric_frame_conv(model) == 1  # ... the one-level fold still applies
+    got = _run(model, {"audio": audio, "bank_in": bank.astype(np.float32)})
+    assert np.abs(got - expected).max() <= 1e-3
