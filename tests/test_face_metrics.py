@@ -159,6 +159,12 @@ def test_frechet_distance_zero_for_same_set_and_grows_with_shift():
         assert fd == pytest.approx(s * s * 32, rel=1e-4)
     wider = fm.frechet_distance(a, rng.normal(0.0, 0.1, (300, 32)))
     assert wider > fm.frechet_distance(a, rng.normal(0.0, 0.05, (300, 32)))
+    # the two terms: a shift lands in the mean term, a wider spread in the covariance term
+    mean_term, cov_term = fm.frechet_terms(a, a + 0.1)
+    assert mean_term == pytest.approx(0.01 * 32, rel=1e-6) and cov_term == pytest.approx(0.0, abs=1e-6)
+    b = rng.normal(0.0, 0.1, (300, 32))
+    mean_term, cov_term = fm.frechet_terms(a, b)
+    assert cov_term > 5 * mean_term and mean_term + cov_term == pytest.approx(fm.frechet_distance(a, b))
 
 
 def test_frechet_distance_rank_deficient_covariances_are_finite():
@@ -212,9 +218,19 @@ def test_evaluate_embeddings_reference_figures():
     )
     assert m["identity_accuracy"] == 0.0 and m["reference"]["identity_accuracy"] == 1.0
     assert m["frechet_distance"] > 10 * m["reference"]["frechet_distance_train_vs_val"]
+    terms = m["frechet_terms"]
+    assert terms["mean"] + terms["covariance"] == pytest.approx(m["frechet_distance"])
+    assert terms["mean"] > terms["covariance"]  # the generated faces sit elsewhere more than they spread differently
+    per_id, ref_per_id = (
+        m["frechet_distance_per_identity"],
+        m["reference"]["frechet_distance_train_vs_val_per_identity"],
+    )
+    assert set(per_id) == set(ref_per_id) == {"a", "b"}
+    assert all(per_id[n] > 10 * ref_per_id[n] for n in per_id)  # each identity's faces are the other's
     assert m["diversity_ratio"] < 0.5
     assert m["detection_ratio"] == 1.0 and m["embedding_fallbacks"] == 0
-    assert "identity accuracy" in format_table(m)
+    table = format_table(m)
+    assert "identity accuracy" in table and "mean term / covariance term" in table and "Fréchet distance b" in table
 
 
 @needs_data

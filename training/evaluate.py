@@ -181,11 +181,26 @@ def evaluate_embeddings(
     gen_acc, gen_acc_per = accuracy(np.asarray(gen_emb), gen_labels)
     val_acc, val_acc_per = accuracy(np.asarray(val_emb), val_labels)
     fd = fm.frechet_distance(gen_emb, val_emb) if len(gen_emb) >= 2 and len(val_emb) >= 2 else float("nan")
+    fd_terms = fm.frechet_terms(gen_emb, val_emb) if math.isfinite(fd) else (float("nan"), float("nan"))
+    gen_emb_np, val_emb_np = np.asarray(gen_emb), np.asarray(val_emb)
+    fd_per_identity = {
+        identities[i]: fm.frechet_distance(gen_emb_np[gen_labels == i], val_emb_np[val_labels == i])
+        for i in range(k)
+        if (gen_labels == i).sum() >= 2 and (val_labels == i).sum() >= 2
+    }
     fd_ref = (
         fm.frechet_distance(train_emb, val_emb)
         if train_emb is not None and len(train_emb) >= 2 and len(val_emb) >= 2
         else float("nan")
     )
+    fd_ref_per_identity = {}
+    if train_emb is not None and train_labels is not None:
+        train_emb_np, train_labels_np = np.asarray(train_emb), np.asarray(train_labels)
+        fd_ref_per_identity = {
+            identities[i]: fm.frechet_distance(train_emb_np[train_labels_np == i], val_emb_np[val_labels == i])
+            for i in range(k)
+            if (train_labels_np == i).sum() >= 2 and (val_labels == i).sum() >= 2
+        }
     # diversity of the faces the model makes: detected faces only (a fallback embedding of a non-face is not a face)
     gen_emb_a, val_emb_a = np.asarray(gen_emb), np.asarray(val_emb)
     div = fm.diversity(
@@ -209,6 +224,8 @@ def evaluate_embeddings(
         "identities_without_centroid": [identities[i] for i in range(k) if not known[i]],
         "n_generated_scored_for_identity": int(gen_ok.sum()),
         "frechet_distance": fd,
+        "frechet_terms": {"mean": fd_terms[0], "covariance": fd_terms[1]},
+        "frechet_distance_per_identity": fd_per_identity,
         "diversity_ratio": float(np.mean(ratios)) if ratios else float("nan"),
         "diversity": {identities[i]: d for i, d in div.items()},
         "reference": {
@@ -216,6 +233,7 @@ def evaluate_embeddings(
             "identity_accuracy": val_acc,
             "identity_accuracy_per_identity": val_acc_per,
             "frechet_distance_train_vs_val": fd_ref,
+            "frechet_distance_train_vs_val_per_identity": fd_ref_per_identity,
         },
     }
     return _nan_to_none(metrics)
@@ -286,8 +304,16 @@ def format_table(metrics: dict[str, Any]) -> str:
             f(metrics.get("frechet_distance"), 4),
             f(ref.get("frechet_distance_train_vs_val"), 4) + " (train vs val)",
         ),
-        ("diversity ratio (mean)", f(metrics.get("diversity_ratio")), "1.000"),
     ]
+    terms = metrics.get("frechet_terms") or {}
+    if terms:
+        rows.append(
+            ("  mean term / covariance term", f"{f(terms.get('mean'), 4)} / {f(terms.get('covariance'), 4)}", "")
+        )
+    ref_fd = ref.get("frechet_distance_train_vs_val_per_identity") or {}
+    for name, v in (metrics.get("frechet_distance_per_identity") or {}).items():
+        rows.append((f"  Fréchet distance {name}", f(v, 4), f(ref_fd.get(name), 4) + " (train vs val)"))
+    rows.append(("diversity ratio (mean)", f(metrics.get("diversity_ratio")), "1.000"))
     for name, d in (metrics.get("diversity") or {}).items():
         rows.append((f"  diversity {name}", f(d.get("generated")), f(d.get("real"))))
     for name, v in (metrics.get("detection_ratio_per_identity") or {}).items():

@@ -371,9 +371,17 @@ def identity_accuracy(gen_emb: np.ndarray, gen_labels: np.ndarray, centroids: np
 
 
 def frechet_distance(emb_a: np.ndarray, emb_b: np.ndarray, eps: float = 1e-6) -> float:
+    """Fréchet distance between Gaussians fitted to two embedding sets; the sum of :func:`frechet_terms`."""
+    mean_term, cov_term = frechet_terms(emb_a, emb_b, eps)
+    return max(mean_term + cov_term, 0.0)
+
+
+def frechet_terms(emb_a: np.ndarray, emb_b: np.ndarray, eps: float = 1e-6) -> tuple[float, float]:
     """Fréchet distance between Gaussians fitted to two embedding sets (Heusel et al. 2017, FID formula).
 
-    ``|mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2))`` with unbiased covariances. The matrix
+    ``|mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2))`` with unbiased covariances, returned as its two
+    terms: (mean term ``|mu_a - mu_b|^2``, covariance term ``Tr(...)``); a large mean term says the sets sit
+    in different places, a large covariance term that they spread differently. The matrix
     square root is :func:`scipy.linalg.sqrtm`; when it is singular or not finite, ``eps * I`` is added
     to both covariances (as in pytorch-fid); a small imaginary part from numerical error is dropped.
     Units: squared embedding distance (dlib embeddings: same person ≈ distance < 0.6). Note the
@@ -383,7 +391,7 @@ def frechet_distance(emb_a: np.ndarray, emb_b: np.ndarray, eps: float = 1e-6) ->
         emb_a, emb_b: float [Na, D], [Nb, D] with Na, Nb >= 2.
 
     Returns:
-        the distance, >= 0 (tiny negative rounding is clipped to 0).
+        (mean term, covariance term), each >= 0 (tiny negative rounding is clipped to 0).
 
     Raises:
         ValueError: fewer than 2 rows, dimension mismatch, non-finite input, or a large imaginary part.
@@ -415,8 +423,8 @@ def frechet_distance(emb_a: np.ndarray, emb_b: np.ndarray, eps: float = 1e-6) ->
             raise ValueError(f"frechet_distance: matrix square root has a large imaginary component ({imag:.3g})")
         covmean = covmean.real
     diff = mu_a - mu_b
-    fd = float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(covmean))
-    return max(fd, 0.0)
+    cov_term = float(np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(covmean))
+    return max(float(diff @ diff), 0.0), max(cov_term, 0.0)
 
 
 def mean_pairwise_distance(embeddings: np.ndarray) -> float:
