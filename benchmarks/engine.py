@@ -5,7 +5,10 @@ can run here is timed over ``--calls`` calls after warm-up, in round-robin
 chunks so that background load hits all of them alike. Reported: p50 / p99 /
 mean latency per call (ms), per-item time, throughput, the ratio
 ``eager p50 / backend p50``, and the backend's max abs error against eager on
-the same inputs (float images in [-1, 1]).
+the same inputs (float images in [-1, 1]). With ``--repeats R`` the whole
+round robin runs R times a second apart: percentiles pool all ``R x calls``
+calls, and ``ratio_range`` (``ratio_per_repeat`` in the JSON) shows how far
+the eager/backend ratio moves between repeats on a noisy machine.
 
 "torch eager" is, when the training package is importable, the export wrapper
 :class:`training.models.wav2pix.Wav2PixInference` rebuilt from the bundle's
@@ -51,6 +54,7 @@ SPIN_IN_CALL = "onnxruntime-cpu/spin-in-call"
 IDLE_RATE_HZ = 10.0
 IDLE_CALLS = 20
 CHUNKS = 10
+REPEAT_PAUSE_S = 1.0
 
 COLUMNS = (
     "backend",
@@ -62,6 +66,7 @@ COLUMNS = (
     "per_item_ms",
     "items_per_s",
     "eager_over_this",
+    "ratio_range",
     "max_abs_err",
     "cpu_at_10hz",
     "note",
@@ -77,6 +82,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--batches", default=",".join(str(b) for b in BATCHES), help="comma-separated batch sizes (default %(default)s)"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="time every batch size this many times, --calls calls each, a second apart; percentiles pool all "
+        "calls and ratio_range gives the eager/backend p50 ratio's spread over the repeats (default %(default)s)",
     )
 
 
@@ -177,6 +189,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         )
     bundle = load_bundle(bundle_dir)
     calls = int(getattr(args, "calls", 200))
+    repeats = int(getattr(args, "repeats", 1))
+    if repeats < 1:
+        raise UserError(f"--repeats: expected >= 1, got {repeats}")
     batches = [int(b) for b in str(getattr(args, "batches", "1,32")).split(",") if b.strip()]
     wanted = [b.strip() for b in args.backends.split(",")] if getattr(args, "backends", None) else list(AUTO_ORDER)
     max_batch = max(batches)
@@ -220,7 +235,16 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             runners[name] = lambda g=gen, a=audio, z=noise: g(a, z)
             errors[name] = float(np.abs(gen.run(audio, noise) - reference).max())
         warm = 20 if batch == 1 else 5
-        times = _time_round_robin(runners, calls, warm)
+        times: dict[str, list[float]] = {name: [] for name in runners}
+        ratios: dict[str, list[float]] = {name: [] for name in runners}
+        for repeat in range(repeats):
+            if repeat:
+                time.sleep(REPEAT_PAUSE_S)
+            these = _time_round_robin(runners, calls, warm if repeat == 0 else 3)
+            p50 = {name: float(np.median(ts)) for name, ts in these.items()}
+            for name, ts in these.items():
+                times[name] += ts
+                ratios[name].append(p50["torch-eager"] / p50[name])
         eager_p50 = _percentiles(times["torch-eager"])["p50_ms"]
         paced = {name: _cpu_at_rate(fn) for name, fn in runners.items()} if batch == 1 else {}
         for name, ts in times.items():
@@ -236,6 +260,14 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "per_item_ms": stats["p50_ms"] / batch,
                     "items_per_s": batch * 1e3 / stats["mean_ms"],
                     "eager_over_this": eager_p50 / stats["p50_ms"],
+                    **(
+                        {
+                            "ratio_range": f"{min(ratios[name]):.2f}-{max(ratios[name]):.2f}",
+                            "ratio_per_repeat": [round(r, 3) for r in ratios[name]],
+                        }
+                        if repeats > 1
+                        else {}
+                    ),
                     "max_abs_err": errors[name],
                     "note": eager_note if name == "torch-eager" else _note(name, generators[name]),
                 }

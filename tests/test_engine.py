@@ -372,6 +372,28 @@ def test_bench_engine_cli(tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest
     assert data["machine"]["cpu_count"] and data["machine"]["onnxruntime"]
 
 
+def test_bench_engine_repeats_pool_calls_and_report_the_ratio_spread(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import benchmarks.engine as be
+    import run
+
+    monkeypatch.setattr(be, "REPEAT_PAUSE_S", 0.0)
+    monkeypatch.setattr(sys, "argv", ["run.py", "bench"])
+    out = tmp_path / "results.json"
+    argv = ["bench", "--only", "engine", "--bundle", str(tiny_bundle), "--out", str(out), "--calls", "4"]
+    assert run.main([*argv, "--batches", "1", "--backends", "onnxruntime-cpu", "--repeats", "3"]) == 0
+    assert "ratio_range" in capsys.readouterr().out
+    rows = [r for r in json.loads(out.read_text())["benchmarks"]["engine"]["rows"] if "p50_ms" in r]
+    assert rows and all(r["calls"] == 12 and len(r["ratio_per_repeat"]) == 3 for r in rows)
+    for r in rows:
+        low, high = (float(v) for v in r["ratio_range"].split("-"))
+        assert low == pytest.approx(min(r["ratio_per_repeat"]), abs=0.006)
+        assert high == pytest.approx(max(r["ratio_per_repeat"]), abs=0.006)
+    assert run.main([*argv, "--repeats", "0"]) != 0
+    assert "--repeats" in capsys.readouterr().err
+
+
 def test_bench_missing_default_bundle_is_clear(monkeypatch: pytest.MonkeyPatch, capsys, tmp_path: Path) -> None:
     import benchmarks.engine as be
     import run
