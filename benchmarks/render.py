@@ -19,6 +19,8 @@ Per row: wall seconds, real-time factor, CPU seconds of the whole process (all t
 wall time, hardly affected by other processes' load), images generated, and milliseconds per stage
 (generator per image, computed in a worker thread while the main thread draws and encodes;
 main-thread waits for it, scene draw and H.264 encode per frame; other = decode, VAD, AAC audio, loop).
+With ``--render-repeats R`` the cases take turns R times; each row is the case's median render
+(by real-time factor) and ``rtf_range`` the spread of its R renders.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ COLUMNS = (
     "generated",
     "wall_s",
     "rtf",
+    "rtf_range",
     "cpu_s",
     "gen_ms_per_image",
     "gen_wait_ms_per_frame",
@@ -65,6 +68,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--render-cases", default=",".join(CASES), help=f"comma-separated, from {', '.join(CASES)} (default: all)"
+    )
+    parser.add_argument(
+        "--render-repeats",
+        type=int,
+        default=1,
+        help="render every case this many times, cases taking turns; each row is the case's median render, "
+        "rtf_range the spread (default %(default)s)",
     )
 
 
@@ -108,11 +118,17 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         from engine.errors import UserError
 
         raise UserError(f"--render-cases: unknown case {unknown[0]!r} (choose from {', '.join(CASES)})")
+    repeats = int(getattr(args, "render_repeats", 1))
+    if repeats < 1:
+        from engine.errors import UserError
+
+        raise UserError(f"--render-repeats: expected >= 1, got {repeats}")
     bundle = Path(getattr(args, "bundle", None) or DEFAULT_BUNDLE)
     started = time.perf_counter()
     gen = Generator(bundle, backend="auto", max_batch=32)
     load_s = time.perf_counter() - started
-    rows: list[dict[str, Any]] = []
+    runs: dict[str, list[dict[str, Any]]] = {case: [] for case in cases}
+    source = ""
     try:
         audio, source = speech_clip(seconds, gen.sample_rate)
         with tempfile.TemporaryDirectory(prefix="avgan-bench-render-") as tmp:
@@ -120,7 +136,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             silence = Path(tmp) / "silence.flac"
             sf.write(str(speech), audio, gen.sample_rate)
             sf.write(str(silence), np.zeros_like(audio), gen.sample_rate)
-            for case in cases:
+            for case in [c for _ in range(repeats) for c in cases]:
                 params = PRESETS["default"]
                 kwargs: dict[str, Any] = {}
                 if case == "gen-10hz":  # the live presets' rate: generate at 10 Hz, crossfade in between
@@ -144,7 +160,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 t = stats.timings
                 # Main-thread stages; "generate" runs in a worker thread, overlapped ("generate_wait": main thread waits).
                 other = stats.wall_s - sum(t.get(k, 0.0) for k in ("load", "generate_wait", "draw", "encode"))
-                rows.append(
+                runs[case].append(
                     {
                         "case": case,
                         "input_s": round(stats.duration_s, 2),
@@ -161,12 +177,22 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                         "encode_ms_per_frame": round(1000 * t.get("encode", 0.0) / stats.frames, 3),
                         "other_ms_per_frame": round(1000 * other / stats.frames, 3),
                         "backend": stats.backend,
-                        "note": f"{SIZE}x{SIZE} {FPS} fps, bundle {bundle.name}, {source}; model load {load_s:.1f} s"
-                        if not rows
-                        else None,
                     }
                 )
                 log.info("render benchmark %s: %.1fx real time", case, stats.realtime_factor)
     finally:
         gen.close()
+    rows = []
+    for done in runs.values():
+        row = sorted(done, key=lambda r: r["rtf"])[(len(done) - 1) // 2]  # the median render (lower middle)
+        if repeats > 1:
+            rtfs = [r["rtf"] for r in done]
+            row = {**row, "rtf_range": f"{min(rtfs):.1f}-{max(rtfs):.1f}", "rtf_per_repeat": rtfs}
+        row["note"] = (
+            f"{SIZE}x{SIZE} {FPS} fps, bundle {bundle.name}, {source}; model load {load_s:.1f} s"
+            + (f"; median of {repeats} renders" if repeats > 1 else "")
+            if not rows
+            else None
+        )
+        rows.append(row)
     return rows

@@ -16,6 +16,8 @@ from installation.render import (
     ImageEMA,
     NoiseDrift,
     RenderParams,
+    _VideoWriter,
+    encoder_threads,
     frame_end_samples,
     render,
     slerp,
@@ -302,3 +304,36 @@ def test_image_ema_time_constant() -> None:
     assert abs(int(ema.update(white, 0.1)[0, 0, 0]) - round(200 * (1 - np.exp(-1)))) <= 1
     ema.reset()
     assert (ema.update(white, 0.1) == 200).all()
+
+
+def test_encoder_threads_leave_two_cores_to_the_generator_and_the_main_thread(tmp_path: Path) -> None:
+    assert [encoder_threads(n) for n in (1, 2, 3, 16)] == [1, 1, 1, 14]
+    assert encoder_threads() >= 1
+    writer = _VideoWriter(tmp_path / "x.mp4", 64, Fraction(30), "ultrafast", 20, threads=1)
+    assert writer.stream.options["threads"] == "1"
+    for i in range(3):
+        writer.write(np.full((64, 64, 3), 40 * i, np.uint8))
+    writer.close()
+    with av.open(str(tmp_path / "x.mp4")) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 3
+
+
+def test_render_bench_repeats_report_the_median_render_and_the_spread(tiny_bundle: Path) -> None:
+    import argparse
+
+    import benchmarks.render as br
+    from engine.errors import UserError
+
+    args = argparse.Namespace(bundle=str(tiny_bundle), render_seconds=1.0, render_cases="silence,default")
+    rows = br.run(argparse.Namespace(**vars(args), render_repeats=3))
+    assert [r["case"] for r in rows] == ["silence", "default"]
+    for r in rows:
+        rtfs = r["rtf_per_repeat"]
+        assert len(rtfs) == 3 and r["rtf"] == sorted(rtfs)[1]
+        assert r["rtf_range"] == f"{min(rtfs):.1f}-{max(rtfs):.1f}"
+    assert "median of 3 renders" in rows[0]["note"] and rows[1]["note"] is None
+    assert rows[1]["generated"] > 0 and rows[0]["generated"] == 0
+    single = br.run(argparse.Namespace(**vars(args), render_repeats=1))
+    assert "rtf_range" not in single[0]
+    with pytest.raises(UserError, match="--render-repeats"):
+        br.run(argparse.Namespace(**vars(args), render_repeats=0))
