@@ -291,6 +291,8 @@ def _power_to_mel(graph: Any, conv: Any, k: int, consts: dict) -> tuple[list[Any
     add = only_user(squares[0].output[0])
     if add is None or add.op_type != "Add" or sorted(add.input) != sorted(sq.output[0] for sq in squares):
         return None
+    if only_user(squares[1].output[0]) is not add:
+        return None
     mel = only_user(add.output[0])
     if mel is None or mel.op_type != "MatMul" or mel.input[1] != add.output[0] or mel.input[0] not in consts:
         return None

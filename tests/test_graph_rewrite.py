@@ -275,6 +275,10 @@ def test_mirrored_power_mel_leaves_other_front_ends_to_the_plain_fold() -> None:
     model = _log_mel_model(_dft_basis(n_fft), samples, hop, bank)
     model.graph.output.extend([helper.make_tensor_value_info("power", TensorProto.FLOAT, None)])
     assert mirrored_power_mel(model) == 0
+    # one of the squares also read elsewhere
+    model = _log_mel_model(_dft_basis(n_fft), samples, hop, bank)
+    model.graph.output.extend([helper.make_tensor_value_info("im2", TensorProto.FLOAT, None)])
+    assert mirrored_power_mel(model) == 0
     # a filterbank that is an input, not a constant
     model = _log_mel_model(_dft_basis(n_fft), samples, hop, bank)
     model.graph.input.extend([helper.make_tensor_value_info("bank_in", TensorProto.FLOAT, [16, k])])
