@@ -93,6 +93,7 @@ class _Builder:
 
     def __init__(self, graph: Any, prefix: str) -> None:
         self.graph, self.prefix, self.n = graph, prefix, 0
+        self.nodes: list[Any] = []  # what :meth:`emit` made, in order
 
     def name(self, tag: str) -> str:
         self.n += 1
@@ -113,6 +114,12 @@ class _Builder:
 
         out = out or self.name(op.lower())
         return helper.make_node(op, inputs, [out], name=self.name(op), **attrs), out
+
+    def emit(self, op: str, inputs: list[str], out: str | None = None, **attrs: Any) -> str:
+        """:meth:`node`, appended to :attr:`nodes`; returns the output name."""
+        node, out = self.node(op, inputs, out, **attrs)
+        self.nodes.append(node)
+        return out
 
 
 def fold_symmetric_frame_conv(model: Any) -> int:
@@ -189,30 +196,24 @@ def _match_frame_conv(graph: Any, node: Any, consts: dict, producers: dict) -> t
     return w2, int(a.get("strides", [1])[0]), int(dims[1]), unsq.input[0]
 
 
-def _frame_nodes(b: _Builder, x: str, sig: int, n_fft: int, hop: int) -> tuple[list[Any], str, int]:
-    """Nodes that cut ``x [B, sig]`` into frames ``[B, n_fft, T]`` (frames as columns) with hop ``hop``; returns
-    (nodes, frames name, T). Built from hop-sized chunks with Reshape/Transpose/Slice/Concat (block copies)."""
+def _frame_nodes(b: _Builder, x: str, sig: int, n_fft: int, hop: int) -> tuple[str, int]:
+    """Emit nodes that cut ``x [B, sig]`` into frames ``[B, n_fft, T]`` (frames as columns) with hop ``hop``;
+    returns (frames name, T). Built from hop-sized chunks with Reshape/Transpose/Slice/Concat (block copies)."""
     frames_t = 1 + (sig - n_fft) // hop
     full, rem = divmod(n_fft, hop)
     chunks = frames_t + full - (0 if rem else 1)
     need = chunks * hop
-    nodes: list[Any] = []
     if need > sig:
-        n0, x = b.node("Pad", [x, b.ints([0, 0, 0, need - sig])], mode="constant")
+        x = b.emit("Pad", [x, b.ints([0, 0, 0, need - sig])], mode="constant")
     else:
-        n0, x = b.node("Slice", [x, b.ints([0]), b.ints([need]), b.ints([1])])
-    nodes.append(n0)
-    n1, c = b.node("Reshape", [x, b.ints([-1, chunks, hop])])
-    n1t, ct = b.node("Transpose", [c], perm=[0, 2, 1])  # [B, H, chunks]: frames are built as columns
-    nodes += [n1, n1t]
-    parts = []
-    for i in range(full + (1 if rem else 0)):
-        width = hop if i < full else rem
-        ni, p = b.node("Slice", [ct, b.ints([0, i]), b.ints([width, i + frames_t]), b.ints([1, 2])])
-        nodes.append(ni)
-        parts.append(p)
-    n2, frames = b.node("Concat", parts, axis=1)  # [B, N, T]
-    return [*nodes, n2], frames, frames_t
+        x = b.emit("Slice", [x, b.ints([0]), b.ints([need]), b.ints([1])])
+    c = b.emit("Reshape", [x, b.ints([-1, chunks, hop])])
+    ct = b.emit("Transpose", [c], perm=[0, 2, 1])  # [B, H, chunks]: frames are built as columns
+    parts = [
+        b.emit("Slice", [ct, b.ints([0, i]), b.ints([hop if i < full else rem, i + frames_t]), b.ints([1, 2])])
+        for i in range(full + (1 if rem else 0))
+    ]
+    return b.emit("Concat", parts, axis=1), frames_t  # [B, N, T]
 
 
 def _fold_one(graph: Any, node: Any, consts: dict, producers: dict) -> tuple[list[Any], str, str, int] | None:
@@ -224,17 +225,16 @@ def _fold_one(graph: Any, node: Any, consts: dict, producers: dict) -> tuple[lis
     k, n_fft = w2.shape[0] // 2, w2.shape[1]
     h = n_fft // 2
     b = _Builder(graph, node.name or "dft")
-    nodes, frames, _ = _frame_nodes(b, x, sig, n_fft, hop)
-    n3, lo = b.node("Slice", [frames, b.ints([1]), b.ints([h]), b.ints([1])])  # x[1 .. h-1]
-    n4, hi = b.node("Slice", [frames, b.ints([n_fft - 1]), b.ints([h]), b.ints([1]), b.ints([-1])])  # x[N-1 .. h+1]
-    n5, mid = b.node("Slice", [frames, b.ints([h]), b.ints([h + 1]), b.ints([1])])  # x[h]
-    n6, even = b.node("Add", [lo, hi])
-    n7, even = b.node("Concat", [even, mid], axis=1)  # [B, h, T]
-    n8, odd = b.node("Sub", [lo, hi])  # [B, h-1, T]
-    n9, re = b.node("MatMul", [b.const(w2[:k, 1 : h + 1].astype(np.float32), "even_rows"), even])  # [B, K, T]
-    n10, im = b.node("MatMul", [b.const(w2[k:, 1:h].astype(np.float32), "odd_rows"), odd])  # [B, K, T]
-    n11, _ = b.node("Concat", [re, im], out=node.output[0], axis=1)  # [B, 2K, T]
-    return [*nodes, n3, n4, n5, n6, n7, n8, n9, n10, n11], re, im, k
+    frames, _ = _frame_nodes(b, x, sig, n_fft, hop)
+    lo = b.emit("Slice", [frames, b.ints([1]), b.ints([h]), b.ints([1])])  # x[1 .. h-1]
+    hi = b.emit("Slice", [frames, b.ints([n_fft - 1]), b.ints([h]), b.ints([1]), b.ints([-1])])  # x[N-1 .. h+1]
+    mid = b.emit("Slice", [frames, b.ints([h]), b.ints([h + 1]), b.ints([1])])  # x[h]
+    even = b.emit("Concat", [b.emit("Add", [lo, hi]), mid], axis=1)  # [B, h, T]
+    odd = b.emit("Sub", [lo, hi])  # [B, h-1, T]
+    re = b.emit("MatMul", [b.const(w2[:k, 1 : h + 1].astype(np.float32), "even_rows"), even])  # [B, K, T]
+    im = b.emit("MatMul", [b.const(w2[k:, 1:h].astype(np.float32), "odd_rows"), odd])  # [B, K, T]
+    b.emit("Concat", [re, im], out=node.output[0], axis=1)  # [B, 2K, T]
+    return b.nodes, re, im, k
 
 
 def _half_slice(node: Any, source: str, k: int, consts: dict) -> int | None:
@@ -282,16 +282,15 @@ def _power_to_mel(graph: Any, conv: Any, k: int, consts: dict) -> tuple[list[Any
     slices = users.get(conv.output[0], [])
     if len(slices) != 2 or conv.output[0] in outputs:
         return None
-    halves = sorted(slices, key=lambda n: _half_slice(n, conv.output[0], k, consts) or 0)
-    if [_half_slice(n, conv.output[0], k, consts) for n in halves] != [0, 1]:
+    by_half = {_half_slice(n, conv.output[0], k, consts): n for n in slices}
+    if set(by_half) != {0, 1}:
         return None
+    halves = [by_half[0], by_half[1]]
     squares = [only_user(n.output[0]) for n in halves]
     if any(sq is None or _square_of(sq, consts) != half.output[0] for sq, half in zip(squares, halves)):
         return None
-    add = only_user(squares[0].output[0])
-    if add is None or add.op_type != "Add" or sorted(add.input) != sorted(sq.output[0] for sq in squares):
-        return None
-    if only_user(squares[1].output[0]) is not add:
+    add = only_user(squares[0].output[0])  # the one reader of both squares: Add(re^2, im^2)
+    if add is None or add.op_type != "Add" or only_user(squares[1].output[0]) is not add:
         return None
     mel = only_user(add.output[0])
     if mel is None or mel.op_type != "MatMul" or mel.input[1] != add.output[0] or mel.input[0] not in consts:
@@ -366,30 +365,30 @@ def _mirrored_nodes(
     bank_hi = bank[:, h - np.arange(lo_bins)].copy()  # product row i of the mirrored half is bin h - i
     bank_hi[:, -1] = 0.0  # bin h/2 is in both halves; count it once
     b = _Builder(graph, node.name or "dft")
-    nodes, frames, frames_t = _frame_nodes(b, x, sig, n_fft, hop)
+    frames, frames_t = _frame_nodes(b, x, sig, n_fft, hop)
     perm = np.r_[n_even, n_odd, n_fft - n_even, n_fft - n_odd]
-    n0, fp = b.node("Gather", [frames, b.ints(list(perm))], axis=1)  # [B, 2h, T]: x[n] rows, then x[N - n] rows
-    n1, p = b.node("Slice", [fp, b.ints([0]), b.ints([h]), b.ints([1])])
-    n2, r = b.node("Slice", [fp, b.ints([h]), b.ints([2 * h]), b.ints([1])])
-    n3, even = b.node("Add", [p, r])  # x[n] + x[N - n], n even then odd
-    n4, odd = b.node("Sub", [p, r])  # x[n] - x[N - n]
-    n5, eo = b.node("Concat", [even, odd], axis=1)
-    n6, xs = b.node("Reshape", [eo, b.ints([0, 4, q, frames_t])])  # [B, 4, h/2, T]
+    fp = b.emit("Gather", [frames, b.ints(list(perm))], axis=1)  # [B, 2h, T]: x[n] rows, then x[N - n] rows
+    p = b.emit("Slice", [fp, b.ints([0]), b.ints([h]), b.ints([1])])
+    r = b.emit("Slice", [fp, b.ints([h]), b.ints([2 * h]), b.ints([1])])
+    even = b.emit("Add", [p, r])  # x[n] + x[N - n], n even then odd
+    odd = b.emit("Sub", [p, r])  # x[n] - x[N - n]
+    xs = b.emit("Reshape", [b.emit("Concat", [even, odd], axis=1), b.ints([0, 4, q, frames_t])])  # [B, 4, h/2, T]
     weights = np.stack([w_a, w_b, w_c, w_d]).astype(np.float32)  # [4, h/2 + 1, h/2]
-    n7, y = b.node("MatMul", [b.const(weights, "mirrored_rows"), xs])  # [B, 4, h/2 + 1, T]: A, B, C, D
-    n8, ac = b.node("Slice", [y, b.ints([0]), b.ints([4]), b.ints([1]), b.ints([2])])
-    n9, bd = b.node("Slice", [y, b.ints([1]), b.ints([4]), b.ints([1]), b.ints([2])])
-    n10, plus = b.node("Add", [ac, bd])  # re, im of bins 0..h/2
-    n11, minus = b.node("Sub", [ac, bd])  # re, -+im of bins h..h/2
-    n12, z = b.node("Concat", [plus, minus], axis=1)
-    n13, z2 = b.node("Mul", [z, z])
-    n14, re2 = b.node("Slice", [z2, b.ints([0]), b.ints([4]), b.ints([1]), b.ints([2])])
-    n15, im2 = b.node("Slice", [z2, b.ints([1]), b.ints([4]), b.ints([1]), b.ints([2])])
-    n16, power = b.node("Add", [re2, im2])  # [B, 2, h/2 + 1, T]
-    n17, power = b.node("Reshape", [power, b.ints([0, 2 * lo_bins, frames_t])])
+    y = b.emit("MatMul", [b.const(weights, "mirrored_rows"), xs])  # [B, 4, h/2 + 1, T]: A, B, C, D
+
+    def every_other(t: str, first: int) -> str:  # rows first, first + 2 of axis 1
+        return b.emit("Slice", [t, b.ints([first]), b.ints([4]), b.ints([1]), b.ints([2])])
+
+    ac, bd = every_other(y, 0), every_other(y, 1)
+    plus = b.emit("Add", [ac, bd])  # re, im of bins 0..h/2
+    minus = b.emit("Sub", [ac, bd])  # re, -+im of bins h..h/2
+    z = b.emit("Concat", [plus, minus], axis=1)
+    z2 = b.emit("Mul", [z, z])
+    power = b.emit("Add", [every_other(z2, 0), every_other(z2, 1)])  # re^2 + im^2: [B, 2, h/2 + 1, T]
+    power = b.emit("Reshape", [power, b.ints([0, 2 * lo_bins, frames_t])])
     fb = np.concatenate([bank[:, :lo_bins], bank_hi], axis=1).astype(np.float32)
-    n18, _ = b.node("MatMul", [b.const(fb, "mirrored_filterbank"), power], out=out)
-    return [*nodes, n0, n1, n2, n3, n4, n5, n6, n7, n8, n9, n10, n11, n12, n13, n14, n15, n16, n17, n18]
+    b.emit("MatMul", [b.const(fb, "mirrored_filterbank"), power], out=out)
+    return b.nodes
 
 
 def conv1d_as_conv2d(model: Any) -> int:
@@ -467,9 +466,8 @@ def square_as_mul(model: Any) -> int:
     consts = _constants(graph)
     count = 0
     for i, node in enumerate(graph.node):
-        exponent = consts.get(node.input[1]) if node.op_type == "Pow" and len(node.input) == 2 else None
-        if exponent is not None and exponent.size == 1 and float(exponent.reshape(())) == 2.0:
-            x = node.input[0]
+        x = _square_of(node, consts) if node.op_type == "Pow" else None
+        if x is not None:
             graph.node[i].CopyFrom(helper.make_node("Mul", [x, x], list(node.output), name=node.name))
             count += 1
     return count

@@ -165,39 +165,8 @@ def test_unreadable_graph_costs_only_the_rewrite(tmp_path: Path, caplog: pytest.
     assert "model.onnx" in caplog.text and "skipped" in caplog.text
 
 
-def test_split_into_real_and_imaginary_parts_reads_the_halves_directly() -> None:
-    n_fft, hop, samples, k = 64, 20, 1000, 33
-    model = _frame_conv_model(_dft_basis(n_fft), samples, hop)
-    g = model.graph
-    g.initializer.extend(
-        numpy_helper.from_array(np.array(v, np.int64), name)
-        for name, v in (("zero", [0]), ("k", [k]), ("big", [2**63 - 1]), ("one", [1]))
-    )
-    g.node.extend(
-        [
-            helper.make_node("Slice", ["spec", "zero", "k", "one", "one"], ["re"]),
-            helper.make_node("Slice", ["spec", "k", "big", "one", "one"], ["im"]),
-            helper.make_node("Mul", ["re", "re"], ["re2"]),
-            helper.make_node("Mul", ["im", "im"], ["im2"]),
-            helper.make_node("Add", ["re2", "im2"], ["power"]),
-        ]
-    )
-    del g.output[:]
-    g.output.extend([helper.make_tensor_value_info("power", TensorProto.FLOAT, None)])
-    audio = np.random.default_rng(5).uniform(-1, 1, (2, samples)).astype(np.float32)
-    expected = _run(model, {"audio": audio})
-    assert fold_symmetric_frame_conv(model) == 1
-    ops = [n.op_type for n in model.graph.node]
-    assert ops.count("Identity") == 2
-    assert not any(n.op_type == "Slice" and n.input[0] == "spec" for n in model.graph.node)
-    got = _run(model, {"audio": audio})
-    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
-
-
-def _log_mel_model(
-    weight: np.ndarray, samples: int, hop: int, bank: np.ndarray, square: str = "Mul"
-) -> onnx.ModelProto:
-    """audio -> frame Conv -> halves -> re^2 + im^2 -> MatMul(bank, power) -> log: the log-mel front end's graph."""
+def _power_model(weight: np.ndarray, samples: int, hop: int, square: str = "Mul") -> onnx.ModelProto:
+    """audio -> frame Conv -> Slice into halves (re, im) -> re^2 + im^2 -> output ``power``."""
     k = weight.shape[0] // 2
     model = _frame_conv_model(weight, samples, hop)
     g = model.graph
@@ -207,9 +176,7 @@ def _log_mel_model(
                 numpy_helper.from_array(np.array(v, np.int64), name)
                 for name, v in (("zero", [0]), ("k", [k]), ("big", [2**63 - 1]), ("one", [1]))
             ),
-            numpy_helper.from_array(bank.astype(np.float32), "bank"),
             numpy_helper.from_array(np.array(2.0, np.float32), "two"),
-            numpy_helper.from_array(np.array(1e-6, np.float32), "eps"),
         ]
     )
     squares = (
@@ -223,6 +190,40 @@ def _log_mel_model(
             helper.make_node("Slice", ["spec", "k", "big", "one", "one"], ["im"]),
             *squares,
             helper.make_node("Add", ["re2", "im2"], ["power"]),
+        ]
+    )
+    del g.output[:]
+    g.output.extend([helper.make_tensor_value_info("power", TensorProto.FLOAT, None)])
+    return model
+
+
+def test_split_into_real_and_imaginary_parts_reads_the_halves_directly() -> None:
+    n_fft, hop, samples = 64, 20, 1000
+    model = _power_model(_dft_basis(n_fft), samples, hop)
+    audio = np.random.default_rng(5).uniform(-1, 1, (2, samples)).astype(np.float32)
+    expected = _run(model, {"audio": audio})
+    assert fold_symmetric_frame_conv(model) == 1
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("Identity") == 2
+    assert not any(n.op_type == "Slice" and n.input[0] == "spec" for n in model.graph.node)
+    got = _run(model, {"audio": audio})
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+def _log_mel_model(
+    weight: np.ndarray, samples: int, hop: int, bank: np.ndarray, square: str = "Mul"
+) -> onnx.ModelProto:
+    """:func:`_power_model` -> MatMul(bank, power) -> log: the log-mel front end's graph, output ``log_mel``."""
+    model = _power_model(weight, samples, hop, square)
+    g = model.graph
+    g.initializer.extend(
+        [
+            numpy_helper.from_array(bank.astype(np.float32), "bank"),
+            numpy_helper.from_array(np.array(1e-6, np.float32), "eps"),
+        ]
+    )
+    g.node.extend(
+        [
             helper.make_node("MatMul", ["bank", "power"], ["mel"]),
             helper.make_node("Add", ["mel", "eps"], ["mel_eps"]),
             helper.make_node("Log", ["mel_eps"], ["log_mel"]),

@@ -178,33 +178,28 @@ def evaluate_embeddings(
         hits = (dist.argmin(axis=1) == labels[ok]).astype(np.float64)
         return float(hits.mean()), per_identity(hits, labels[ok])
 
-    gen_acc, gen_acc_per = accuracy(np.asarray(gen_emb), gen_labels)
-    val_acc, val_acc_per = accuracy(np.asarray(val_emb), val_labels)
-    fd = fm.frechet_distance(gen_emb, val_emb) if len(gen_emb) >= 2 and len(val_emb) >= 2 else float("nan")
-    fd_terms = fm.frechet_terms(gen_emb, val_emb) if math.isfinite(fd) else (float("nan"), float("nan"))
-    gen_emb_np, val_emb_np = np.asarray(gen_emb), np.asarray(val_emb)
-    fd_per_identity = {
-        identities[i]: fm.frechet_distance(gen_emb_np[gen_labels == i], val_emb_np[val_labels == i])
-        for i in range(k)
-        if (gen_labels == i).sum() >= 2 and (val_labels == i).sum() >= 2
-    }
-    fd_ref = (
-        fm.frechet_distance(train_emb, val_emb)
-        if train_emb is not None and len(train_emb) >= 2 and len(val_emb) >= 2
-        else float("nan")
-    )
-    fd_ref_per_identity = {}
-    if train_emb is not None and train_labels is not None:
-        train_emb_np, train_labels_np = np.asarray(train_emb), np.asarray(train_labels)
-        fd_ref_per_identity = {
-            identities[i]: fm.frechet_distance(train_emb_np[train_labels_np == i], val_emb_np[val_labels == i])
+    gen_emb, val_emb = np.asarray(gen_emb), np.asarray(val_emb)
+    gen_acc, gen_acc_per = accuracy(gen_emb, gen_labels)
+    val_acc, val_acc_per = accuracy(val_emb, val_labels)
+
+    def fd_per_identity(emb: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        """Fréchet distance of each identity's ``emb`` to its real validation faces (identities with >= 2 of each)."""
+        return {
+            identities[i]: fm.frechet_distance(emb[labels == i], val_emb[val_labels == i])
             for i in range(k)
-            if (train_labels_np == i).sum() >= 2 and (val_labels == i).sum() >= 2
+            if (labels == i).sum() >= 2 and (val_labels == i).sum() >= 2
         }
+
+    fd_terms = fm.frechet_terms(gen_emb, val_emb) if len(gen_emb) >= 2 and len(val_emb) >= 2 else (math.nan, math.nan)
+    fd = sum(fd_terms)
+    fd_ref, fd_ref_per_identity = float("nan"), {}
+    if train_emb is not None and len(train_emb) >= 2 and len(val_emb) >= 2:
+        fd_ref = fm.frechet_distance(train_emb, val_emb)
+        if train_labels is not None:
+            fd_ref_per_identity = fd_per_identity(np.asarray(train_emb), np.asarray(train_labels))
     # diversity of the faces the model makes: detected faces only (a fallback embedding of a non-face is not a face)
-    gen_emb_a, val_emb_a = np.asarray(gen_emb), np.asarray(val_emb)
     div = fm.diversity(
-        gen_emb_a[gen_detected], gen_labels[gen_detected], val_emb_a[val_detected], val_labels[val_detected], k
+        gen_emb[gen_detected], gen_labels[gen_detected], val_emb[val_detected], val_labels[val_detected], k
     )
     for i, d in div.items():
         d["n_generated_faces"] = int((gen_detected & (gen_labels == i)).sum())
@@ -225,7 +220,7 @@ def evaluate_embeddings(
         "n_generated_scored_for_identity": int(gen_ok.sum()),
         "frechet_distance": fd,
         "frechet_terms": {"mean": fd_terms[0], "covariance": fd_terms[1]},
-        "frechet_distance_per_identity": fd_per_identity,
+        "frechet_distance_per_identity": fd_per_identity(gen_emb, gen_labels),
         "diversity_ratio": float(np.mean(ratios)) if ratios else float("nan"),
         "diversity": {identities[i]: d for i, d in div.items()},
         "reference": {
