@@ -154,3 +154,93 @@ def test_resume_from_an_older_checkpoint_sets_later_log_records_aside(tmp_path, 
     assert steps == [1, 2, 3, 4]  # no duplicates
     aside = [json.loads(x)["step"] for x in (out / "log.discarded-after-step-2.jsonl").read_text().splitlines()]
     assert aside == [3, 4]
+
+
+def test_widen_from_keeps_the_images_and_rejects_unmappable_widths():
+    """Net2WiderNet (Chen et al. 2016): each 16-channel stage copied twice gives the old images; noise on the
+    copies' incoming weights breaks their symmetry; widths that are no integer multiple are refused."""
+    import dataclasses
+
+    from training.models import wav2pix
+
+    cfg = config_from_dict(tiny_config_dict())
+    torch.manual_seed(0)
+    old, _ = wav2pix.build(cfg.audio, cfg.model, 2)
+    wide_model = dataclasses.replace(cfg.model, g_min_channels=32)  # 32,16,16,16,16 -> 32,32,32,32,32
+    wide, _ = wav2pix.build(cfg.audio, wide_model, 2)
+    assert wav2pix._stage_widths(wide.generator) == [32, 32, 32, 32, 32]
+    audio = 0.1 * torch.randn(3, 16000, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(3, cfg.model.noise_dim, generator=torch.Generator().manual_seed(2))
+    old.eval()
+    with torch.no_grad():
+        ref = old(audio, noise)
+    wav2pix.widen_from(wide, old, noise_std=0.0)
+    for mode in (False, True):  # eval, and train mode (one power iteration from the exact singular vectors)
+        wide.train(mode)
+        with torch.no_grad():
+            assert (wide(audio, noise) - ref).abs().max() < 1e-4
+    conv = [m for m in wide.generator.blocks if isinstance(m, torch.nn.Conv2d)][-1]
+    w = conv.parametrizations.weight.original
+    assert torch.equal(w[:16], w[16:])  # without noise the copies are identical
+    wav2pix.widen_from(wide, old, noise_std=0.05, seed=3)
+    assert not torch.equal(w[:16], w[16:])
+    wide.eval()
+    with torch.no_grad():
+        diff = (wide(audio, noise) - ref).abs().mean()
+    assert 0 < diff < 0.1
+    # the moving average and the trained weights get the same noise for the same seed
+    twin, _ = wav2pix.build(cfg.audio, wide_model, 2)
+    wav2pix.widen_from(twin, old, noise_std=0.05, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(twin.state_dict().values(), wide.state_dict().values()))
+
+    odd, _ = wav2pix.build(cfg.audio, dataclasses.replace(cfg.model, g_min_channels=24), 2)
+    with pytest.raises(ValueError, match="stage 1: 16 -> 24 channels"):
+        wav2pix.widen_from(odd, old)
+    with pytest.raises(ValueError, match="stage 1: 32 -> 16"):
+        wav2pix.widen_from(old, wide)
+    other, _ = wav2pix.build(cfg.audio, dataclasses.replace(wide_model, embedding_dim=8), 2)
+    with pytest.raises(ValueError, match="encoder"):
+        wav2pix.widen_from(other, old)
+
+
+def test_init_from_a_narrower_run_continues_its_step_count(tmp_path, dataset, monkeypatch):
+    """``run.py train --init-from``: a new run folder grows from another run's checkpoint."""
+    monkeypatch.setenv("AVGAN_CACHE", str(tmp_path / "cache"))
+    base = tmp_path / "base"
+    train(config_from_dict(tiny_config_dict(steps=2)), [str(dataset)], base)
+    src = latest_checkpoint(base)
+    wide_dict = tiny_config_dict(steps=4)
+    wide_dict["model"]["g_min_channels"] = 32
+    out = tmp_path / "wide"
+    train(config_from_dict(wide_dict), [str(dataset)], out, init_from=src)
+    records = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [3, 4]
+    with safe_open(str(src), "pt") as a, safe_open(str(latest_checkpoint(out)), "pt") as b:
+        assert b.metadata()["step"] == "4"
+        assert (
+            b.get_tensor("G.generator.to_rgb.weight").shape[1] == 2 * a.get_tensor("G.generator.to_rgb.weight").shape[1]
+        )
+    net, cfg, _, info = load_run(out)
+    assert cfg.model.g_min_channels == 32 and info["step"] == 4
+    # a resumed init-from run just continues; a discriminator of another width is refused, naming it
+    train(
+        config_from_dict({**wide_dict, "train": {**wide_dict["train"], "steps": 6}}),
+        [str(dataset)],
+        out,
+        resume=True,
+        init_from=src,
+    )
+    assert latest_checkpoint(out).name == "step-0000006.safetensors"
+    bad = tiny_config_dict(steps=4)
+    bad["model"]["d_channels"] = 16
+    with pytest.raises(UserError, match="discriminator does not match"):
+        train(config_from_dict(bad), [str(dataset)], tmp_path / "bad", init_from=src)
+
+
+def test_model_config_rejects_non_positive_widths():
+    from engine.configs import ConfigError
+
+    bad = tiny_config_dict()
+    bad["model"]["g_min_channels"] = 0
+    with pytest.raises(ConfigError, match="model.g_min_channels"):
+        config_from_dict(bad)

@@ -42,6 +42,8 @@ class ModelConfig:
     front_end: 'raw' = SEGAN-discriminator-style strided 1-D convolutions on the
     waveform; 'mel' = log-mel spectrogram (n_fft/hop/n_mels in samples/bins).
     image_size: output side in pixels (64 or 128).
+    g_channels: generator width at 4x4; it halves at each x2 upsampling down to ``g_min_channels``
+    (e.g. 128 / 16 gives 128, 64, 32, 16, 16 channels at 4, 8, 16, 32, 64 px).
     d_twin_classifier: give the discriminator a second identity head trained on generated faces
     (TAC-GAN, Gong et al., "Twin Auxiliary Classifiers GAN", NeurIPS 2019); the generator's AC term then
     becomes CE(real-trained head) - CE(twin head), so identity cues that only fakes carry stop paying off.
@@ -56,10 +58,16 @@ class ModelConfig:
     noise_dim: int = 128
     image_size: Literal[64, 128] = 64
     g_channels: int = 256
+    g_min_channels: int = 16
     d_channels: int = 32
     encoder_channels: int = 128
     spectral_norm_g: bool = True
     d_twin_classifier: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("g_channels", "g_min_channels", "d_channels", "encoder_channels", "embedding_dim", "noise_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name}: expected a positive number of channels, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

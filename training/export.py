@@ -204,8 +204,8 @@ def _training_md(cfg: Config, training: dict[str, Any], export: dict[str, Any], 
     m = cfg.model
     lines += ["", "## Model", ""]
     lines.append(
-        f"- {m.family}, front end {m.front_end}, {m.image_size} px, g_channels {m.g_channels}, "
-        f"encoder_channels {m.encoder_channels}, embedding {m.embedding_dim}, noise {m.noise_dim}"
+        f"- {m.family}, front end {m.front_end}, {m.image_size} px, g_channels {m.g_channels} "
+        f"(min {m.g_min_channels}), encoder_channels {m.encoder_channels}, embedding {m.embedding_dim}, noise {m.noise_dim}"
     )
     lines.append(f"- audio: {cfg.audio.sample_rate} Hz, window {cfg.audio.window_samples} samples")
     lines.append(f"- full resolved config: `{CONFIG_FILE}`")

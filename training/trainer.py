@@ -1,6 +1,11 @@
 """Training loop for the speech-conditioned GAN families.
 
-``python run.py train --config CONFIG.yaml --data DIR [--data DIR ...] --out RUN_DIR [--resume]``
+``python run.py train --config CONFIG.yaml --data DIR [--data DIR ...] --out RUN_DIR [--resume]
+[--init-from CHECKPOINT]``
+
+``--init-from`` starts a new run from another run's checkpoint whose generator may be narrower than the
+config's (the family's ``widen_from``, Net2WiderNet): the step count, discriminator and its optimiser
+state carry over, the generator's optimiser starts afresh.
 
 Runs on CPU or CUDA and under ``torchrun --nproc_per_node=N`` (gradients are
 averaged across processes with ``torch.distributed`` all-reduce — gloo on CPU,
@@ -458,11 +463,16 @@ def train(
     resume: bool = False,
     device: str = "auto",
     command: str = "",
+    init_from: str | Path | None = None,
 ) -> Path:
     """Train a model family on ``data_dirs`` into ``out_dir``. Returns the last checkpoint path.
 
+    ``init_from``: a checkpoint of another run to start from (see :func:`init_from_checkpoint`); ignored
+    when ``resume`` finds a checkpoint in ``out_dir`` (the run then simply continues).
+
     Raises:
-        UserError: bad data folders, an existing run folder without ``resume``, or a broken checkpoint.
+        UserError: bad data folders, an existing run folder without ``resume``, or a broken or
+            incompatible checkpoint.
     """
     rank, world, local_rank = _dist_info()
     if device == "auto":
@@ -537,6 +547,10 @@ def train(
         step = int(meta["step"])
         if main:
             log.info("resumed from %s at step %d", last, step)
+    elif init_from is not None:
+        step = init_from_checkpoint(Path(init_from), cfg, ds.identities, net, ema, disc, opt_d, seed=tc.seed)
+        if main:
+            log.info("initialised from %s at step %d", init_from, step)
     if world > 1:  # identical start on every rank
         for module in (net, disc, ema):
             for t in list(module.parameters()) + list(module.buffers()):
@@ -636,6 +650,54 @@ def train(
     return last_path if last_path is not None else ckpt_dir
 
 
+def init_from_checkpoint(
+    path: Path,
+    cfg: Config,
+    identities: list[str],
+    net: torch.nn.Module,
+    ema: torch.nn.Module,
+    disc: torch.nn.Module,
+    opt_d: torch.optim.Optimizer,
+    seed: int = 0,
+) -> int:
+    """Load another run's checkpoint into freshly built modules, widening the generator where the config
+    asks for more channels; returns the checkpoint's step.
+
+    The trained and moving-average generators are each widened with the family's ``widen_from``
+    (the same noise seed for both); the discriminator and its Adam state must match the config exactly.
+    The generator's Adam state is not carried over (its shapes change).
+
+    Raises:
+        UserError: unreadable checkpoint, other identities, a family without ``widen_from``, or shapes
+            that cannot be mapped (the message names the tensor).
+    """
+    tensors, meta = read_checkpoint(path)
+    old_cfg = configs.from_mapping(Config, json.loads(meta["config"]), source=f"{path} (metadata)")
+    old_ids = json.loads(meta["identities"])
+    if old_ids != list(identities):
+        raise UserError(f"{path}: trained on identities {old_ids}, the data has {list(identities)}")
+    family = get_family(cfg.model.family)
+    if old_cfg.model.family != cfg.model.family or not hasattr(family, "widen_from"):
+        raise UserError(f"{path}: cannot initialise a {cfg.model.family} model from a {old_cfg.model.family} one")
+    for prefix, target in (("G", net), ("G_ema", ema)):
+        old, _ = family.build(old_cfg.audio, old_cfg.model, len(old_ids))
+        old.load_state_dict(_sub(tensors, prefix))
+        try:
+            family.widen_from(target, old.to(next(target.parameters()).device), seed=seed)
+        except ValueError as exc:
+            raise UserError(f"{path}: {prefix}: {exc}") from exc
+    try:
+        disc.load_state_dict(_sub(tensors, "D"))
+    except RuntimeError as exc:
+        raise UserError(
+            f"{path}: discriminator does not match the config ({str(exc).splitlines()[-1].strip()})"
+        ) from exc
+    opt_d.load_state_dict(_unflatten_optimizer("opt_d", tensors, meta["opt_d_groups"]))
+    for group in opt_d.param_groups:
+        group["lr"], group["betas"] = cfg.train.lr_d, tuple(cfg.train.betas)
+    return int(meta["step"])
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``run.py train``."""
     parser.add_argument("--config", help="training config YAML (defaults when omitted)")
@@ -648,6 +710,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in RUN_DIR")
+    parser.add_argument(
+        "--init-from",
+        metavar="CHECKPOINT",
+        help="start a new run from another run's checkpoint; a narrower generator is widened (Net2WiderNet)",
+    )
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     parser.add_argument(
         "--steps",
@@ -674,5 +741,8 @@ def main(args: argparse.Namespace) -> int:
     command = shlex.join([os.path.basename(sys.executable), "run.py", *sys.argv[1:]])
     if os.environ.get("WORLD_SIZE", "1") != "1":
         command = f"torchrun --nproc_per_node={os.environ['WORLD_SIZE']} " + shlex.join(["run.py", *sys.argv[1:]])
-    train(cfg, args.data, args.out, resume=args.resume, device=args.device, command=command)
+    init_from = getattr(args, "init_from", None)
+    if init_from is not None and not Path(init_from).is_file():
+        raise UserError(f"--init-from {init_from}: no such checkpoint file")
+    train(cfg, args.data, args.out, resume=args.resume, device=args.device, command=command, init_from=init_from)
     return 0

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
 from training.config import AudioConfig, ModelConfig
@@ -201,7 +202,7 @@ class Generator(nn.Module):
     def __init__(self, model: ModelConfig) -> None:
         super().__init__()
         n_up = int(math.log2(model.image_size // 4))
-        chans = _channels(model.g_channels, n_up)
+        chans = _channels(model.g_channels, n_up, model.g_min_channels)
         sn = model.spectral_norm_g
         self.c0 = chans[0]
         self.seed_norm = PixelNorm()
@@ -304,6 +305,108 @@ class Wav2PixInference(nn.Module):
         if self.truncation != 1.0:
             noise = noise * self.truncation
         return self.generator(self.encoder(audio), noise)
+
+
+def _layer_chain(gen: Generator) -> list[nn.Module]:
+    """The generator's weight layers in order: seed linear layer, block convolutions, to-RGB convolution."""
+    return [gen.fc, *[m for m in gen.blocks if isinstance(m, nn.Conv2d)], gen.to_rgb]
+
+
+def _stage_widths(gen: Generator) -> list[int]:
+    """Feature channels after each layer of :func:`_layer_chain` except the last (seed, then each block)."""
+    return [gen.c0] + [m.out_channels for m in gen.blocks if isinstance(m, nn.Conv2d)]
+
+
+def _assign(layer: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    """Make ``layer`` compute ``(weight @ x + bias) / s`` for some s > 0 (s = 1 without spectral norm).
+
+    With spectral normalisation the effective weight is ``original / sigma(original)``; storing ``weight``
+    as the original, its exact top singular vectors as the power-iteration state and ``bias / sigma`` gives
+    the stated output with s = sigma(weight). Every spectrally normalised generator layer is followed by a
+    pixel norm, which is invariant to that positive scale.
+    """
+    if parametrize.is_parametrized(layer, "weight"):
+        sn = layer.parametrizations.weight[0]
+        u, s, vh = torch.linalg.svd(weight.reshape(weight.shape[0], -1).double(), full_matrices=False)
+        layer.parametrizations.weight.original.copy_(weight)
+        sn._u.copy_(u[:, 0].to(sn._u.dtype))
+        sn._v.copy_(vh[0].to(sn._v.dtype))
+        layer.bias.copy_(bias / s[0].to(bias.dtype))
+    else:
+        layer.weight.copy_(weight)
+        layer.bias.copy_(bias)
+
+
+@torch.no_grad()
+def widen_from(new: Wav2PixGenerator, old: Wav2PixGenerator, noise_std: float = 0.01, seed: int = 0) -> None:
+    """Initialise ``new`` from a trained ``old`` whose generator is narrower (Net2WiderNet).
+
+    After Chen, Goodfellow & Shlens, "Net2Net: Accelerating Learning via Knowledge Transfer" (ICLR 2016):
+    every generator stage whose width grows by an integer factor r repeats each old feature channel r
+    times (channel j of the new stage copies old channel ``j % old_width``) and the next layer divides
+    the weights that read those channels by r, so the widened generator computes the old function. The
+    pixel norm after each convolution averages x² over channels, and r equal copies leave that mean
+    unchanged, which is why the factor must be an integer. The copies' incoming weights get Gaussian
+    noise of ``noise_std`` times that layer's weight standard deviation so that they train apart
+    (``noise_std=0`` gives the old images to float rounding). Everything outside the generator's
+    convolution chain (speech encoder, identity head) must have the same shapes and is copied.
+
+    Args:
+        new: freshly built model with the wider config, any mode; updated in place.
+        old: the trained model (its spectral-norm state is read in eval mode, as at inference).
+        noise_std: relative noise on the copies' incoming weights (>= 0).
+        seed: seed of that noise (use the same for the trained weights and their moving average).
+
+    Raises:
+        ValueError: a stage that narrows or grows by a non-integer factor, a different number of
+            stages, or any other parameter whose shape differs.
+    """
+    if noise_std < 0:
+        raise ValueError(f"noise_std: expected >= 0, got {noise_std}")
+    was_training = old.training
+    old.eval()
+    try:
+        w_old, w_new = _stage_widths(old.generator), _stage_widths(new.generator)
+        if len(w_old) != len(w_new):
+            raise ValueError(f"generator stages: checkpoint has {len(w_old)}, config has {len(w_new)}")
+        maps, ratios = [], []
+        for i, (a, b) in enumerate(zip(w_old, w_new)):
+            if b < a or b % a:
+                raise ValueError(f"generator stage {i}: {a} -> {b} channels; widening needs an integer factor >= 1")
+            maps.append(torch.arange(b) % a)
+            ratios.append(b // a)
+        chain_old, chain_new = _layer_chain(old.generator), _layer_chain(new.generator)
+        chain_names = {id(m) for m in chain_new}
+        # everything else: same shapes, copied
+        prefixes = [n for n, m in new.named_modules() if id(m) in chain_names]
+        old_state = old.state_dict()
+        for name, value in new.state_dict().items():
+            if any(name.startswith(p + ".") for p in prefixes):
+                continue
+            if name not in old_state or old_state[name].shape != value.shape:
+                got = tuple(old_state[name].shape) if name in old_state else "missing"
+                raise ValueError(f"{name}: checkpoint has {got}, config needs {tuple(value.shape)}")
+            value.copy_(old_state[name])
+        gen = torch.Generator().manual_seed(seed)
+        for i, (lo, ln) in enumerate(zip(chain_old, chain_new)):
+            w, b = lo.weight.detach().clone(), lo.bias.detach().clone()
+            if i > 0:  # input channels: the previous stage's copies share each old weight
+                w = w[:, maps[i - 1]] / ratios[i - 1]
+            if i < len(maps):  # output channels of stage i
+                if i == 0:  # the seed layer's rows are (channel, 4x4 position)
+                    k = w.shape[0] // w_old[0]
+                    w = w.view(w_old[0], k, -1)[maps[0]].reshape(-1, w.shape[1])
+                    b = b.view(w_old[0], k)[maps[0]].reshape(-1)
+                    copies = (torch.arange(w_new[0]) >= w_old[0]).repeat_interleave(k)
+                else:
+                    w, b = w[maps[i]], b[maps[i]]
+                    copies = torch.arange(w_new[i]) >= w_old[i]
+                if noise_std > 0 and copies.any():
+                    noise = torch.randn(w[copies].shape, generator=gen) * (noise_std * float(w.std()))
+                    w[copies] += noise.to(w.dtype)
+            _assign(ln, w.contiguous(), b.contiguous())
+    finally:
+        old.train(was_training)
 
 
 def build(audio: AudioConfig, model: ModelConfig, n_identities: int) -> tuple[Wav2PixGenerator, Discriminator]:
