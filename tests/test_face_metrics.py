@@ -244,3 +244,21 @@ def test_evaluate_images_on_real_faces(analyzer, real):
     assert m["identity_accuracy"] >= 0.9
     assert m["frechet_distance"] == pytest.approx(0.0, abs=1e-6)
     assert m["diversity_ratio"] == pytest.approx(1.0)
+
+
+def test_reduce_resolution_keeps_size_and_removes_detail():
+    from training.face_metrics import reduce_resolution
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    half = reduce_resolution(images, 2)
+    assert half.shape == images.shape and half.dtype == np.uint8
+    assert np.array_equal(reduce_resolution(images, 1), images)
+    # a 2x2-constant image survives; white noise loses most of its high-frequency energy
+    blocky = np.repeat(np.repeat(images[:, ::2, ::2], 2, axis=1), 2, axis=2)
+    assert np.abs(reduce_resolution(blocky, 2).astype(int) - blocky).mean() < np.abs(half.astype(int) - images).mean()
+    assert np.diff(half.astype(float), axis=2).std() < 0.6 * np.diff(images.astype(float), axis=2).std()
+    with pytest.raises(ValueError, match="factor"):
+        reduce_resolution(images, 0)
+    with pytest.raises(ValueError, match="uint8"):
+        reduce_resolution(images.astype(np.float32), 2)

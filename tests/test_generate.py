@@ -205,6 +205,9 @@ def test_evaluate_cli_end_to_end(bundle, tmp_path, monkeypatch, capsys):
     assert 0.0 <= m1["detection_ratio"] <= 1.0
     assert set(m1["diversity"]) == {"jaimealtozano", "javiermuniz"}
     assert m1["reference"]["identity_accuracy"] == 1.0 and m1["reference"]["frechet_distance_train_vs_val"] > 0
+    # losing half the linear resolution moves real faces further from the training faces
+    half = m1["reference"]["frechet_distance_train_vs_val_half_resolution"]
+    assert half > m1["reference"]["frechet_distance_train_vs_val"] and "half resolution" in table
     from PIL import Image
 
     sheet = np.asarray(Image.open(out / "samples.png"))

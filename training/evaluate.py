@@ -9,7 +9,9 @@ al., "Wav2Pix", ICASSP 2019, Sec. 4) and compared with the same figures for real
 * face (landmark) detection ratio — generated vs real validation faces;
 * identity accuracy — nearest identity centroid (centroids from real *training* faces);
 * Fréchet distance of face embeddings — generated vs real validation faces; reference: real
-  training vs real validation faces (the floor a perfect model could reach at these sample sizes);
+  training vs real validation faces (the floor a perfect model could reach at these sample sizes),
+  and real training vs real validation faces at half their linear resolution
+  (:func:`training.face_metrics.reduce_resolution`: the scale of a mild loss of detail);
 * diversity ratio per identity — mean pairwise embedding distance, generated / real validation
   (faces with a detected face only; NaN when fewer than 2);
 * optionally, the detection ratio for voices in no training data (``--unseen-voices DIR``, e.g.
@@ -129,6 +131,7 @@ def evaluate_embeddings(
     train_emb: np.ndarray | None = None,
     train_detected: np.ndarray | None = None,
     train_labels: np.ndarray | None = None,
+    val_half_emb: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Face metrics from precomputed dlib embeddings / detection flags (see :func:`evaluate_images`).
 
@@ -140,6 +143,9 @@ def evaluate_embeddings(
         train_emb, train_detected, train_labels: distinct real training faces [T] (optional): they give the
             identity centroids and the real-vs-real Fréchet reference; without them centroids come from
             the validation faces (an optimistic reference).
+        val_half_emb: float32 [V, 128] embeddings of the same validation faces at half their linear
+            resolution (:func:`training.face_metrics.reduce_resolution`); with ``train_emb`` they give the
+            reference ``frechet_distance_train_vs_val_half_resolution``, the scale of a mild loss of detail.
 
     Returns:
         A JSON-ready dict (NaN → ``None``); see :func:`format_table` for the keys shown.
@@ -197,6 +203,9 @@ def evaluate_embeddings(
         fd_ref = fm.frechet_distance(train_emb, val_emb)
         if train_labels is not None:
             fd_ref_per_identity = fd_per_identity(np.asarray(train_emb), np.asarray(train_labels))
+    fd_ref_half = float("nan")
+    if train_emb is not None and len(train_emb) >= 2 and val_half_emb is not None and len(val_half_emb) >= 2:
+        fd_ref_half = fm.frechet_distance(train_emb, val_half_emb)
     # diversity of the faces the model makes: detected faces only (a fallback embedding of a non-face is not a face)
     div = fm.diversity(
         gen_emb[gen_detected], gen_labels[gen_detected], val_emb[val_detected], val_labels[val_detected], k
@@ -229,6 +238,7 @@ def evaluate_embeddings(
             "identity_accuracy_per_identity": val_acc_per,
             "frechet_distance_train_vs_val": fd_ref,
             "frechet_distance_train_vs_val_per_identity": fd_ref_per_identity,
+            "frechet_distance_train_vs_val_half_resolution": fd_ref_half,
         },
     }
     return _nan_to_none(metrics)
@@ -305,6 +315,9 @@ def format_table(metrics: dict[str, Any]) -> str:
         rows.append(
             ("  mean term / covariance term", f"{f(terms.get('mean'), 4)} / {f(terms.get('covariance'), 4)}", "")
         )
+    half = ref.get("frechet_distance_train_vs_val_half_resolution")
+    if half is not None:
+        rows.append(("  real val faces at half resolution", "", f(half, 4) + " (train vs val, 2x down and up)"))
     ref_fd = ref.get("frechet_distance_train_vs_val_per_identity") or {}
     for name, v in (metrics.get("frechet_distance_per_identity") or {}).items():
         rows.append((f"  Fréchet distance {name}", f(v, 4), f(ref_fd.get(name), 4) + " (train vs val)"))
@@ -661,6 +674,7 @@ def _evaluate_model(args: argparse.Namespace) -> int:
     face_label[ds.face_index] = ds.labels
     val_emb, val_det = cache.analyze(ds.faces[val_faces])
     train_emb, train_det = cache.analyze(ds.faces[train_faces])
+    val_half_emb, _ = cache.analyze(fm.reduce_resolution(ds.faces[val_faces], 2))
     metrics = evaluate_embeddings(
         gen.embeddings,
         gen.detected,
@@ -672,6 +686,7 @@ def _evaluate_model(args: argparse.Namespace) -> int:
         train_emb,
         train_det,
         face_label[train_faces],
+        val_half_emb,
     )
     if args.unseen_voices:
         images, names, failed = unseen_voice_images(source, Path(args.unseen_voices), args.seeds, args.seed)
