@@ -85,6 +85,11 @@ class LossConfig:
     mode_seeking_weight: mode-seeking regulariser (Mao et al., "Mode Seeking Generative Adversarial
     Networks for Diverse Image Synthesis", CVPR 2019): penalises 1 / (|G(c,z1) - G(c,z2)| / |z1 - z2|),
     so the noise changes the face (pose, expression) instead of being ignored. 0 disables.
+    r1_gamma: weight of the R1 gradient penalty on real images, (gamma / 2) * E ||grad_x D(x, e)||^2
+    (Mescheder, Geiger & Nowozin, "Which Training Methods for GANs do actually Converge?", ICML 2018);
+    the gradient is taken at the augmented real image, as in StyleGAN2-ADA. 0 disables.
+    r1_interval: lazy regularisation (Karras et al., StyleGAN2, CVPR 2020): the penalty is computed every
+    r1_interval discriminator steps and scaled by r1_interval.
     """
 
     kind: Literal["lsgan", "hinge"] = "hinge"
@@ -93,6 +98,14 @@ class LossConfig:
     aux_weight_g: float | None = None
     speech_id_weight: float = 1.0
     mode_seeking_weight: float = 0.0
+    r1_gamma: float = 0.0
+    r1_interval: int = 16
+
+    def __post_init__(self) -> None:
+        if self.r1_gamma < 0:
+            raise ValueError(f"loss.r1_gamma: expected >= 0, got {self.r1_gamma}")
+        if self.r1_interval < 1:
+            raise ValueError(f"loss.r1_interval: expected >= 1, got {self.r1_interval}")
 
 
 @dataclass(frozen=True)

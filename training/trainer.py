@@ -310,7 +310,9 @@ class GanStep:
 
     Discriminator: LSGAN or hinge on (real image, right speech) against (fake image, right speech) and, when
     matching-aware, (real image, wrong speech) (Reed et al. 2016), plus the AC-GAN identity loss on real images
-    (Odena et al. 2017); DiffAugment on every image the discriminator sees (Zhao et al. 2020).
+    (Odena et al. 2017); DiffAugment on every image the discriminator sees (Zhao et al. 2020); with
+    ``loss.r1_gamma`` the lazy R1 penalty on augmented real images (Mescheder et al. 2018; Karras et al. 2020),
+    computed in float32.
     Generator + speech encoder: adversarial loss, AC-GAN identity loss on fakes, identity classification of the
     speech embedding, and the mode-seeking term (Mao et al. 2019). Under ``precision='bf16'`` forward passes run
     in autocast; losses are computed in float32. With ``world > 1`` gradients are all-reduced before each step.
@@ -328,6 +330,18 @@ class GanStep:
         self.cfg, self.net, self.disc, self.opt_g, self.opt_d, self.world = cfg, net, disc, opt_g, opt_d, world
         self.policy = cfg.augment.policy if cfg.augment.enabled else ()
         self.g_params, self.d_params = list(net.parameters()), list(disc.parameters())
+        self.d_steps = 0
+        self.last_r1 = 0.0
+
+    def r1_penalty(self, x_real: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """Mean over the batch of ||grad_x D(aug(x), e)||^2 (float32 scalar, differentiable in D's weights).
+
+        x_real: float32 [B, 3, H, W] in [-1, 1]; e: speech embeddings [B, E] (not differentiated).
+        """
+        x = self._augment(x_real).detach().float().requires_grad_(True)
+        score = self.disc(x, e.detach().float())[0]
+        (grad,) = torch.autograd.grad(score.sum(), x, create_graph=True)
+        return grad.square().sum(dim=(1, 2, 3)).mean()
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         return diff_augment(x, self.policy) if self.policy else x
@@ -345,7 +359,7 @@ class GanStep:
 
         Returns:
             floats: loss_d, loss_g, loss_aux, loss_twin (0 without the twin head), loss_speech_id, loss_ms, d_real,
-            d_fake, speech_id_acc.
+            d_fake, speech_id_acc, r1 (the last computed mean squared gradient norm; 0 when off).
         """
         cfg, net, disc, aug = self.cfg, self.net, self.disc, self._augment
         dev, b, z_dim = x_real.device, x_real.shape[0], cfg.model.noise_dim
@@ -366,8 +380,14 @@ class GanStep:
         loss_aux_d = F.cross_entropy(cls_real, y)
         if twin:  # TAC-GAN: the twin head learns the identity of generated faces
             loss_aux_d = loss_aux_d + F.cross_entropy(out_fake[2].float(), y)
+        total_d = loss_d + cfg.loss.aux_weight * loss_aux_d
+        if cfg.loss.r1_gamma > 0 and self.d_steps % cfg.loss.r1_interval == 0:
+            r1 = self.r1_penalty(x_real, e)
+            total_d = total_d + 0.5 * cfg.loss.r1_gamma * cfg.loss.r1_interval * r1
+            self.last_r1 = r1.item()
+        self.d_steps += 1
         self.opt_d.zero_grad(set_to_none=True)
-        (loss_d + cfg.loss.aux_weight * loss_aux_d).backward()
+        total_d.backward()
         _all_reduce_grads(self.d_params, self.world)
         self.opt_d.step()
 
@@ -411,6 +431,7 @@ class GanStep:
             "d_real": s_real.mean().item(),
             "d_fake": fakes[0].mean().item(),
             "speech_id_acc": float((speech_logits.argmax(1) == y).float().mean()),
+            "r1": self.last_r1,
         }
 
 
