@@ -194,7 +194,7 @@ def test_evaluate_cli_end_to_end(bundle, tmp_path, monkeypatch, capsys):
     sf.write(voices / "v2.flac", tone(2.0, 16000, 260, seed=2), 16000)
     out = tmp_path / "eval"
     args = ["evaluate", str(bundle), "--data", str(data), "--out", str(out), "--seeds", "2", "--max-pairs", "4"]
-    assert cli(monkeypatch, *args, "--unseen-voices", str(voices)) == 0
+    assert cli(monkeypatch, *args, "--unseen-voices", str(voices), "--train-pairs", "6") == 0
     table = capsys.readouterr().out
     assert "face detection ratio" in table and "Fréchet" in table
     m1 = json.loads((out / "metrics.json").read_text())
@@ -208,6 +208,9 @@ def test_evaluate_cli_end_to_end(bundle, tmp_path, monkeypatch, capsys):
     # losing half the linear resolution moves real faces further from the training faces
     half = m1["reference"]["frechet_distance_train_vs_val_half_resolution"]
     assert half > m1["reference"]["frechet_distance_train_vs_val"] and "half resolution" in table
+    fit = m1["train_fit"]
+    assert fit["n_pairs"] == 6 and fit["frechet_distance"] > 0 and "training speech" in table
+    assert abs(sum(fit["frechet_terms"].values()) - fit["frechet_distance"]) < 1e-9
     from PIL import Image
 
     sheet = np.asarray(Image.open(out / "samples.png"))

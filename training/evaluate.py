@@ -14,6 +14,8 @@ al., "Wav2Pix", ICASSP 2019, Sec. 4) and compared with the same figures for real
   (:func:`training.face_metrics.reduce_resolution`: the scale of a mild loss of detail);
 * diversity ratio per identity — mean pairwise embedding distance, generated / real validation
   (faces with a detected face only; NaN when fewer than 2);
+* optionally (``--train-pairs N``), the Fréchet distance of faces generated from training speech to the
+  real training faces (:func:`train_fit`): under- or over-fitting;
 * optionally, the detection ratio for voices in no training data (``--unseen-voices DIR``, e.g.
   made by ``scripts/make_unseen_voices.py``).
 
@@ -97,6 +99,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         help="evaluate at most this many validation pairs, evenly spaced (default 0 = all)",
+    )
+    parser.add_argument(
+        "--train-pairs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also generate from N training pairs (evenly spaced, one seed) and report their Fréchet distance "
+        "to the real training faces: the fit to the training data (default 0 = off)",
     )
     parser.add_argument("--backend", default="auto", help="engine backend for a bundle (default auto)")
     parser.add_argument("--device", default="auto", help="torch device for a run folder: auto, cpu, cuda")
@@ -326,6 +336,15 @@ def format_table(metrics: dict[str, Any]) -> str:
         rows.append((f"  diversity {name}", f(d.get("generated")), f(d.get("real"))))
     for name, v in (metrics.get("detection_ratio_per_identity") or {}).items():
         rows.append((f"  detection {name}", f(v), ""))
+    fit = metrics.get("train_fit")
+    if fit:
+        rows.append(
+            (
+                f"Fréchet distance, training speech ({fit['n_pairs']} pairs)",
+                f(fit.get("frechet_distance"), 4),
+                "vs real training faces",
+            )
+        )
     unseen = metrics.get("unseen_voices")
     if unseen:
         rows.append((f"unseen voices detection ({unseen['n_files']} files)", f(unseen.get("detection_ratio")), ""))
@@ -560,6 +579,37 @@ def save_sample_sheet(path: Path, real: np.ndarray, fake: np.ndarray, row_labels
 
 
 # ---------------------------------------------------------------------- command
+def train_fit(
+    source: ImageSource,
+    ds: Any,
+    train_idx: np.ndarray,
+    n_pairs: int,
+    seed: int,
+    analyzer: fm.FaceAnalyzer,
+    train_emb: np.ndarray,
+) -> dict[str, Any]:
+    """Fréchet distance of faces generated from training speech to the real training faces.
+
+    Generates one image (noise seed index 1000, so not the validation noise) for each of ``n_pairs``
+    evenly spaced training pairs. Next to the validation figure it tells under- from over-fitting:
+    about as far as the validation faces means the generator does not reproduce even the faces it was
+    trained on; much closer means it memorised them.
+
+    Returns: ``{"n_pairs", "frechet_distance", "frechet_terms": {"mean", "covariance"}, "detection_ratio"}``.
+    """
+    idx = train_idx[np.linspace(0, len(train_idx) - 1, min(n_pairs, len(train_idx))).round().astype(np.int64)]
+    audio = ds.windows(idx, source.window_samples)
+    images = generate_batched(source.generate, audio, seed_noise(seed, 1000, len(idx), source.noise_dim))
+    result = analyzer.analyze(images)
+    terms = fm.frechet_terms(result.embeddings, train_emb)
+    return {
+        "n_pairs": int(len(idx)),
+        "frechet_distance": float(sum(terms)),
+        "frechet_terms": {"mean": terms[0], "covariance": terms[1]},
+        "detection_ratio": fm.detection_ratio(result.detected),
+    }
+
+
 def _default_out(target: Path, kind: str) -> Path:
     return target / "eval" if kind == "run" else Path("out") / "eval" / target.name
 
@@ -688,6 +738,11 @@ def _evaluate_model(args: argparse.Namespace) -> int:
         face_label[train_faces],
         val_half_emb,
     )
+    n_train_pairs = int(getattr(args, "train_pairs", 0) or 0)
+    if n_train_pairs < 0:
+        raise UserError(f"--train-pairs: expected >= 0, got {n_train_pairs}")
+    if n_train_pairs and len(train_idx):
+        metrics["train_fit"] = train_fit(source, ds, train_idx, n_train_pairs, args.seed, analyzer, train_emb)
     if args.unseen_voices:
         images, names, failed = unseen_voice_images(source, Path(args.unseen_voices), args.seeds, args.seed)
         det = analyzer.analyze(images, embed=False).detected
