@@ -9,21 +9,25 @@
 #            then to the end; presets/training/rejected/ holds fine-tunes that were tried and made it worse)
 #   phase 3  presets/training/wav2pix-64g.yaml (diversity fine-tune) from phase 2's step 12000 to 16000 in RUN3,
 #            keeping every checkpoint
-#   then     export a candidate per kept phase-3 checkpoint, evaluate on the validation split, and export the
-#            checkpoint named by CHECKPOINT (the shipped one: step-0014000, EMA weights) with its figures and
+#   phase 4  presets/training/wav2pix-64j.yaml (wider generator, 32 channels at 32 and 64 px) in RUN4, grown from
+#            phase 3's step 14000 with --init-from (Net2WiderNet), to step 25000, keeping every checkpoint (the
+#            shipped run was stopped at 20000 and resumed; see docs/default_model/command.txt)
+#   then     export a candidate per kept phase-4 checkpoint, evaluate on the validation split, and export the
+#            checkpoint named by CHECKPOINT (the shipped one: step-0024000, EMA weights) with its figures and
 #            the unseen-voice detection ratio inside the bundle.
 # GENERATOR picks the weights of a checkpoint: "ema" (the moving average; the shipped choice) or "raw" (the
 # trained weights; in phase 2 the average blended the two speakers while the identity mapping kept moving).
-# About 2 h on a 2-core CPU (bf16 autocast) for the training, plus ~1-3 min per evaluated checkpoint.
+# About 3.2 h on a 2-core CPU (bf16 autocast) for the training, plus ~1-3 min per evaluated checkpoint.
 #
 #   bash scripts/make_default_model.sh                                                # train, evaluate all
-#   CHECKPOINT=step-0014000 GENERATOR=ema PSI=1.0 bash scripts/make_default_model.sh  # the shipped choice
+#   CHECKPOINT=step-0024000 GENERATOR=ema PSI=1.0 bash scripts/make_default_model.sh  # the shipped choice
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 DATA=${DATA:-../shared/data/wav2pix/train}
 RUN=${RUN:-runs/wav2pix-64}
 RUN3=${RUN3:-${RUN}g}
+RUN4=${RUN4:-${RUN}j}
 PSI=${PSI:-1.0}
 GENERATOR=${GENERATOR:-ema}
 OUT=${OUT:-presets/models/wav2pix-64}
@@ -56,6 +60,15 @@ kill $keeper 2>/dev/null || true
 RUN=$RUN3
 ( while sleep 20; do keep; done ) & keeper=$!  # the keeper reads RUN when it starts
 "$PY" run.py train --config presets/training/wav2pix-64g.yaml --data "$DATA" --out "$RUN" --resume
+keep
+
+# phase 4: the wider generator grows from phase 3's step 14000 in a new run folder
+kill $keeper 2>/dev/null || true
+init=(--init-from "$RUN3/keep/step-0014000.safetensors"); [ -d "$RUN4/checkpoints" ] && init=(--resume)
+RUN=$RUN4
+mkdir -p "$RUN"
+( while sleep 20; do keep; done ) & keeper=$!
+"$PY" run.py train --config presets/training/wav2pix-64j.yaml --data "$DATA" --out "$RUN" --steps 25000 "${init[@]}"
 keep
 
 "$PY" scripts/make_unseen_voices.py out/unseen_voices
