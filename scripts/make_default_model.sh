@@ -82,7 +82,7 @@ if [ -z "$CHECKPOINT" ]; then
   exit 0
 fi
 "$PY" run.py export "$RUN" --checkpoint "$RUN/keep/$CHECKPOINT.safetensors" --generator "$GENERATOR" -o out/default-candidate --truncation "$PSI"
-"$PY" run.py evaluate out/default-candidate --data "$DATA" --unseen-voices out/unseen_voices --out "$RUN/eval"
+"$PY" run.py evaluate out/default-candidate --data "$DATA" --unseen-voices out/unseen_voices --train-pairs 555 --out "$RUN/eval"
 cp "$RUN/eval/metrics.json" "$RUN/metrics.json"
 "$PY" run.py export "$RUN" --checkpoint "$RUN/keep/$CHECKPOINT.safetensors" --generator "$GENERATOR" -o "$OUT" --truncation "$PSI"
 mkdir -p docs/default_model

@@ -678,6 +678,9 @@ def _evaluate_model(args: argparse.Namespace) -> int:
 
     if args.seeds < 1:
         raise UserError(f"--seeds: expected >= 1, got {args.seeds}")
+    n_train_pairs = int(getattr(args, "train_pairs", 0) or 0)
+    if n_train_pairs < 0:
+        raise UserError(f"--train-pairs: expected >= 0, got {n_train_pairs}")
     started = time.perf_counter()
     source = open_source(args.target, args.backend, args.device, args.checkpoint, getattr(args, "generator", "ema"))
     out = Path(args.out) if args.out else _default_out(Path(args.target), source.kind)
@@ -738,9 +741,6 @@ def _evaluate_model(args: argparse.Namespace) -> int:
         face_label[train_faces],
         val_half_emb,
     )
-    n_train_pairs = int(getattr(args, "train_pairs", 0) or 0)
-    if n_train_pairs < 0:
-        raise UserError(f"--train-pairs: expected >= 0, got {n_train_pairs}")
     if n_train_pairs and len(train_idx):
         metrics["train_fit"] = train_fit(source, ds, train_idx, n_train_pairs, args.seed, analyzer, train_emb)
     if args.unseen_voices:

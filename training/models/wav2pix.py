@@ -376,9 +376,9 @@ def widen_from(new: Wav2PixGenerator, old: Wav2PixGenerator, noise_std: float = 
             maps.append(torch.arange(b) % a)
             ratios.append(b // a)
         chain_old, chain_new = _layer_chain(old.generator), _layer_chain(new.generator)
-        chain_names = {id(m) for m in chain_new}
+        chain_ids = {id(m) for m in chain_new}
         # everything else: same shapes, copied
-        prefixes = [n for n, m in new.named_modules() if id(m) in chain_names]
+        prefixes = [n for n, m in new.named_modules() if id(m) in chain_ids]
         old_state = old.state_dict()
         for name, value in new.state_dict().items():
             if any(name.startswith(p + ".") for p in prefixes):
