@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     import soundfile as sf
 
     from engine.generator import Generator
-    from installation.render import DEFAULT_BUNDLE, PRESETS, render
+    from installation.render import DEFAULT_BUNDLE, PRESETS, generator_threads, render
 
     seconds = float(getattr(args, "render_seconds", 30.0))
     cases = [c.strip() for c in str(getattr(args, "render_cases", ",".join(CASES))).split(",") if c.strip()]
@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         raise UserError(f"--render-repeats: expected >= 1, got {repeats}")
     bundle = Path(getattr(args, "bundle", None) or DEFAULT_BUNDLE)
     started = time.perf_counter()
-    gen = Generator(bundle, backend="auto", max_batch=32)
+    gen = Generator(bundle, backend="auto", max_batch=32, threads=generator_threads())  # as run.py render loads it
     load_s = time.perf_counter() - started
     runs: dict[str, list[dict[str, Any]]] = {case: [] for case in cases}
     source = ""

@@ -19,6 +19,7 @@ from installation.render import (
     _VideoWriter,
     encoder_threads,
     frame_end_samples,
+    generator_threads,
     render,
     slerp,
 )
@@ -316,6 +317,27 @@ def test_encoder_threads_leave_two_cores_to_the_generator_and_the_main_thread(tm
     writer.close()
     with av.open(str(tmp_path / "x.mp4")) as c:
         assert sum(1 for _ in c.decode(video=0)) == 3
+
+
+def test_render_runs_the_generator_with_one_thread_on_small_machines(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert [generator_threads(n) for n in (1, 2, 3, 4, 16)] == [1, 1, 1, 2, 2]
+    import engine.generator
+    import installation.render as rmod
+
+    made: list[engine.generator.Generator] = []
+
+    class Recording(engine.generator.Generator):
+        def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(engine.generator, "Generator", Recording)
+    monkeypatch.setattr(rmod, "generator_threads", lambda cores=None: 3)  # not the engine default (<= 2)
+    clip = write_wav(tmp_path / "a.wav", 0.1 * np.sin(np.arange(SR // 2) * 0.05).astype(np.float32))
+    render(clip, tmp_path / "a.mp4", bundle=tiny_bundle, backend="onnxruntime-cpu", size=32, progress=False)
+    assert len(made) == 1 and made[0]._backend.threads == 3  # the ONNX Runtime session's intra-op threads
 
 
 def test_render_bench_repeats_report_the_median_render_and_the_spread(tiny_bundle: Path) -> None:
