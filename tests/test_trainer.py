@@ -237,6 +237,70 @@ def test_init_from_a_narrower_run_continues_its_step_count(tmp_path, dataset, mo
         train(config_from_dict(bad), [str(dataset)], tmp_path / "bad", init_from=src)
 
 
+def test_minibatch_std_is_the_per_group_feature_std_and_keeps_groups_apart():
+    """ProGAN's minibatch standard deviation: image b is in group b % (B // g); groups do not see each other."""
+    from training.models.wav2pix import minibatch_std
+
+    x = torch.randn(8, 3, 2, 2, generator=torch.Generator().manual_seed(0))
+    y = minibatch_std(x, 4)
+    assert y.shape == (8, 4, 2, 2) and torch.equal(y[:, :3], x)
+    for j in range(2):  # groups {0, 2, 4, 6} and {1, 3, 5, 7}
+        members = x[j::2]
+        want = members.std(dim=0, unbiased=False).mean()
+        assert torch.allclose(y[j::2, 3], want.expand(4, 2, 2), atol=1e-4)
+    x2 = x.clone()
+    x2[1] += 5.0  # group 1 only
+    y2 = minibatch_std(x2, 4)
+    assert torch.equal(y2[0::2, 3], y[0::2, 3]) and not torch.equal(y2[1::2, 3], y[1::2, 3])
+    assert minibatch_std(x[:6], 4).shape == (6, 4, 2, 2)  # 6 images: groups of 3 (largest divisor <= 4)
+    assert torch.all(minibatch_std(x[:1], 4)[:, 3] < 1e-3)  # one image: no spread
+
+
+def test_discriminator_grows_the_minibatch_std_channel_exactly():
+    """A checkpoint's discriminator without the channel loads into one with it and scores every batch alike."""
+    import dataclasses
+
+    from training.models import wav2pix
+
+    cfg = config_from_dict(tiny_config_dict())
+    torch.manual_seed(0)
+    _, old = wav2pix.build(cfg.audio, cfg.model, 2)
+    _, new = wav2pix.build(cfg.audio, dataclasses.replace(cfg.model, d_minibatch_std=4), 2)
+    image = torch.randn(8, 3, cfg.model.image_size, cfg.model.image_size, generator=torch.Generator().manual_seed(1))
+    emb = torch.randn(8, cfg.model.embedding_dim, generator=torch.Generator().manual_seed(2))
+    state, extended = wav2pix.discriminator_state_from(new, old.state_dict())
+    assert extended == [
+        n for n in new.state_dict() if n.startswith(f"body.{len(new.body) - 2}.") and "bias" not in n and "_u" not in n
+    ]
+    new.load_state_dict(state)
+    for mode in (False, True):  # eval, and train mode (one power iteration)
+        old.train(mode), new.train(mode)
+        with torch.no_grad():
+            a, b = old(image, emb), new(image, emb)
+        assert all((x - y).abs().max() < 1e-5 for x, y in zip(a, b))
+    _, narrow = wav2pix.build(cfg.audio, dataclasses.replace(cfg.model, d_channels=cfg.model.d_channels // 2), 2)
+    with pytest.raises(ValueError, match=r"body\.0\.bias: checkpoint has \(4,\), config needs \(8,\)"):
+        wav2pix.discriminator_state_from(new, narrow.state_dict())
+
+
+def test_init_from_adds_the_minibatch_std_channel_with_its_adam_state(tmp_path, dataset, monkeypatch):
+    monkeypatch.setenv("AVGAN_CACHE", str(tmp_path / "cache"))
+    base = tmp_path / "base"
+    train(config_from_dict(tiny_config_dict(steps=2)), [str(dataset)], base)
+    grown = tiny_config_dict(steps=3)
+    grown["model"]["d_minibatch_std"] = 2
+    out = tmp_path / "grown"
+    train(config_from_dict(grown), [str(dataset)], out, init_from=latest_checkpoint(base))
+    with safe_open(str(latest_checkpoint(base)), "pt") as a, safe_open(str(latest_checkpoint(out)), "pt") as b:
+        name = [k for k in b.keys() if k.startswith("D.body.") and k.endswith("weight.original")][-1]
+        old_w, new_w = a.get_tensor(name), b.get_tensor(name)
+        assert new_w.shape[1] == old_w.shape[1] + 1 and b.metadata()["step"] == "3"
+        moments = [k for k in b.keys() if k.startswith("opt_d/") and k.endswith("exp_avg")]
+        assert any(b.get_tensor(k).shape == new_w.shape for k in moments)
+    with pytest.raises(Exception, match="d_minibatch_std"):
+        config_from_dict({**grown, "model": {**grown["model"], "d_minibatch_std": 1}})
+
+
 def test_model_config_rejects_non_positive_widths():
     from engine.configs import ConfigError
 

@@ -47,6 +47,10 @@ class ModelConfig:
     d_twin_classifier: give the discriminator a second identity head trained on generated faces
     (TAC-GAN, Gong et al., "Twin Auxiliary Classifiers GAN", NeurIPS 2019); the generator's AC term then
     becomes CE(real-trained head) - CE(twin head), so identity cues that only fakes carry stop paying off.
+    d_minibatch_std: group size of the discriminator's minibatch standard-deviation feature (Karras et al.,
+    "Progressive Growing of GANs", ICLR 2018): before its last convolution the discriminator sees, as one more
+    channel, the mean standard deviation of its features over groups of this many images of the same batch, so
+    a generator whose images vary too little is told apart. 0 = off (the default, and every config before it).
     """
 
     family: Literal["wav2pix"] = "wav2pix"
@@ -63,8 +67,13 @@ class ModelConfig:
     encoder_channels: int = 128
     spectral_norm_g: bool = True
     d_twin_classifier: bool = False
+    d_minibatch_std: int = 0
 
     def __post_init__(self) -> None:
+        if self.d_minibatch_std < 0 or self.d_minibatch_std == 1:
+            raise ValueError(
+                f"model.d_minibatch_std: expected 0 (off) or a group size >= 2, got {self.d_minibatch_std}"
+            )
         for name in ("g_channels", "g_min_channels", "d_channels", "encoder_channels", "embedding_dim", "noise_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name}: expected a positive number of channels, got {getattr(self, name)}")

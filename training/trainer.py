@@ -685,7 +685,8 @@ def init_from_checkpoint(
     asks for more channels; returns the checkpoint's step.
 
     The trained and moving-average generators are each widened with the family's ``widen_from``
-    (the same noise seed for both); the discriminator and its Adam state must match the config exactly.
+    (the same noise seed for both); the discriminator and its Adam state must match the config, except for
+    what the family's ``discriminator_state_from`` can grow exactly (wav2pix: the minibatch-std channel).
     The generator's Adam state is not carried over (its shapes change).
 
     Raises:
@@ -707,13 +708,27 @@ def init_from_checkpoint(
             family.widen_from(target, old.to(next(target.parameters()).device), seed=seed)
         except ValueError as exc:
             raise UserError(f"{path}: {prefix}: {exc}") from exc
+    d_state, extended = _sub(tensors, "D"), []
+    if hasattr(family, "discriminator_state_from"):
+        try:
+            d_state, extended = family.discriminator_state_from(disc, d_state)
+        except ValueError as exc:
+            raise UserError(f"{path}: discriminator does not match the config ({exc})") from exc
     try:
-        disc.load_state_dict(_sub(tensors, "D"))
+        disc.load_state_dict(d_state)
     except RuntimeError as exc:
         raise UserError(
             f"{path}: discriminator does not match the config ({str(exc).splitlines()[-1].strip()})"
         ) from exc
-    opt_d.load_state_dict(_unflatten_optimizer("opt_d", tensors, meta["opt_d_groups"]))
+    opt_state = _unflatten_optimizer("opt_d", tensors, meta["opt_d_groups"])
+    for index, (name, param) in enumerate(disc.named_parameters()):  # Adam moments of zero-extended weights
+        moments = opt_state["state"].get(index, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in moments and moments[key].shape != param.shape:
+                if name not in extended:
+                    raise UserError(f"{path}: discriminator Adam state of {name} does not match the config")
+                moments[key] = family.zero_extend(moments[key], param.shape)
+    opt_d.load_state_dict(opt_state)
     for group in opt_d.param_groups:
         group["lr"], group["betas"] = cfg.train.lr_d, tuple(cfg.train.betas)
     return int(meta["step"])

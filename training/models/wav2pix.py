@@ -224,6 +224,28 @@ class Generator(nn.Module):
         return torch.tanh(self.to_rgb(self.blocks(h)))
 
 
+def minibatch_std(x: torch.Tensor, group: int) -> torch.Tensor:
+    """Append the minibatch standard-deviation channel (Karras et al., "Progressive Growing of GANs", ICLR 2018).
+
+    The batch is split into groups of ``g`` images (``g`` = the largest divisor of B that is <= ``group``;
+    image ``b`` belongs to group ``b % (B // g)``, as in ProGAN/StyleGAN2); per group, the standard deviation
+    of every feature over its ``g`` images, averaged over channels and positions, is broadcast as one more
+    channel to the group's images. Computed in float32 (bf16 autocast would lose the small differences).
+
+    Args:
+        x: features [B, C, H, W].
+        group: the largest group size (>= 1).
+
+    Returns:
+        [B, C + 1, H, W], x's dtype; channel C is the group's standard deviation (>= 0).
+    """
+    b, c, h, w = x.shape
+    g = max(d for d in range(1, min(group, b) + 1) if b % d == 0)
+    y = x.float().reshape(g, b // g, c, h, w)
+    std = (y - y.mean(dim=0)).square().mean(dim=0).add(1e-8).sqrt().mean(dim=(1, 2, 3))  # [B // g]
+    return torch.cat([x, std.repeat(g).to(x.dtype).view(b, 1, 1, 1).expand(b, 1, h, w)], dim=1)
+
+
 class Discriminator(nn.Module):
     """(image [B, 3, H, W], embedding [B, E]) → (score [B], identity logits [B, n_identities]).
 
@@ -232,6 +254,9 @@ class Discriminator(nn.Module):
     an auxiliary linear head classifies identity (AC-GAN, Odena et al. 2017). With
     ``model.d_twin_classifier`` a second identity head (:attr:`twin`) is trained on generated faces only
     (TAC-GAN, Gong et al. 2019); ``forward(..., twin=True)`` also returns its logits [B, n_identities].
+    With ``model.d_minibatch_std`` = g the last convolution also sees :func:`minibatch_std` over groups of g
+    images, so the scores of one call depend on the other images of its batch: score real and generated
+    images in separate calls (the trainer does).
     """
 
     def __init__(self, model: ModelConfig, n_identities: int) -> None:
@@ -241,7 +266,9 @@ class Discriminator(nn.Module):
         layers: list[nn.Module] = []
         for cin, cout in zip(chans[:-1], chans[1:]):
             layers += [spectral_norm(nn.Conv2d(cin, cout, 4, stride=2, padding=1)), nn.LeakyReLU(0.2)]
-        layers += [spectral_norm(nn.Conv2d(chans[-1], chans[-1], 3, padding=1)), nn.LeakyReLU(0.2)]
+        self.minibatch_std = int(model.d_minibatch_std)
+        extra = 1 if self.minibatch_std else 0
+        layers += [spectral_norm(nn.Conv2d(chans[-1] + extra, chans[-1], 3, padding=1)), nn.LeakyReLU(0.2)]
         self.body = nn.Sequential(*layers)
         width = chans[-1]
         self.psi = spectral_norm(nn.Linear(width, 1))
@@ -255,7 +282,10 @@ class Discriminator(nn.Module):
         Raises:
             ValueError: ``twin`` asked of a discriminator built without the twin head.
         """
-        h = self.body(image).sum(dim=(2, 3))
+        if self.minibatch_std:
+            h = self.body[-2:](minibatch_std(self.body[:-2](image), self.minibatch_std)).sum(dim=(2, 3))
+        else:
+            h = self.body(image).sum(dim=(2, 3))
         score = self.psi(h).squeeze(1) + (self.embed(embedding) * h).sum(dim=1)
         if not twin:
             return score, self.classifier(h)
@@ -407,6 +437,53 @@ def widen_from(new: Wav2PixGenerator, old: Wav2PixGenerator, noise_std: float = 
             _assign(ln, w.contiguous(), b.contiguous())
     finally:
         old.train(was_training)
+
+
+def zero_extend(value: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+    """``value`` zero-padded at the end of its input dimension to ``shape`` (dim 1 of a weight, dim 0 of a vector).
+
+    Raises:
+        ValueError: the shapes differ anywhere else, or ``shape`` is smaller.
+    """
+    shape = tuple(shape)
+    dim = 1 if value.ndim > 1 else 0
+    same = [d for d in range(value.ndim) if d != dim]
+    if len(shape) != value.ndim or any(shape[d] != value.shape[d] for d in same) or shape[dim] < value.shape[dim]:
+        raise ValueError(f"cannot zero-extend {tuple(value.shape)} to {shape}")
+    pad = list(shape)
+    pad[dim] = shape[dim] - value.shape[dim]
+    return torch.cat([value, value.new_zeros(pad)], dim=dim)
+
+
+def discriminator_state_from(new: Discriminator, old_state: dict[str, torch.Tensor]) -> tuple[dict, list[str]]:
+    """Another run's discriminator state for ``new``; returns (state, names of the zero-extended entries).
+
+    Tensors of the same shape are taken as they are. Where ``new`` adds the minibatch standard-deviation
+    channel (``model.d_minibatch_std``) that ``old_state`` lacks, its last convolution gets zero weights on
+    that input channel and its spectral-norm vector ``v`` zeros there too (the flattened weight only gains zero
+    columns, so sigma and ``u`` stay exact): the extended discriminator scores every batch exactly as the old one
+    until training moves the new weights (Net2Net-style function-preserving growth, Chen et al., ICLR 2016).
+
+    Raises:
+        ValueError: a tensor missing from ``old_state`` or of a shape that cannot be mapped (the message names it).
+    """
+    last = f"body.{len(new.body) - 2}."
+    state, extended = {}, []
+    for name, value in new.state_dict().items():
+        if name not in old_state:
+            raise ValueError(f"{name}: missing from the checkpoint's discriminator")
+        old = old_state[name]
+        if old.shape == value.shape:
+            state[name] = old
+            continue
+        if not (new.minibatch_std and name.startswith(last)):
+            raise ValueError(f"{name}: checkpoint has {tuple(old.shape)}, config needs {tuple(value.shape)}")
+        try:
+            state[name] = zero_extend(old, value.shape)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from exc
+        extended.append(name)
+    return state, extended
 
 
 def build(audio: AudioConfig, model: ModelConfig, n_identities: int) -> tuple[Wav2PixGenerator, Discriminator]:
