@@ -244,6 +244,7 @@ def test_evaluate_images_on_real_faces(analyzer, real):
     assert m["identity_accuracy"] >= 0.9
     assert m["frechet_distance"] == pytest.approx(0.0, abs=1e-6)
     assert m["diversity_ratio"] == pytest.approx(1.0)
+    assert all(p["std_ratio"] == pytest.approx(1.0) for p in m["pose"].values())  # the same faces: same spread
 
 
 def test_reduce_resolution_keeps_size_and_removes_detail():
@@ -262,3 +263,42 @@ def test_reduce_resolution_keeps_size_and_removes_detail():
         reduce_resolution(images, 0)
     with pytest.raises(ValueError, match="uint8"):
         reduce_resolution(images.astype(np.float32), 2)
+
+
+def test_pose_statistics_of_synthetic_landmarks():
+    """Yaw, roll and mouth opening from hand-placed points: eyes 20 px apart, nose 3 px right, lips 4 px apart."""
+    p = np.zeros((2, 68, 2))
+    p[:, 36:42] = (20.0, 30.0)
+    p[:, 42:48] = (40.0, 30.0)
+    p[:, 30] = (33.0, 40.0)
+    p[:, 62], p[:, 66] = (30.0, 50.0), (30.0, 54.0)
+    p[1] = p[1] @ np.array([[np.cos(0.2), np.sin(0.2)], [-np.sin(0.2), np.cos(0.2)]])  # rotate by 0.2 rad
+    s = fm.pose_statistics(p)
+    assert s["yaw"][0] == pytest.approx(3 / 20)
+    assert s["roll_deg"] == pytest.approx([0.0, np.degrees(0.2)])
+    assert s["mouth_open"] == pytest.approx([4 / 20, 4 / 20])
+    spread = fm.pose_spread(p, np.concatenate([p, np.full((1, 68, 2), np.nan)]))  # NaN rows (no face) left out
+    assert spread["roll_deg"]["std_ratio"] == pytest.approx(1.0)
+    assert spread["roll_deg"]["real_std"] == pytest.approx(np.degrees(0.1))
+    assert np.isnan(fm.pose_spread(p[:1], p[:1])["yaw"]["std_ratio"])  # one face: no spread to compare
+    with pytest.raises(ValueError, match=r"\[N, 68, 2\]"):
+        fm.pose_statistics(np.zeros((2, 5, 2)))
+
+
+@needs_data
+def test_pose_statistics_of_real_faces_follow_mirroring_and_rotation(analyzer, real):
+    """A mirrored face has the opposite yaw; a face rotated by 10 degrees has 10 degrees more roll."""
+    import cv2
+
+    images = real[0][:6]
+    up = np.stack([cv2.resize(im, (256, 256), interpolation=cv2.INTER_LANCZOS4) for im in images])
+    base = analyzer.analyze(up, embed=False)
+    mirrored = analyzer.analyze(np.ascontiguousarray(up[:, :, ::-1]), embed=False)
+    turn = cv2.getRotationMatrix2D((128, 128), -10, 1.0)  # OpenCV: positive angle = counter-clockwise
+    rotated = analyzer.analyze(np.stack([cv2.warpAffine(im, turn, (256, 256)) for im in up]), embed=False)
+    ok = base.detected & mirrored.detected & rotated.detected
+    assert ok.sum() >= 4
+    a, m, r = (fm.pose_statistics(x.landmarks[ok]) for x in (base, mirrored, rotated))
+    assert np.abs(a["yaw"] + m["yaw"]).max() < 0.05
+    assert np.abs(r["roll_deg"] - a["roll_deg"] - 10).max() < 2.5
+    assert np.isnan(base.landmarks[~base.detected]).all()

@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -142,6 +142,8 @@ def evaluate_embeddings(
     train_detected: np.ndarray | None = None,
     train_labels: np.ndarray | None = None,
     val_half_emb: np.ndarray | None = None,
+    gen_landmarks: np.ndarray | None = None,
+    val_landmarks: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Face metrics from precomputed dlib embeddings / detection flags (see :func:`evaluate_images`).
 
@@ -156,6 +158,9 @@ def evaluate_embeddings(
         val_half_emb: float32 [V, 128] embeddings of the same validation faces at half their linear
             resolution (:func:`training.face_metrics.reduce_resolution`); with ``train_emb`` they give the
             reference ``frechet_distance_train_vs_val_half_resolution``, the scale of a mild loss of detail.
+        gen_landmarks, val_landmarks: float32 [G, 68, 2] and [V, 68, 2] landmarks (NaN rows: no face); with
+            both, ``pose`` compares the spread of head yaw, roll and mouth opening
+            (:func:`training.face_metrics.pose_spread`), which the covariance term of the FD does not name.
 
     Returns:
         A JSON-ready dict (NaN → ``None``); see :func:`format_table` for the keys shown.
@@ -251,6 +256,8 @@ def evaluate_embeddings(
             "frechet_distance_train_vs_val_half_resolution": fd_ref_half,
         },
     }
+    if gen_landmarks is not None and val_landmarks is not None:
+        metrics["pose"] = fm.pose_spread(gen_landmarks, val_landmarks)
     return _nan_to_none(metrics)
 
 
@@ -296,6 +303,8 @@ def evaluate_images(
         None if train is None else train.embeddings,
         None if train is None else train.detected,
         None if train is None else real_train_labels,
+        gen_landmarks=gen.landmarks,
+        val_landmarks=val.landmarks,
     )
 
 
@@ -336,6 +345,13 @@ def format_table(metrics: dict[str, Any]) -> str:
         rows.append((f"  diversity {name}", f(d.get("generated")), f(d.get("real"))))
     for name, v in (metrics.get("detection_ratio_per_identity") or {}).items():
         rows.append((f"  detection {name}", f(v), ""))
+    pose = metrics.get("pose") or {}
+    if pose:
+        rows.append(("pose / expression spread (std)", "generated", "real val (generated/real)"))
+        for name, p in pose.items():
+            rows.append(
+                (f"  {name}", f(p.get("generated_std")), f"{f(p.get('real_std'))} ({f(p.get('std_ratio'), 2)})")
+            )
     fit = metrics.get("train_fit")
     if fit:
         rows.append(
@@ -471,12 +487,27 @@ def seed_noise(seed: int, seed_index: int, n: int, noise_dim: int) -> np.ndarray
 
 
 # ---------------------------------------------------------------------- real-face cache
-class RealFaceCache:
-    """Embeddings / detection flags of real faces, cached by image content and analyzer settings.
+class RealFaces(NamedTuple):
+    """What :class:`RealFaceCache` knows of N real faces.
 
-    One ``.npz`` per (analyzer settings, image size) under ``cache_dir``; rows keyed by the sha1 of
-    the decoded image bytes.
+    Attributes:
+        embeddings: float32 [N, 128] dlib descriptors. detected: bool [N].
+        landmarks: float32 [N, 68, 2] in image pixels, NaN where no face was detected.
     """
+
+    embeddings: np.ndarray
+    detected: np.ndarray
+    landmarks: np.ndarray
+
+
+class RealFaceCache:
+    """Embeddings, detection flags and landmarks of real faces, cached by image content and analyzer settings.
+
+    One ``.npz`` per (analyzer settings, image size, cache format) under ``cache_dir``; rows keyed by the sha1
+    of the decoded image bytes.
+    """
+
+    FORMAT = 2  # 2: with landmarks
 
     def __init__(self, analyzer: fm.FaceAnalyzer, cache_dir: Path | None) -> None:
         self.analyzer = analyzer
@@ -485,26 +516,30 @@ class RealFaceCache:
     def _path(self, image_size: int) -> Path | None:
         if self.cache_dir is None:
             return None
-        key = hashlib.sha1(json.dumps([self.analyzer.settings(), image_size, 1], sort_keys=True).encode()).hexdigest()
-        return self.cache_dir / f"face-embeddings-{key[:16]}.npz"
+        key = [self.analyzer.settings(), image_size, self.FORMAT]
+        digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()
+        return self.cache_dir / f"face-embeddings-{digest[:16]}.npz"
 
-    def analyze(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(embeddings float32 [N, 128], detected bool [N]) for uint8 [N, H, W, 3]."""
+    def analyze(self, images: np.ndarray) -> RealFaces:
+        """:class:`RealFaces` of uint8 [N, H, W, 3] images (analysed once, then read from the cache)."""
         images = np.asarray(images)
         keys = [hashlib.sha1(np.ascontiguousarray(im).tobytes()).hexdigest() for im in images]
         path = self._path(images.shape[1]) if len(images) else None
-        stored: dict[str, tuple[np.ndarray, bool]] = {}
+        stored: dict[str, tuple[np.ndarray, bool, np.ndarray]] = {}
         if path is not None and path.is_file():
             try:
                 with np.load(path) as z:
-                    stored = {str(k): (e, bool(d)) for k, e, d in zip(z["keys"], z["embeddings"], z["detected"])}
+                    stored = {
+                        str(k): (e, bool(d), m)
+                        for k, e, d, m in zip(z["keys"], z["embeddings"], z["detected"], z["landmarks"])
+                    }
             except Exception as exc:  # a damaged cache is rebuilt
                 log.warning("%s: unreadable face cache (%s); rebuilding", path, exc)
         missing = [i for i, k in enumerate(keys) if k not in stored]
         if missing:
             result = self.analyzer.analyze(images[missing])
             for j, i in enumerate(missing):
-                stored[keys[i]] = (result.embeddings[j], bool(result.detected[j]))
+                stored[keys[i]] = (result.embeddings[j], bool(result.detected[j]), result.landmarks[j])
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(".tmp.npz")
@@ -513,11 +548,16 @@ class RealFaceCache:
                     keys=np.asarray(list(stored)),
                     embeddings=np.stack([v[0] for v in stored.values()]),
                     detected=np.asarray([v[1] for v in stored.values()]),
+                    landmarks=np.stack([v[2] for v in stored.values()]),
                 )
                 tmp.replace(path)
-        emb = np.stack([stored[k][0] for k in keys]).astype(np.float32) if keys else np.zeros((0, 128), np.float32)
-        det = np.asarray([stored[k][1] for k in keys], bool)
-        return emb, det
+        if not keys:
+            return RealFaces(np.zeros((0, 128), np.float32), np.zeros(0, bool), np.zeros((0, 68, 2), np.float32))
+        return RealFaces(
+            np.stack([stored[k][0] for k in keys]).astype(np.float32),
+            np.asarray([stored[k][1] for k in keys], bool),
+            np.stack([stored[k][2] for k in keys]).astype(np.float32),
+        )
 
 
 # ---------------------------------------------------------------------- sample sheet
@@ -725,9 +765,9 @@ def _evaluate_model(args: argparse.Namespace) -> int:
     cache = RealFaceCache(analyzer, default_cache_dir())
     face_label = np.zeros(len(ds.faces), np.int64)
     face_label[ds.face_index] = ds.labels
-    val_emb, val_det = cache.analyze(ds.faces[val_faces])
-    train_emb, train_det = cache.analyze(ds.faces[train_faces])
-    val_half_emb, _ = cache.analyze(fm.reduce_resolution(ds.faces[val_faces], 2))
+    val_emb, val_det, val_landmarks = cache.analyze(ds.faces[val_faces])
+    train_emb, train_det, _ = cache.analyze(ds.faces[train_faces])
+    val_half_emb = cache.analyze(fm.reduce_resolution(ds.faces[val_faces], 2)).embeddings
     metrics = evaluate_embeddings(
         gen.embeddings,
         gen.detected,
@@ -740,6 +780,8 @@ def _evaluate_model(args: argparse.Namespace) -> int:
         train_det,
         face_label[train_faces],
         val_half_emb,
+        gen.landmarks,
+        val_landmarks,
     )
     if n_train_pairs and len(train_idx):
         metrics["train_fit"] = train_fit(source, ds, train_idx, n_train_pairs, args.seed, analyzer, train_emb)

@@ -82,11 +82,14 @@ class FaceAnalysis:
         embeddings: float32 [N, 128] dlib face descriptors (unit-less; same-person threshold ≈ 0.6
             Euclidean), or ``None`` when embeddings were not requested.
         fallback: bool [N], True where no face was detected and the whole image was embedded instead.
+        landmarks: float32 [N, 68, 2] (x, y) of the 68-point model (iBUG 300-W order) in input-image pixels,
+            NaN where no face was detected.
     """
 
     boxes: list[FaceBox | None]
     embeddings: np.ndarray | None
     fallback: np.ndarray
+    landmarks: np.ndarray | None = None
 
     @property
     def detected(self) -> np.ndarray:
@@ -232,6 +235,7 @@ class FaceAnalyzer:
         boxes: list[FaceBox | None] = []
         embeddings = np.zeros((len(batch), EMBEDDING_DIM), np.float32) if embed else None
         fallback = np.zeros(len(batch), bool)
+        landmarks = np.full((len(batch), 68, 2), np.nan, np.float32)
         for i, raw in enumerate(batch):
             image, scale = self._prepare(raw)
             found = self._find(image)
@@ -239,8 +243,9 @@ class FaceAnalyzer:
                 boxes.append(None)
                 fallback[i] = embed
             else:
-                r = found[0]
+                r, shape = found
                 boxes.append(FaceBox(r.left() / scale, r.top() / scale, r.right() / scale, r.bottom() / scale))
+                landmarks[i] = [(shape.part(j).x / scale, shape.part(j).y / scale) for j in range(68)]
             if embed:
                 if found is None:
                     h, w = image.shape[:2]
@@ -249,7 +254,7 @@ class FaceAnalyzer:
                     shape = found[1]
                 # aligned 150x150 chip (padding 0.25) from the 68 landmarks, then the ResNet
                 embeddings[i] = np.asarray(self._resnet.compute_face_descriptor(image, shape), np.float32)
-        return FaceAnalysis(boxes=boxes, embeddings=embeddings, fallback=fallback)
+        return FaceAnalysis(boxes=boxes, embeddings=embeddings, fallback=fallback, landmarks=landmarks)
 
     def detect(self, images: np.ndarray | Sequence[np.ndarray]) -> list[FaceBox | None]:
         """Face box per image, or ``None`` where the detector finds no face or the landmarks do not fit.
@@ -425,6 +430,73 @@ def frechet_terms(emb_a: np.ndarray, emb_b: np.ndarray, eps: float = 1e-6) -> tu
     diff = mu_a - mu_b
     cov_term = float(np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(covmean))
     return max(float(diff @ diff), 0.0), max(cov_term, 0.0)
+
+
+POSE_STATISTICS: tuple[str, ...] = ("yaw", "roll_deg", "mouth_open")
+"""The keys of :func:`pose_statistics`."""
+
+
+def pose_statistics(landmarks: np.ndarray) -> dict[str, np.ndarray]:
+    """Head pose and expression proxies from 68-point landmarks (iBUG 300-W order, as dlib's model).
+
+    With the eye centres ``l``, ``r`` (means of points 36-41 and 42-47) and the inter-ocular distance
+    ``d = |r - l|``:
+
+    * ``yaw``: horizontal offset of the nose tip (point 30) from the eye midpoint, divided by ``d``
+      (0 for a frontal face; about +-0.15 is the spread of the Wav2Pix validation faces), unitless;
+    * ``roll_deg``: angle of the eye line, degrees (positive: the right-hand eye in the image is lower);
+    * ``mouth_open``: distance between the inner lips (points 62 and 66) divided by ``d``, unitless.
+
+    These are 2-D proxies (no 3-D head model): enough to compare the spread of generated faces with real
+    ones, which is what the evaluation uses them for.
+
+    Args:
+        landmarks: float [N, 68, 2] (x, y) in pixels; rows of NaN (no face) give NaN.
+
+    Returns:
+        {name: float64 [N]} for the names in :data:`POSE_STATISTICS`.
+
+    Raises:
+        ValueError: not [N, 68, 2].
+    """
+    p = np.asarray(landmarks, np.float64)
+    if p.ndim != 3 or p.shape[1:] != (68, 2):
+        raise ValueError(f"landmarks: expected [N, 68, 2], got {p.shape}")
+    left, right = p[:, 36:42].mean(axis=1), p[:, 42:48].mean(axis=1)
+    d = np.linalg.norm(right - left, axis=1)
+    d = np.where(d > 0, d, np.nan)
+    mid = (left + right) / 2
+    return {
+        "yaw": (p[:, 30, 0] - mid[:, 0]) / d,
+        "roll_deg": np.degrees(np.arctan2(right[:, 1] - left[:, 1], right[:, 0] - left[:, 0])),
+        "mouth_open": np.linalg.norm(p[:, 66] - p[:, 62], axis=1) / d,
+    }
+
+
+def pose_spread(generated: np.ndarray, real: np.ndarray) -> dict[str, dict[str, float]]:
+    """Mean and standard deviation of each :func:`pose_statistics` proxy, generated vs real faces.
+
+    Args:
+        generated, real: landmarks float [N, 68, 2] (NaN rows, no face, are left out).
+
+    Returns:
+        {name: {"generated_mean", "generated_std", "real_mean", "real_std", "std_ratio"}} with
+        ``std_ratio`` = generated std / real std (1 = as varied as the real faces; NaN where undefined).
+    """
+    gen, ref = pose_statistics(generated), pose_statistics(real)
+    out: dict[str, dict[str, float]] = {}
+    for name in POSE_STATISTICS:
+        g, r = gen[name][np.isfinite(gen[name])], ref[name][np.isfinite(ref[name])]
+        g_std = float(g.std()) if len(g) >= 2 else float("nan")
+        r_std = float(r.std()) if len(r) >= 2 else float("nan")
+        out[name] = {
+            "generated_mean": float(g.mean()) if len(g) else float("nan"),
+            "generated_std": g_std,
+            "real_mean": float(r.mean()) if len(r) else float("nan"),
+            "real_std": r_std,
+            "std_ratio": g_std / r_std if r_std > 0 else float("nan"),
+        }
+    return out
 
 
 def reduce_resolution(images: np.ndarray, factor: int = 2) -> np.ndarray:
