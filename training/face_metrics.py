@@ -200,7 +200,8 @@ class FaceAnalyzer:
         return np.ascontiguousarray(image, dtype=np.uint8), scale
 
     def _find(self, image: np.ndarray):
-        """(dlib rectangle, full_object_detection) of the largest face with fitted landmarks, or None."""
+        """(dlib rectangle, full_object_detection, landmarks float64 [68, 2] in ``image`` pixels) of the largest
+        face with fitted landmarks, or None."""
         rects = self._detector(image, self.upsample)
         if len(rects) == 0:
             return None
@@ -214,7 +215,7 @@ class FaceAnalyzer:
         inside = (pts[:, 0] >= -m * w) & (pts[:, 0] <= (1 + m) * w) & (pts[:, 1] >= -m * h) & (pts[:, 1] <= (1 + m) * h)
         if not inside.all():
             return None
-        return rect, shape
+        return rect, shape, pts
 
     # ------------------------------------------------------------------ API
     def analyze(self, images: np.ndarray | Sequence[np.ndarray], embed: bool = True) -> FaceAnalysis:
@@ -243,15 +244,13 @@ class FaceAnalyzer:
                 boxes.append(None)
                 fallback[i] = embed
             else:
-                r, shape = found
+                r, shape, pts = found
                 boxes.append(FaceBox(r.left() / scale, r.top() / scale, r.right() / scale, r.bottom() / scale))
-                landmarks[i] = [(shape.part(j).x / scale, shape.part(j).y / scale) for j in range(68)]
+                landmarks[i] = pts / scale
             if embed:
                 if found is None:
                     h, w = image.shape[:2]
                     shape = self._landmarks(image, self._dlib.rectangle(0, 0, w - 1, h - 1))
-                else:
-                    shape = found[1]
                 # aligned 150x150 chip (padding 0.25) from the 68 landmarks, then the ResNet
                 embeddings[i] = np.asarray(self._resnet.compute_face_descriptor(image, shape), np.float32)
         return FaceAnalysis(boxes=boxes, embeddings=embeddings, fallback=fallback, landmarks=landmarks)

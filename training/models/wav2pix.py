@@ -282,10 +282,10 @@ class Discriminator(nn.Module):
         Raises:
             ValueError: ``twin`` asked of a discriminator built without the twin head.
         """
+        h = self.body[:-2](image)
         if self.minibatch_std:
-            h = self.body[-2:](minibatch_std(self.body[:-2](image), self.minibatch_std)).sum(dim=(2, 3))
-        else:
-            h = self.body(image).sum(dim=(2, 3))
+            h = minibatch_std(h, self.minibatch_std)
+        h = self.body[-2:](h).sum(dim=(2, 3))
         score = self.psi(h).squeeze(1) + (self.embed(embedding) * h).sum(dim=1)
         if not twin:
             return score, self.classifier(h)
