@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
@@ -49,6 +49,7 @@ from training import losses
 from training.config import FORMAT_VERSION, Config, load_config
 from training.data import PairDataset, load_dataset, split_by_face
 from training.data.diffaugment import diff_augment
+from training.landmarks import LandmarkPrior
 from training.models import get_family
 
 log = logging.getLogger(__name__)
@@ -314,7 +315,8 @@ class GanStep:
     ``loss.r1_gamma`` the lazy R1 penalty on augmented real images (Mescheder et al. 2018; Karras et al. 2020),
     computed in float32.
     Generator + speech encoder: adversarial loss, AC-GAN identity loss on fakes, identity classification of the
-    speech embedding, and the mode-seeking term (Mao et al. 2019). Under ``precision='bf16'`` forward passes run
+    speech embedding, the mode-seeking term (Mao et al. 2019) and, with ``loss.landmark_weight``, the landmark
+    prior's moment matching (:mod:`training.landmarks`, computed in float32). Under ``precision='bf16'`` forward passes run
     in autocast; losses are computed in float32. With ``world > 1`` gradients are all-reduced before each step.
     """
 
@@ -326,8 +328,12 @@ class GanStep:
         opt_g: torch.optim.Optimizer,
         opt_d: torch.optim.Optimizer,
         world: int = 1,
+        landmark_prior: LandmarkPrior | None = None,
     ) -> None:
         self.cfg, self.net, self.disc, self.opt_g, self.opt_d, self.world = cfg, net, disc, opt_g, opt_d, world
+        if cfg.loss.landmark_weight > 0 and landmark_prior is None:
+            raise ValueError("loss.landmark_weight > 0 needs a landmark_prior")
+        self.landmark_prior = landmark_prior
         self.policy = cfg.augment.policy if cfg.augment.enabled else ()
         self.g_params, self.d_params = list(net.parameters()), list(disc.parameters())
         self.d_steps = 0
@@ -359,7 +365,8 @@ class GanStep:
 
         Returns:
             floats: loss_d, loss_g, loss_aux, loss_twin (0 without the twin head), loss_speech_id, loss_ms, d_real,
-            d_fake, speech_id_acc, r1 (the last computed mean squared gradient norm; 0 when off).
+            d_fake, speech_id_acc, r1 (the last computed mean squared gradient norm; 0 when off), loss_landmark
+            (0 when off).
         """
         cfg, net, disc, aug = self.cfg, self.net, self.disc, self._augment
         dev, b, z_dim = x_real.device, x_real.shape[0], cfg.model.noise_dim
@@ -406,6 +413,9 @@ class GanStep:
                 z2 = torch.randn(h, z_dim, device=dev)
                 loss_ms = losses.mode_seeking(x_fake[:h].float(), net.generator(e[:h], z2).float(), z[:h], z2)
         s_fake, cls_fake, speech_logits = s_fake.float(), cls_fake.float(), speech_logits.float()
+        loss_lm = torch.zeros((), device=dev)
+        if self.landmark_prior is not None and cfg.loss.landmark_weight > 0:
+            loss_lm = self.landmark_prior.loss(x_fake.float())
         loss_g = losses.g_loss(cfg.loss.kind, s_fake)
         loss_aux = F.cross_entropy(cls_fake, y)
         loss_twin = F.cross_entropy(out_fake[2].float(), y) if twin else torch.zeros((), device=dev)
@@ -417,6 +427,7 @@ class GanStep:
             + aux_g * (loss_aux - loss_twin)  # TAC-GAN: minus the twin head's loss (0 without the twin)
             + cfg.loss.speech_id_weight * loss_sid
             + cfg.loss.mode_seeking_weight * loss_ms
+            + cfg.loss.landmark_weight * loss_lm
         )
         total.backward()
         _all_reduce_grads(self.g_params, self.world)
@@ -432,6 +443,7 @@ class GanStep:
             "d_fake": fakes[0].mean().item(),
             "speech_id_acc": float((speech_logits.argmax(1) == y).float().mean()),
             "r1": self.last_r1,
+            "loss_landmark": loss_lm.item(),
         }
 
 
@@ -475,6 +487,49 @@ def _record_provenance(out: Path, cfg: Config, command: str, resumed_from: Path 
     configs.dump(cfg, cfg_path)
     if command:
         cmd_path.write_text(command + "\n", encoding="utf-8")
+
+
+LANDMARK_PRIOR_FILE = "landmark_prior.safetensors"
+
+
+def landmark_prior_for_run(out: Path, cfg: Config, train_faces: np.ndarray, main: bool, world: int) -> LandmarkPrior:
+    """The run's landmark prior: read from ``out/landmark_prior.safetensors``, else built from the training faces.
+
+    Building runs dlib's face detector and 68-point landmark model on every training face (uint8 [F, S, S, 3];
+    the validation split is never read), fits :class:`training.landmarks.LandmarkRegressor` for
+    ``loss.landmark_fit_steps`` and writes the file (rank 0; other ranks wait and read it), so a resumed run
+    uses the same prior.
+
+    Raises:
+        UserError: too few training faces with detectable landmarks, or the file exists but cannot be read.
+    """
+    from safetensors.torch import load_file
+
+    from training.face_metrics import FaceAnalyzer
+    from training.landmarks import fit_landmark_regressor
+
+    path = out / LANDMARK_PRIOR_FILE
+    if main and not path.is_file():
+        t0 = time.perf_counter()
+        found = FaceAnalyzer().analyze(train_faces, embed=False)
+        try:
+            regressor, report = fit_landmark_regressor(
+                train_faces, found.landmarks, steps=cfg.loss.landmark_fit_steps, seed=cfg.train.seed
+            )
+            prior = LandmarkPrior.from_faces(regressor, train_faces, cfg.loss.landmark_components)
+        except ValueError as err:
+            raise UserError(f"loss.landmark_weight > 0: cannot build the landmark prior: {err}") from err
+        save_file(prior.state_dict(), str(path), metadata={k: str(v) for k, v in report.items()})
+        log.info(
+            "landmark prior: %d of %d training faces with landmarks, fit RMSE %.3f inter-ocular distances, %.0f s",
+            report["n_faces"], len(train_faces), report["train_rmse"], time.perf_counter() - t0,
+        )  # fmt: skip
+    if world > 1:
+        dist.barrier()
+    try:
+        return LandmarkPrior.from_state_dict(load_file(str(path)))
+    except (OSError, KeyError, RuntimeError, SafetensorError) as err:
+        raise UserError(f"{path}: cannot read the landmark prior ({err}); delete it to rebuild") from err
 
 
 def train(
@@ -598,7 +653,10 @@ def train(
     val_voices = _fixed_val_voices(ds, val_idx if len(val_idx) else train_idx, 8)
     val_audio = torch.from_numpy(ds.windows(val_voices, window)).to(dev)
     val_noise = torch.randn(4, cfg.model.noise_dim, generator=torch.Generator().manual_seed(1234)).to(dev)
-    gan_step = GanStep(cfg, net, disc, opt_g, opt_d, world)
+    prior = None
+    if cfg.loss.landmark_weight > 0:
+        prior = landmark_prior_for_run(out, cfg, ds.faces[np.unique(ds.face_index[train_idx])], main, world).to(dev)
+    gan_step = GanStep(cfg, net, disc, opt_g, opt_d, world, landmark_prior=prior)
 
     def features(idx: np.ndarray) -> torch.Tensor:
         if feats_all is not None:

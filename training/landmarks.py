@@ -1,0 +1,226 @@
+"""A landmark prior for the generator: the spread of head pose and expression of the real faces.
+
+Why: the speech -> face generator learned to turn its noise into lighting rather than into head pose and mouth
+opening (the default's yaw spread is 0.22 of the real faces', mouth opening 0.40; see the README's default-model
+section), and the real training faces restricted to such a narrow yaw band alone sit 0.026 further (Fréchet
+distance of dlib face embeddings) from the validation faces. This module gives the generator a differentiable
+handle on that spread:
+
+1. the 68 dlib landmarks (iBUG 300-W order) of every real *training* face are normalised (origin at the eye
+   midpoint, unit = inter-ocular distance, so the framing drops out and yaw, roll and expression remain);
+2. a small CNN (:class:`LandmarkRegressor`) learns them from the 64 or 128 px images (mirrored copies double the
+   data, random shifts and colour changes make it ignore framing and lighting);
+3. its outputs on the real training faces define a whitened principal-component space (:class:`LandmarkPrior`);
+   the generator loss term asks each batch of generated faces to have the real faces' mean and per-component
+   standard deviation there (moment matching, as in feature-matching GAN losses: Salimans et al., "Improved
+   Techniques for Training GANs", NeurIPS 2016; with a frozen pretrained feature network, as in Sauer et al.,
+   "Projected GANs Converge Faster", NeurIPS 2021).
+
+The prior only reads training faces (never the validation split) and is used only while training: exported
+bundles do not contain it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+# Index of each point's mirror image in the 68-point iBUG 300-W scheme (left <-> right).
+MIRROR_68: tuple[int, ...] = (
+    *range(16, -1, -1),  # jaw 0..16
+    *range(26, 21, -1),  # brows 17..21 <- 26..22
+    *range(21, 16, -1),  # brows 22..26 <- 21..17
+    27, 28, 29, 30,  # nose bridge
+    35, 34, 33, 32, 31,  # nostrils
+    45, 44, 43, 42, 47, 46,  # eye 36..41 <- other eye
+    39, 38, 37, 36, 41, 40,  # eye 42..47
+    54, 53, 52, 51, 50, 49, 48,  # outer lips 48..54
+    59, 58, 57, 56, 55,  # outer lips 55..59
+    64, 63, 62, 61, 60,  # inner lips 60..64
+    67, 66, 65,  # inner lips 65..67
+)  # fmt: skip
+
+
+def normalise_landmarks(landmarks: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Landmarks relative to the eye midpoint in units of the inter-ocular distance.
+
+    Args:
+        landmarks: float [N, 68, 2] (x, y) in pixels (iBUG 300-W order); NaN rows stay NaN.
+
+    Returns:
+        float32 [N, 136]: (x, y) of each point, translation- and scale-free (yaw, roll, expression remain).
+
+    Raises:
+        ValueError: not [N, 68, 2].
+    """
+    p = np.asarray(landmarks, np.float64)
+    if p.ndim != 3 or p.shape[1:] != (68, 2):
+        raise ValueError(f"landmarks: expected [N, 68, 2], got {p.shape}")
+    left, right = p[:, 36:42].mean(axis=1), p[:, 42:48].mean(axis=1)
+    iod = np.linalg.norm(right - left, axis=1)[:, None, None]
+    mid = ((left + right) / 2)[:, None, :]
+    return ((p - mid) / np.where(iod > 0, iod, np.nan)).reshape(len(p), 136).astype(np.float32)
+
+
+def mirror_landmarks(landmarks: np.ndarray, width: int) -> np.ndarray:
+    """Landmarks of the horizontally mirrored image: x -> width - 1 - x, points relabelled left <-> right.
+
+    Args:
+        landmarks: float [N, 68, 2] in pixels of an image ``width`` pixels wide.
+    """
+    p = np.asarray(landmarks, np.float64)[:, list(MIRROR_68)].copy()
+    p[..., 0] = width - 1 - p[..., 0]
+    return p
+
+
+class LandmarkRegressor(nn.Module):
+    """Small CNN: face image float32 [B, 3, S, S] in [-1, 1] (S = 64 or 128) -> normalised landmarks [B, 136].
+
+    Four stride-2 convolutions (32, 64, 128, 256 channels, LeakyReLU 0.2), global average pooling and a linear
+    layer; about 0.4 M parameters.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        chans = (3, 32, 64, 128, 256)
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip(chans[:-1], chans[1:]):
+            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1), nn.LeakyReLU(0.2)]
+        self.features = nn.Sequential(*layers, nn.Conv2d(256, 256, 3, 1, 1), nn.LeakyReLU(0.2))
+        self.head = nn.Linear(256, 136)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != 64:
+            x = F.interpolate(x, size=(64, 64), mode="area")
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator, shift: int = 4) -> torch.Tensor:
+    """Random integer shifts (up to ``shift`` px, edge-padded) and brightness / contrast / saturation changes."""
+    b = x.shape[0]
+    x = F.pad(x, (shift,) * 4, mode="replicate")
+    dx, dy = torch.randint(0, 2 * shift + 1, (2, b), generator=gen).tolist()
+    size = x.shape[-1] - 2 * shift
+    x = torch.stack([x[i, :, dy[i] : dy[i] + size, dx[i] : dx[i] + size] for i in range(b)])
+    u = torch.rand(b, 3, 1, 1, 1, generator=gen)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * (0.6 + 0.8 * u[:, 0]) + mean + (u[:, 1] - 0.5) * 0.6
+    grey = x.mean(dim=1, keepdim=True)
+    x = (x - grey) * (2 * u[:, 2]) + grey
+    return x.clamp(-1.5, 1.5)
+
+
+def fit_landmark_regressor(
+    faces: np.ndarray, landmarks: np.ndarray, steps: int = 3000, batch_size: int = 64, seed: int = 0
+) -> tuple[LandmarkRegressor, dict[str, float]]:
+    """Fit a :class:`LandmarkRegressor` to faces and their detected landmarks (mirrored copies added).
+
+    Args:
+        faces: uint8 [N, S, S, 3] RGB. landmarks: float [N, 68, 2] pixels; rows with NaN (no face) are dropped.
+        steps: Adam steps (lr 1e-3, cosine-decayed); about a minute per 1000 steps on 2 CPU cores.
+
+    Returns:
+        (regressor in eval mode on the CPU, {"n_faces", "train_rmse"}), the RMSE in inter-ocular units
+        over the last 10 % of steps.
+
+    Raises:
+        ValueError: fewer than 16 faces with landmarks, or mismatched shapes.
+    """
+    faces = np.asarray(faces)
+    if faces.ndim != 4 or faces.shape[-1] != 3 or len(faces) != len(landmarks):
+        raise ValueError(f"faces {faces.shape} and landmarks {np.shape(landmarks)}: expected [N,S,S,3] and [N,68,2]")
+    ok = np.isfinite(np.asarray(landmarks)).all(axis=(1, 2))
+    if ok.sum() < 16:
+        raise ValueError(f"landmark prior: only {int(ok.sum())} faces with landmarks (need at least 16)")
+    img, lm = faces[ok], np.asarray(landmarks)[ok]
+    img = np.concatenate([img, img[:, :, ::-1]])
+    lm = np.concatenate([lm, mirror_landmarks(lm, faces.shape[2])])
+    x_all = torch.from_numpy(np.ascontiguousarray(img)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    y_all = torch.from_numpy(normalise_landmarks(lm))
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = LandmarkRegressor()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    errs: list[float] = []
+    model.train()
+    for step in range(steps):
+        idx = torch.randint(0, len(x_all), (batch_size,), generator=gen)
+        pred = model(_augment(x_all[idx], gen))
+        loss = F.smooth_l1_loss(pred, y_all[idx], beta=0.05)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step >= steps * 0.9:
+            errs.append(float((pred.detach() - y_all[idx]).square().mean().sqrt()))
+    model.eval().requires_grad_(False)
+    return model, {"n_faces": int(ok.sum()), "train_rmse": float(np.mean(errs))}
+
+
+@dataclass
+class LandmarkPrior:
+    """Whitened principal components of predicted landmarks of real faces, and the moment-matching loss.
+
+    Attributes:
+        regressor: frozen :class:`LandmarkRegressor`.
+        mean: float32 [136] mean prediction on the real training faces.
+        basis: float32 [K, 136] principal directions divided by their standard deviation (whitening), so the
+            real faces have mean 0 and standard deviation 1 along each of the K components.
+    """
+
+    regressor: LandmarkRegressor
+    mean: torch.Tensor
+    basis: torch.Tensor
+
+    @classmethod
+    def from_faces(cls, regressor: LandmarkRegressor, faces: np.ndarray, components: int = 8) -> LandmarkPrior:
+        """Build the prior from the regressor's predictions on real faces uint8 [N, S, S, 3].
+
+        Raises:
+            ValueError: ``components`` outside 1..136 or more than N - 1.
+        """
+        if not 1 <= components <= min(136, len(faces) - 1):
+            raise ValueError(f"loss.landmark_components: expected 1..{min(136, len(faces) - 1)}, got {components}")
+        with torch.no_grad():
+            x = torch.from_numpy(np.ascontiguousarray(faces)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+            pred = torch.cat([regressor(x[i : i + 256]) for i in range(0, len(x), 256)]).double()
+        mean = pred.mean(0)
+        _, s, vt = torch.linalg.svd(pred - mean, full_matrices=False)
+        std = s[:components] / np.sqrt(len(pred) - 1)
+        return cls(regressor, mean.float(), (vt[:components] / std[:, None]).float())
+
+    def to(self, device: torch.device | str) -> LandmarkPrior:
+        """Move the regressor and tensors to ``device`` (returns self)."""
+        self.regressor.to(device)
+        self.mean, self.basis = self.mean.to(device), self.basis.to(device)
+        return self
+
+    def coordinates(self, images: torch.Tensor) -> torch.Tensor:
+        """Whitened landmark coordinates float32 [B, K] of images float [B, 3, S, S] in [-1, 1] (differentiable)."""
+        return (self.regressor(images.float()) - self.mean) @ self.basis.T
+
+    def loss(self, images: torch.Tensor) -> torch.Tensor:
+        """Moment-matching loss of a batch of generated faces [B, 3, S, S] (B >= 2): sum over components of
+        mean^2 + (std - 1)^2 in the whitened space (0 when the batch matches the real faces' moments)."""
+        c = self.coordinates(images)
+        return (c.mean(0).square() + (c.std(0) - 1.0).square()).sum()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Flat tensors for safetensors (``regressor.*``, ``mean``, ``basis``)."""
+        sd = {f"regressor.{k}": v.detach().cpu().contiguous() for k, v in self.regressor.state_dict().items()}
+        return {**sd, "mean": self.mean.cpu().contiguous(), "basis": self.basis.cpu().contiguous()}
+
+    @classmethod
+    def from_state_dict(cls, tensors: dict[str, torch.Tensor]) -> LandmarkPrior:
+        """Inverse of :meth:`state_dict`. Raises KeyError / RuntimeError on a mismatched file."""
+        reg = LandmarkRegressor()
+        reg.load_state_dict({k[len("regressor.") :]: v for k, v in tensors.items() if k.startswith("regressor.")})
+        return cls(reg.eval().requires_grad_(False), tensors["mean"], tensors["basis"])
