@@ -84,6 +84,16 @@ def test_prior_is_zero_on_its_own_faces_and_penalises_a_collapsed_batch():
     assert loss.item() >= 4.0 - 1e-4  # every component's spread is gone: (0 - 1)^2 each
     loss.backward()
     assert same.grad is not None and same.grad.abs().sum() > 0  # the generator gets a gradient
+    # identity targets: each identity's own real faces score 0, pooled targets would not
+    labels = np.repeat([0, 1], 20)
+    prior.with_identity_targets(faces, labels, 2)
+    lab = torch.from_numpy(labels)
+    assert prior.loss(x, lab).item() < 1e-6
+    assert prior.loss(x[:20], lab[:20]).item() < 1e-6 and prior.loss(x[:20]).item() > 1e-3
+    swapped = prior.loss(x, 1 - lab).item()
+    assert swapped > 1e-3
+    with pytest.raises(ValueError, match="fewer than 2 faces"):
+        prior.with_identity_targets(faces, np.r_[np.zeros(39, int), 1], 3)
     again = LandmarkPrior.from_state_dict(prior.state_dict())
     torch.testing.assert_close(again.coordinates(x), c)
     with pytest.raises(ValueError, match="landmark_components"):

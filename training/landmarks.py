@@ -12,7 +12,7 @@ handle on that spread:
    data, random shifts and colour changes make it ignore framing and lighting);
 3. its outputs on the real training faces define a whitened principal-component space (:class:`LandmarkPrior`);
    the generator loss term asks each batch of generated faces to have the real faces' mean and per-component
-   standard deviation there (moment matching, as in feature-matching GAN losses: Salimans et al., "Improved
+   standard deviation there, identity by identity (moment matching, as in feature-matching GAN losses: Salimans et al., "Improved
    Techniques for Training GANs", NeurIPS 2016; with a frozen pretrained feature network, as in Sauer et al.,
    "Projected GANs Converge Faster", NeurIPS 2021).
 
@@ -169,16 +169,25 @@ def fit_landmark_regressor(
 class LandmarkPrior:
     """Whitened principal components of predicted landmarks of real faces, and the moment-matching loss.
 
+    The real faces' pose and expression differ between identities (in the Wav2Pix data one speaker's yaw
+    spread is 0.07, the other's 0.16, and their mean roll differs by 6 degrees), so with identity targets the
+    loss compares each identity's generated faces with that identity's real ones; pooled, the generator would
+    be asked to make each speaker vary as much as both together.
+
     Attributes:
         regressor: frozen :class:`LandmarkRegressor`.
         mean: float32 [136] mean prediction on the real training faces.
         basis: float32 [K, 136] principal directions divided by their standard deviation (whitening), so the
             real faces have mean 0 and standard deviation 1 along each of the K components.
+        identity_mean, identity_std: float32 [I, K] mean and standard deviation of each identity's real faces
+            in the whitened space, or None (then the loss uses the pooled 0 and 1).
     """
 
     regressor: LandmarkRegressor
     mean: torch.Tensor
     basis: torch.Tensor
+    identity_mean: torch.Tensor | None = None
+    identity_std: torch.Tensor | None = None
 
     @classmethod
     def from_faces(cls, regressor: LandmarkRegressor, faces: np.ndarray, components: int = 8) -> LandmarkPrior:
@@ -197,21 +206,60 @@ class LandmarkPrior:
         std = s[:components] / np.sqrt(len(pred) - 1)
         return cls(regressor, mean.float(), (vt[:components] / std[:, None]).float())
 
+    def with_identity_targets(self, faces: np.ndarray, labels: np.ndarray, n_identities: int) -> LandmarkPrior:
+        """Set :attr:`identity_mean` / :attr:`identity_std` from real faces uint8 [N, S, S, 3] and their identity
+        labels int [N] (0..n_identities-1). Returns self.
+
+        Raises:
+            ValueError: an identity with fewer than 2 faces, or mismatched lengths.
+        """
+        labels = np.asarray(labels)
+        if len(labels) != len(faces):
+            raise ValueError(f"labels: {len(labels)} for {len(faces)} faces")
+        counts = np.bincount(labels, minlength=n_identities)
+        if (counts < 2).any():
+            raise ValueError(
+                f"landmark prior: identities {np.flatnonzero(counts < 2).tolist()} have fewer than 2 faces"
+            )
+        with torch.no_grad():
+            x = torch.from_numpy(np.ascontiguousarray(faces)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+            c = torch.cat([self.coordinates(x[i : i + 256].to(self.mean.device)) for i in range(0, len(x), 256)])
+        lab = torch.from_numpy(labels).to(c.device)
+        self.identity_mean = torch.stack([c[lab == k].mean(0) for k in range(n_identities)])
+        self.identity_std = torch.stack([c[lab == k].std(0) for k in range(n_identities)])
+        return self
+
     def to(self, device: torch.device | str) -> LandmarkPrior:
         """Move the regressor and tensors to ``device`` (returns self)."""
         self.regressor.to(device)
         self.mean, self.basis = self.mean.to(device), self.basis.to(device)
+        if self.identity_mean is not None and self.identity_std is not None:
+            self.identity_mean, self.identity_std = self.identity_mean.to(device), self.identity_std.to(device)
         return self
 
     def coordinates(self, images: torch.Tensor) -> torch.Tensor:
         """Whitened landmark coordinates float32 [B, K] of images float [B, 3, S, S] in [-1, 1] (differentiable)."""
         return (self.regressor(images.float()) - self.mean) @ self.basis.T
 
-    def loss(self, images: torch.Tensor) -> torch.Tensor:
-        """Moment-matching loss of a batch of generated faces [B, 3, S, S] (B >= 2): sum over components of
-        mean^2 + (std - 1)^2 in the whitened space (0 when the batch matches the real faces' moments)."""
+    def loss(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Moment-matching loss of a batch of generated faces [B, 3, S, S] (B >= 2), float32 scalar.
+
+        Sum over the K components of (mean - m)^2 + (std - s)^2 in the whitened space, where (m, s) are the
+        real faces' moments: per identity when :attr:`identity_mean` is set and ``labels`` (int64 [B]) are
+        given (identities with fewer than 2 faces in the batch are left out, the rest weighted by their share
+        of the batch), else the pooled (0, 1). 0 when the batch matches the real faces' moments.
+        """
         c = self.coordinates(images)
-        return (c.mean(0).square() + (c.std(0) - 1.0).square()).sum()
+        if labels is None or self.identity_mean is None or self.identity_std is None:
+            return (c.mean(0).square() + (c.std(0) - 1.0).square()).sum()
+        total = c.new_zeros(())
+        for k in torch.unique(labels).tolist():
+            ck = c[labels == k]
+            if len(ck) < 2:
+                continue
+            term = (ck.mean(0) - self.identity_mean[k]).square() + (ck.std(0) - self.identity_std[k]).square()
+            total = total + term.sum() * (len(ck) / len(c))
+        return total
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Flat tensors for safetensors (``regressor.*``, ``mean``, ``basis``)."""

@@ -415,7 +415,7 @@ class GanStep:
         s_fake, cls_fake, speech_logits = s_fake.float(), cls_fake.float(), speech_logits.float()
         loss_lm = torch.zeros((), device=dev)
         if self.landmark_prior is not None and cfg.loss.landmark_weight > 0:
-            loss_lm = self.landmark_prior.loss(x_fake.float())
+            loss_lm = self.landmark_prior.loss(x_fake.float(), y)
         loss_g = losses.g_loss(cfg.loss.kind, s_fake)
         loss_aux = F.cross_entropy(cls_fake, y)
         loss_twin = F.cross_entropy(out_fake[2].float(), y) if twin else torch.zeros((), device=dev)
@@ -655,7 +655,11 @@ def train(
     val_noise = torch.randn(4, cfg.model.noise_dim, generator=torch.Generator().manual_seed(1234)).to(dev)
     prior = None
     if cfg.loss.landmark_weight > 0:
-        prior = landmark_prior_for_run(out, cfg, ds.faces[np.unique(ds.face_index[train_idx])], main, world).to(dev)
+        train_faces = np.unique(ds.face_index[train_idx])
+        face_labels = np.zeros(len(ds.faces), np.int64)
+        face_labels[ds.face_index] = ds.labels
+        prior = landmark_prior_for_run(out, cfg, ds.faces[train_faces], main, world).to(dev)
+        prior.with_identity_targets(ds.faces[train_faces], face_labels[train_faces], n_id)
     gan_step = GanStep(cfg, net, disc, opt_g, opt_d, world, landmark_prior=prior)
 
     def features(idx: np.ndarray) -> torch.Tensor:
