@@ -245,6 +245,15 @@ def test_evaluate_images_on_real_faces(analyzer, real):
     assert m["frechet_distance"] == pytest.approx(0.0, abs=1e-6)
     assert m["diversity_ratio"] == pytest.approx(1.0)
     assert all(p["std_ratio"] == pytest.approx(1.0) for p in m["pose"].values())  # the same faces: same spread
+    assert sorted(m["pose_per_identity"]) == sorted(identities)
+    for per in m["pose_per_identity"].values():
+        assert all(p["std_ratio"] == pytest.approx(1.0) for p in per.values())
+    # one identity's faces scored against both: its own spread differs from the pooled one
+    one = labels == 0
+    m1 = evaluate_images(images[one], labels[one], images, labels, identities, analyzer=analyzer)
+    assert list(m1["pose_per_identity"]) == [identities[0]]
+    assert m1["pose_per_identity"][identities[0]]["yaw"]["std_ratio"] == pytest.approx(1.0)
+    assert m1["pose"]["yaw"]["std_ratio"] != pytest.approx(1.0)
 
 
 def test_reduce_resolution_keeps_size_and_removes_detail():

@@ -160,7 +160,8 @@ def evaluate_embeddings(
             reference ``frechet_distance_train_vs_val_half_resolution``, the scale of a mild loss of detail.
         gen_landmarks, val_landmarks: float32 [G, 68, 2] and [V, 68, 2] landmarks (NaN rows: no face); with
             both, ``pose`` compares the spread of head yaw, roll and mouth opening
-            (:func:`training.face_metrics.pose_spread`), which the covariance term of the FD does not name.
+            (:func:`training.face_metrics.pose_spread`), which the covariance term of the FD does not name, and
+            ``pose_per_identity`` does so within each identity.
 
     Returns:
         A JSON-ready dict (NaN → ``None``); see :func:`format_table` for the keys shown.
@@ -258,6 +259,13 @@ def evaluate_embeddings(
     }
     if gen_landmarks is not None and val_landmarks is not None:
         metrics["pose"] = fm.pose_spread(gen_landmarks, val_landmarks)
+        # per identity too: the speakers' own spreads differ (Wav2Pix: yaw std 0.07 vs 0.16), so the pooled
+        # figure can look right while each speaker varies wrongly
+        metrics["pose_per_identity"] = {
+            identities[i]: fm.pose_spread(gen_landmarks[gen_labels == i], val_landmarks[val_labels == i])
+            for i in range(k)
+            if (gen_labels == i).any() and (val_labels == i).any()
+        }
     return _nan_to_none(metrics)
 
 
@@ -352,6 +360,15 @@ def format_table(metrics: dict[str, Any]) -> str:
             rows.append(
                 (f"  {name}", f(p.get("generated_std")), f"{f(p.get('real_std'))} ({f(p.get('std_ratio'), 2)})")
             )
+        for ident, per in (metrics.get("pose_per_identity") or {}).items():
+            for name, p in per.items():
+                rows.append(
+                    (
+                        f"  {name} {ident}",
+                        f(p.get("generated_std")),
+                        f"{f(p.get('real_std'))} ({f(p.get('std_ratio'), 2)})",
+                    )
+                )
     fit = metrics.get("train_fit")
     if fit:
         rows.append(
