@@ -92,6 +92,17 @@ def test_prior_is_zero_on_its_own_faces_and_penalises_a_collapsed_batch():
     assert prior.loss(x[:20], lab[:20]).item() < 1e-6 and prior.loss(x[:20]).item() > 1e-3
     swapped = prior.loss(x, 1 - lab).item()
     assert swapped > 1e-3
+    # one-sided spread: a collapsed batch is penalised, a batch wider than the real faces is not
+    assert prior.loss(same, match="spread").item() >= 4.0 - 1e-4
+    pooled = LandmarkPrior(prior.regressor, prior.mean, prior.basis)
+    pooled.coordinates = lambda images: images  # type: ignore[method-assign]  (whitened coordinates given)
+    narrow, wide = 0.5 * torch.randn(64, 4), 2.0 * torch.randn(64, 4)
+    assert pooled.loss(wide, match="spread").item() == 0.0  # wider than the real faces: not penalised
+    assert pooled.loss(wide).item() > 1.0  # ... by the two-sided moments it is
+    expected = (1 - narrow.std(0)).square().sum().item()
+    assert pooled.loss(narrow, match="spread").item() == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="landmark_match"):
+        prior.loss(x, match="median")
     with pytest.raises(ValueError, match="fewer than 2 faces"):
         prior.with_identity_targets(faces, np.r_[np.zeros(39, int), 1], 3)
     again = LandmarkPrior.from_state_dict(prior.state_dict())

@@ -103,6 +103,8 @@ class LossConfig:
     should have the real training faces' mean and spread of head pose and expression, measured by a small CNN
     fitted to dlib's 68 landmarks of the training faces before training starts. 0 disables.
     landmark_components: whitened principal components of the normalised landmarks that the prior matches.
+    landmark_match: 'moments' asks for each identity's mean and spread there; 'spread' only penalises a spread
+    below the real one (one-sided), leaving the mean pose to the discriminator.
     landmark_fit_steps: Adam steps that fit the landmark CNN (about a minute per 1000 on 2 CPU cores).
     """
 
@@ -116,6 +118,7 @@ class LossConfig:
     r1_interval: int = 16
     landmark_weight: float = 0.0
     landmark_components: int = 8
+    landmark_match: Literal["moments", "spread"] = "moments"
     landmark_fit_steps: int = 3000
 
     def __post_init__(self) -> None:

@@ -241,24 +241,35 @@ class LandmarkPrior:
         """Whitened landmark coordinates float32 [B, K] of images float [B, 3, S, S] in [-1, 1] (differentiable)."""
         return (self.regressor(images.float()) - self.mean) @ self.basis.T
 
-    def loss(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(self, images: torch.Tensor, labels: torch.Tensor | None = None, match: str = "moments") -> torch.Tensor:
         """Moment-matching loss of a batch of generated faces [B, 3, S, S] (B >= 2), float32 scalar.
 
-        Sum over the K components of (mean - m)^2 + (std - s)^2 in the whitened space, where (m, s) are the
-        real faces' moments: per identity when :attr:`identity_mean` is set and ``labels`` (int64 [B]) are
-        given (identities with fewer than 2 faces in the batch are left out, the rest weighted by their share
-        of the batch), else the pooled (0, 1). 0 when the batch matches the real faces' moments.
+        ``match='moments'``: sum over the K components of (mean - m)^2 + (std - s)^2 in the whitened space;
+        ``match='spread'``: only max(0, s - std)^2, a one-sided push towards at least the real spread that
+        leaves the mean pose to the discriminator. (m, s) are the real faces' moments: per identity when
+        :attr:`identity_mean` is set and ``labels`` (int64 [B]) are given (identities with fewer than 2 faces in
+        the batch are left out, the rest weighted by their share of the batch), else the pooled (0, 1).
+        0 when the batch matches the real faces' moments.
+
+        Raises:
+            ValueError: unknown ``match``.
         """
+        if match not in ("moments", "spread"):
+            raise ValueError(f"loss.landmark_match: expected 'moments' or 'spread', got {match!r}")
         c = self.coordinates(images)
+
+        def term(ck: torch.Tensor, m: torch.Tensor | float, s: torch.Tensor | float) -> torch.Tensor:
+            if match == "spread":
+                return F.relu(s - ck.std(0)).square().sum()
+            return ((ck.mean(0) - m).square() + (ck.std(0) - s).square()).sum()
+
         if labels is None or self.identity_mean is None or self.identity_std is None:
-            return (c.mean(0).square() + (c.std(0) - 1.0).square()).sum()
+            return term(c, 0.0, 1.0)
         total = c.new_zeros(())
         for k in torch.unique(labels).tolist():
             ck = c[labels == k]
-            if len(ck) < 2:
-                continue
-            term = (ck.mean(0) - self.identity_mean[k]).square() + (ck.std(0) - self.identity_std[k]).square()
-            total = total + term.sum() * (len(ck) / len(c))
+            if len(ck) >= 2:
+                total = total + term(ck, self.identity_mean[k], self.identity_std[k]) * (len(ck) / len(c))
         return total
 
     def state_dict(self) -> dict[str, torch.Tensor]:

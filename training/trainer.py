@@ -415,7 +415,7 @@ class GanStep:
         s_fake, cls_fake, speech_logits = s_fake.float(), cls_fake.float(), speech_logits.float()
         loss_lm = torch.zeros((), device=dev)
         if self.landmark_prior is not None and cfg.loss.landmark_weight > 0:
-            loss_lm = self.landmark_prior.loss(x_fake.float(), y)
+            loss_lm = self.landmark_prior.loss(x_fake.float(), y, cfg.loss.landmark_match)
         loss_g = losses.g_loss(cfg.loss.kind, s_fake)
         loss_aux = F.cross_entropy(cls_fake, y)
         loss_twin = F.cross_entropy(out_fake[2].float(), y) if twin else torch.zeros((), device=dev)
