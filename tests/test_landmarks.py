@@ -165,3 +165,65 @@ def test_trainer_uses_the_runs_prior_and_rejects_faceless_data(tmp_path, monkeyp
     (out / LANDMARK_PRIOR_FILE).write_bytes(b"not a safetensors file")
     with pytest.raises(UserError, match="cannot read the landmark prior"):
         train(cfg, [str(data)], out, resume=True)
+
+
+def test_teacher_follows_dlib_on_the_faces_it_is_shown(analyzer, real, real_analysis):  # noqa: F811
+    """The teacher labels 'generated' faces with dlib (here real ones) and moves the regressor towards them."""
+    from training.landmarks import LandmarkTeacher
+
+    images = real[0]
+    torch.manual_seed(0)
+    prior = LandmarkPrior.from_faces(LandmarkRegressor().eval().requires_grad_(False), images, components=4)
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    with pytest.raises(ValueError, match="real_targets"):
+        LandmarkTeacher(prior, x)
+    prior.real_targets = torch.from_numpy(normalise_landmarks(real_analysis.landmarks))
+    teacher = LandmarkTeacher(prior, x, lr=1e-3)
+    first = teacher.step(x)
+    assert first["teacher_detected"] == pytest.approx(real_analysis.detected.mean())
+    assert np.isfinite(first["teacher_fake_rmse"])
+    for _ in range(15):
+        last = teacher.step(x)
+    assert last["teacher_fake_rmse"] < 0.7 * first["teacher_fake_rmse"]
+    assert not any(p.requires_grad for p in prior.regressor.parameters())  # frozen again for the generator
+    noise = torch.rand(6, 3, 64, 64) * 2 - 1
+    stats = teacher.step(noise)  # no face found: a step on real faces only
+    assert stats["teacher_detected"] == 0.0 and np.isnan(stats["teacher_fake_rmse"])
+
+
+def test_trainer_runs_the_teacher_and_saves_the_taught_regressor(tmp_path, monkeypatch):
+    from safetensors.torch import load_file, save_file
+
+    from training.data import load_dataset, split_by_face
+
+    monkeypatch.setenv("AVGAN_CACHE", str(tmp_path / "cache"))
+    data = make_wav2pix_dataset(tmp_path / "ds", identities=2, faces=4, snippets=2)
+    cfg_dict = tiny_config_dict(steps=4)
+    cfg_dict["loss"] = {"landmark_weight": 1.0, "landmark_components": 3, "landmark_match": "spread",
+                        "landmark_teacher_every": 2, "landmark_teacher_faces": 3}  # fmt: skip
+    cfg = config_from_dict(cfg_dict)
+    ds = load_dataset([str(data)], 16000, 64)
+    train_idx, _ = split_by_face(ds, cfg.train.val_fraction, cfg.train.seed)
+    n_train_faces = len(np.unique(ds.face_index[train_idx]))
+    torch.manual_seed(0)
+    faces = np.random.default_rng(1).integers(0, 256, (12, 64, 64, 3), dtype=np.uint8)
+    prior = LandmarkPrior.from_faces(LandmarkRegressor().eval(), faces, components=3)
+
+    out = tmp_path / "nolabels"
+    out.mkdir()
+    save_file(prior.state_dict(), str(out / LANDMARK_PRIOR_FILE))  # no real_targets: dlib finds no face here
+    with pytest.raises(UserError, match="none of the real faces has landmarks"):
+        train(cfg, [str(data)], out)
+
+    out = tmp_path / "run"
+    out.mkdir()
+    prior.real_targets = torch.randn(n_train_faces, 136) * 0.1
+    save_file(prior.state_dict(), str(out / LANDMARK_PRIOR_FILE))
+    before = load_file(str(out / LANDMARK_PRIOR_FILE))
+    train(cfg, [str(data)], out)
+    records = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert all("teacher_loss" in r for r in records[1:]) and records[-1]["teacher_detected"] == 0.0
+    after = load_file(str(out / LANDMARK_PRIOR_FILE))
+    assert torch.equal(after["real_targets"], before["real_targets"])
+    changed = [k for k in before if k.startswith("regressor.") and not torch.equal(before[k], after[k])]
+    assert changed  # the taught regressor was written with the checkpoint

@@ -106,6 +106,9 @@ class LossConfig:
     landmark_match: 'moments' asks for each identity's mean and spread there; 'spread' only penalises a spread
     below the real one (one-sided), leaving the mean pose to the discriminator.
     landmark_fit_steps: Adam steps that fit the landmark CNN (about a minute per 1000 on 2 CPU cores).
+    landmark_teacher_every: every this many steps dlib labels ``landmark_teacher_faces`` generated faces and
+    the landmark CNN takes a step on them and as many real faces (:class:`training.landmarks.LandmarkTeacher`),
+    so the generator cannot fool a frozen network; 0 keeps it frozen.
     """
 
     kind: Literal["lsgan", "hinge"] = "hinge"
@@ -120,6 +123,8 @@ class LossConfig:
     landmark_components: int = 8
     landmark_match: Literal["moments", "spread"] = "moments"
     landmark_fit_steps: int = 3000
+    landmark_teacher_every: int = 0
+    landmark_teacher_faces: int = 16
 
     def __post_init__(self) -> None:
         if self.r1_gamma < 0:
@@ -130,6 +135,11 @@ class LossConfig:
             raise ValueError(f"loss.landmark_weight: expected >= 0, got {self.landmark_weight}")
         if not 1 <= self.landmark_components <= 136:
             raise ValueError(f"loss.landmark_components: expected 1..136, got {self.landmark_components}")
+        if self.landmark_teacher_every < 0 or self.landmark_teacher_faces < 1:
+            raise ValueError(
+                "loss.landmark_teacher_every / landmark_teacher_faces: expected >= 0 / >= 1, got "
+                f"{self.landmark_teacher_every} / {self.landmark_teacher_faces}"
+            )
         if self.landmark_fit_steps < 1:
             raise ValueError(f"loss.landmark_fit_steps: expected >= 1, got {self.landmark_fit_steps}")
 

@@ -181,6 +181,8 @@ class LandmarkPrior:
             real faces have mean 0 and standard deviation 1 along each of the K components.
         identity_mean, identity_std: float32 [I, K] mean and standard deviation of each identity's real faces
             in the whitened space, or None (then the loss uses the pooled 0 and 1).
+        real_targets: float32 [N, 136] normalised dlib landmarks of the real faces the regressor was fitted to
+            (NaN rows: no face), kept for :class:`LandmarkTeacher`; None if unknown.
     """
 
     regressor: LandmarkRegressor
@@ -188,6 +190,7 @@ class LandmarkPrior:
     basis: torch.Tensor
     identity_mean: torch.Tensor | None = None
     identity_std: torch.Tensor | None = None
+    real_targets: torch.Tensor | None = None
 
     @classmethod
     def from_faces(cls, regressor: LandmarkRegressor, faces: np.ndarray, components: int = 8) -> LandmarkPrior:
@@ -273,13 +276,98 @@ class LandmarkPrior:
         return total
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Flat tensors for safetensors (``regressor.*``, ``mean``, ``basis``)."""
+        """Flat tensors for safetensors (``regressor.*``, ``mean``, ``basis``, ``real_targets`` when known)."""
         sd = {f"regressor.{k}": v.detach().cpu().contiguous() for k, v in self.regressor.state_dict().items()}
-        return {**sd, "mean": self.mean.cpu().contiguous(), "basis": self.basis.cpu().contiguous()}
+        sd.update({"mean": self.mean.cpu().contiguous(), "basis": self.basis.cpu().contiguous()})
+        if self.real_targets is not None:
+            sd["real_targets"] = self.real_targets.cpu().contiguous()
+        return sd
 
     @classmethod
     def from_state_dict(cls, tensors: dict[str, torch.Tensor]) -> LandmarkPrior:
         """Inverse of :meth:`state_dict`. Raises KeyError / RuntimeError on a mismatched file."""
         reg = LandmarkRegressor()
         reg.load_state_dict({k[len("regressor.") :]: v for k, v in tensors.items() if k.startswith("regressor.")})
-        return cls(reg.eval().requires_grad_(False), tensors["mean"], tensors["basis"])
+        return cls(
+            reg.eval().requires_grad_(False),
+            tensors["mean"],
+            tensors["basis"],
+            real_targets=tensors.get("real_targets"),
+        )
+
+
+class LandmarkTeacher:
+    """Keeps the prior's regressor honest on generated faces while the generator trains.
+
+    A frozen regressor can be fooled: the generator learns image features that move its output without
+    turning the head (measured: after 2000 steps against a frozen prior the regressor's yaw on generated faces
+    correlated 0.07 with dlib's, against 0.81 at the start). Every call, dlib's detector and 68-point model
+    label a few generated faces (those where it finds a face) and the regressor takes one Adam step on them
+    together as many real training faces, so its reading of generated faces follows dlib's.
+
+    Args:
+        prior: the :class:`LandmarkPrior` whose regressor is updated in place; needs ``real_targets``.
+        real_faces: float32 [N, 3, S, S] in [-1, 1], the faces behind ``prior.real_targets`` (same order).
+        lr: Adam learning rate. seed: which real faces are drawn. world: processes under torchrun; the
+            regressor's gradients are averaged across them so every rank keeps the same regressor.
+
+    Raises:
+        ValueError: the prior has no ``real_targets`` or they do not match ``real_faces``.
+    """
+
+    def __init__(
+        self, prior: LandmarkPrior, real_faces: torch.Tensor, lr: float = 1e-4, seed: int = 0, world: int = 1
+    ) -> None:
+        if prior.real_targets is None or len(prior.real_targets) != len(real_faces):
+            raise ValueError("landmark teacher: the prior's real_targets must match the real faces")
+        from training.face_metrics import FaceAnalyzer
+
+        self.prior, self.analyzer = prior, FaceAnalyzer()
+        ok = torch.isfinite(prior.real_targets).all(dim=1)
+        if not ok.any():
+            raise ValueError("landmark teacher: none of the real faces has landmarks")
+        self.real_faces, self.real_targets = real_faces[ok], prior.real_targets[ok].to(real_faces.device)
+        self.opt = torch.optim.Adam(prior.regressor.parameters(), lr=lr)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.world = world
+
+    def step(self, fakes: torch.Tensor) -> dict[str, float]:
+        """Label ``fakes`` (float [n, 3, S, S] in [-1, 1]) with dlib and take one regressor step.
+
+        Returns:
+            {"teacher_detected": share of fakes with a face, "teacher_fake_rmse": the regressor's error on
+            them before the step (inter-ocular units; NaN when none), "teacher_loss"}.
+        """
+        fakes = fakes.detach().float()
+        images = ((fakes.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        found = self.analyzer.analyze(images, embed=False)
+        ok = torch.from_numpy(found.detected)
+        reg = self.prior.regressor
+        n = len(fakes)
+        idx = torch.randint(0, len(self.real_faces), (n,), generator=self.gen).to(self.real_faces.device)
+        x, y = [self.real_faces[idx]], [self.real_targets[idx]]
+        rmse = float("nan")
+        if ok.any():
+            target = torch.from_numpy(normalise_landmarks(found.landmarks[found.detected])).to(fakes.device)
+            with torch.no_grad():
+                rmse = float((reg(fakes[ok.to(fakes.device)]) - target).square().mean().sqrt())
+            x.append(fakes[ok.to(fakes.device)])
+            y.append(target)
+        reg.requires_grad_(True)
+        loss = F.smooth_l1_loss(reg(torch.cat(x)), torch.cat(y), beta=0.05)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.world > 1:
+            import torch.distributed as dist
+
+            for p in reg.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.world
+        self.opt.step()
+        reg.requires_grad_(False)
+        return {
+            "teacher_detected": float(ok.float().mean()),
+            "teacher_fake_rmse": rmse,
+            "teacher_loss": float(loss.detach()),
+        }

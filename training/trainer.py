@@ -49,7 +49,7 @@ from training import losses
 from training.config import FORMAT_VERSION, Config, load_config
 from training.data import PairDataset, load_dataset, split_by_face
 from training.data.diffaugment import diff_augment
-from training.landmarks import LandmarkPrior
+from training.landmarks import LandmarkPrior, LandmarkTeacher, normalise_landmarks
 from training.models import get_family
 
 log = logging.getLogger(__name__)
@@ -519,6 +519,7 @@ def landmark_prior_for_run(out: Path, cfg: Config, train_faces: np.ndarray, main
             prior = LandmarkPrior.from_faces(regressor, train_faces, cfg.loss.landmark_components)
         except ValueError as err:
             raise UserError(f"loss.landmark_weight > 0: cannot build the landmark prior: {err}") from err
+        prior.real_targets = torch.from_numpy(normalise_landmarks(found.landmarks))
         save_file(prior.state_dict(), str(path), metadata={k: str(v) for k, v in report.items()})
         log.info(
             "landmark prior: %d of %d training faces with landmarks, fit RMSE %.3f inter-ocular distances, %.0f s",
@@ -527,9 +528,14 @@ def landmark_prior_for_run(out: Path, cfg: Config, train_faces: np.ndarray, main
     if world > 1:
         dist.barrier()
     try:
-        return LandmarkPrior.from_state_dict(load_file(str(path)))
+        prior = LandmarkPrior.from_state_dict(load_file(str(path)))
     except (OSError, KeyError, RuntimeError, SafetensorError) as err:
         raise UserError(f"{path}: cannot read the landmark prior ({err}); delete it to rebuild") from err
+    if cfg.loss.landmark_teacher_every and prior.real_targets is None:  # a prior written before the teacher
+        prior.real_targets = torch.from_numpy(
+            normalise_landmarks(FaceAnalyzer().analyze(train_faces, embed=False).landmarks)
+        )
+    return prior
 
 
 def train(
@@ -660,7 +666,16 @@ def train(
         face_labels[ds.face_index] = ds.labels
         prior = landmark_prior_for_run(out, cfg, ds.faces[train_faces], main, world).to(dev)
         prior.with_identity_targets(ds.faces[train_faces], face_labels[train_faces], n_id)
+    teacher = None
+    if prior is not None and cfg.loss.landmark_teacher_every:
+        try:
+            teacher = LandmarkTeacher(
+                prior, images_all[torch.from_numpy(train_faces).to(dev)], seed=tc.seed + rank, world=world
+            )
+        except ValueError as err:
+            raise UserError(f"loss.landmark_teacher_every > 0: {err} ({out / LANDMARK_PRIOR_FILE})") from err
     gan_step = GanStep(cfg, net, disc, opt_g, opt_d, world, landmark_prior=prior)
+    teacher_stats: dict[str, float] = {}
 
     def features(idx: np.ndarray) -> torch.Tensor:
         if feats_all is not None:
@@ -683,6 +698,14 @@ def train(
         wrong = _wrong_indices(y.cpu(), gen).to(dev)
 
         stats = gan_step(x_real, y, f, wrong)
+        if teacher is not None and step % cfg.loss.landmark_teacher_every == 0:
+            with torch.no_grad():
+                n_t = min(cfg.loss.landmark_teacher_faces, b)
+                fakes_t = net.generator(
+                    net.encoder.encode_features(f[:n_t]), torch.randn(n_t, cfg.model.noise_dim, device=dev)
+                )
+            teacher_stats = teacher.step(fakes_t)
+        stats.update(teacher_stats)
 
         # ---- EMA of the generator side (Karras et al. 2018)
         step += 1
@@ -720,6 +743,8 @@ def train(
             if main:
                 last_path = ckpt_dir / f"step-{step:07d}.safetensors"
                 save_checkpoint(last_path, step, cfg, ds.identities, net, ema, disc, opt_g, opt_d)
+                if teacher is not None and prior is not None:  # the taught regressor goes on with a resume
+                    save_file(prior.state_dict(), str(out / LANDMARK_PRIOR_FILE))
                 for old in sorted(ckpt_dir.glob("step-*.safetensors"))[:-3]:
                     old.unlink()
             if world > 1:
