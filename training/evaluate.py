@@ -780,8 +780,7 @@ def _evaluate_model(args: argparse.Namespace) -> int:
     log.info("scoring %d generated images with dlib (~0.1 s each on CPU)", len(gen_images))
     gen = analyzer.analyze(gen_images)
     cache = RealFaceCache(analyzer, default_cache_dir())
-    face_label = np.zeros(len(ds.faces), np.int64)
-    face_label[ds.face_index] = ds.labels
+    face_label = ds.face_labels
     val_emb, val_det, val_landmarks = cache.analyze(ds.faces[val_faces])
     train_emb, train_det, _ = cache.analyze(ds.faces[train_faces])
     val_half_emb = cache.analyze(fm.reduce_resolution(ds.faces[val_faces], 2)).embeddings

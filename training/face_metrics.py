@@ -435,6 +435,27 @@ POSE_STATISTICS: tuple[str, ...] = ("yaw", "roll_deg", "mouth_open")
 """The keys of :func:`pose_statistics`."""
 
 
+def eye_frame(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The eye-based frame of 68-point landmarks (iBUG 300-W order), shared by pose and normalisation.
+
+    Args:
+        landmarks: float [N, 68, 2] (x, y) in pixels; NaN rows stay NaN.
+
+    Returns:
+        (points float64 [N, 68, 2], left eye centre [N, 2] (mean of points 36-41), right eye centre [N, 2]
+        (42-47), eye midpoint [N, 2], inter-ocular distance [N] in pixels, NaN where it is 0).
+
+    Raises:
+        ValueError: not [N, 68, 2].
+    """
+    p = np.asarray(landmarks, np.float64)
+    if p.ndim != 3 or p.shape[1:] != (68, 2):
+        raise ValueError(f"landmarks: expected [N, 68, 2], got {p.shape}")
+    left, right = p[:, 36:42].mean(axis=1), p[:, 42:48].mean(axis=1)
+    d = np.linalg.norm(right - left, axis=1)
+    return p, left, right, (left + right) / 2, np.where(d > 0, d, np.nan)
+
+
 def pose_statistics(landmarks: np.ndarray) -> dict[str, np.ndarray]:
     """Head pose and expression proxies from 68-point landmarks (iBUG 300-W order, as dlib's model).
 
@@ -458,13 +479,7 @@ def pose_statistics(landmarks: np.ndarray) -> dict[str, np.ndarray]:
     Raises:
         ValueError: not [N, 68, 2].
     """
-    p = np.asarray(landmarks, np.float64)
-    if p.ndim != 3 or p.shape[1:] != (68, 2):
-        raise ValueError(f"landmarks: expected [N, 68, 2], got {p.shape}")
-    left, right = p[:, 36:42].mean(axis=1), p[:, 42:48].mean(axis=1)
-    d = np.linalg.norm(right - left, axis=1)
-    d = np.where(d > 0, d, np.nan)
-    mid = (left + right) / 2
+    p, left, right, mid, d = eye_frame(landmarks)
     return {
         "yaw": (p[:, 30, 0] - mid[:, 0]) / d,
         "roll_deg": np.degrees(np.arctan2(right[:, 1] - left[:, 1], right[:, 0] - left[:, 0])),

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.face_metrics import eye_frame
+
 log = logging.getLogger(__name__)
 
 # Index of each point's mirror image in the 68-point iBUG 300-W scheme (left <-> right).
@@ -60,13 +62,8 @@ def normalise_landmarks(landmarks: np.ndarray | torch.Tensor) -> np.ndarray:
     Raises:
         ValueError: not [N, 68, 2].
     """
-    p = np.asarray(landmarks, np.float64)
-    if p.ndim != 3 or p.shape[1:] != (68, 2):
-        raise ValueError(f"landmarks: expected [N, 68, 2], got {p.shape}")
-    left, right = p[:, 36:42].mean(axis=1), p[:, 42:48].mean(axis=1)
-    iod = np.linalg.norm(right - left, axis=1)[:, None, None]
-    mid = ((left + right) / 2)[:, None, :]
-    return ((p - mid) / np.where(iod > 0, iod, np.nan)).reshape(len(p), 136).astype(np.float32)
+    p, _, _, mid, iod = eye_frame(np.asarray(landmarks))
+    return ((p - mid[:, None, :]) / iod[:, None, None]).reshape(len(p), 136).astype(np.float32)
 
 
 def mirror_landmarks(landmarks: np.ndarray, width: int) -> np.ndarray:
@@ -100,6 +97,16 @@ class LandmarkRegressor(nn.Module):
         if x.shape[-1] != 64:
             x = F.interpolate(x, size=(64, 64), mode="area")
         return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+def _as_input(faces: np.ndarray) -> torch.Tensor:
+    """uint8 [N, S, S, 3] RGB -> float32 [N, 3, S, S] in [-1, 1], the generator's image range."""
+    return torch.from_numpy(np.ascontiguousarray(faces)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def _batched(fn, x: torch.Tensor, size: int = 256) -> torch.Tensor:
+    """``fn`` over ``x`` in chunks of ``size`` along dim 0, concatenated (bounded memory for large N)."""
+    return torch.cat([fn(x[i : i + size]) for i in range(0, len(x), size)])
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator, shift: int = 4) -> torch.Tensor:
@@ -142,7 +149,7 @@ def fit_landmark_regressor(
     img, lm = faces[ok], np.asarray(landmarks)[ok]
     img = np.concatenate([img, img[:, :, ::-1]])
     lm = np.concatenate([lm, mirror_landmarks(lm, faces.shape[2])])
-    x_all = torch.from_numpy(np.ascontiguousarray(img)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    x_all = _as_input(img)
     y_all = torch.from_numpy(normalise_landmarks(lm))
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -202,8 +209,7 @@ class LandmarkPrior:
         if not 1 <= components <= min(136, len(faces) - 1):
             raise ValueError(f"loss.landmark_components: expected 1..{min(136, len(faces) - 1)}, got {components}")
         with torch.no_grad():
-            x = torch.from_numpy(np.ascontiguousarray(faces)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-            pred = torch.cat([regressor(x[i : i + 256]) for i in range(0, len(x), 256)]).double()
+            pred = _batched(regressor, _as_input(faces)).double()
         mean = pred.mean(0)
         _, s, vt = torch.linalg.svd(pred - mean, full_matrices=False)
         std = s[:components] / np.sqrt(len(pred) - 1)
@@ -225,8 +231,7 @@ class LandmarkPrior:
                 f"landmark prior: identities {np.flatnonzero(counts < 2).tolist()} have fewer than 2 faces"
             )
         with torch.no_grad():
-            x = torch.from_numpy(np.ascontiguousarray(faces)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-            c = torch.cat([self.coordinates(x[i : i + 256].to(self.mean.device)) for i in range(0, len(x), 256)])
+            c = _batched(self.coordinates, _as_input(faces).to(self.mean.device))
         lab = torch.from_numpy(labels).to(c.device)
         self.identity_mean = torch.stack([c[lab == k].mean(0) for k in range(n_identities)])
         self.identity_std = torch.stack([c[lab == k].std(0) for k in range(n_identities)])
@@ -303,7 +308,7 @@ class LandmarkTeacher:
     turning the head (measured: after 2000 steps against a frozen prior the regressor's yaw on generated faces
     correlated 0.07 with dlib's, against 0.81 at the start). Every call, dlib's detector and 68-point model
     label a few generated faces (those where it finds a face) and the regressor takes one Adam step on them
-    together as many real training faces, so its reading of generated faces follows dlib's.
+    together with as many real training faces, so its reading of generated faces follows dlib's.
 
     Args:
         prior: the :class:`LandmarkPrior` whose regressor is updated in place; needs ``real_targets``.

@@ -662,10 +662,8 @@ def train(
     prior = None
     if cfg.loss.landmark_weight > 0:
         train_faces = np.unique(ds.face_index[train_idx])
-        face_labels = np.zeros(len(ds.faces), np.int64)
-        face_labels[ds.face_index] = ds.labels
         prior = landmark_prior_for_run(out, cfg, ds.faces[train_faces], main, world).to(dev)
-        prior.with_identity_targets(ds.faces[train_faces], face_labels[train_faces], n_id)
+        prior.with_identity_targets(ds.faces[train_faces], ds.face_labels[train_faces], n_id)
     teacher = None
     if prior is not None and cfg.loss.landmark_teacher_every:
         try:

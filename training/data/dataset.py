@@ -140,6 +140,13 @@ class PairDataset:
         """Face images of the given pairs: uint8 [len(indices), H, W, 3]."""
         return self.faces[self.face_index[np.asarray(indices, dtype=np.int64)]]
 
+    @property
+    def face_labels(self) -> np.ndarray:
+        """int64 [F]: the identity label of each distinct face (a face belongs to one identity folder)."""
+        labels = np.zeros(len(self.faces), np.int64)
+        labels[self.face_index] = self.labels
+        return labels
+
     def window(self, i: int, samples: int, rng: np.random.Generator | None = None) -> np.ndarray:
         """A ``samples``-long window of pair ``i``: a random crop when longer (centre when ``rng`` is None),
         zero-padded at the end when shorter. float32 [samples]."""
@@ -348,8 +355,7 @@ def split_by_face(ds: PairDataset, val_fraction: float, seed: int = 0) -> tuple[
     """
     if not 0.0 <= val_fraction < 1.0:
         raise UserError(f"train.val_fraction: expected 0 <= value < 1, got {val_fraction}")
-    face_label = np.zeros(len(ds.faces), np.int64)
-    face_label[ds.face_index] = ds.labels
+    face_label = ds.face_labels
     val_faces: set[int] = set()
     for label in range(len(ds.identities)):
         members = [f for f in range(len(ds.faces)) if face_label[f] == label]
