@@ -51,6 +51,13 @@ class ModelConfig:
     "Progressive Growing of GANs", ICLR 2018): before its last convolution the discriminator sees, as one more
     channel, the mean standard deviation of its features over groups of this many images of the same batch, so
     a generator whose images vary too little is told apart. 0 = off (the default, and every config before it).
+    pose_code_dim: K > 0 makes the generator's first K noise inputs a pose code
+    (:class:`training.landmarks.PoseCodes`: standardised within-identity principal components of dlib's
+    68 landmarks of the real training faces, standard normal over them). During training the generator gets the
+    code of the real face paired with each voice, and the discriminator adds a projection of the code to its score
+    (``<W_p c, h>``, as the speech embedding's) and, with ``loss.pose_matching_weight``, scores real faces with
+    another face's code as fake. The exported graph keeps its inputs: standard-normal noise draws the pose from
+    the real faces' spread. 0 = off.
     """
 
     family: Literal["wav2pix"] = "wav2pix"
@@ -68,8 +75,11 @@ class ModelConfig:
     spectral_norm_g: bool = True
     d_twin_classifier: bool = False
     d_minibatch_std: int = 0
+    pose_code_dim: int = 0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.pose_code_dim <= self.noise_dim:
+            raise ValueError(f"model.pose_code_dim: expected 0..noise_dim ({self.noise_dim}), got {self.pose_code_dim}")
         if self.d_minibatch_std < 0 or self.d_minibatch_std == 1:
             raise ValueError(
                 f"model.d_minibatch_std: expected 0 (off) or a group size >= 2, got {self.d_minibatch_std}"
@@ -109,6 +119,13 @@ class LossConfig:
     landmark_teacher_every: every this many steps dlib labels ``landmark_teacher_faces`` generated faces and
     the landmark CNN takes a step on them and as many real faces (:class:`training.landmarks.LandmarkTeacher`),
     so the generator cannot fool a frozen network; 0 keeps it frozen.
+    pose_matching_weight: with ``model.pose_code_dim`` > 0, weight of one more discriminator negative, (real image,
+    right speech, another real face's pose code of the same identity): a matching-aware term for the pose code
+    (Reed et al. 2016), added to the discriminator loss outside the average over the other negatives. 0 disables.
+    pose_code_weight: with ``model.pose_code_dim`` > 0, weight of a pose-code regression in the generator loss:
+    the landmark CNN of the landmark prior (built as for ``landmark_weight``; keep it honest with
+    ``landmark_teacher_every``) reads each generated face, its reading is mapped into pose-code units, and the
+    mean squared difference to the code the generator was given is penalised. 0 disables.
     """
 
     kind: Literal["lsgan", "hinge"] = "hinge"
@@ -125,8 +142,14 @@ class LossConfig:
     landmark_fit_steps: int = 3000
     landmark_teacher_every: int = 0
     landmark_teacher_faces: int = 16
+    pose_matching_weight: float = 0.5
+    pose_code_weight: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.pose_code_weight < 0:
+            raise ValueError(f"loss.pose_code_weight: expected >= 0, got {self.pose_code_weight}")
+        if self.pose_matching_weight < 0:
+            raise ValueError(f"loss.pose_matching_weight: expected >= 0, got {self.pose_matching_weight}")
         if self.r1_gamma < 0:
             raise ValueError(f"loss.r1_gamma: expected >= 0, got {self.r1_gamma}")
         if self.r1_interval < 1:
@@ -187,6 +210,10 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.loss.pose_code_weight > 0 and not self.model.pose_code_dim:
+            raise ValueError("loss.pose_code_weight > 0 needs model.pose_code_dim > 0 (the code it regresses)")
 
 
 def load_config(path: str | Path | None) -> Config:

@@ -344,6 +344,8 @@ def export_bundle(
             "outputs": {"image": [None, 3, size, size]},
             "identities": list(identities),
             "truncation": float(truncation),
+            # the first pose_code_dim noise inputs are a pose code (training.landmarks.PoseCodes); 0: none
+            "pose_code_dim": cfg.model.pose_code_dim,
             "files": {name: sha256_file(tmp / name) for name in files},
             "created": export["exported"],
             "training": _jsonable(training),

@@ -19,9 +19,23 @@ def d_loss(kind: str, real: torch.Tensor, fakes: list[torch.Tensor]) -> torch.Te
     scores (Reed et al. 2016).
     """
     if kind == "hinge":
-        return F.relu(1.0 - real).mean() + sum(F.relu(1.0 + f).mean() for f in fakes) / len(fakes)
+        return F.relu(1.0 - real).mean() + sum(d_negative(kind, f) for f in fakes) / len(fakes)
     if kind == "lsgan":
-        return ((real - 1.0) ** 2).mean() + sum((f**2).mean() for f in fakes) / len(fakes)
+        return ((real - 1.0) ** 2).mean() + sum(d_negative(kind, f) for f in fakes) / len(fakes)
+    raise ValueError(f"loss.kind: unknown '{kind}' (expected lsgan or hinge)")
+
+
+def d_negative(kind: str, scores: torch.Tensor) -> torch.Tensor:
+    """The discriminator's loss on one batch of scores [B] that should be low: mean relu(1 + s) (hinge) or
+    mean s^2 (LSGAN).
+
+    Raises:
+        ValueError: unknown ``kind``.
+    """
+    if kind == "hinge":
+        return F.relu(1.0 + scores).mean()
+    if kind == "lsgan":
+        return (scores**2).mean()
     raise ValueError(f"loss.kind: unknown '{kind}' (expected lsgan or hinge)")
 
 

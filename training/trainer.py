@@ -49,7 +49,7 @@ from training import losses
 from training.config import FORMAT_VERSION, Config, load_config
 from training.data import PairDataset, load_dataset, split_by_face
 from training.data.diffaugment import diff_augment
-from training.landmarks import LandmarkPrior, LandmarkTeacher, normalise_landmarks
+from training.landmarks import LandmarkPrior, LandmarkTeacher, PoseCodes, normalise_landmarks
 from training.models import get_family
 
 log = logging.getLogger(__name__)
@@ -329,23 +329,27 @@ class GanStep:
         opt_d: torch.optim.Optimizer,
         world: int = 1,
         landmark_prior: LandmarkPrior | None = None,
+        pose_codes: PoseCodes | None = None,
     ) -> None:
         self.cfg, self.net, self.disc, self.opt_g, self.opt_d, self.world = cfg, net, disc, opt_g, opt_d, world
         if cfg.loss.landmark_weight > 0 and landmark_prior is None:
             raise ValueError("loss.landmark_weight > 0 needs a landmark_prior")
-        self.landmark_prior = landmark_prior
+        if cfg.loss.pose_code_weight > 0 and (landmark_prior is None or pose_codes is None):
+            raise ValueError("loss.pose_code_weight > 0 needs a landmark_prior and the pose codes' fit")
+        self.landmark_prior, self.pose_codes = landmark_prior, pose_codes
         self.policy = cfg.augment.policy if cfg.augment.enabled else ()
         self.g_params, self.d_params = list(net.parameters()), list(disc.parameters())
         self.d_steps = 0
         self.last_r1 = 0.0
 
-    def r1_penalty(self, x_real: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        """Mean over the batch of ||grad_x D(aug(x), e)||^2 (float32 scalar, differentiable in D's weights).
+    def r1_penalty(self, x_real: torch.Tensor, e: torch.Tensor, pose: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean over the batch of ||grad_x D(aug(x), e, c)||^2 (float32 scalar, differentiable in D's weights).
 
-        x_real: float32 [B, 3, H, W] in [-1, 1]; e: speech embeddings [B, E] (not differentiated).
+        x_real: float32 [B, 3, H, W] in [-1, 1]; e: speech embeddings [B, E] and pose: codes [B, K] or None
+        (neither differentiated).
         """
         x = self._augment(x_real).detach().float().requires_grad_(True)
-        score = self.disc(x, e.detach().float())[0]
+        score = self.disc(x, e.detach().float(), pose=pose)[0]
         (grad,) = torch.autograd.grad(score.sum(), x, create_graph=True)
         return grad.square().sum(dim=(1, 2, 3)).mean()
 
@@ -355,41 +359,76 @@ class GanStep:
     def _autocast(self, device: torch.device) -> torch.autocast:
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.cfg.train.precision == "bf16")
 
-    def __call__(self, x_real: torch.Tensor, y: torch.Tensor, feats: torch.Tensor, wrong: torch.Tensor) -> dict:
+    def _noise(self, b: int, pose: torch.Tensor | None, dev: torch.device) -> torch.Tensor:
+        """Standard-normal noise [b, Z] whose first K entries are the pose codes [b, K] when given."""
+        z = torch.randn(b, self.cfg.model.noise_dim, device=dev)
+        if pose is not None:
+            z[:, : pose.shape[1]] = pose
+        return z
+
+    def __call__(
+        self,
+        x_real: torch.Tensor,
+        y: torch.Tensor,
+        feats: torch.Tensor,
+        wrong: torch.Tensor,
+        pose: torch.Tensor | None = None,
+        wrong_pose: torch.Tensor | None = None,
+    ) -> dict:
         """Run one step.
 
         Args:
             x_real: real faces float32 [B, 3, H, W] in [-1, 1]. y: identity labels int64 [B].
             feats: speech features [B, ...] from ``net.encoder.features_of``. wrong: int64 [B] index of a
                 mismatched voice for each item.
+            pose: with ``model.pose_code_dim`` = K, the real faces' pose codes float32 [B, K] (zeros where a face
+                has none): the generator gets them as its first K noise inputs and the discriminator scores
+                them with every image. wrong_pose: [B, K] codes of other faces, scored with the real faces as
+                fake (``loss.pose_matching_weight``); None skips that term.
 
         Returns:
             floats: loss_d, loss_g, loss_aux, loss_twin (0 without the twin head), loss_speech_id, loss_ms, d_real,
             d_fake, speech_id_acc, r1 (the last computed mean squared gradient norm; 0 when off), loss_landmark
-            (0 when off).
+            (0 when off), and with a pose code d_wrong_pose (mean score of the wrong-pose pairs; 0 without them) and
+            loss_pose (the pose-code regression; 0 when off).
+
+        Raises:
+            ValueError: ``pose`` missing or of the wrong width for ``model.pose_code_dim``.
         """
         cfg, net, disc, aug = self.cfg, self.net, self.disc, self._augment
         dev, b, z_dim = x_real.device, x_real.shape[0], cfg.model.noise_dim
+        k_pose = cfg.model.pose_code_dim
+        if (pose is None) != (k_pose == 0) or (pose is not None and pose.shape != (b, k_pose)):
+            got = None if pose is None else tuple(pose.shape)
+            raise ValueError(f"pose codes: model.pose_code_dim is {k_pose}, got pose {got} for a batch of {b}")
         # ---- discriminator: (real, right) vs (fake, right) and (real, wrong)
         disc.requires_grad_(True)
         with torch.no_grad(), self._autocast(dev):
             e = net.encoder.encode_features(feats)
-            x_fake = net.generator(e, torch.randn(b, z_dim, device=dev))
+            x_fake = net.generator(e, self._noise(b, pose, dev))
         twin = cfg.model.d_twin_classifier
+        s_wrong_pose = None
         with self._autocast(dev):
-            s_real, cls_real = disc(aug(x_real), e)
-            out_fake = disc(aug(x_fake), e, twin=True) if twin else disc(aug(x_fake), e)
+            s_real, cls_real = disc(aug(x_real), e, pose=pose)
+            out_fake = disc(aug(x_fake), e, twin=True, pose=pose) if twin else disc(aug(x_fake), e, pose=pose)
             fakes = [out_fake[0]]
-            if cfg.loss.matching_aware:
-                fakes.append(disc(aug(x_real), e[wrong])[0])
+            use_wrong_pose = wrong_pose is not None and cfg.loss.pose_matching_weight > 0
+            if cfg.loss.matching_aware or use_wrong_pose:
+                h_real = disc.features(aug(x_real))
+                if cfg.loss.matching_aware:
+                    fakes.append(disc.score(h_real, e[wrong], pose))
+                if use_wrong_pose:
+                    s_wrong_pose = disc.score(h_real, e, wrong_pose).float()
         s_real, cls_real, fakes = s_real.float(), cls_real.float(), [s.float() for s in fakes]
         loss_d = losses.d_loss(cfg.loss.kind, s_real, fakes)
+        if s_wrong_pose is not None:
+            loss_d = loss_d + cfg.loss.pose_matching_weight * losses.d_negative(cfg.loss.kind, s_wrong_pose)
         loss_aux_d = F.cross_entropy(cls_real, y)
         if twin:  # TAC-GAN: the twin head learns the identity of generated faces
             loss_aux_d = loss_aux_d + F.cross_entropy(out_fake[2].float(), y)
         total_d = loss_d + cfg.loss.aux_weight * loss_aux_d
         if cfg.loss.r1_gamma > 0 and self.d_steps % cfg.loss.r1_interval == 0:
-            r1 = self.r1_penalty(x_real, e)
+            r1 = self.r1_penalty(x_real, e, pose)
             total_d = total_d + 0.5 * cfg.loss.r1_gamma * cfg.loss.r1_interval * r1
             self.last_r1 = r1.item()
         self.d_steps += 1
@@ -402,9 +441,9 @@ class GanStep:
         disc.requires_grad_(False)
         with self._autocast(dev):
             e = net.encoder.encode_features(feats)
-            z = torch.randn(b, z_dim, device=dev)
+            z = self._noise(b, pose, dev)
             x_fake = net.generator(e, z)
-            out_fake = disc(aug(x_fake), e, twin=True) if twin else disc(aug(x_fake), e)
+            out_fake = disc(aug(x_fake), e, twin=True, pose=pose) if twin else disc(aug(x_fake), e, pose=pose)
             s_fake, cls_fake = out_fake[0], out_fake[1]
             speech_logits = net.speech_classifier(e)
             loss_ms = torch.zeros((), device=dev)
@@ -416,6 +455,11 @@ class GanStep:
         loss_lm = torch.zeros((), device=dev)
         if self.landmark_prior is not None and cfg.loss.landmark_weight > 0:
             loss_lm = self.landmark_prior.loss(x_fake.float(), y, cfg.loss.landmark_match)
+        loss_pose = torch.zeros((), device=dev)
+        if pose is not None and cfg.loss.pose_code_weight > 0:
+            assert self.landmark_prior is not None and self.pose_codes is not None
+            read = self.pose_codes.encode_normalised(self.landmark_prior.regressor(x_fake.float()), y)
+            loss_pose = (read - pose).square().mean()
         loss_g = losses.g_loss(cfg.loss.kind, s_fake)
         loss_aux = F.cross_entropy(cls_fake, y)
         loss_twin = F.cross_entropy(out_fake[2].float(), y) if twin else torch.zeros((), device=dev)
@@ -428,6 +472,7 @@ class GanStep:
             + cfg.loss.speech_id_weight * loss_sid
             + cfg.loss.mode_seeking_weight * loss_ms
             + cfg.loss.landmark_weight * loss_lm
+            + cfg.loss.pose_code_weight * loss_pose
         )
         total.backward()
         _all_reduce_grads(self.g_params, self.world)
@@ -444,6 +489,8 @@ class GanStep:
             "speech_id_acc": float((speech_logits.argmax(1) == y).float().mean()),
             "r1": self.last_r1,
             "loss_landmark": loss_lm.item(),
+            "d_wrong_pose": 0.0 if s_wrong_pose is None else s_wrong_pose.mean().item(),
+            "loss_pose": loss_pose.item(),
         }
 
 
@@ -518,7 +565,9 @@ def landmark_prior_for_run(out: Path, cfg: Config, train_faces: np.ndarray, main
             )
             prior = LandmarkPrior.from_faces(regressor, train_faces, cfg.loss.landmark_components)
         except ValueError as err:
-            raise UserError(f"loss.landmark_weight > 0: cannot build the landmark prior: {err}") from err
+            raise UserError(
+                f"loss.landmark_weight or pose_code_weight > 0: cannot build the landmark prior: {err}"
+            ) from err
         prior.real_targets = torch.from_numpy(normalise_landmarks(found.landmarks))
         save_file(prior.state_dict(), str(path), metadata={k: str(v) for k, v in report.items()})
         log.info(
@@ -536,6 +585,73 @@ def landmark_prior_for_run(out: Path, cfg: Config, train_faces: np.ndarray, main
             normalise_landmarks(FaceAnalyzer().analyze(train_faces, embed=False).landmarks)
         )
     return prior
+
+
+POSE_CODES_FILE = "pose_codes.safetensors"
+
+
+def pose_codes_for_run(
+    out: Path, cfg: Config, faces: np.ndarray, labels: np.ndarray, train_faces: np.ndarray, main: bool, world: int
+) -> tuple[PoseCodes, np.ndarray]:
+    """The code's fit and the pose codes float32 [F, K] of all F face crops (``model.pose_code_dim`` = K),
+    zero where unknown.
+
+    Read from ``out/pose_codes.safetensors``, else built (rank 0; other ranks wait and read it): dlib's face
+    detector and 68-point landmark model run on the training faces only (``train_faces``: int indices into
+    ``faces`` uint8 [F, S, S, 3]; ``labels`` int [F] identities), :class:`training.landmarks.PoseCodes` is fitted
+    to them and the file keeps the fit and the codes, so a resumed run uses the same ones. Validation faces and
+    training faces without landmarks get the zero code (the mean pose of their identity), which adds nothing
+    to the discriminator's score.
+
+    Raises:
+        UserError: too few training faces with landmarks, or the file exists but cannot be read or was written
+            for other faces.
+    """
+    from safetensors.torch import load_file
+
+    from training.face_metrics import FaceAnalyzer
+
+    path = out / POSE_CODES_FILE
+    k = cfg.model.pose_code_dim
+    if main and not path.is_file():
+        t0 = time.perf_counter()
+        found = FaceAnalyzer().analyze(faces[train_faces], embed=False)
+        try:
+            fit = PoseCodes.fit(found.landmarks, labels[train_faces], int(labels.max()) + 1, k)
+        except ValueError as err:
+            raise UserError(f"model.pose_code_dim > 0: cannot fit the pose code: {err}") from err
+        codes = np.zeros((len(faces), k), np.float32)
+        got = fit.encode(found.landmarks, labels[train_faces])
+        codes[train_faces] = np.nan_to_num(got, nan=0.0)
+        tensors = {**fit.state_dict(), "codes": torch.from_numpy(codes)}
+        save_file(tensors, str(path), metadata={"n_faces": str(len(faces)), "n_train_faces_with_landmarks":
+                                                 str(int(found.detected.sum()))})  # fmt: skip
+        log.info(
+            "pose code: %d components from %d of %d training faces with landmarks, %.0f s",
+            k, int(found.detected.sum()), len(train_faces), time.perf_counter() - t0,
+        )  # fmt: skip
+    if world > 1:
+        dist.barrier()
+    try:
+        tensors = load_file(str(path))
+        codes, fit = tensors["codes"].numpy(), PoseCodes.from_state_dict(tensors)
+    except (OSError, KeyError, RuntimeError, SafetensorError) as err:
+        raise UserError(f"{path}: cannot read the pose codes ({err}); delete it to rebuild") from err
+    if codes.shape != (len(faces), k) or fit.basis.shape[0] != k:
+        raise UserError(f"{path}: pose codes {tuple(codes.shape)} for {len(faces)} faces and pose_code_dim {k}")
+    return fit, codes
+
+
+def _wrong_pose(codes: torch.Tensor, labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """For each item, the pose code [B, K] of another item of the same identity (a random shuffle of each
+    identity's items in the batch, shifted by one); a standard-normal code where an identity has one item."""
+    out = torch.randn(codes.shape, generator=gen).to(codes.device)
+    for k in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == k).flatten()
+        if len(idx) >= 2:
+            idx = idx[torch.randperm(len(idx), generator=gen)].to(codes.device)
+            out[idx] = codes[idx.roll(1)]
+    return out
 
 
 def train(
@@ -660,8 +776,8 @@ def train(
     val_audio = torch.from_numpy(ds.windows(val_voices, window)).to(dev)
     val_noise = torch.randn(4, cfg.model.noise_dim, generator=torch.Generator().manual_seed(1234)).to(dev)
     prior = None
-    if cfg.loss.landmark_weight > 0:
-        train_faces = np.unique(ds.face_index[train_idx])
+    train_faces = np.unique(ds.face_index[train_idx])
+    if cfg.loss.landmark_weight > 0 or cfg.loss.pose_code_weight > 0:
         prior = landmark_prior_for_run(out, cfg, ds.faces[train_faces], main, world).to(dev)
         prior.with_identity_targets(ds.faces[train_faces], ds.face_labels[train_faces], n_id)
     teacher = None
@@ -672,7 +788,11 @@ def train(
             )
         except ValueError as err:
             raise UserError(f"loss.landmark_teacher_every > 0: {err} ({out / LANDMARK_PRIOR_FILE})") from err
-    gan_step = GanStep(cfg, net, disc, opt_g, opt_d, world, landmark_prior=prior)
+    pose_all = pose_fit = None
+    if cfg.model.pose_code_dim:
+        pose_fit, codes = pose_codes_for_run(out, cfg, ds.faces, ds.face_labels, train_faces, main, world)
+        pose_all = torch.from_numpy(codes).to(dev)
+    gan_step = GanStep(cfg, net, disc, opt_g, opt_d, world, landmark_prior=prior, pose_codes=pose_fit)
     teacher_stats: dict[str, float] = {}
 
     def features(idx: np.ndarray) -> torch.Tensor:
@@ -695,7 +815,11 @@ def train(
         b = len(idx)
         wrong = _wrong_indices(y.cpu(), gen).to(dev)
 
-        stats = gan_step(x_real, y, f, wrong)
+        pose = wrong_pose = None
+        if pose_all is not None:
+            pose = pose_all[face_index[idx_t]]
+            wrong_pose = _wrong_pose(pose, y.cpu(), gen) if cfg.loss.pose_matching_weight > 0 else None
+        stats = gan_step(x_real, y, f, wrong, pose, wrong_pose)
         if teacher is not None and step % cfg.loss.landmark_teacher_every == 0:
             with torch.no_grad():
                 n_t = min(cfg.loss.landmark_teacher_faces, b)
@@ -771,7 +895,8 @@ def init_from_checkpoint(
 
     The trained and moving-average generators are each widened with the family's ``widen_from``
     (the same noise seed for both); the discriminator and its Adam state must match the config, except for
-    what the family's ``discriminator_state_from`` can grow exactly (wav2pix: the minibatch-std channel).
+    what the family's ``discriminator_state_from`` can grow exactly (wav2pix: the minibatch-std channel and
+    the pose projection; new parameters registered last start with empty Adam state).
     The generator's Adam state is not carried over (its shapes change).
 
     Raises:
@@ -806,6 +931,10 @@ def init_from_checkpoint(
             f"{path}: discriminator does not match the config ({str(exc).splitlines()[-1].strip()})"
         ) from exc
     opt_state = _unflatten_optimizer("opt_d", tensors, meta["opt_d_groups"])
+    n_params, group = len(list(disc.parameters())), opt_state["param_groups"][0]
+    new_params = [n for n, _ in disc.named_parameters()][len(group["params"]) :]
+    if new_params and all(n in extended for n in new_params):  # heads added last (the pose projection)
+        group["params"] = list(range(n_params))  # their Adam state starts empty
     for index, (name, param) in enumerate(disc.named_parameters()):  # Adam moments of zero-extended weights
         moments = opt_state["state"].get(index, {})
         for key in ("exp_avg", "exp_avg_sq"):

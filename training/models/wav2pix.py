@@ -257,6 +257,11 @@ class Discriminator(nn.Module):
     With ``model.d_minibatch_std`` = g the last convolution also sees :func:`minibatch_std` over groups of g
     images, so the scores of one call depend on the other images of its batch: score real and generated
     images in separate calls (the trainer does).
+    With ``model.pose_code_dim`` = K > 0 the score gains ``<W_p c, h>`` for a pose code ``c`` [B, K]
+    (:class:`training.landmarks.PoseCodes`); ``W_p`` is an unnormalised linear map initialised to zero, so a
+    discriminator grown from one without it scores exactly as before until training moves it.
+    ``features`` and ``score`` split the forward pass so one image batch can be scored against several
+    conditionings.
     """
 
     def __init__(self, model: ModelConfig, n_identities: int) -> None:
@@ -275,18 +280,44 @@ class Discriminator(nn.Module):
         self.embed = spectral_norm(nn.Linear(model.embedding_dim, width))
         self.classifier = spectral_norm(nn.Linear(width, max(1, n_identities)))
         self.twin = spectral_norm(nn.Linear(width, max(1, n_identities))) if model.d_twin_classifier else None
+        self.pose_embed: nn.Linear | None = None
+        if model.pose_code_dim:
+            self.pose_embed = nn.Linear(model.pose_code_dim, width, bias=False)
+            nn.init.zeros_(self.pose_embed.weight)
 
-    def forward(self, image: torch.Tensor, embedding: torch.Tensor, twin: bool = False) -> tuple[torch.Tensor, ...]:
-        """(score [B], identity logits [B, K]) -- plus the twin head's logits [B, K] when ``twin``.
-
-        Raises:
-            ValueError: ``twin`` asked of a discriminator built without the twin head.
-        """
+    def features(self, image: torch.Tensor) -> torch.Tensor:
+        """Pooled features h [B, C] of images [B, 3, H, W] (what :meth:`score` and the heads read)."""
         h = self.body[:-2](image)
         if self.minibatch_std:
             h = minibatch_std(h, self.minibatch_std)
-        h = self.body[-2:](h).sum(dim=(2, 3))
+        return self.body[-2:](h).sum(dim=(2, 3))
+
+    def score(self, h: torch.Tensor, embedding: torch.Tensor, pose: torch.Tensor | None = None) -> torch.Tensor:
+        """Projection score [B] of features h [B, C] for speech embeddings [B, E] and pose codes [B, K] (or None).
+
+        Raises:
+            ValueError: a pose code given to a discriminator without the pose projection.
+        """
         score = self.psi(h).squeeze(1) + (self.embed(embedding) * h).sum(dim=1)
+        if pose is not None:
+            if self.pose_embed is None:
+                raise ValueError("this discriminator has no pose projection (model.pose_code_dim: 0)")
+            score = score + (self.pose_embed(pose.to(h.dtype)) * h).sum(dim=1)
+        return score
+
+    def forward(
+        self, image: torch.Tensor, embedding: torch.Tensor, twin: bool = False, pose: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """(score [B], identity logits [B, K]) -- plus the twin head's logits [B, K] when ``twin``.
+
+        ``pose``: pose codes float [B, pose_code_dim] or None (no pose term).
+
+        Raises:
+            ValueError: ``twin`` asked of a discriminator built without the twin head, or ``pose`` of one
+                without the pose projection.
+        """
+        h = self.features(image)
+        score = self.score(h, embedding, pose)
         if not twin:
             return score, self.classifier(h)
         if self.twin is None:
@@ -463,6 +494,8 @@ def discriminator_state_from(new: Discriminator, old_state: dict[str, torch.Tens
     that input channel and its spectral-norm vector ``v`` zeros there too (the flattened weight only gains zero
     columns, so sigma and ``u`` stay exact): the extended discriminator scores every batch exactly as the old one
     until training moves the new weights (Net2Net-style function-preserving growth, Chen et al., ICLR 2016).
+    A pose projection (``model.pose_code_dim``) that ``old_state`` lacks keeps its zero initialisation (listed
+    as extended), which likewise leaves every score unchanged.
 
     Raises:
         ValueError: a tensor missing from ``old_state`` or of a shape that cannot be mapped (the message names it).
@@ -470,6 +503,10 @@ def discriminator_state_from(new: Discriminator, old_state: dict[str, torch.Tens
     last = f"body.{len(new.body) - 2}."
     state, extended = {}, []
     for name, value in new.state_dict().items():
+        if name not in old_state and name.startswith("pose_embed.") and new.pose_embed is not None:
+            state[name] = value.detach().clone()
+            extended.append(name)
+            continue
         if name not in old_state:
             raise ValueError(f"{name}: missing from the checkpoint's discriminator")
         old = old_state[name]

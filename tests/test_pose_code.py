@@ -1,0 +1,197 @@
+"""Pose code (``model.pose_code_dim``): the code's fit, the discriminator's pose projection, the training step's
+wrong-pose negative and the trainer's pose-code file. The real-face check skips without ``../shared/data``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from engine.configs import ConfigError
+from engine.errors import UserError
+from tests.test_face_metrics import analyzer, real, real_analysis  # noqa: F401  (fixtures)
+from tests.test_landmarks import _face_points
+from tests.training_support import make_wav2pix_dataset, tiny_config_dict
+from training import face_metrics as fm
+from training.config import config_from_dict
+from training.landmarks import PoseCodes
+from training.models import wav2pix
+from training.trainer import POSE_CODES_FILE, GanStep, _wrong_pose, latest_checkpoint, train
+
+
+def _synthetic(n: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Landmarks [n, 68, 2] of two identities with different mean yaw and spread, labels, and the yaws."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    yaw = np.where(labels == 0, 0.1 + 0.05 * rng.standard_normal(n), -0.1 + 0.2 * rng.standard_normal(n))
+    pts = np.stack([_face_points(y) for y in yaw]) + 0.01 * rng.standard_normal((n, 68, 2))
+    return pts, labels, yaw
+
+
+def test_pose_code_is_standardised_per_identity_and_follows_the_pose():
+    pts, labels, yaw = _synthetic()
+    pts[3] = np.nan  # a face without landmarks
+    code = PoseCodes.fit(pts, labels, 2, components=2)
+    c = code.encode(pts, labels)
+    assert c.shape == (40, 2) and c.dtype == np.float32 and np.isnan(c[3]).all()
+    for k in (0, 1):
+        ck = c[(labels == k) & np.isfinite(c).all(1)]
+        np.testing.assert_allclose(ck.mean(0), 0.0, atol=1e-5)
+        np.testing.assert_allclose(ck.std(0, ddof=1), 1.0, atol=1e-4)
+    for k in (0, 1):  # within each identity the leading component is the yaw
+        m = (labels == k) & np.isfinite(c).all(1)
+        assert abs(np.corrcoef(c[m, 0], yaw[m])[0, 1]) > 0.99
+    again = PoseCodes.from_state_dict(code.state_dict()).encode(pts, labels)
+    np.testing.assert_array_equal(np.nan_to_num(again), np.nan_to_num(c))
+    with pytest.raises(ValueError, match=r"identities \[1\] have fewer than 2"):
+        PoseCodes.fit(pts[:3], labels[:3], 2, components=1)
+    with pytest.raises(ValueError, match="pose_code_dim: expected 1.."):
+        PoseCodes.fit(pts, labels, 2, components=137)
+
+
+def test_pose_code_of_real_faces_reads_their_yaw(real, real_analysis):  # noqa: F811
+    """On real Wav2Pix faces the first component follows dlib's yaw and the second its roll."""
+    faces, labels, _ = real
+    lm = real_analysis.landmarks
+    c = PoseCodes.fit(lm, labels, int(labels.max()) + 1, components=3).encode(lm, labels)
+    ok = np.isfinite(c).all(1)
+    pose = fm.pose_statistics(lm[ok])
+    corr = [abs(np.corrcoef(c[ok, j], pose["yaw"])[0, 1]) for j in range(3)]
+    assert max(corr) == corr[0] and corr[0] > 0.7, corr
+
+
+def _disc(pose_dim: int):
+    cfg = config_from_dict(tiny_config_dict())
+    model = dataclasses.replace(cfg.model, pose_code_dim=pose_dim)
+    torch.manual_seed(0)
+    return cfg, model, wav2pix.build(cfg.audio, model, 2)[1]
+
+
+def test_discriminator_pose_projection_starts_at_zero_and_grows_from_an_old_checkpoint():
+    cfg, model, disc = _disc(3)
+    _, _, old = _disc(0)
+    image = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    emb = torch.randn(4, model.embedding_dim, generator=torch.Generator().manual_seed(2))
+    pose = torch.randn(4, 3, generator=torch.Generator().manual_seed(3))
+    state, extended = wav2pix.discriminator_state_from(disc, old.state_dict())
+    assert extended == ["pose_embed.weight"]
+    disc.load_state_dict(state)
+    old.eval(), disc.eval()
+    with torch.no_grad():
+        assert torch.allclose(old(image, emb)[0], disc(image, emb, pose=pose)[0], atol=1e-5)
+        disc.pose_embed.weight.normal_()
+        h = disc.features(image)
+        delta = disc.score(h, emb, pose) - disc.score(h, emb)
+        assert torch.allclose(delta, (disc.pose_embed(pose) * h).sum(1), atol=1e-4)
+    with pytest.raises(ValueError, match="no pose projection"):
+        old(image, emb, pose=pose)
+
+
+def test_config_rejects_a_pose_code_wider_than_the_noise():
+    bad = tiny_config_dict()
+    bad["model"]["pose_code_dim"] = bad["model"].get("noise_dim", 128) + 1
+    with pytest.raises(ConfigError, match="model.pose_code_dim"):
+        config_from_dict(bad)
+    bad = tiny_config_dict()
+    bad["loss"] = {"pose_matching_weight": -1.0}
+    with pytest.raises(ConfigError, match="loss.pose_matching_weight"):
+        config_from_dict(bad)
+
+
+def test_wrong_pose_is_another_item_of_the_same_identity():
+    codes = torch.arange(12, dtype=torch.float32).view(6, 2)
+    labels = torch.tensor([0, 0, 0, 1, 1, 2])
+    wrong = _wrong_pose(codes, labels, torch.Generator().manual_seed(0))
+    for i in range(5):
+        j = [r for r in range(6) if torch.equal(codes[r], wrong[i])]
+        assert len(j) == 1 and j[0] != i and labels[j[0]] == labels[i]
+    assert not any(torch.equal(codes[r], wrong[5]) for r in range(6))  # alone: a random code
+
+
+def test_training_step_feeds_the_code_to_the_generator_and_scores_wrong_poses():
+    d = tiny_config_dict()
+    d["model"]["pose_code_dim"] = 2
+    d["augment"] = {"enabled": False}
+    cfg = config_from_dict(d)
+    torch.manual_seed(0)
+    net, disc = wav2pix.build(cfg.audio, cfg.model, 2)
+    step = GanStep(cfg, net, disc, torch.optim.Adam(net.parameters()), torch.optim.Adam(disc.parameters()))
+    z = step._noise(3, torch.full((3, 2), 7.0), torch.device("cpu"))
+    assert (z[:, :2] == 7.0).all() and z[:, 2:].abs().max() < 7.0
+    x = torch.rand(4, 3, 64, 64) * 2 - 1
+    y = torch.tensor([0, 0, 1, 1])
+    feats = net.encoder.features_of(torch.randn(4, cfg.audio.window_samples) * 0.1)
+    wrong = torch.tensor([2, 3, 0, 1])
+    pose = torch.randn(4, 2)
+    stats = step(x, y, feats, wrong, pose, _wrong_pose(pose, y, torch.Generator().manual_seed(0)))
+    assert stats["d_wrong_pose"] != 0.0 and np.isfinite(stats["loss_d"])
+    assert disc.pose_embed.weight.abs().sum() > 0  # the projection is trained
+    with pytest.raises(ValueError, match="pose_code_dim is 2, got pose None"):
+        step(x, y, feats, wrong)
+
+
+def test_trainer_reads_the_runs_pose_codes_and_grows_from_a_run_without(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    monkeypatch.setenv("AVGAN_CACHE", str(tmp_path / "cache"))
+    data = make_wav2pix_dataset(tmp_path / "ds", identities=2, faces=4, snippets=2)
+    base = tmp_path / "base"
+    train(config_from_dict(tiny_config_dict(steps=2)), [str(data)], base)
+    d = tiny_config_dict(steps=3)
+    d["model"]["pose_code_dim"] = 2
+    cfg = config_from_dict(d)
+    with pytest.raises(UserError, match="cannot fit the pose code"):
+        train(cfg, [str(data)], tmp_path / "faceless", init_from=latest_checkpoint(base))  # drawn discs: no faces
+
+    out = tmp_path / "run"
+    out.mkdir()
+    codes = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
+    fit = PoseCodes(torch.zeros(2, 136), torch.eye(2, 136), torch.ones(2, 2))
+    save_file({**fit.state_dict(), "codes": codes}, str(out / POSE_CODES_FILE))
+    train(cfg, [str(data)], out, init_from=latest_checkpoint(base))
+    records = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert all(r["d_wrong_pose"] != 0.0 for r in records)
+    from safetensors import safe_open
+
+    with safe_open(str(latest_checkpoint(out)), "pt") as fh:
+        assert fh.get_tensor("D.pose_embed.weight").abs().sum() > 0
+    save_file({**fit.state_dict(), "codes": codes[:5]}, str(out / POSE_CODES_FILE))
+    with pytest.raises(UserError, match="pose codes \\(5, 2\\) for 8 faces"):
+        train(cfg, [str(data)], out, resume=True)
+
+
+def test_pose_code_regression_is_zero_when_the_landmark_reading_matches_the_code():
+    """``loss.pose_code_weight``: the landmark CNN's reading of a generated face, in code units, against its code."""
+    from training.landmarks import LandmarkPrior, LandmarkRegressor
+
+    d = tiny_config_dict()
+    d["model"]["pose_code_dim"] = 2
+    d["loss"] = {"pose_code_weight": 1.0}
+    d["augment"] = {"enabled": False}
+    cfg = config_from_dict(d)
+    torch.manual_seed(0)
+    net, disc = wav2pix.build(cfg.audio, cfg.model, 2)
+    reg = LandmarkRegressor().eval().requires_grad_(False)
+    prior = LandmarkPrior(reg, torch.zeros(136), torch.eye(3, 136))
+    fit = PoseCodes(torch.zeros(2, 136), torch.eye(2, 136), torch.ones(2, 2))
+    with pytest.raises(ValueError, match="pose_code_weight > 0 needs a landmark_prior"):
+        GanStep(cfg, net, disc, torch.optim.Adam(net.parameters()), torch.optim.Adam(disc.parameters()))
+    y = torch.tensor([0, 1, 0, 1])
+    lm = torch.randn(4, 136)
+    np.testing.assert_allclose(fit.encode_normalised(lm, y).numpy(), lm[:, :2].numpy(), atol=1e-6)
+    step = GanStep(
+        cfg, net, disc, torch.optim.Adam(net.parameters()), torch.optim.Adam(disc.parameters()),
+        landmark_prior=prior, pose_codes=fit,
+    )  # fmt: skip
+    x = torch.rand(4, 3, 64, 64) * 2 - 1
+    feats = net.encoder.features_of(torch.randn(4, cfg.audio.window_samples) * 0.1)
+    g0 = [p.detach().clone() for p in net.generator.parameters()]
+    pose = torch.randn(4, 2)
+    stats = step(x, y, feats, torch.tensor([1, 0, 3, 2]), pose, None)
+    assert stats["loss_pose"] > 0 and stats["d_wrong_pose"] == 0.0
+    assert any(not torch.equal(a, b) for a, b in zip(g0, net.generator.parameters()))
+    with pytest.raises(ConfigError, match="pose_code_weight > 0 needs model.pose_code_dim"):
+        config_from_dict({**d, "model": {**d["model"], "pose_code_dim": 0}})
