@@ -438,10 +438,8 @@ class PoseCodes:
     def encode(self, landmarks: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Pose codes float32 [N, K] of landmarks float [N, 68, 2] (pixels) of faces of identities int [N];
         NaN rows where a face has no landmarks."""
-        lm = torch.from_numpy(normalise_landmarks(landmarks)).double()
-        lab = torch.from_numpy(np.asarray(labels, np.int64))
-        code = ((lm - self.mean.double()[lab]) @ self.basis.double().T) / self.std.double()[lab]
-        return code.float().numpy()
+        lm = torch.from_numpy(normalise_landmarks(landmarks))
+        return self.encode_normalised(lm, torch.from_numpy(np.asarray(labels, np.int64))).numpy()
 
     def encode_normalised(self, landmarks: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Differentiable pose codes [B, K] of normalised landmarks [B, 136] (e.g. a :class:`LandmarkRegressor`'s

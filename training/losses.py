@@ -18,11 +18,10 @@ def d_loss(kind: str, real: torch.Tensor, fakes: list[torch.Tensor]) -> torch.Te
     With matching-aware training ``fakes`` holds (real image, wrong speech) and (fake image, right speech)
     scores (Reed et al. 2016).
     """
+    negatives = sum(d_negative(kind, f) for f in fakes) / len(fakes)  # raises on an unknown kind
     if kind == "hinge":
-        return F.relu(1.0 - real).mean() + sum(d_negative(kind, f) for f in fakes) / len(fakes)
-    if kind == "lsgan":
-        return ((real - 1.0) ** 2).mean() + sum(d_negative(kind, f) for f in fakes) / len(fakes)
-    raise ValueError(f"loss.kind: unknown '{kind}' (expected lsgan or hinge)")
+        return F.relu(1.0 - real).mean() + negatives
+    return ((real - 1.0) ** 2).mean() + negatives
 
 
 def d_negative(kind: str, scores: torch.Tensor) -> torch.Tensor:

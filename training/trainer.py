@@ -623,12 +623,12 @@ def pose_codes_for_run(
         codes = np.zeros((len(faces), k), np.float32)
         got = fit.encode(found.landmarks, labels[train_faces])
         codes[train_faces] = np.nan_to_num(got, nan=0.0)
-        tensors = {**fit.state_dict(), "codes": torch.from_numpy(codes)}
-        save_file(tensors, str(path), metadata={"n_faces": str(len(faces)), "n_train_faces_with_landmarks":
-                                                 str(int(found.detected.sum()))})  # fmt: skip
+        n_found = int(found.detected.sum())
+        meta = {"n_faces": str(len(faces)), "n_train_faces_with_landmarks": str(n_found)}
+        save_file({**fit.state_dict(), "codes": torch.from_numpy(codes)}, str(path), metadata=meta)
         log.info(
             "pose code: %d components from %d of %d training faces with landmarks, %.0f s",
-            k, int(found.detected.sum()), len(train_faces), time.perf_counter() - t0,
+            k, n_found, len(train_faces), time.perf_counter() - t0,
         )  # fmt: skip
     if world > 1:
         dist.barrier()
