@@ -164,10 +164,13 @@ def test_cli_export_wiring(tmp_path: Path, tiny_model, monkeypatch: pytest.Monke
         return tiny_model.net, tiny_model.cfg, tiny_model.identities, info
 
     fake.load_run = load_run
+    fake.pose_prior_for_run = lambda run_dir, cfg, kind="quantile": None
     monkeypatch.setitem(sys.modules, "training.trainer", fake)
     calls = []
 
-    def fake_export(net, cfg, identities, out_dir, *, training_info, metrics, max_batch, truncation=1.0):
+    def fake_export(
+        net, cfg, identities, out_dir, *, training_info, metrics, max_batch, truncation=1.0, pose_prior=None
+    ):
         calls.append((identities, Path(out_dir), training_info, metrics, max_batch))
         return Path(out_dir)
 

@@ -195,3 +195,78 @@ def test_pose_code_regression_is_zero_when_the_landmark_reading_matches_the_code
     assert any(not torch.equal(a, b) for a, b in zip(g0, net.generator.parameters()))
     with pytest.raises(ConfigError, match="pose_code_weight > 0 needs model.pose_code_dim"):
         config_from_dict({**d, "model": {**d["model"], "pose_code_dim": 0}})
+
+
+def _skewed_codes(n: int = 2000) -> np.ndarray:
+    """Codes like the Wav2Pix yaw component (skewed, heavy-tailed), a symmetric one and a uniform one."""
+    rng = np.random.default_rng(0)
+    yaw = rng.gamma(0.6, size=n)
+    codes = np.stack([yaw, rng.standard_normal(n), rng.uniform(-1.7, 1.7, n)], axis=1)
+    return ((codes - codes.mean(0)) / codes.std(0)).astype(np.float32)
+
+
+def test_pose_prior_maps_normal_noise_to_the_codes_distribution():
+    codes = _skewed_codes()
+    prior = wav2pix.PoseCodePrior.from_codes(codes)
+    assert prior.code_dim == 3
+    z = torch.randn(20000, 8, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        out = prior(z).numpy()
+    assert np.array_equal(out[:, 3:], z[:, 3:].numpy())  # the rest of the noise passes unchanged
+    probs = [0.05, 0.25, 0.5, 0.75, 0.95]
+    got, want = np.quantile(out[:, :3], probs, axis=0), np.quantile(codes, probs, axis=0)
+    assert np.abs(got - want).max() < 0.06, (got, want)
+    assert abs(float(np.mean((out[:, 0] - out[:, 0].mean()) ** 3)) - 2 * 0.6**-0.5) < 0.5  # gamma(0.6) skew ~2.6
+    # monotone in each input, and never outside the real codes' range (constant beyond +-3 sigma)
+    line = torch.linspace(-6, 6, 601)[:, None].repeat(1, 3)
+    with torch.inference_mode():
+        mapped = prior(line).numpy()
+    assert (np.diff(mapped, axis=0) >= -1e-6).all()
+    assert (mapped >= codes.min(0) - 1e-5).all() and (mapped <= codes.max(0) + 1e-5).all()
+    with pytest.raises(ValueError, match="non-decreasing"):
+        wav2pix.PoseCodePrior(torch.tensor([[1.0, 0.0]]))
+    with pytest.raises(ValueError, match="N>=2"):
+        wav2pix.PoseCodePrior.from_codes(codes[:1])
+
+
+def test_pose_prior_is_inside_the_exported_graph(tiny_model, tmp_path):
+    from engine.generator import Generator
+    from training.export import export_bundle, inference_module
+
+    prior = wav2pix.PoseCodePrior.from_codes(_skewed_codes()[:, :2])
+    out = export_bundle(
+        tiny_model.net, tiny_model.cfg, tiny_model.identities, tmp_path / "b", training_info={}, pose_prior=prior
+    )
+    assert json.loads((out / "bundle.json").read_text())["pose_prior"] == "quantile"
+    g = torch.Generator().manual_seed(0)
+    audio = (torch.rand(3, tiny_model.cfg.audio.window_samples, generator=g) * 2 - 1) * 0.4
+    noise = torch.randn(3, tiny_model.cfg.model.noise_dim, generator=g) * 2
+    got = Generator(out, backend="onnxruntime", warmup=False).run(audio.numpy(), noise.numpy())
+    with torch.inference_mode():
+        mapped = inference_module(tiny_model.net)(audio, prior(noise)).numpy()
+        plain = inference_module(tiny_model.net)(audio, noise).numpy()
+    assert np.abs(got - mapped).max() < 1e-3 and np.abs(got - plain).max() > 1e-3
+
+
+def test_pose_prior_of_a_run_reads_its_training_faces_codes(tmp_path):
+    from safetensors.torch import save_file
+
+    from training.trainer import pose_prior_for_run
+
+    d = tiny_config_dict(steps=1)
+    d["model"]["pose_code_dim"] = 3
+    cfg = config_from_dict(d)
+    with pytest.raises(UserError, match="pose_codes.safetensors.*--pose-prior normal"):
+        pose_prior_for_run(tmp_path, cfg)
+    codes = np.zeros((2500, 3), np.float32)
+    codes[:2000] = _skewed_codes()  # the zero rows (validation faces) are left out
+    fit = PoseCodes(torch.zeros(2, 136), torch.eye(3, 136), torch.ones(2, 3))
+    save_file({**fit.state_dict(), "codes": torch.from_numpy(codes)}, str(tmp_path / POSE_CODES_FILE))
+    prior = pose_prior_for_run(tmp_path, cfg)
+    assert prior is not None and prior.code_dim == 3
+    want = wav2pix.PoseCodePrior.from_codes(codes[:2000])
+    assert torch.equal(prior.values, want.values)
+    assert pose_prior_for_run(tmp_path, cfg, "normal") is None
+    assert pose_prior_for_run(tmp_path, config_from_dict(tiny_config_dict(steps=1))) is None
+    with pytest.raises(UserError, match="pose prior: expected"):
+        pose_prior_for_run(tmp_path, cfg, "uniform")

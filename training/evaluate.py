@@ -117,6 +117,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="ema",
         help="for a run folder: the moving-average weights (default) or the trained weights",
     )
+    parser.add_argument(
+        "--pose-prior",
+        choices=("quantile", "normal"),
+        default="quantile",
+        help="for a run folder whose generator reads a pose code: draw codes from the training faces' "
+        "distribution (quantile, the default, as export does) or standard normal (normal)",
+    )
 
 
 # ---------------------------------------------------------------------- metric core
@@ -415,10 +422,17 @@ class ImageSource:
 
 
 def open_source(
-    target: Path, backend: str = "auto", device: str = "auto", checkpoint: Path | None = None, generator: str = "ema"
+    target: Path,
+    backend: str = "auto",
+    device: str = "auto",
+    checkpoint: Path | None = None,
+    generator: str = "ema",
+    pose_prior: str = "quantile",
 ) -> ImageSource:
     """Open a model bundle (``bundle.json`` present; via :class:`engine.generator.Generator`) or a run
-    folder (via :func:`training.trainer.load_run`; ``generator``: "ema" or "raw" weights).
+    folder (via :func:`training.trainer.load_run`; ``generator``: "ema" or "raw" weights; ``pose_prior``:
+    how a pose-code generator's noise becomes its code, as in the bundle ``export`` would write, see
+    :func:`training.trainer.pose_prior_for_run`; a bundle carries its own).
 
     Raises:
         UserError: neither a bundle nor a run folder, or it cannot be loaded.
@@ -451,9 +465,11 @@ def open_source(
         )
     import torch
 
-    from training.trainer import load_run, to_uint8
+    from training.trainer import load_run, pose_prior_for_run, to_uint8
 
     net, cfg, identities, info = load_run(target, checkpoint, generator)
+    prior = pose_prior_for_run(target, cfg, pose_prior)
+    info = {**info, "pose_prior": "normal" if prior is None else "quantile"}
     dev = torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
     )
@@ -464,7 +480,8 @@ def open_source(
         with torch.inference_mode():
             for i in range(0, len(audio), 64):
                 a = torch.from_numpy(np.ascontiguousarray(audio[i : i + 64], np.float32)).to(dev)
-                n = torch.from_numpy(np.ascontiguousarray(noise[i : i + 64], np.float32)).to(dev)
+                n = torch.from_numpy(np.ascontiguousarray(noise[i : i + 64], np.float32))
+                n = (n if prior is None else prior(n)).to(dev)
                 out.append(to_uint8(net(a, n)))
         return np.concatenate(out)
 
@@ -739,7 +756,14 @@ def _evaluate_model(args: argparse.Namespace) -> int:
     if n_train_pairs < 0:
         raise UserError(f"--train-pairs: expected >= 0, got {n_train_pairs}")
     started = time.perf_counter()
-    source = open_source(args.target, args.backend, args.device, args.checkpoint, getattr(args, "generator", "ema"))
+    source = open_source(
+        args.target,
+        args.backend,
+        args.device,
+        args.checkpoint,
+        getattr(args, "generator", "ema"),
+        getattr(args, "pose_prior", "quantile"),
+    )
     out = Path(args.out) if args.out else _default_out(Path(args.target), source.kind)
     ds = load_dataset(args.data, source.sample_rate, source.image_size)
     if ds.faces.shape[1] != source.image_size:

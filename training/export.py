@@ -57,7 +57,7 @@ from engine.bundle import (
 )
 from engine.errors import UserError
 from training.config import Config
-from training.models.wav2pix import Wav2PixGenerator, Wav2PixInference
+from training.models.wav2pix import PoseCodePrior, Wav2PixGenerator, Wav2PixInference
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +92,12 @@ def bake_parametrizations(module: nn.Module) -> nn.Module:
     return baked
 
 
-def inference_module(net: Wav2PixGenerator, truncation: float = 1.0) -> Wav2PixInference:
-    """The exported graph (:class:`Wav2PixInference`, noise scaled by ``truncation``) from a baked copy of ``net``."""
-    return Wav2PixInference(bake_parametrizations(net), truncation).eval()
+def inference_module(
+    net: Wav2PixGenerator, truncation: float = 1.0, pose_prior: PoseCodePrior | None = None
+) -> Wav2PixInference:
+    """The exported graph (:class:`Wav2PixInference`, noise scaled by ``truncation``, then the first noise inputs
+    mapped by ``pose_prior`` if given) from a baked copy of ``net``."""
+    return Wav2PixInference(bake_parametrizations(net), truncation, pose_prior).eval()
 
 
 def _example_inputs(cfg: Config, batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -273,6 +276,7 @@ def export_bundle(
     max_batch: int = DEFAULT_MAX_BATCH,
     check: bool = True,
     truncation: float = 1.0,
+    pose_prior: PoseCodePrior | None = None,
 ) -> Path:
     """Write a verified model bundle for ``net`` to ``out_dir`` (replacing an older bundle there).
 
@@ -290,6 +294,9 @@ def export_bundle(
         check: load the bundle with the engine and compare with torch eager (default).
         truncation: noise scale psi applied inside the graph (truncation trick, Brock et al. 2019); the
             manifest records it as ``truncation``. 1.0 = none.
+        pose_prior: for a generator with ``model.pose_code_dim`` > 0, the map from standard-normal noise to the
+            training faces' pose codes (:class:`~training.models.wav2pix.PoseCodePrior`), applied inside the graph
+            after the truncation; the manifest records ``pose_prior`` ("quantile" or "normal").
 
     Returns:
         ``out_dir`` as a :class:`Path`.
@@ -305,7 +312,7 @@ def export_bundle(
         raise UserError(f"{out_dir}: exists and is not a model bundle; choose another output folder")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    module = inference_module(net, truncation)
+    module = inference_module(net, truncation, pose_prior)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         with _quiet_exporter():
@@ -346,6 +353,8 @@ def export_bundle(
             "truncation": float(truncation),
             # the first pose_code_dim noise inputs are a pose code (training.landmarks.PoseCodes); 0: none
             "pose_code_dim": cfg.model.pose_code_dim,
+            # how standard-normal noise becomes that code: "quantile" (PoseCodePrior, in the graph) or "normal"
+            "pose_prior": "quantile" if pose_prior is not None else "normal",
             "files": {name: sha256_file(tmp / name) for name in files},
             "created": export["exported"],
             "training": _jsonable(training),
@@ -390,6 +399,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PSI",
         help="noise scale inside the graph (truncation trick, Brock et al. 2019; default 1.0 = none)",
     )
+    parser.add_argument(
+        "--pose-prior",
+        choices=("quantile", "normal"),
+        default="quantile",
+        help="for a generator with a pose code: map standard-normal noise to the training faces' pose-code "
+        "distribution inside the graph (quantile, the default; needs RUN_DIR/pose_codes.safetensors) or feed it "
+        "as is (normal)",
+    )
 
 
 def _read_json(path: Path) -> Any:
@@ -432,6 +449,9 @@ def main(args: argparse.Namespace) -> int:
     checkpoint = getattr(args, "checkpoint", None)
     generator = getattr(args, "generator", "ema")
     net, cfg, identities, info = load_run(run_dir, checkpoint, generator)
+    from training.trainer import pose_prior_for_run
+
+    pose_prior = pose_prior_for_run(run_dir, cfg, getattr(args, "pose_prior", "quantile"))
     info = dict(info)
     if not info.get("data") and (run_dir / "split.json").is_file():
         info["data"] = _read_json(run_dir / "split.json").get("data", [])
@@ -451,6 +471,7 @@ def main(args: argparse.Namespace) -> int:
         metrics=metrics,
         max_batch=args.max_batch,
         truncation=args.truncation,
+        pose_prior=pose_prior,
     )
     print(f"wrote {out} ({len(identities)} identities, {cfg.model.image_size} px)")
     return 0

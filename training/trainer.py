@@ -51,6 +51,7 @@ from training.data import PairDataset, load_dataset, split_by_face
 from training.data.diffaugment import diff_augment
 from training.landmarks import LandmarkPrior, LandmarkTeacher, PoseCodes, normalise_landmarks
 from training.models import get_family
+from training.models.wav2pix import PoseCodePrior
 
 log = logging.getLogger(__name__)
 CKPT_DIR = "checkpoints"
@@ -640,6 +641,39 @@ def pose_codes_for_run(
     if codes.shape != (len(faces), k) or fit.basis.shape[0] != k:
         raise UserError(f"{path}: pose codes {tuple(codes.shape)} for {len(faces)} faces and pose_code_dim {k}")
     return fit, codes
+
+
+POSE_PRIORS = ("quantile", "normal")
+
+
+def pose_prior_for_run(run_dir: str | Path, cfg: Config, kind: str = "quantile") -> PoseCodePrior | None:
+    """The inference-time pose prior of a run folder whose generator reads a pose code, else ``None``.
+
+    ``kind``: ``"quantile"`` maps standard-normal noise to the training faces' pose-code distribution
+    (:class:`training.models.wav2pix.PoseCodePrior`, from the non-zero rows of ``RUN_DIR/pose_codes.safetensors``:
+    the training faces with landmarks); ``"normal"`` (or ``model.pose_code_dim`` 0) gives ``None``, the
+    standard-normal code the generator saw as noise.
+
+    Raises:
+        UserError: an unknown ``kind``, or a pose-code run whose ``pose_codes.safetensors`` is missing or unreadable.
+    """
+    from safetensors.torch import load_file
+
+    if kind not in POSE_PRIORS:
+        raise UserError(f"pose prior: expected one of {', '.join(POSE_PRIORS)}, got {kind!r}")
+    if kind == "normal" or not cfg.model.pose_code_dim:
+        return None
+    path = Path(run_dir) / POSE_CODES_FILE
+    try:
+        codes = load_file(str(path))["codes"].numpy()
+    except (OSError, KeyError, RuntimeError, SafetensorError) as err:
+        raise UserError(f"{path}: cannot read the pose codes for the quantile pose prior ({err}); "
+                        "pass --pose-prior normal to draw standard-normal codes") from err  # fmt: skip
+    known = np.any(codes != 0, axis=1)  # validation faces and faces without landmarks are stored as zeros
+    try:
+        return PoseCodePrior.from_codes(codes[known])
+    except ValueError as err:
+        raise UserError(f"{path}: {err}") from err
 
 
 def _wrong_pose(codes: torch.Tensor, labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
