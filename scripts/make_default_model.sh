@@ -12,15 +12,21 @@
 #   phase 4  presets/training/wav2pix-64j.yaml (wider generator, 32 channels at 32 and 64 px) in RUN4, grown from
 #            phase 3's step 14000 with --init-from (Net2WiderNet), to step 25000, keeping every checkpoint (the
 #            shipped run was stopped at 20000 and resumed; see docs/default_model/command.txt)
-#   then     export a candidate per kept phase-4 checkpoint, evaluate on the validation split, and export the
-#            checkpoint named by CHECKPOINT (the shipped one: step-0024000, EMA weights) with its figures and
-#            the unseen-voice detection ratio inside the bundle.
+#   phase 5  presets/training/wav2pix-64s.yaml (pose code, discriminator side) in RUN5, grown from phase 4's step
+#            24000 with --init-from, to step 27000 (fits the pose code: RUN5/pose_codes.safetensors)
+#   phase 6  presets/training/wav2pix-64t.yaml (pose-code regression) in RUN6 from phase 5's step 27000, with phase
+#            5's pose codes, to step 47500 (the shipped run copied the landmark CNN from an earlier run,
+#            runs/wav2pix-64o, fitted to the same faces with the same seed; here RUN6 fits its own)
+#   then     export a candidate per kept phase-6 checkpoint, evaluate on the validation split, and export the
+#            checkpoint named by CHECKPOINT (the shipped one: step-0045000, EMA weights, quantile pose prior) with
+#            its figures and the unseen-voice detection ratio inside the bundle.
 # GENERATOR picks the weights of a checkpoint: "ema" (the moving average; the shipped choice) or "raw" (the
 # trained weights; in phase 2 the average blended the two speakers while the identity mapping kept moving).
-# About 3.2 h on a 2-core CPU (bf16 autocast) for the training, plus ~1-3 min per evaluated checkpoint.
+# About 8 h on a 2-core CPU (bf16 autocast) for the training (phases 5-6: ~4.5 h), plus ~2-5 min per evaluated
+# checkpoint.
 #
 #   bash scripts/make_default_model.sh                                                # train, evaluate all
-#   CHECKPOINT=step-0024000 GENERATOR=ema PSI=1.0 bash scripts/make_default_model.sh  # the shipped choice
+#   CHECKPOINT=step-0045000 GENERATOR=ema PSI=1.0 bash scripts/make_default_model.sh  # the shipped choice
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -28,6 +34,8 @@ DATA=${DATA:-../shared/data/wav2pix/train}
 RUN=${RUN:-runs/wav2pix-64}
 RUN3=${RUN3:-${RUN}g}
 RUN4=${RUN4:-${RUN}j}
+RUN5=${RUN5:-${RUN}s}
+RUN6=${RUN6:-${RUN}t}
 PSI=${PSI:-1.0}
 GENERATOR=${GENERATOR:-ema}
 OUT=${OUT:-presets/models/wav2pix-64}
@@ -69,6 +77,25 @@ RUN=$RUN4
 mkdir -p "$RUN"
 ( while sleep 20; do keep; done ) & keeper=$!
 "$PY" run.py train --config presets/training/wav2pix-64j.yaml --data "$DATA" --out "$RUN" --steps 25000 "${init[@]}"
+keep
+
+# phase 5: the pose code, grown from phase 4's step 24000
+kill $keeper 2>/dev/null || true
+init=(--init-from "$RUN4/keep/step-0024000.safetensors"); [ -d "$RUN5/checkpoints" ] && init=(--resume)
+RUN=$RUN5
+mkdir -p "$RUN"
+( while sleep 20; do keep; done ) & keeper=$!
+"$PY" run.py train --config presets/training/wav2pix-64s.yaml --data "$DATA" --out "$RUN" --steps 27000 "${init[@]}"
+keep
+
+# phase 6: the pose-code regression, from phase 5's step 27000 with its pose codes
+kill $keeper 2>/dev/null || true
+init=(--init-from "$RUN5/keep/step-0027000.safetensors"); [ -d "$RUN6/checkpoints" ] && init=(--resume)
+RUN=$RUN6
+mkdir -p "$RUN"
+cp -n "$RUN5/pose_codes.safetensors" "$RUN/"
+( while sleep 20; do keep; done ) & keeper=$!
+"$PY" run.py train --config presets/training/wav2pix-64t.yaml --data "$DATA" --out "$RUN" --steps 47500 "${init[@]}"
 keep
 
 "$PY" scripts/make_unseen_voices.py out/unseen_voices
