@@ -100,19 +100,19 @@ def _eager(bundle_dir: Path) -> tuple[Callable[[Any, Any], Any], str]:
         from safetensors.torch import load_file
 
         from training.config import load_config
-        from training.export import inference_module
+        from training.export import inference_module, split_pose_prior
         from training.models.wav2pix import Wav2PixGenerator
     except ImportError as exc:
         log.info("training package not importable (%s); eager = model.pt2 .module()", exc)
     else:
         cfg = load_config(bundle_dir / "config.yaml")
-        state = load_file(str(bundle_dir / "generator.safetensors"))
+        state, prior = split_pose_prior(load_file(str(bundle_dir / "generator.safetensors")))
         n_ids = state["speech_classifier.weight"].shape[0] if "speech_classifier.weight" in state else 1
         net = Wav2PixGenerator(cfg.audio, cfg.model, n_ids)
         net.load_state_dict(state)
         psi = float(json.loads((bundle_dir / "bundle.json").read_text()).get("truncation", 1.0))
         return inference_module(
-            net, psi
+            net, psi, prior
         ), "torch eager: Wav2PixInference from generator.safetensors (spectral norm baked)"
     program = torch.export.load(str(bundle_dir / "model.pt2"))
     return program.module(), "torch eager: model.pt2 ExportedProgram.module()"

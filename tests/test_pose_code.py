@@ -238,6 +238,13 @@ def test_pose_prior_is_inside_the_exported_graph(tiny_model, tmp_path):
         tiny_model.net, tiny_model.cfg, tiny_model.identities, tmp_path / "b", training_info={}, pose_prior=prior
     )
     assert json.loads((out / "bundle.json").read_text())["pose_prior"] == "quantile"
+    from safetensors.torch import load_file
+
+    from training.export import split_pose_prior
+
+    state, stored = split_pose_prior(load_file(str(out / "generator.safetensors")))
+    assert stored is not None and torch.equal(stored.values, prior.values) and torch.equal(stored.z, prior.z)
+    assert set(state) == set(tiny_model.net.state_dict())
     g = torch.Generator().manual_seed(0)
     audio = (torch.rand(3, tiny_model.cfg.audio.window_samples, generator=g) * 2 - 1) * 0.4
     noise = torch.randn(3, tiny_model.cfg.model.noise_dim, generator=g) * 2

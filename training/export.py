@@ -10,7 +10,9 @@
 * ``model.pt2`` — the same module as a ``torch.export`` program with a dynamic
   batch dimension (1..max_batch);
 * ``generator.safetensors`` — the generator-side state dict as trained
-  (spectral-norm parametrizations included, loadable into ``Wav2PixGenerator``);
+  (spectral-norm parametrizations included, loadable into ``Wav2PixGenerator``), plus, for a bundle
+  with a pose prior, its buffers under ``pose_prior.`` (``PoseCodePrior.from_state_dict``; strip them
+  with :func:`split_pose_prior` before ``load_state_dict``);
 * ``config.yaml``, ``metrics.json``, ``TRAINING.md`` and ``bundle.json`` (sha256 of every file).
 
 Spectral-norm parametrizations are baked into plain weights (eval mode, no
@@ -90,6 +92,20 @@ def bake_parametrizations(module: nn.Module) -> nn.Module:
     for p in baked.parameters():
         p.requires_grad_(False)
     return baked
+
+
+POSE_PRIOR_PREFIX = "pose_prior."
+
+
+def split_pose_prior(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], PoseCodePrior | None]:
+    """A bundle's ``generator.safetensors`` tensors → (the generator's state dict, its pose prior or ``None``).
+
+    Raises:
+        ValueError: pose-prior tensors that do not form a valid :class:`PoseCodePrior`.
+    """
+    prior = {k[len(POSE_PRIOR_PREFIX) :]: v for k, v in state.items() if k.startswith(POSE_PRIOR_PREFIX)}
+    rest = {k: v for k, v in state.items() if not k.startswith(POSE_PRIOR_PREFIX)}
+    return rest, (PoseCodePrior.from_state_dict(prior) if prior else None)
 
 
 def inference_module(
@@ -321,6 +337,8 @@ def export_bundle(
         from safetensors.torch import save_file
 
         state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+        if pose_prior is not None:
+            state.update({f"{POSE_PRIOR_PREFIX}{k}": v.contiguous() for k, v in pose_prior.state_dict().items()})
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"n_identities": str(len(identities))})
         configs.dump(cfg, tmp / CONFIG_FILE)
         (tmp / METRICS_FILE).write_text(json.dumps(metrics or {}, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -393,6 +393,21 @@ class PoseCodePrior(nn.Module):
         values = np.quantile(codes, probs, axis=0).T  # [K, Q]
         return cls(torch.from_numpy(np.maximum.accumulate(values, axis=1).astype(np.float32)), z_max)
 
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> PoseCodePrior:
+        """Rebuild from :meth:`state_dict` (``z`` [Q], ``values`` [K, Q], ...).
+
+        Raises:
+            ValueError: missing tensors, or knots that are not ``linspace(-z_max, z_max, Q)``.
+        """
+        if "z" not in state or "values" not in state:
+            raise ValueError(f"pose prior: expected tensors 'z' and 'values', got {sorted(state)}")
+        z = torch.as_tensor(state["z"], dtype=torch.float32)
+        prior = cls(state["values"], float(z[-1]))
+        if prior.z.shape != z.shape or not torch.allclose(prior.z, z, atol=1e-6):
+            raise ValueError("pose prior: knots 'z' are not evenly spaced over [-z_max, z_max]")
+        return prior
+
     @property
     def code_dim(self) -> int:
         """K, the number of noise inputs mapped."""
