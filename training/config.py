@@ -16,6 +16,11 @@ from engine import configs
 FORMAT_VERSION = 1
 
 
+# how standard-normal noise becomes a pose code at inference: the quantile pose prior
+# (training.models.wav2pix.PoseCodePrior) or as it is
+POSE_PRIORS = ("quantile", "normal")
+
+
 @dataclass(frozen=True)
 class AudioConfig:
     """Speech input and preprocessing (Roldán 2018; Duarte et al. 2019).
@@ -56,8 +61,9 @@ class ModelConfig:
     68 landmarks of the real training faces, standard normal over them). During training the generator gets the
     code of the real face paired with each voice, and the discriminator adds a projection of the code to its score
     (``<W_p c, h>``, as the speech embedding's) and, with ``loss.pose_matching_weight``, scores real faces with
-    another face's code as fake. The exported graph keeps its inputs: standard-normal noise draws the pose from
-    the real faces' spread. 0 = off.
+    another face's code as fake. The exported graph keeps its inputs: standard-normal noise, mapped inside the
+    graph to the real faces' code distribution by the pose prior (``export --pose-prior``,
+    :class:`training.models.wav2pix.PoseCodePrior`), draws the pose. 0 = off.
     """
 
     family: Literal["wav2pix"] = "wav2pix"

@@ -45,6 +45,7 @@ import numpy as np
 
 from engine.errors import UserError
 from training import face_metrics as fm
+from training.config import POSE_PRIORS
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--pose-prior",
-        choices=("quantile", "normal"),
+        choices=POSE_PRIORS,
         default="quantile",
         help="for a run folder whose generator reads a pose code: draw codes from the training faces' "
         "distribution (quantile, the default, as export does) or standard normal (normal)",

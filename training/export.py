@@ -58,7 +58,7 @@ from engine.bundle import (
     sha256_file,
 )
 from engine.errors import UserError
-from training.config import Config
+from training.config import POSE_PRIORS, Config
 from training.models.wav2pix import PoseCodePrior, Wav2PixGenerator, Wav2PixInference
 
 log = logging.getLogger(__name__)
@@ -419,7 +419,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--pose-prior",
-        choices=("quantile", "normal"),
+        choices=POSE_PRIORS,
         default="quantile",
         help="for a generator with a pose code: map standard-normal noise to the training faces' pose-code "
         "distribution inside the graph (quantile, the default; needs RUN_DIR/pose_codes.safetensors) or feed it "

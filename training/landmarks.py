@@ -391,7 +391,7 @@ class PoseCodes:
     hold 95 % of the residual variance). With ``model.pose_code_dim`` = K the generator reads its first K noise
     inputs as this code and the discriminator checks it by projection (Miyato & Koyama, "cGANs with Projection
     Discriminator", ICLR 2018), so callers that feed standard-normal noise draw poses from the real faces'
-    spread.
+    spread (their exact distribution with the pose prior, :class:`training.models.wav2pix.PoseCodePrior`).
 
     Attributes:
         mean: float32 [I, 136] each identity's mean normalised landmarks.

@@ -46,7 +46,7 @@ from tqdm import tqdm
 from engine import configs
 from engine.errors import UserError
 from training import losses
-from training.config import FORMAT_VERSION, Config, load_config
+from training.config import FORMAT_VERSION, POSE_PRIORS, Config, load_config
 from training.data import PairDataset, load_dataset, split_by_face
 from training.data.diffaugment import diff_augment
 from training.landmarks import LandmarkPrior, LandmarkTeacher, PoseCodes, normalise_landmarks
@@ -641,9 +641,6 @@ def pose_codes_for_run(
     if codes.shape != (len(faces), k) or fit.basis.shape[0] != k:
         raise UserError(f"{path}: pose codes {tuple(codes.shape)} for {len(faces)} faces and pose_code_dim {k}")
     return fit, codes
-
-
-POSE_PRIORS = ("quantile", "normal")
 
 
 def pose_prior_for_run(run_dir: str | Path, cfg: Config, kind: str = "quantile") -> PoseCodePrior | None:

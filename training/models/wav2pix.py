@@ -372,8 +372,9 @@ class PoseCodePrior(nn.Module):
         z = torch.linspace(-z_max, z_max, values.shape[1])
         self.register_buffer("z", z)
         self.register_buffer("values", values)
-        self.register_buffer("width", z.diff())
-        self.register_buffer("slope", values.diff(dim=1) / z.diff())
+        # derived from z and values: in the graph as constants, not in the state dict
+        self.register_buffer("width", z.diff(), persistent=False)
+        self.register_buffer("slope", values.diff(dim=1) / z.diff(), persistent=False)
 
     @classmethod
     def from_codes(cls, codes: np.ndarray, knots: int = 49, z_max: float = 3.0) -> PoseCodePrior:
@@ -395,7 +396,7 @@ class PoseCodePrior(nn.Module):
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor]) -> PoseCodePrior:
-        """Rebuild from :meth:`state_dict` (``z`` [Q], ``values`` [K, Q], ...).
+        """Rebuild from :meth:`state_dict` (``z`` [Q], ``values`` [K, Q]).
 
         Raises:
             ValueError: missing tensors, or knots that are not ``linspace(-z_max, z_max, Q)``.
