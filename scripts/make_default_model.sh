@@ -70,33 +70,25 @@ RUN=$RUN3
 "$PY" run.py train --config presets/training/wav2pix-64g.yaml --data "$DATA" --out "$RUN" --resume
 keep
 
-# phase 4: the wider generator grows from phase 3's step 14000 in a new run folder
-kill $keeper 2>/dev/null || true
-init=(--init-from "$RUN3/keep/step-0014000.safetensors"); [ -d "$RUN4/checkpoints" ] && init=(--resume)
-RUN=$RUN4
-mkdir -p "$RUN"
-( while sleep 20; do keep; done ) & keeper=$!
-"$PY" run.py train --config presets/training/wav2pix-64j.yaml --data "$DATA" --out "$RUN" --steps 25000 "${init[@]}"
-keep
+# grown_phase RUN_DIR CONFIG INIT_CHECKPOINT STEPS: a phase in its own run folder, grown from an earlier phase's
+# checkpoint with --init-from (resumed if the folder already has checkpoints), every checkpoint kept
+grown_phase() {
+  kill $keeper 2>/dev/null || true
+  RUN=$1
+  local init=(--init-from "$3"); [ -d "$RUN/checkpoints" ] && init=(--resume)
+  mkdir -p "$RUN"
+  ( while sleep 20; do keep; done ) & keeper=$!
+  "$PY" run.py train --config "$2" --data "$DATA" --out "$RUN" --steps "$4" "${init[@]}"
+  keep
+}
 
+# phase 4: the wider generator grows from phase 3's step 14000
+grown_phase "$RUN4" presets/training/wav2pix-64j.yaml "$RUN3/keep/step-0014000.safetensors" 25000
 # phase 5: the pose code, grown from phase 4's step 24000
-kill $keeper 2>/dev/null || true
-init=(--init-from "$RUN4/keep/step-0024000.safetensors"); [ -d "$RUN5/checkpoints" ] && init=(--resume)
-RUN=$RUN5
-mkdir -p "$RUN"
-( while sleep 20; do keep; done ) & keeper=$!
-"$PY" run.py train --config presets/training/wav2pix-64s.yaml --data "$DATA" --out "$RUN" --steps 27000 "${init[@]}"
-keep
-
+grown_phase "$RUN5" presets/training/wav2pix-64s.yaml "$RUN4/keep/step-0024000.safetensors" 27000
 # phase 6: the pose-code regression, from phase 5's step 27000 with its pose codes
-kill $keeper 2>/dev/null || true
-init=(--init-from "$RUN5/keep/step-0027000.safetensors"); [ -d "$RUN6/checkpoints" ] && init=(--resume)
-RUN=$RUN6
-mkdir -p "$RUN"
-cp -n "$RUN5/pose_codes.safetensors" "$RUN/"
-( while sleep 20; do keep; done ) & keeper=$!
-"$PY" run.py train --config presets/training/wav2pix-64t.yaml --data "$DATA" --out "$RUN" --steps 47500 "${init[@]}"
-keep
+mkdir -p "$RUN6" && cp -n "$RUN5/pose_codes.safetensors" "$RUN6/"
+grown_phase "$RUN6" presets/training/wav2pix-64t.yaml "$RUN5/keep/step-0027000.safetensors" 47500
 
 "$PY" scripts/make_unseen_voices.py out/unseen_voices
 if [ -z "$CHECKPOINT" ]; then
