@@ -277,3 +277,105 @@ def test_pose_prior_of_a_run_reads_its_training_faces_codes(tmp_path):
     assert pose_prior_for_run(tmp_path, config_from_dict(tiny_config_dict(steps=1))) is None
     with pytest.raises(UserError, match="pose prior: expected"):
         pose_prior_for_run(tmp_path, cfg, "uniform")
+
+
+def _two_speaker_codes(n: int = 3000) -> tuple[np.ndarray, np.ndarray]:
+    """Codes [n, 2] of two identities: identity 0 skewed with correlated components (r = -0.5), identity 1
+    symmetric and uncorrelated; labels [n]."""
+    rng = np.random.default_rng(3)
+    labels = np.arange(n) % 2
+    a = rng.gamma(0.6, size=n)
+    b = -0.5 * (a - a.mean()) / a.std() + np.sqrt(0.75) * rng.standard_normal(n)
+    codes = np.where(labels[:, None] == 0, np.stack([a, b], 1), rng.standard_normal((n, 2)))
+    for k in (0, 1):
+        codes[labels == k] = (codes[labels == k] - codes[labels == k].mean(0)) / codes[labels == k].std(0)
+    return codes.astype(np.float32), labels
+
+
+def test_speaker_pose_prior_keeps_each_identitys_shape_and_correlation():
+    codes, labels = _two_speaker_codes()
+    prior = wav2pix.PoseCodePrior.from_codes(codes, labels, copula=True)
+    assert (prior.n_identities, prior.code_dim, prior.kind) == (2, 2, "speaker")
+    z = torch.randn(20000, 5, generator=torch.Generator().manual_seed(2))
+    probs = [0.05, 0.25, 0.5, 0.75, 0.95]
+    for k in (0, 1):
+        w = torch.zeros(len(z), 2)
+        w[:, k] = 1.0
+        with torch.inference_mode():
+            out = prior(z, w).numpy()
+        assert np.array_equal(out[:, 2:], z[:, 2:].numpy())
+        own_codes = codes[labels == k]
+        got, want = np.quantile(out[:, :2], probs, axis=0), np.quantile(own_codes, probs, axis=0)
+        assert np.abs(got - want).max() < 0.1, (k, got, want)
+        # a copula keeps rank correlation (Spearman's rho): -0.38 for identity 0, ~0 for identity 1
+        r_got, r_want = (np.corrcoef(np.argsort(np.argsort(c, axis=0), axis=0).T)[0, 1] for c in (out[:, :2], own_codes))
+        assert abs(r_got - r_want) < 0.04, (k, r_got, r_want)
+    # an undecided voice gets, per component, the weighted mean of the two quantile functions
+    half = torch.full((len(z), 2), 0.5)
+    one = [prior(z, torch.eye(2)[[k]].expand(len(z), 2)) for k in (0, 1)]
+    assert torch.allclose(prior(z, half), 0.5 * (one[0] + one[1]), atol=1e-5)
+    with pytest.raises(ValueError, match="identity weights"):
+        prior(z)
+    # an identity with few faces is drawn towards the pooled prior
+    few = np.concatenate([np.flatnonzero(labels == 0)[:5], np.flatnonzero(labels == 1)])
+    small = wav2pix.PoseCodePrior.from_codes(codes[few], labels[few], copula=True, shrinkage=20.0)
+    pooled = wav2pix.PoseCodePrior.from_codes(codes[few])
+    own = wav2pix.PoseCodePrior.from_codes(codes[few][labels[few] == 0])
+    d_pooled = (small.values[0] - pooled.values[0]).abs().mean()
+    d_own = (small.values[0] - own.values[0]).abs().mean()
+    assert d_pooled < d_own
+    with pytest.raises(ValueError, match="fewer than 2 codes"):
+        wav2pix.PoseCodePrior.from_codes(codes[:3], np.array([0, 0, 2]))
+    # a marginal-only state (bundles written before the copula) loads as the same map
+    marginal = wav2pix.PoseCodePrior.from_codes(codes)
+    old = {k: v for k, v in marginal.state_dict().items() if k != "mixing"}
+    old["values"] = old["values"][0]
+    assert torch.equal(wav2pix.PoseCodePrior.from_state_dict(old)(z), marginal(z))
+
+
+def test_speaker_pose_prior_is_inside_the_exported_graph(tiny_model, tmp_path):
+    from engine.generator import Generator
+    from training.export import export_bundle, inference_module
+
+    codes, labels = _two_speaker_codes()
+    assert len(tiny_model.identities) == 3
+    prior = wav2pix.PoseCodePrior.from_codes(codes, np.arange(len(codes)) % 3, copula=True)
+    out = export_bundle(
+        tiny_model.net, tiny_model.cfg, tiny_model.identities, tmp_path / "b", training_info={}, pose_prior=prior
+    )
+    assert json.loads((out / "bundle.json").read_text())["pose_prior"] == "speaker"
+    g = torch.Generator().manual_seed(0)
+    audio = (torch.rand(3, tiny_model.cfg.audio.window_samples, generator=g) * 2 - 1) * 0.4
+    noise = torch.randn(3, tiny_model.cfg.model.noise_dim, generator=g)
+    got = Generator(out, backend="onnxruntime", warmup=False).run(audio.numpy(), noise.numpy())
+    net = tiny_model.net.eval()
+    with torch.inference_mode():
+        w = torch.softmax(net.speech_classifier(net.encoder(audio)), dim=1)
+        want = inference_module(net)(audio, prior(noise, w)).numpy()
+    assert np.abs(got - want).max() < 1e-3
+    two = wav2pix.PoseCodePrior.from_codes(codes, labels)
+    with pytest.raises(ValueError, match="2 identity priors for a speech identity head of 3"):
+        inference_module(net, 1.0, two)
+
+
+def test_speaker_pose_prior_of_a_run_needs_the_faces_labels(tmp_path):
+    from safetensors.torch import save_file
+
+    from training.trainer import pose_prior_for_run
+
+    d = tiny_config_dict(steps=1)
+    d["model"]["pose_code_dim"] = 2
+    cfg = config_from_dict(d)
+    codes, labels = _two_speaker_codes()
+    codes = np.concatenate([codes, np.zeros((100, 2), np.float32)])  # validation faces: zero rows, left out
+    labels = np.concatenate([labels, np.zeros(100, np.int64)])
+    fit = PoseCodes(torch.zeros(2, 136), torch.eye(2, 136), torch.ones(2, 2))
+    tensors = {**fit.state_dict(), "codes": torch.from_numpy(codes)}
+    save_file(tensors, str(tmp_path / POSE_CODES_FILE))
+    with pytest.raises(UserError, match="no face identity 'labels'.*--pose-prior copula"):
+        pose_prior_for_run(tmp_path, cfg, "speaker")
+    assert pose_prior_for_run(tmp_path, cfg, "copula").kind == "copula"
+    save_file({**tensors, "labels": torch.from_numpy(labels)}, str(tmp_path / POSE_CODES_FILE))
+    prior = pose_prior_for_run(tmp_path, cfg, "speaker")
+    want = wav2pix.PoseCodePrior.from_codes(codes[:-100], labels[:-100], copula=True)
+    assert prior.kind == "speaker" and torch.equal(prior.values, want.values) and torch.equal(prior.mixing, want.mixing)

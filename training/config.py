@@ -16,9 +16,9 @@ from engine import configs
 FORMAT_VERSION = 1
 
 
-# how standard-normal noise becomes a pose code at inference: the quantile pose prior
-# (training.models.wav2pix.PoseCodePrior) or as it is
-POSE_PRIORS = ("quantile", "normal")
+# how standard-normal noise becomes a pose code at inference (training.models.wav2pix.PoseCodePrior, see
+# training.trainer.pose_prior_for_run): per speaker, pooled with correlations, pooled marginals, or as it is
+POSE_PRIORS = ("speaker", "copula", "quantile", "normal")
 
 
 @dataclass(frozen=True)

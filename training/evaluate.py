@@ -470,20 +470,22 @@ def open_source(
 
     net, cfg, identities, info = load_run(target, checkpoint, generator)
     prior = pose_prior_for_run(target, cfg, pose_prior)
-    info = {**info, "pose_prior": "normal" if prior is None else "quantile"}
+    info = {**info, "pose_prior": "normal" if prior is None else prior.kind}
     dev = torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
     )
     net = net.to(dev).eval()
+    from training.models.wav2pix import Wav2PixInference
+
+    model = net if prior is None else Wav2PixInference(net, 1.0, prior.to(dev)).eval()
 
     def generate(audio: np.ndarray, noise: np.ndarray) -> np.ndarray:
         out = []
         with torch.inference_mode():
             for i in range(0, len(audio), 64):
                 a = torch.from_numpy(np.ascontiguousarray(audio[i : i + 64], np.float32)).to(dev)
-                n = torch.from_numpy(np.ascontiguousarray(noise[i : i + 64], np.float32))
-                n = (n if prior is None else prior(n)).to(dev)
-                out.append(to_uint8(net(a, n)))
+                n = torch.from_numpy(np.ascontiguousarray(noise[i : i + 64], np.float32)).to(dev)
+                out.append(to_uint8(model(a, n)))
         return np.concatenate(out)
 
     val_hashes = None

@@ -600,7 +600,8 @@ def pose_codes_for_run(
     Read from ``out/pose_codes.safetensors``, else built (rank 0; other ranks wait and read it): dlib's face
     detector and 68-point landmark model run on the training faces only (``train_faces``: int indices into
     ``faces`` uint8 [F, S, S, 3]; ``labels`` int [F] identities), :class:`training.landmarks.PoseCodes` is fitted
-    to them and the file keeps the fit and the codes, so a resumed run uses the same ones. Validation faces and
+    to them and the file keeps the fit, the codes and the faces' identity labels (``labels`` int64 [F], for the
+    per-speaker pose prior), so a resumed run uses the same ones. Validation faces and
     training faces without landmarks get the zero code (the mean pose of their identity), which adds nothing
     to the discriminator's score.
 
@@ -626,7 +627,12 @@ def pose_codes_for_run(
         codes[train_faces] = np.nan_to_num(got, nan=0.0)
         n_found = int(found.detected.sum())
         meta = {"n_faces": str(len(faces)), "n_train_faces_with_landmarks": str(n_found)}
-        save_file({**fit.state_dict(), "codes": torch.from_numpy(codes)}, str(path), metadata=meta)
+        tensors = {
+            **fit.state_dict(),
+            "codes": torch.from_numpy(codes),
+            "labels": torch.from_numpy(labels.astype(np.int64)),
+        }
+        save_file(tensors, str(path), metadata=meta)
         log.info(
             "pose code: %d components from %d of %d training faces with landmarks, %.0f s",
             k, n_found, len(train_faces), time.perf_counter() - t0,
@@ -646,13 +652,18 @@ def pose_codes_for_run(
 def pose_prior_for_run(run_dir: str | Path, cfg: Config, kind: str = "quantile") -> PoseCodePrior | None:
     """The inference-time pose prior of a run folder whose generator reads a pose code, else ``None``.
 
-    ``kind``: ``"quantile"`` maps standard-normal noise to the training faces' pose-code distribution
-    (:class:`training.models.wav2pix.PoseCodePrior`, from the non-zero rows of ``RUN_DIR/pose_codes.safetensors``:
-    the training faces with landmarks); ``"normal"`` (or ``model.pose_code_dim`` 0) gives ``None``, the
-    standard-normal code the generator saw as noise.
+    Built from the non-zero rows of ``RUN_DIR/pose_codes.safetensors`` (the training faces with landmarks) as a
+    :class:`training.models.wav2pix.PoseCodePrior`. ``kind`` (:data:`training.config.POSE_PRIORS`):
+
+    - ``"speaker"``: one Gaussian-copula prior per training identity (their ``labels``), weighted in the graph by
+      the speech identity head's posterior for the voice: each speaker's own poses and their correlations;
+    - ``"copula"``: one prior for all faces, marginals and correlations;
+    - ``"quantile"``: one prior for all faces, marginals only;
+    - ``"normal"`` (or ``model.pose_code_dim`` 0): ``None``, the standard-normal code the generator saw as noise.
 
     Raises:
-        UserError: an unknown ``kind``, or a pose-code run whose ``pose_codes.safetensors`` is missing or unreadable.
+        UserError: an unknown ``kind``; a pose-code run whose ``pose_codes.safetensors`` is missing or unreadable,
+            or, for ``"speaker"``, has no ``labels`` (written by runs from 2026-11-22 on).
     """
     from safetensors.torch import load_file
 
@@ -662,13 +673,24 @@ def pose_prior_for_run(run_dir: str | Path, cfg: Config, kind: str = "quantile")
         return None
     path = Path(run_dir) / POSE_CODES_FILE
     try:
-        codes = load_file(str(path))["codes"].numpy()
+        tensors = load_file(str(path))
+        codes = tensors["codes"].numpy()
     except (OSError, KeyError, RuntimeError, SafetensorError) as err:
-        raise UserError(f"{path}: cannot read the pose codes for the quantile pose prior ({err}); "
+        raise UserError(f"{path}: cannot read the pose codes for the {kind} pose prior ({err}); "
                         "pass --pose-prior normal to draw standard-normal codes") from err  # fmt: skip
+    labels = None
+    if kind == "speaker":
+        if "labels" not in tensors:
+            raise UserError(f"{path}: no face identity 'labels' for the speaker pose prior (written before they "
+                            "were kept); pass --pose-prior copula or quantile")  # fmt: skip
+        labels = tensors["labels"].numpy()
+        if labels.shape != (len(codes),):
+            raise UserError(f"{path}: labels {tuple(labels.shape)} for {len(codes)} codes")
     known = np.any(codes != 0, axis=1)  # validation faces and faces without landmarks are stored as zeros
     try:
-        return PoseCodePrior.from_codes(codes[known])
+        return PoseCodePrior.from_codes(
+            codes[known], None if labels is None else labels[known], copula=kind in ("speaker", "copula")
+        )
     except ValueError as err:
         raise UserError(f"{path}: {err}") from err
 

@@ -344,44 +344,87 @@ class Wav2PixGenerator(nn.Module):
 class PoseCodePrior(nn.Module):
     """Standard-normal noise → a pose code with the training faces' own distribution, inside the graph.
 
-    The pose code (:class:`training.landmarks.PoseCodes`) has mean 0 and standard deviation 1 per component,
-    but it is not normal: on the Wav2Pix faces yaw is skewed (most faces look ahead, turns go mostly one way;
-    skew 2.5, excess kurtosis 10), so a standard-normal draw asks for turns no real face made. This module maps
-    each of the first K noise inputs through the marginal quantile transform ``c_k = F_k^-1(Phi(z_k))``
-    (``F_k``: the empirical distribution of component k over the training faces' codes; ``Phi``: the standard
-    normal CDF; the inverse-transform method of sampling), piecewise linear between Q knots at
-    ``z = linspace(-z_max, z_max, Q)`` and constant beyond them, so it is monotone and never leaves the range
-    of the real codes. Inputs K.. pass unchanged. Built from ReLU, Min and a sum, it exports to ONNX and
-    TensorRT as it is.
+    The pose code (:class:`training.landmarks.PoseCodes`) has mean 0 and standard deviation 1 per component and
+    identity, but it is not normal, and its shape differs between identities: on the Wav2Pix faces yaw is skewed
+    (most faces look ahead, turns go mostly one way; skew 3.1 for one speaker, 1.8 for the other, whose turns
+    reach twice as far), and one speaker's yaw and mouth components correlate (r = -0.46). A standard-normal draw
+    asks for turns no real face made. This module samples the real codes by the inverse-transform method inside
+    a Gaussian copula (Nelsen, "An Introduction to Copulas", 2006, ch. 2.3):
 
-    forward(noise float32 [B, Z]) → float32 [B, Z]. Components are coupled only through their marginals (the
-    code's components are uncorrelated by construction; measured |r| <= 0.17).
+    - ``u = L_i z``: the first K noise inputs ``z`` correlated by the Cholesky factor ``L_i`` of the normal
+      scores' correlation of identity i (the identity matrix for a marginal-only prior);
+    - ``c_i,k = F_i,k^-1(Phi(u_k))``: each component through the marginal quantile transform (``F_i,k``: the
+      empirical distribution of component k of identity i's training codes; ``Phi``: the standard-normal CDF),
+      piecewise linear between Q knots at ``z = linspace(-z_max, z_max, Q)`` and constant beyond them, so it is
+      monotone and never leaves the range of the real codes;
+    - ``c = sum_i w_i c_i``: with I > 1 identities, weighted by the speech identity posterior ``w`` float [B, I]
+      (softmax of the speech identity head, :class:`Wav2PixInference` passes it). For a confident voice this is
+      the speaker's own prior; for an unknown voice, per component, the 1-D Wasserstein barycentre of the
+      identities' marginals (the weighted mean of their quantile functions; Agueh & Carlier, SIAM J. Math.
+      Anal. 2011).
 
-    Buffers: ``z`` float32 [Q] knots (standard-normal units); ``values`` float32 [K, Q] code values there.
+    Inputs K.. pass unchanged. Built from MatMul, ReLU, Min and sums, it exports to ONNX and TensorRT as it is.
+
+    forward(noise float32 [B, Z], weights float32 [B, I] or None) → float32 [B, Z]. ``weights`` may be None
+    only when I == 1.
+
+    Buffers: ``z`` float32 [Q] knots (standard-normal units); ``values`` float32 [I, K, Q] code values there;
+    ``mixing`` float32 [I, K, K] lower-triangular copula factors.
+
+    Raises:
+        ValueError: (constructor) values not [K, Q] / [I, K, Q] with Q >= 2, non-finite or decreasing along the
+            knots, mixing of the wrong shape, z_max <= 0; (forward) weights missing or of the wrong shape.
     """
 
-    def __init__(self, values: torch.Tensor, z_max: float = 3.0) -> None:
+    def __init__(self, values: torch.Tensor, z_max: float = 3.0, mixing: torch.Tensor | None = None) -> None:
         super().__init__()
         values = torch.as_tensor(values, dtype=torch.float32)
-        if values.ndim != 2 or values.shape[1] < 2:
-            raise ValueError(f"values: expected float [K, Q>=2], got {list(values.shape)}")
-        if not torch.isfinite(values).all() or (values.diff(dim=1) < 0).any():
+        if values.ndim == 2:
+            values = values[None]
+        if values.ndim != 3 or values.shape[2] < 2:
+            raise ValueError(f"values: expected float [K, Q>=2] or [I, K, Q>=2], got {list(values.shape)}")
+        if not torch.isfinite(values).all() or (values.diff(dim=2) < 0).any():
             raise ValueError("values: expected finite codes, non-decreasing along the knots")
         if not z_max > 0:
             raise ValueError(f"z_max: expected > 0, got {z_max}")
-        z = torch.linspace(-z_max, z_max, values.shape[1])
+        n_id, k, _ = values.shape
+        if mixing is None:
+            mixing = torch.eye(k).expand(n_id, k, k)
+        mixing = torch.as_tensor(mixing, dtype=torch.float32).contiguous()
+        if mixing.shape != (n_id, k, k) or not torch.isfinite(mixing).all():
+            raise ValueError(f"mixing: expected finite float [{n_id}, {k}, {k}], got {list(mixing.shape)}")
+        z = torch.linspace(-z_max, z_max, values.shape[2])
         self.register_buffer("z", z)
         self.register_buffer("values", values)
-        # derived from z and values: in the graph as constants, not in the state dict
+        self.register_buffer("mixing", mixing)
+        # derived from the buffers above: in the graph as constants, not in the state dict
         self.register_buffer("width", z.diff(), persistent=False)
-        self.register_buffer("slope", values.diff(dim=1) / z.diff(), persistent=False)
+        self.register_buffer("slope", values.diff(dim=2) / z.diff(), persistent=False)
+        # u[b, i*K + j] = sum_k z[b, k] mixing[i, j, k]: one MatMul for all identities
+        self.register_buffer("mixing_t", mixing.permute(2, 0, 1).reshape(k, n_id * k), persistent=False)
+        self.correlated = bool((mixing - torch.eye(k)).abs().max() > 0)
 
     @classmethod
-    def from_codes(cls, codes: np.ndarray, knots: int = 49, z_max: float = 3.0) -> PoseCodePrior:
-        """The prior of real faces' pose codes float [N, K] (rows of training faces only; N >= 2).
+    def from_codes(
+        cls,
+        codes: np.ndarray,
+        labels: np.ndarray | None = None,
+        knots: int = 49,
+        z_max: float = 3.0,
+        copula: bool = False,
+        shrinkage: float = 20.0,
+    ) -> PoseCodePrior:
+        """The prior of real faces' pose codes float [N, K] (rows of training faces only).
+
+        ``labels`` int [N] in 0..I-1 (the identities the speech identity head predicts) gives one prior per
+        identity, each shrunk towards the pooled one with weight ``n_i / (n_i + shrinkage)`` (quantiles and
+        correlations alike), so an identity with few faces borrows the others' shape; None gives one pooled
+        prior. ``copula``: also keep the components' correlation (Gaussian copula of the normal scores, the
+        ``Phi^-1`` of the codes' ranks); otherwise the components are drawn independently.
 
         Raises:
-            ValueError: fewer than 2 codes, non-finite codes, or ``knots`` < 2.
+            ValueError: fewer than 2 codes (overall, or for any identity), non-finite codes, labels of another
+                length or negative, ``knots`` < 2, or ``shrinkage`` < 0.
         """
         from statistics import NormalDist
 
@@ -390,13 +433,44 @@ class PoseCodePrior(nn.Module):
             raise ValueError(f"codes: expected finite float [N>=2, K], got {list(codes.shape)}")
         if knots < 2:
             raise ValueError(f"knots: expected >= 2, got {knots}")
-        probs = [NormalDist().cdf(float(z)) for z in np.linspace(-z_max, z_max, knots)]
-        values = np.quantile(codes, probs, axis=0).T  # [K, Q]
-        return cls(torch.from_numpy(np.maximum.accumulate(values, axis=1).astype(np.float32)), z_max)
+        if shrinkage < 0:
+            raise ValueError(f"shrinkage: expected >= 0, got {shrinkage}")
+        normal = NormalDist()
+        probs = [normal.cdf(float(z)) for z in np.linspace(-z_max, z_max, knots)]
+
+        def fit(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            values = np.quantile(c, probs, axis=0).T  # [K, Q]
+            if not copula or c.shape[1] == 1:
+                return values, np.eye(c.shape[1])
+            ranks = (np.argsort(np.argsort(c, axis=0), axis=0) + 0.5) / len(c)
+            scores = np.vectorize(normal.inv_cdf)(ranks)
+            return values, np.corrcoef(scores.T)
+
+        pooled_values, pooled_corr = fit(codes)
+        if labels is None:
+            groups = [(pooled_values, pooled_corr)]
+        else:
+            labels = np.asarray(labels)
+            if labels.shape != (len(codes),) or (labels < 0).any():
+                raise ValueError(f"labels: expected int [{len(codes)}] >= 0, got {list(labels.shape)}")
+            counts = np.bincount(labels)
+            if (counts < 2).any():
+                raise ValueError(f"labels: identities {np.flatnonzero(counts < 2).tolist()} have fewer than 2 codes")
+            groups = []
+            for i, n in enumerate(counts):
+                values, corr = fit(codes[labels == i])
+                w = n / (n + shrinkage)
+                groups.append((w * values + (1 - w) * pooled_values, w * corr + (1 - w) * pooled_corr))
+        values = np.stack([np.maximum.accumulate(v, axis=1) for v, _ in groups])
+        # a tiny ridge keeps the factor defined for (near-)collinear components
+        mixing = np.stack([np.linalg.cholesky(c + 1e-6 * np.eye(len(c))) for _, c in groups])
+        mixing /= np.sqrt((mixing**2).sum(axis=2, keepdims=True))  # unit-variance rows: a correlation again
+        return cls(torch.from_numpy(values.astype(np.float32)), z_max, torch.from_numpy(mixing.astype(np.float32)))
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor]) -> PoseCodePrior:
-        """Rebuild from :meth:`state_dict` (``z`` [Q], ``values`` [K, Q]).
+        """Rebuild from :meth:`state_dict` (``z`` [Q], ``values`` [K, Q] or [I, K, Q], ``mixing`` [I, K, K]
+        when saved; a state without it is the marginal-only prior of earlier bundles).
 
         Raises:
             ValueError: missing tensors, or knots that are not ``linspace(-z_max, z_max, Q)``.
@@ -404,7 +478,7 @@ class PoseCodePrior(nn.Module):
         if "z" not in state or "values" not in state:
             raise ValueError(f"pose prior: expected tensors 'z' and 'values', got {sorted(state)}")
         z = torch.as_tensor(state["z"], dtype=torch.float32)
-        prior = cls(state["values"], float(z[-1]))
+        prior = cls(state["values"], float(z[-1]), state.get("mixing"))
         if prior.z.shape != z.shape or not torch.allclose(prior.z, z, atol=1e-6):
             raise ValueError("pose prior: knots 'z' are not evenly spaced over [-z_max, z_max]")
         return prior
@@ -412,12 +486,30 @@ class PoseCodePrior(nn.Module):
     @property
     def code_dim(self) -> int:
         """K, the number of noise inputs mapped."""
+        return int(self.values.shape[1])
+
+    @property
+    def n_identities(self) -> int:
+        """I, the number of per-identity priors (1: one prior for every voice)."""
         return int(self.values.shape[0])
 
-    def forward(self, noise: torch.Tensor) -> torch.Tensor:
-        k = self.code_dim
-        steps = torch.minimum(F.relu(noise[:, :k, None] - self.z[:-1]), self.width)  # [B, K, Q-1]
-        code = self.values[:, 0] + (steps * self.slope).sum(dim=-1)
+    @property
+    def kind(self) -> str:
+        """The bundle manifest's name for this prior (:data:`training.config.POSE_PRIORS`)."""
+        if self.n_identities > 1:
+            return "speaker"
+        return "copula" if self.correlated else "quantile"
+
+    def forward(self, noise: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        k, n_id = self.code_dim, self.n_identities
+        if n_id > 1 and (weights is None or weights.shape != (noise.shape[0], n_id)):
+            got = None if weights is None else list(weights.shape)
+            raise ValueError(f"pose prior: expected identity weights [{noise.shape[0]}, {n_id}], got {got}")
+        u = noise[:, :k] @ self.mixing_t if self.correlated else noise[:, :k].repeat(1, n_id)
+        u = u.reshape(-1, n_id, k)
+        steps = torch.minimum(F.relu(u[..., None] - self.z[:-1]), self.width)  # [B, I, K, Q-1]
+        code = self.values[:, :, 0] + (steps * self.slope).sum(dim=-1)  # [B, I, K]
+        code = code[:, 0] if n_id == 1 else (code * weights[:, :, None]).sum(dim=1)
         return torch.cat([code, noise[:, k:]], dim=1)
 
 
@@ -434,10 +526,13 @@ class Wav2PixInference(nn.Module):
     always feed standard-normal noise; the bundle records psi.
 
     ``pose_prior`` (a :class:`PoseCodePrior`, for generators with ``model.pose_code_dim`` > 0) then maps the
-    first K noise inputs to pose codes distributed like the training faces' codes.
+    first K noise inputs to pose codes distributed like the training faces' codes; a per-identity prior
+    (``n_identities`` > 1) is weighted by the speech identity head's softmax over the speech embedding, so the
+    graph also holds ``net.speech_classifier``.
 
     Raises:
-        ValueError: psi outside (0, 2].
+        ValueError: psi outside (0, 2], or a per-identity prior whose identities are not the speech identity
+            head's.
     """
 
     def __init__(self, net: Wav2PixGenerator, truncation: float = 1.0, pose_prior: PoseCodePrior | None = None) -> None:
@@ -448,13 +543,25 @@ class Wav2PixInference(nn.Module):
         self.generator = net.generator
         self.truncation = float(truncation)
         self.pose_prior = pose_prior
+        self.speech_classifier = None
+        if pose_prior is not None and pose_prior.n_identities > 1:
+            n_id = net.speech_classifier.out_features
+            if n_id != pose_prior.n_identities:
+                raise ValueError(
+                    f"pose prior: {pose_prior.n_identities} identity priors for a speech identity head of {n_id}"
+                )
+            self.speech_classifier = net.speech_classifier
 
     def forward(self, audio: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         if self.truncation != 1.0:
             noise = noise * self.truncation
+        embedding = self.encoder(audio)
         if self.pose_prior is not None:
-            noise = self.pose_prior(noise)
-        return self.generator(self.encoder(audio), noise)
+            weights = None
+            if self.speech_classifier is not None:
+                weights = torch.softmax(self.speech_classifier(embedding).float(), dim=1)
+            noise = self.pose_prior(noise, weights)
+        return self.generator(embedding, noise)
 
 
 def _layer_chain(gen: Generator) -> list[nn.Module]:
