@@ -308,7 +308,9 @@ def test_speaker_pose_prior_keeps_each_identitys_shape_and_correlation():
         got, want = np.quantile(out[:, :2], probs, axis=0), np.quantile(own_codes, probs, axis=0)
         assert np.abs(got - want).max() < 0.1, (k, got, want)
         # a copula keeps rank correlation (Spearman's rho): -0.38 for identity 0, ~0 for identity 1
-        r_got, r_want = (np.corrcoef(np.argsort(np.argsort(c, axis=0), axis=0).T)[0, 1] for c in (out[:, :2], own_codes))
+        r_got, r_want = (
+            np.corrcoef(np.argsort(np.argsort(c, axis=0), axis=0).T)[0, 1] for c in (out[:, :2], own_codes)
+        )
         assert abs(r_got - r_want) < 0.04, (k, r_got, r_want)
     # an undecided voice gets, per component, the weighted mean of the two quantile functions
     half = torch.full((len(z), 2), 0.5)

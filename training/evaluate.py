@@ -123,7 +123,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=POSE_PRIORS,
         default="quantile",
         help="for a run folder whose generator reads a pose code: draw codes from the training faces' "
-        "distribution (quantile, the default, as export does) or standard normal (normal)",
+        "distribution (quantile, the default, as export does: marginals; copula: with correlations; speaker: "
+        "per training speaker, weighted by the speech identity head) or standard normal (normal)",
     )
 
 

@@ -312,7 +312,8 @@ def export_bundle(
             manifest records it as ``truncation``. 1.0 = none.
         pose_prior: for a generator with ``model.pose_code_dim`` > 0, the map from standard-normal noise to the
             training faces' pose codes (:class:`~training.models.wav2pix.PoseCodePrior`), applied inside the graph
-            after the truncation; the manifest records ``pose_prior`` ("quantile" or "normal").
+            after the truncation; the manifest records ``pose_prior`` (its ``kind``: "quantile", "copula" or
+            "speaker"; "normal" without one).
 
     Returns:
         ``out_dir`` as a :class:`Path`.
@@ -422,8 +423,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=POSE_PRIORS,
         default="quantile",
         help="for a generator with a pose code: map standard-normal noise to the training faces' pose-code "
-        "distribution inside the graph (quantile, the default; needs RUN_DIR/pose_codes.safetensors) or feed it "
-        "as is (normal)",
+        "distribution inside the graph (quantile, the default: marginals; copula: with the components' "
+        "correlations; speaker: per training speaker, weighted by the speech identity head; all need "
+        "RUN_DIR/pose_codes.safetensors) or feed it as is (normal)",
     )
 
 
