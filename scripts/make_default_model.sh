@@ -15,18 +15,22 @@
 #   phase 5  presets/training/wav2pix-64s.yaml (pose code, discriminator side) in RUN5, grown from phase 4's step
 #            24000 with --init-from, to step 27000 (fits the pose code: RUN5/pose_codes.safetensors)
 #   phase 6  presets/training/wav2pix-64t.yaml (pose-code regression) in RUN6 from phase 5's step 27000, with phase
-#            5's pose codes, to step 47500 (the shipped run copied the landmark CNN from an earlier run,
+#            5's pose codes, to step 48000 (the shipped run copied the landmark CNN from an earlier run,
 #            runs/wav2pix-64o, fitted to the same faces with the same seed; here RUN6 fits its own)
-#   then     export a candidate per kept phase-6 checkpoint, evaluate on the validation split, and export the
-#            checkpoint named by CHECKPOINT (the shipped one: step-0045000, EMA weights, quantile pose prior) with
+#   phase 7  presets/training/wav2pix-64u.yaml (0.3x learning rate) in RUN7, branched from phase 6's step 48000
+#            (--resume on a copy), to step 51500
+#   phase 8  presets/training/wav2pix-64v.yaml (no colour augmentation) in RUN8, branched from phase 7's step
+#            51500, to step 54500
+#   then     export a candidate per kept phase-8 checkpoint, evaluate on the validation split, and export the
+#            checkpoint named by CHECKPOINT (the shipped one: step-0053000, EMA weights, quantile pose prior) with
 #            its figures and the unseen-voice detection ratio inside the bundle.
 # GENERATOR picks the weights of a checkpoint: "ema" (the moving average; the shipped choice) or "raw" (the
 # trained weights; in phase 2 the average blended the two speakers while the identity mapping kept moving).
-# About 8 h on a 2-core CPU (bf16 autocast) for the training (phases 5-6: ~4.5 h), plus ~2-5 min per evaluated
-# checkpoint.
+# About 9 h on a 2-core CPU (bf16 autocast) for the training (phases 5-6: ~4.5 h, 7-8: ~1 h), plus ~2-5 min per
+# evaluated checkpoint.
 #
 #   bash scripts/make_default_model.sh                                                # train, evaluate all
-#   CHECKPOINT=step-0045000 GENERATOR=ema PSI=1.0 bash scripts/make_default_model.sh  # the shipped choice
+#   CHECKPOINT=step-0053000 GENERATOR=ema PSI=1.0 bash scripts/make_default_model.sh  # the shipped choice
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -36,6 +40,8 @@ RUN3=${RUN3:-${RUN}g}
 RUN4=${RUN4:-${RUN}j}
 RUN5=${RUN5:-${RUN}s}
 RUN6=${RUN6:-${RUN}t}
+RUN7=${RUN7:-${RUN}u}
+RUN8=${RUN8:-${RUN}v}
 PSI=${PSI:-1.0}
 GENERATOR=${GENERATOR:-ema}
 OUT=${OUT:-presets/models/wav2pix-64}
@@ -88,7 +94,33 @@ grown_phase "$RUN4" presets/training/wav2pix-64j.yaml "$RUN3/keep/step-0014000.s
 grown_phase "$RUN5" presets/training/wav2pix-64s.yaml "$RUN4/keep/step-0024000.safetensors" 27000
 # phase 6: the pose-code regression, from phase 5's step 27000 with its pose codes
 mkdir -p "$RUN6" && cp -n "$RUN5/pose_codes.safetensors" "$RUN6/"
-grown_phase "$RUN6" presets/training/wav2pix-64t.yaml "$RUN5/keep/step-0027000.safetensors" 47500
+grown_phase "$RUN6" presets/training/wav2pix-64t.yaml "$RUN5/keep/step-0027000.safetensors" 48000
+
+# branched_phase RUN_DIR CONFIG FROM_RUN STEP STEPS: a phase in its own run folder that continues FROM_RUN's
+# checkpoint STEP with another config (--resume: optimiser state and all; the trainer keeps the old config as
+# config.until-step-STEP.yaml and sets the log aside past STEP), every checkpoint kept
+branched_phase() {
+  kill $keeper 2>/dev/null || true
+  local from=$3 step
+  step=$(printf "%07d" "$4")
+  RUN=$1
+  if [ ! -d "$RUN/checkpoints" ]; then
+    mkdir -p "$RUN/checkpoints"
+    cp "$from/keep/step-$step.safetensors" "$RUN/checkpoints/"
+    for f in config.yaml split.json pose_codes.safetensors landmark_prior.safetensors log.jsonl command.txt; do
+      cp "$from/$f" "$RUN/"
+    done
+    for f in "$from"/config.until-step-*.yaml; do cp "$f" "$RUN/"; done
+  fi
+  ( while sleep 20; do keep; done ) & keeper=$!
+  "$PY" run.py train --config "$2" --data "$DATA" --out "$RUN" --resume --steps "$5"
+  keep
+}
+
+# phase 7: 0.3x the learning rate, from phase 6's step 48000
+branched_phase "$RUN7" presets/training/wav2pix-64u.yaml "$RUN6" 48000 51500
+# phase 8: no colour augmentation, from phase 7's step 51500
+branched_phase "$RUN8" presets/training/wav2pix-64v.yaml "$RUN7" 51500 54500
 
 "$PY" scripts/make_unseen_voices.py out/unseen_voices
 if [ -z "$CHECKPOINT" ]; then
