@@ -505,8 +505,10 @@ class PoseCodePrior(nn.Module):
         if n_id > 1 and (weights is None or weights.shape != (noise.shape[0], n_id)):
             got = None if weights is None else list(weights.shape)
             raise ValueError(f"pose prior: expected identity weights [{noise.shape[0]}, {n_id}], got {got}")
-        u = noise[:, :k] @ self.mixing_t if self.correlated else noise[:, :k].repeat(1, n_id)
-        u = u.reshape(-1, n_id, k)
+        if self.correlated:
+            u = (noise[:, :k] @ self.mixing_t).reshape(-1, n_id, k)
+        else:  # no MatMul or copies in the graph where the factors are identities
+            u = noise[:, None, :k] if n_id == 1 else noise[:, None, :k].expand(-1, n_id, k)
         steps = torch.minimum(F.relu(u[..., None] - self.z[:-1]), self.width)  # [B, I, K, Q-1]
         code = self.values[:, :, 0] + (steps * self.slope).sum(dim=-1)  # [B, I, K]
         code = code[:, 0] if n_id == 1 else (code * weights[:, :, None]).sum(dim=1)
