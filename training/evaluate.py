@@ -467,6 +467,7 @@ def open_source(
         )
     import torch
 
+    from training.models.wav2pix import Wav2PixInference
     from training.trainer import load_run, pose_prior_for_run, to_uint8
 
     net, cfg, identities, info = load_run(target, checkpoint, generator)
@@ -476,8 +477,6 @@ def open_source(
         "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
     )
     net = net.to(dev).eval()
-    from training.models.wav2pix import Wav2PixInference
-
     model = net if prior is None else Wav2PixInference(net, 1.0, prior.to(dev)).eval()
 
     def generate(audio: np.ndarray, noise: np.ndarray) -> np.ndarray:
