@@ -129,7 +129,7 @@ def test_training_step_feeds_the_code_to_the_generator_and_scores_wrong_poses():
     stats = step(x, y, feats, wrong, pose, _wrong_pose(pose, y, torch.Generator().manual_seed(0)))
     assert stats["d_wrong_pose"] != 0.0 and np.isfinite(stats["loss_d"])
     assert disc.pose_embed.weight.abs().sum() > 0  # the projection is trained
-    with pytest.raises(ValueError, match="pose_code_dim is 2, got pose None"):
+    with pytest.raises(ValueError, match="appearance_code_dim is 2, got pose None"):
         step(x, y, feats, wrong)
 
 
@@ -159,7 +159,7 @@ def test_trainer_reads_the_runs_pose_codes_and_grows_from_a_run_without(tmp_path
     with safe_open(str(latest_checkpoint(out)), "pt") as fh:
         assert fh.get_tensor("D.pose_embed.weight").abs().sum() > 0
     save_file({**fit.state_dict(), "codes": codes[:5]}, str(out / POSE_CODES_FILE))
-    with pytest.raises(UserError, match="pose codes \\(5, 2\\) for 8 faces"):
+    with pytest.raises(UserError, match="codes \\(5, 2\\) for 8 faces"):
         train(cfg, [str(data)], out, resume=True)
 
 

@@ -64,6 +64,12 @@ class ModelConfig:
     another face's code as fake. The exported graph keeps its inputs: standard-normal noise, mapped inside the
     graph to the real faces' code distribution by the pose prior (``export --pose-prior``,
     :class:`training.models.wav2pix.PoseCodePrior`), draws the pose. 0 = off.
+    appearance_code_dim: A > 0 (needs ``pose_code_dim`` > 0) makes the next A noise inputs an appearance code
+    (:class:`training.appearance.AppearanceCodes`: standardised within-identity principal components of the real
+    training faces' ``appearance_thumbnail`` px thumbnails: framing, lighting, colour). It extends the pose code:
+    the generator gets the paired real face's code, the discriminator's code projection and
+    ``loss.pose_matching_weight`` cover all K + A entries, and the pose prior draws them jointly. 0 = off.
+    appearance_thumbnail: side of those thumbnails in pixels; must divide ``image_size``.
     """
 
     family: Literal["wav2pix"] = "wav2pix"
@@ -82,10 +88,29 @@ class ModelConfig:
     d_twin_classifier: bool = False
     d_minibatch_std: int = 0
     pose_code_dim: int = 0
+    appearance_code_dim: int = 0
+    appearance_thumbnail: int = 16
+
+    @property
+    def code_dim(self) -> int:
+        """Noise inputs read as a code: ``pose_code_dim + appearance_code_dim``."""
+        return self.pose_code_dim + self.appearance_code_dim
 
     def __post_init__(self) -> None:
         if not 0 <= self.pose_code_dim <= self.noise_dim:
             raise ValueError(f"model.pose_code_dim: expected 0..noise_dim ({self.noise_dim}), got {self.pose_code_dim}")
+        if self.appearance_code_dim < 0 or self.code_dim > self.noise_dim:
+            raise ValueError(
+                f"model.appearance_code_dim: expected 0..noise_dim - pose_code_dim "
+                f"({self.noise_dim - self.pose_code_dim}), got {self.appearance_code_dim}"
+            )
+        if self.appearance_code_dim and not self.pose_code_dim:
+            raise ValueError("model.appearance_code_dim > 0 needs model.pose_code_dim > 0 (it extends the pose code)")
+        if self.appearance_thumbnail < 1 or self.image_size % self.appearance_thumbnail:
+            raise ValueError(
+                f"model.appearance_thumbnail: expected a divisor of image_size ({self.image_size}), "
+                f"got {self.appearance_thumbnail}"
+            )
         if self.d_minibatch_std < 0 or self.d_minibatch_std == 1:
             raise ValueError(
                 f"model.d_minibatch_std: expected 0 (off) or a group size >= 2, got {self.d_minibatch_std}"
@@ -132,6 +157,9 @@ class LossConfig:
     the landmark CNN of the landmark prior (built as for ``landmark_weight``; keep it honest with
     ``landmark_teacher_every``) reads each generated face, its reading is mapped into pose-code units, and the
     mean squared difference to the code the generator was given is penalised. 0 disables.
+    appearance_code_weight: with ``model.appearance_code_dim`` > 0, weight of the appearance-code regression in
+    the generator loss: the mean squared difference between the appearance code the generator was given and
+    the one read off its image (:meth:`training.appearance.AppearanceCodes.encode_images`). 0 disables.
     """
 
     kind: Literal["lsgan", "hinge"] = "hinge"
@@ -150,10 +178,13 @@ class LossConfig:
     landmark_teacher_faces: int = 16
     pose_matching_weight: float = 0.5
     pose_code_weight: float = 0.0
+    appearance_code_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.pose_code_weight < 0:
             raise ValueError(f"loss.pose_code_weight: expected >= 0, got {self.pose_code_weight}")
+        if self.appearance_code_weight < 0:
+            raise ValueError(f"loss.appearance_code_weight: expected >= 0, got {self.appearance_code_weight}")
         if self.pose_matching_weight < 0:
             raise ValueError(f"loss.pose_matching_weight: expected >= 0, got {self.pose_matching_weight}")
         if self.r1_gamma < 0:
@@ -220,6 +251,10 @@ class Config:
     def __post_init__(self) -> None:
         if self.loss.pose_code_weight > 0 and not self.model.pose_code_dim:
             raise ValueError("loss.pose_code_weight > 0 needs model.pose_code_dim > 0 (the code it regresses)")
+        if self.loss.appearance_code_weight > 0 and not self.model.appearance_code_dim:
+            raise ValueError(
+                "loss.appearance_code_weight > 0 needs model.appearance_code_dim > 0 (the code it regresses)"
+            )
 
 
 def load_config(path: str | Path | None) -> Config:

@@ -372,6 +372,8 @@ def export_bundle(
             "truncation": float(truncation),
             # the first pose_code_dim noise inputs are a pose code (training.landmarks.PoseCodes); 0: none
             "pose_code_dim": cfg.model.pose_code_dim,
+            # the next appearance_code_dim noise inputs are an appearance code (training.appearance); 0: none
+            "appearance_code_dim": cfg.model.appearance_code_dim,
             # how standard-normal noise becomes that code: PoseCodePrior.kind ("quantile", "copula", "speaker"; in
             # the graph) or "normal"
             "pose_prior": pose_prior.kind if pose_prior is not None else "normal",

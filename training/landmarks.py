@@ -378,6 +378,27 @@ class LandmarkTeacher:
         }
 
 
+def within_identity_pca(
+    x: np.ndarray, labels: np.ndarray, n_identities: int, components: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Principal components of features within identities: (mean float32 [I, D], basis float32 [K, D], std
+    float32 [I, K]) of features float [N, D] with identity labels int [N] in 0..I-1 (every identity present).
+
+    Each identity's mean is removed, the K leading principal directions of the pooled residuals are kept
+    (orthonormal rows), and ``std`` is each identity's standard deviation along them (>= 1e-6), so
+    ``((x - mean[label]) @ basis.T) / std[label]`` has mean 0 and standard deviation 1 per identity and component.
+    """
+    x = np.asarray(x, np.float64)
+    mean = np.stack([x[labels == k].mean(0) for k in range(n_identities)])
+    resid = x - mean[labels]
+    _, _, vt = np.linalg.svd(resid, full_matrices=False)
+    basis = vt[:components]
+    proj = resid @ basis.T
+    std = np.stack([np.maximum(proj[labels == k].std(0, ddof=1), 1e-6) for k in range(n_identities)])
+    mean_t, basis_t, std_t = (torch.from_numpy(a).float() for a in (mean, basis, std))
+    return mean_t, basis_t, std_t
+
+
 @dataclass
 class PoseCodes:
     """The pose code: within-identity, per-identity standardised principal components of normalised landmarks.
@@ -426,14 +447,7 @@ class PoseCodes:
             raise ValueError(
                 f"model.pose_code_dim: expected 1..{min(136, int(ok.sum()) - n_identities)}, got {components}"
             )
-        lm, lab = lm[ok], labels[ok]
-        mean = np.stack([lm[lab == k].mean(0) for k in range(n_identities)])
-        resid = lm - mean[lab]
-        _, _, vt = np.linalg.svd(resid, full_matrices=False)
-        basis = vt[:components]
-        proj = resid @ basis.T
-        std = np.stack([np.maximum(proj[lab == k].std(0, ddof=1), 1e-6) for k in range(n_identities)])
-        return cls(*(torch.from_numpy(a).float() for a in (mean, basis, std)))
+        return cls(*within_identity_pca(lm[ok], labels[ok], n_identities, components))
 
     def encode(self, landmarks: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Pose codes float32 [N, K] of landmarks float [N, 68, 2] (pixels) of faces of identities int [N];

@@ -46,6 +46,7 @@ from tqdm import tqdm
 from engine import configs
 from engine.errors import UserError
 from training import losses
+from training.appearance import AppearanceCodes
 from training.config import FORMAT_VERSION, POSE_PRIORS, Config, load_config
 from training.data import PairDataset, load_dataset, split_by_face
 from training.data.diffaugment import diff_augment
@@ -331,13 +332,16 @@ class GanStep:
         world: int = 1,
         landmark_prior: LandmarkPrior | None = None,
         pose_codes: PoseCodes | None = None,
+        appearance_codes: AppearanceCodes | None = None,
     ) -> None:
         self.cfg, self.net, self.disc, self.opt_g, self.opt_d, self.world = cfg, net, disc, opt_g, opt_d, world
         if cfg.loss.landmark_weight > 0 and landmark_prior is None:
             raise ValueError("loss.landmark_weight > 0 needs a landmark_prior")
         if cfg.loss.pose_code_weight > 0 and (landmark_prior is None or pose_codes is None):
             raise ValueError("loss.pose_code_weight > 0 needs a landmark_prior and the pose codes' fit")
-        self.landmark_prior, self.pose_codes = landmark_prior, pose_codes
+        if cfg.loss.appearance_code_weight > 0 and appearance_codes is None:
+            raise ValueError("loss.appearance_code_weight > 0 needs the appearance codes' fit")
+        self.landmark_prior, self.pose_codes, self.appearance_codes = landmark_prior, pose_codes, appearance_codes
         self.policy = cfg.augment.policy if cfg.augment.enabled else ()
         self.g_params, self.d_params = list(net.parameters()), list(disc.parameters())
         self.d_steps = 0
@@ -382,26 +386,30 @@ class GanStep:
             x_real: real faces float32 [B, 3, H, W] in [-1, 1]. y: identity labels int64 [B].
             feats: speech features [B, ...] from ``net.encoder.features_of``. wrong: int64 [B] index of a
                 mismatched voice for each item.
-            pose: with ``model.pose_code_dim`` = K, the real faces' pose codes float32 [B, K] (zeros where a face
-                has none): the generator gets them as its first K noise inputs and the discriminator scores
-                them with every image. wrong_pose: [B, K] codes of other faces, scored with the real faces as
-                fake (``loss.pose_matching_weight``); None skips that term.
+            pose: with ``model.pose_code_dim`` = K, the real faces' pose codes float32 [B, K + A] (zeros where a
+                face has none), followed by their A = ``model.appearance_code_dim`` appearance codes: the generator
+                gets them as its first K + A noise inputs and the discriminator scores them with every image.
+                wrong_pose: [B, K + A] codes of other faces, scored with the real faces as fake
+                (``loss.pose_matching_weight``); None skips that term.
 
         Returns:
             floats: loss_d, loss_g, loss_aux, loss_twin (0 without the twin head), loss_speech_id, loss_ms, d_real,
             d_fake, speech_id_acc, r1 (the last computed mean squared gradient norm; 0 when off), loss_landmark
             (0 when off), and with a pose code d_wrong_pose (mean score of the wrong-pose pairs; 0 without them) and
-            loss_pose (the pose-code regression; 0 when off).
+            loss_pose (the pose-code regression; 0 when off) and loss_appearance (the appearance-code regression;
+            0 when off).
 
         Raises:
-            ValueError: ``pose`` missing or of the wrong width for ``model.pose_code_dim``.
+            ValueError: ``pose`` missing or of the wrong width for ``model.pose_code_dim + appearance_code_dim``.
         """
         cfg, net, disc, aug = self.cfg, self.net, self.disc, self._augment
         dev, b, z_dim = x_real.device, x_real.shape[0], cfg.model.noise_dim
-        k_pose = cfg.model.pose_code_dim
-        if (pose is None) != (k_pose == 0) or (pose is not None and pose.shape != (b, k_pose)):
+        k_pose, k_code = cfg.model.pose_code_dim, cfg.model.code_dim
+        if (pose is None) != (k_pose == 0) or (pose is not None and pose.shape != (b, k_code)):
             got = None if pose is None else tuple(pose.shape)
-            raise ValueError(f"pose codes: model.pose_code_dim is {k_pose}, got pose {got} for a batch of {b}")
+            raise ValueError(
+                f"pose codes: model.pose_code_dim + appearance_code_dim is {k_code}, got pose {got} for a batch of {b}"
+            )
         # ---- discriminator: (real, right) vs (fake, right) and (real, wrong)
         disc.requires_grad_(True)
         with torch.no_grad(), self._autocast(dev):
@@ -460,7 +468,11 @@ class GanStep:
         if pose is not None and cfg.loss.pose_code_weight > 0:
             assert self.landmark_prior is not None and self.pose_codes is not None
             read = self.pose_codes.encode_normalised(self.landmark_prior.regressor(x_fake.float()), y)
-            loss_pose = (read - pose).square().mean()
+            loss_pose = (read - pose[:, :k_pose]).square().mean()
+        loss_app = torch.zeros((), device=dev)
+        if pose is not None and cfg.loss.appearance_code_weight > 0:
+            assert self.appearance_codes is not None
+            loss_app = (self.appearance_codes.encode_images(x_fake.float(), y) - pose[:, k_pose:]).square().mean()
         loss_g = losses.g_loss(cfg.loss.kind, s_fake)
         loss_aux = F.cross_entropy(cls_fake, y)
         loss_twin = F.cross_entropy(out_fake[2].float(), y) if twin else torch.zeros((), device=dev)
@@ -474,6 +486,7 @@ class GanStep:
             + cfg.loss.mode_seeking_weight * loss_ms
             + cfg.loss.landmark_weight * loss_lm
             + cfg.loss.pose_code_weight * loss_pose
+            + cfg.loss.appearance_code_weight * loss_app
         )
         total.backward()
         _all_reduce_grads(self.g_params, self.world)
@@ -492,6 +505,7 @@ class GanStep:
             "loss_landmark": loss_lm.item(),
             "d_wrong_pose": 0.0 if s_wrong_pose is None else s_wrong_pose.mean().item(),
             "loss_pose": loss_pose.item(),
+            "loss_appearance": loss_app.item(),
         }
 
 
@@ -593,28 +607,45 @@ POSE_CODES_FILE = "pose_codes.safetensors"
 
 def pose_codes_for_run(
     out: Path, cfg: Config, faces: np.ndarray, labels: np.ndarray, train_faces: np.ndarray, main: bool, world: int
-) -> tuple[PoseCodes, np.ndarray]:
-    """The code's fit and the pose codes float32 [F, K] of all F face crops (``model.pose_code_dim`` = K),
-    zero where unknown.
+) -> tuple[PoseCodes, AppearanceCodes | None, np.ndarray]:
+    """The pose code's fit, the appearance code's fit (None without ``model.appearance_code_dim``) and the codes
+    float32 [F, K + A] of all F face crops (K = ``model.pose_code_dim`` pose entries, zero where unknown, then
+    A = ``model.appearance_code_dim`` appearance entries, zero for validation faces).
 
     Read from ``out/pose_codes.safetensors``, else built (rank 0; other ranks wait and read it): dlib's face
     detector and 68-point landmark model run on the training faces only (``train_faces``: int indices into
     ``faces`` uint8 [F, S, S, 3]; ``labels`` int [F] identities), :class:`training.landmarks.PoseCodes` is fitted
     to them and the file keeps the fit, the codes and the faces' identity labels (``labels`` int64 [F], for the
     per-speaker pose prior), so a resumed run uses the same ones. Validation faces and
-    training faces without landmarks get the zero code (the mean pose of their identity), which adds nothing
-    to the discriminator's score.
+    training faces without landmarks get the zero pose code (the mean pose of their identity), which adds
+    nothing to the discriminator's score. With ``model.appearance_code_dim`` > 0,
+    :class:`training.appearance.AppearanceCodes` is fitted to the training faces too and its entries follow;
+    a file written without them (a run branched from one without the appearance code) gains them in place.
 
     Raises:
         UserError: too few training faces with landmarks, or the file exists but cannot be read or was written
-            for other faces.
+            for other faces or code widths.
     """
     from safetensors.torch import load_file
 
     from training.face_metrics import FaceAnalyzer
 
     path = out / POSE_CODES_FILE
-    k = cfg.model.pose_code_dim
+    k, a = cfg.model.pose_code_dim, cfg.model.appearance_code_dim
+
+    def appearance() -> tuple[dict[str, torch.Tensor], np.ndarray]:
+        try:
+            fit = AppearanceCodes.fit(
+                faces[train_faces], labels[train_faces], int(labels.max()) + 1, a, cfg.model.appearance_thumbnail
+            )
+        except ValueError as err:
+            raise UserError(f"model.appearance_code_dim > 0: cannot fit the appearance code: {err}") from err
+        codes = np.zeros((len(faces), a), np.float32)
+        codes[train_faces] = fit.encode(faces[train_faces], labels[train_faces])
+        log.info("appearance code: %d components of %d px thumbnails from %d training faces",
+                 a, cfg.model.appearance_thumbnail, len(train_faces))  # fmt: skip
+        return fit.state_dict(), codes
+
     if main and not path.is_file():
         t0 = time.perf_counter()
         found = FaceAnalyzer().analyze(faces[train_faces], embed=False)
@@ -627,26 +658,46 @@ def pose_codes_for_run(
         codes[train_faces] = np.nan_to_num(got, nan=0.0)
         n_found = int(found.detected.sum())
         meta = {"n_faces": str(len(faces)), "n_train_faces_with_landmarks": str(n_found)}
-        tensors = {
-            **fit.state_dict(),
-            "codes": torch.from_numpy(codes),
-            "labels": torch.from_numpy(labels.astype(np.int64)),
-        }
-        save_file(tensors, str(path), metadata=meta)
+        tensors = {**fit.state_dict(), "labels": torch.from_numpy(labels.astype(np.int64))}
+        if a:
+            app_state, app_codes = appearance()
+            tensors.update(app_state)
+            codes = np.concatenate([codes, app_codes], axis=1)
+        save_file({**tensors, "codes": torch.from_numpy(codes)}, str(path), metadata=meta)
         log.info(
             "pose code: %d components from %d of %d training faces with landmarks, %.0f s",
             k, n_found, len(train_faces), time.perf_counter() - t0,
         )  # fmt: skip
+    elif main and a:
+        try:
+            with safe_open(str(path), "pt") as fh:
+                meta = fh.metadata() or {}
+            tensors = load_file(str(path))
+        except (OSError, RuntimeError, SafetensorError) as err:
+            raise UserError(f"{path}: cannot read the pose codes ({err}); delete it to rebuild") from err
+        if "appearance.basis" not in tensors and "codes" in tensors and tensors["codes"].shape == (len(faces), k):
+            app_state, app_codes = appearance()
+            codes = np.concatenate([tensors["codes"].numpy(), app_codes], axis=1)
+            save_file({**tensors, **app_state, "codes": torch.from_numpy(codes)}, str(path), metadata=meta)
     if world > 1:
         dist.barrier()
+    app_fit = None
     try:
         tensors = load_file(str(path))
         codes, fit = tensors["codes"].numpy(), PoseCodes.from_state_dict(tensors)
+        if a:
+            app_fit = AppearanceCodes.from_state_dict(tensors)
     except (OSError, KeyError, RuntimeError, SafetensorError) as err:
         raise UserError(f"{path}: cannot read the pose codes ({err}); delete it to rebuild") from err
-    if codes.shape != (len(faces), k) or fit.basis.shape[0] != k:
-        raise UserError(f"{path}: pose codes {tuple(codes.shape)} for {len(faces)} faces and pose_code_dim {k}")
-    return fit, codes
+    if (
+        codes.shape != (len(faces), k + a)
+        or fit.basis.shape[0] != k
+        or (app_fit is not None and app_fit.basis.shape[0] != a)
+    ):
+        raise UserError(
+            f"{path}: codes {tuple(codes.shape)} for {len(faces)} faces, pose_code_dim {k} and appearance_code_dim {a}"
+        )
+    return fit, app_fit, codes
 
 
 def pose_prior_for_run(run_dir: str | Path, cfg: Config, kind: str = "quantile") -> PoseCodePrior | None:
@@ -678,6 +729,9 @@ def pose_prior_for_run(run_dir: str | Path, cfg: Config, kind: str = "quantile")
     except (OSError, KeyError, RuntimeError, SafetensorError) as err:
         raise UserError(f"{path}: cannot read the pose codes for the {kind} pose prior ({err}); "
                         "pass --pose-prior normal to draw standard-normal codes") from err  # fmt: skip
+    if codes.ndim != 2 or codes.shape[1] != cfg.model.code_dim:
+        raise UserError(f"{path}: codes {tuple(codes.shape)}, the generator reads {cfg.model.code_dim} code entries "
+                        "(model.pose_code_dim + appearance_code_dim)")  # fmt: skip
     labels = None
     if kind == "speaker":
         if "labels" not in tensors:
@@ -686,7 +740,8 @@ def pose_prior_for_run(run_dir: str | Path, cfg: Config, kind: str = "quantile")
         labels = tensors["labels"].numpy()
         if labels.shape != (len(codes),):
             raise UserError(f"{path}: labels {tuple(labels.shape)} for {len(codes)} codes")
-    known = np.any(codes != 0, axis=1)  # validation faces and faces without landmarks are stored as zeros
+    # validation faces and training faces without landmarks have zero pose codes
+    known = np.any(codes[:, : cfg.model.pose_code_dim] != 0, axis=1)
     try:
         return PoseCodePrior.from_codes(
             codes[known], None if labels is None else labels[known], copula=kind in ("speaker", "copula")
@@ -841,11 +896,13 @@ def train(
             )
         except ValueError as err:
             raise UserError(f"loss.landmark_teacher_every > 0: {err} ({out / LANDMARK_PRIOR_FILE})") from err
-    pose_all = pose_fit = None
+    pose_all = pose_fit = app_fit = None
     if cfg.model.pose_code_dim:
-        pose_fit, codes = pose_codes_for_run(out, cfg, ds.faces, ds.face_labels, train_faces, main, world)
+        pose_fit, app_fit, codes = pose_codes_for_run(out, cfg, ds.faces, ds.face_labels, train_faces, main, world)
         pose_all = torch.from_numpy(codes).to(dev)
-    gan_step = GanStep(cfg, net, disc, opt_g, opt_d, world, landmark_prior=prior, pose_codes=pose_fit)
+    gan_step = GanStep(
+        cfg, net, disc, opt_g, opt_d, world, landmark_prior=prior, pose_codes=pose_fit, appearance_codes=app_fit
+    )
     teacher_stats: dict[str, float] = {}
 
     def features(idx: np.ndarray) -> torch.Tensor:

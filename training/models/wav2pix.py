@@ -257,9 +257,11 @@ class Discriminator(nn.Module):
     With ``model.d_minibatch_std`` = g the last convolution also sees :func:`minibatch_std` over groups of g
     images, so the scores of one call depend on the other images of its batch: score real and generated
     images in separate calls (the trainer does).
-    With ``model.pose_code_dim`` = K > 0 the score gains ``<W_p c, h>`` for a pose code ``c`` [B, K]
-    (:class:`training.landmarks.PoseCodes`); ``W_p`` is an unnormalised linear map initialised to zero, so a
-    discriminator grown from one without it scores exactly as before until training moves it.
+    With ``model.pose_code_dim`` = K > 0 the score gains ``<W_p c, h>`` for a pose code ``c`` [B, K + A]
+    (:class:`training.landmarks.PoseCodes`, followed by the A = ``model.appearance_code_dim`` entries of
+    :class:`training.appearance.AppearanceCodes`); ``W_p`` is an unnormalised linear map initialised to zero, so
+    a discriminator grown from one without it (or with fewer code entries) scores exactly as before until
+    training moves it.
     ``features`` and ``score`` split the forward pass so one image batch can be scored against several
     conditionings.
     """
@@ -281,8 +283,8 @@ class Discriminator(nn.Module):
         self.classifier = spectral_norm(nn.Linear(width, max(1, n_identities)))
         self.twin = spectral_norm(nn.Linear(width, max(1, n_identities))) if model.d_twin_classifier else None
         self.pose_embed: nn.Linear | None = None
-        if model.pose_code_dim:
-            self.pose_embed = nn.Linear(model.pose_code_dim, width, bias=False)
+        if model.code_dim:
+            self.pose_embed = nn.Linear(model.code_dim, width, bias=False)
             nn.init.zeros_(self.pose_embed.weight)
 
     def features(self, image: torch.Tensor) -> torch.Tensor:
@@ -310,7 +312,7 @@ class Discriminator(nn.Module):
     ) -> tuple[torch.Tensor, ...]:
         """(score [B], identity logits [B, K]) -- plus the twin head's logits [B, K] when ``twin``.
 
-        ``pose``: pose codes float [B, pose_code_dim] or None (no pose term).
+        ``pose``: pose codes float [B, pose_code_dim + appearance_code_dim] or None (no pose term).
 
         Raises:
             ValueError: ``twin`` asked of a discriminator built without the twin head, or ``pose`` of one
@@ -693,7 +695,8 @@ def discriminator_state_from(new: Discriminator, old_state: dict[str, torch.Tens
     columns, so sigma and ``u`` stay exact): the extended discriminator scores every batch exactly as the old one
     until training moves the new weights (Net2Net-style function-preserving growth, Chen et al., ICLR 2016).
     A pose projection (``model.pose_code_dim``) that ``old_state`` lacks keeps its zero initialisation (listed
-    as extended), which likewise leaves every score unchanged.
+    as extended), and one that gains code entries (``model.appearance_code_dim``) gets zero columns for them:
+    both leave every score unchanged.
 
     Raises:
         ValueError: a tensor missing from ``old_state`` or of a shape that cannot be mapped (the message names it).
@@ -711,7 +714,7 @@ def discriminator_state_from(new: Discriminator, old_state: dict[str, torch.Tens
         if old.shape == value.shape:
             state[name] = old
             continue
-        if not (new.minibatch_std and name.startswith(last)):
+        if not ((new.minibatch_std and name.startswith(last)) or name == "pose_embed.weight"):
             raise ValueError(f"{name}: checkpoint has {tuple(old.shape)}, config needs {tuple(value.shape)}")
         try:
             state[name] = zero_extend(old, value.shape)
