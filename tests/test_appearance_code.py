@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from engine.configs import ConfigError
+from engine.errors import UserError
 from tests.training_support import make_wav2pix_dataset, tiny_config_dict
 from training.appearance import AppearanceCodes
 from training.config import config_from_dict
@@ -155,6 +156,17 @@ def test_a_pose_code_run_gains_the_appearance_code_and_exports_it(tmp_path, monk
     assert all(r["loss_appearance"] > 0 for r in records if r["step"] > 2)
     prior = pose_prior_for_run(out, cfg, "copula")
     assert prior is not None and prior.code_dim == 5
+    # the neighbours prior: a bank of the training pairs' speech embeddings and their faces' whole codes
+    from training.trainer import load_run
+
+    net, *_ = load_run(out)
+    with pytest.raises(UserError, match="needs the generator"):
+        pose_prior_for_run(out, cfg, "neighbours")
+    bank = pose_prior_for_run(out, cfg, "neighbours", net)
+    assert isinstance(bank, wav2pix.NeighbourPosePrior) and bank.code_dim == 5
+    n_train = int(train_faces.sum()) * 2  # 2 snippets per face
+    assert bank.fit_report["pairs"] == n_train and len(bank.bank_codes) == n_train
+    assert all(any(torch.equal(c, row) for row in stored["codes"]) for c in bank.bank_codes)
 
     parser = argparse.ArgumentParser()
     export.add_arguments(parser)

@@ -381,3 +381,70 @@ def test_speaker_pose_prior_of_a_run_needs_the_faces_labels(tmp_path):
     prior = pose_prior_for_run(tmp_path, cfg, "speaker")
     want = wav2pix.PoseCodePrior.from_codes(codes[:-100], labels[:-100], copula=True)
     assert prior.kind == "speaker" and torch.equal(prior.values, want.values) and torch.equal(prior.mixing, want.mixing)
+
+
+def _bank(n: int = 12, dim: int = 4, k: int = 3) -> wav2pix.NeighbourPosePrior:
+    """A neighbours prior over ``n`` embeddings spread on a line (item i at i * 10 along the first axis) whose
+    codes [n, 2] are (i, -i)."""
+    emb = torch.zeros(n, dim)
+    emb[:, 0] = torch.arange(n, dtype=torch.float32) * 10
+    codes = torch.stack([torch.arange(n), -torch.arange(n)], 1).float()
+    return wav2pix.NeighbourPosePrior(emb, codes, k)
+
+
+def test_neighbours_prior_picks_the_code_of_a_near_voice_with_the_first_noise_input():
+    prior = _bank()
+    assert (prior.code_dim, prior.embedding_dim, prior.kind, prior.conditional) == (2, 4, "neighbours", True)
+    query = torch.zeros(3000, 4)
+    query[:, 0] = 52.0  # nearest items: 5, then 6, then 4
+    noise = torch.randn(3000, 6, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        out = prior(noise, None, query)
+    picked = out[:, 0].long()
+    assert set(picked.tolist()) == {4, 5, 6} and torch.equal(out[:, 1], -out[:, 0])
+    shares = torch.bincount(picked, minlength=7)[4:].float() / 3000
+    assert (shares - 1 / 3).abs().max() < 0.04  # standard-normal noise picks uniformly among the k
+    assert torch.equal(out[:, 2:], noise[:, 2:])  # the rest of the noise passes unchanged
+    edge = torch.tensor([[-6.0] + [0.0] * 5, [6.0] + [0.0] * 5])
+    with torch.inference_mode():
+        assert prior(edge, None, query[:2])[:, 0].tolist() == [5.0, 4.0]  # nearest first, then by distance
+    again = wav2pix.pose_prior_from_state_dict(prior.state_dict())
+    assert isinstance(again, wav2pix.NeighbourPosePrior) and again.k == 3
+    with pytest.raises(ValueError, match="neighbours: expected 1..12"):
+        wav2pix.NeighbourPosePrior(prior.bank_embeddings, prior.bank_codes, 13)
+    with pytest.raises(ValueError, match="bank: expected embeddings"):
+        wav2pix.NeighbourPosePrior(prior.bank_embeddings, prior.bank_codes[:5])
+    with pytest.raises(ValueError, match="expected speech embeddings \\[2, 4\\], got None"):
+        prior(edge)
+
+
+def test_neighbours_prior_is_inside_the_exported_graph(tiny_model, tmp_path):
+    from safetensors.torch import load_file
+
+    from engine.generator import Generator
+    from training.export import export_bundle, inference_module, split_pose_prior
+
+    net = tiny_model.net.eval()
+    g = torch.Generator().manual_seed(0)
+    audio = (torch.rand(8, tiny_model.cfg.audio.window_samples, generator=g) * 2 - 1) * 0.4
+    with torch.inference_mode():
+        emb = net.encoder(audio)
+    codes = torch.randn(8, 3, generator=g)
+    prior = wav2pix.NeighbourPosePrior(emb, codes, 2)
+    out = export_bundle(
+        tiny_model.net, tiny_model.cfg, tiny_model.identities, tmp_path / "b", training_info={}, pose_prior=prior
+    )
+    assert json.loads((out / "bundle.json").read_text())["pose_prior"] == "neighbours"
+    _, stored = split_pose_prior(load_file(str(out / "generator.safetensors")))
+    assert isinstance(stored, wav2pix.NeighbourPosePrior) and torch.equal(stored.bank_codes, codes)
+    noise = torch.randn(3, tiny_model.cfg.model.noise_dim, generator=g)
+    got = Generator(out, backend="onnxruntime", warmup=False).run(audio[:3].numpy(), noise.numpy())
+    with torch.inference_mode():
+        want = inference_module(net, 1.0, prior)(audio[:3], noise).numpy()
+        picked = prior(noise, None, emb[:3])[:, :3]
+    assert np.abs(got - want).max() < 1e-3
+    # each voice of the bank gets its own code or its nearest other voice's
+    assert all(any(torch.equal(picked[i], codes[j]) for j in range(8)) for i in range(3))
+    narrow = wav2pix.NeighbourPosePrior(torch.zeros(4, 7), torch.zeros(4, 3), 1)
+    with pytest.raises(ValueError, match="a bank of 7-d speech embeddings"):
+        inference_module(net, 1.0, narrow)

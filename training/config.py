@@ -17,8 +17,9 @@ FORMAT_VERSION = 1
 
 
 # how standard-normal noise becomes a pose code at inference (training.models.wav2pix.PoseCodePrior, see
-# training.trainer.pose_prior_for_run): per speaker, pooled with correlations, pooled marginals, or as it is
-POSE_PRIORS = ("speaker", "copula", "quantile", "normal")
+# training.trainer.pose_prior_for_run): a training face's code picked by its speech's likeness to the voice, per
+# speaker, pooled with correlations, pooled marginals, or as it is
+POSE_PRIORS = ("neighbours", "speaker", "copula", "quantile", "normal")
 
 
 @dataclass(frozen=True)

@@ -123,8 +123,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=POSE_PRIORS,
         default="quantile",
         help="for a run folder whose generator reads a pose code: draw codes from the training faces' "
-        "distribution (quantile, the default, as export does: marginals; copula: with correlations; speaker: "
-        "per training speaker, weighted by the speech identity head) or standard normal (normal)",
+        "(neighbours: the code of a training pair whose speech is near the voice's; quantile, the default, as "
+        "export does: marginals; copula: with correlations; speaker: per training speaker, weighted by the speech "
+        "identity head) or standard normal (normal)",
     )
 
 
@@ -471,7 +472,7 @@ def open_source(
     from training.trainer import load_run, pose_prior_for_run, to_uint8
 
     net, cfg, identities, info = load_run(target, checkpoint, generator)
-    prior = pose_prior_for_run(target, cfg, pose_prior)
+    prior = pose_prior_for_run(target, cfg, pose_prior, net)
     info = {**info, "pose_prior": "normal" if prior is None else prior.kind}
     dev = torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)

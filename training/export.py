@@ -59,7 +59,13 @@ from engine.bundle import (
 )
 from engine.errors import UserError
 from training.config import POSE_PRIORS, Config
-from training.models.wav2pix import PoseCodePrior, Wav2PixGenerator, Wav2PixInference
+from training.models.wav2pix import (
+    NeighbourPosePrior,
+    PoseCodePrior,
+    Wav2PixGenerator,
+    Wav2PixInference,
+    pose_prior_from_state_dict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -97,19 +103,22 @@ def bake_parametrizations(module: nn.Module) -> nn.Module:
 POSE_PRIOR_PREFIX = "pose_prior."
 
 
-def split_pose_prior(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], PoseCodePrior | None]:
+def split_pose_prior(
+    state: dict[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], PoseCodePrior | NeighbourPosePrior | None]:
     """A bundle's ``generator.safetensors`` tensors → (the generator's state dict, its pose prior or ``None``).
 
     Raises:
-        ValueError: pose-prior tensors that do not form a valid :class:`PoseCodePrior`.
+        ValueError: pose-prior tensors that do not form a valid :class:`PoseCodePrior` or
+            :class:`NeighbourPosePrior`.
     """
     prior = {k[len(POSE_PRIOR_PREFIX) :]: v for k, v in state.items() if k.startswith(POSE_PRIOR_PREFIX)}
     rest = {k: v for k, v in state.items() if not k.startswith(POSE_PRIOR_PREFIX)}
-    return rest, (PoseCodePrior.from_state_dict(prior) if prior else None)
+    return rest, (pose_prior_from_state_dict(prior) if prior else None)
 
 
 def inference_module(
-    net: Wav2PixGenerator, truncation: float = 1.0, pose_prior: PoseCodePrior | None = None
+    net: Wav2PixGenerator, truncation: float = 1.0, pose_prior: PoseCodePrior | NeighbourPosePrior | None = None
 ) -> Wav2PixInference:
     """The exported graph (:class:`Wav2PixInference`, noise scaled by ``truncation``, then the first noise inputs
     mapped by ``pose_prior`` if given) from a baked copy of ``net``."""
@@ -292,7 +301,7 @@ def export_bundle(
     max_batch: int = DEFAULT_MAX_BATCH,
     check: bool = True,
     truncation: float = 1.0,
-    pose_prior: PoseCodePrior | None = None,
+    pose_prior: PoseCodePrior | NeighbourPosePrior | None = None,
 ) -> Path:
     """Write a verified model bundle for ``net`` to ``out_dir`` (replacing an older bundle there).
 
@@ -312,7 +321,7 @@ def export_bundle(
             manifest records it as ``truncation``. 1.0 = none.
         pose_prior: for a generator with ``model.pose_code_dim`` > 0, the map from standard-normal noise to the
             training faces' pose codes (:class:`~training.models.wav2pix.PoseCodePrior`), applied inside the graph
-            after the truncation; the manifest records ``pose_prior`` (its ``kind``: "quantile", "copula" or
+            after the truncation; the manifest records ``pose_prior`` (its ``kind``: "neighbours", "quantile", "copula" or
             "speaker"; "normal" without one).
 
     Returns:
@@ -377,6 +386,8 @@ def export_bundle(
             # how standard-normal noise becomes that code: PoseCodePrior.kind ("quantile", "copula", "speaker"; in
             # the graph) or "normal"
             "pose_prior": pose_prior.kind if pose_prior is not None else "normal",
+            # the neighbours prior's bank: pairs, faces, neighbours k
+            "pose_prior_fit": getattr(pose_prior, "fit_report", None),
             "files": {name: sha256_file(tmp / name) for name in files},
             "created": export["exported"],
             "training": _jsonable(training),
@@ -425,10 +436,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--pose-prior",
         choices=POSE_PRIORS,
         default="quantile",
-        help="for a generator with a pose code: map standard-normal noise to the training faces' pose-code "
-        "distribution inside the graph (quantile, the default: marginals; copula: with the components' "
-        "correlations; speaker: per training speaker, weighted by the speech identity head; all need "
-        "RUN_DIR/pose_codes.safetensors) or feed it as is (normal)",
+        help="for a generator with a pose code: map standard-normal noise to the training faces' pose codes "
+        "inside the graph (neighbours: the code of one of the 16 training pairs whose speech embeddings are nearest "
+        "to the voice's, reads the training data in RUN_DIR/split.json; quantile, the default: marginals; copula: "
+        "with the components' correlations; speaker: per training speaker, weighted by the speech identity head; "
+        "all need RUN_DIR/pose_codes.safetensors) or feed it as is (normal)",
     )
 
 
@@ -474,7 +486,7 @@ def main(args: argparse.Namespace) -> int:
     net, cfg, identities, info = load_run(run_dir, checkpoint, generator)
     from training.trainer import pose_prior_for_run
 
-    pose_prior = pose_prior_for_run(run_dir, cfg, getattr(args, "pose_prior", "quantile"))
+    pose_prior = pose_prior_for_run(run_dir, cfg, getattr(args, "pose_prior", "quantile"), net)
     info = dict(info)
     if not info.get("data") and (run_dir / "split.json").is_file():
         info["data"] = _read_json(run_dir / "split.json").get("data", [])

@@ -52,7 +52,7 @@ from training.data import PairDataset, load_dataset, split_by_face
 from training.data.diffaugment import diff_augment
 from training.landmarks import LandmarkPrior, LandmarkTeacher, PoseCodes, normalise_landmarks
 from training.models import get_family
-from training.models.wav2pix import PoseCodePrior
+from training.models.wav2pix import NeighbourPosePrior, PoseCodePrior
 
 log = logging.getLogger(__name__)
 CKPT_DIR = "checkpoints"
@@ -700,12 +700,18 @@ def pose_codes_for_run(
     return fit, app_fit, codes
 
 
-def pose_prior_for_run(run_dir: str | Path, cfg: Config, kind: str = "quantile") -> PoseCodePrior | None:
+def pose_prior_for_run(
+    run_dir: str | Path, cfg: Config, kind: str = "quantile", net: torch.nn.Module | None = None
+) -> PoseCodePrior | NeighbourPosePrior | None:
     """The inference-time pose prior of a run folder whose generator reads a pose code, else ``None``.
 
     Built from the non-zero rows of ``RUN_DIR/pose_codes.safetensors`` (the training faces with landmarks) as a
     :class:`training.models.wav2pix.PoseCodePrior`. ``kind`` (:data:`training.config.POSE_PRIORS`):
 
+    - ``"neighbours"``: a :class:`training.models.wav2pix.NeighbourPosePrior`: the code of one of the
+      :data:`NEIGHBOURS` training pairs whose speech embeddings (by ``net``, the generator side being exported or
+      evaluated) are nearest to the voice's; reads the training data named in ``RUN_DIR/split.json`` and keeps
+      the bank's figures in ``prior.fit_report``;
     - ``"speaker"``: one Gaussian-copula prior per training identity (their ``labels``), weighted in the graph by
       the speech identity head's posterior for the voice: each speaker's own poses and their correlations;
     - ``"copula"``: one prior for all faces, marginals and correlations;
@@ -714,7 +720,8 @@ def pose_prior_for_run(run_dir: str | Path, cfg: Config, kind: str = "quantile")
 
     Raises:
         UserError: an unknown ``kind``; a pose-code run whose ``pose_codes.safetensors`` is missing or unreadable,
-            or, for ``"speaker"``, has no ``labels`` (written by runs from 2026-11-22 on).
+            or, for ``"speaker"``, has no ``labels`` (written by runs from 2026-11-22 on); for ``"neighbours"``,
+            no ``net``, or training data that is missing or no longer matches the codes.
     """
     from safetensors.torch import load_file
 
@@ -742,12 +749,56 @@ def pose_prior_for_run(run_dir: str | Path, cfg: Config, kind: str = "quantile")
             raise UserError(f"{path}: labels {tuple(labels.shape)} for {len(codes)} codes")
     # validation faces and training faces without landmarks have zero pose codes
     known = np.any(codes[:, : cfg.model.pose_code_dim] != 0, axis=1)
+    if kind == "neighbours":
+        return _neighbour_pose_prior(Path(run_dir), cfg, codes, known, net)
     try:
         return PoseCodePrior.from_codes(
             codes[known], None if labels is None else labels[known], copula=kind in ("speaker", "copula")
         )
     except ValueError as err:
         raise UserError(f"{path}: {err}") from err
+
+
+NEIGHBOURS = 16  # the neighbours prior's k (FD within one seed's noise for k = 5 to 20 on the default model)
+
+
+def _neighbour_pose_prior(
+    run_dir: Path, cfg: Config, codes: np.ndarray, known: np.ndarray, net: torch.nn.Module | None
+) -> NeighbourPosePrior:
+    """:func:`pose_prior_for_run`'s ``"neighbours"`` prior: a bank of ``net``'s speech embeddings of the training
+    pairs (one deterministic window per pair) and their faces' full codes (pose and appearance entries)."""
+    if net is None:
+        raise UserError("pose prior neighbours: needs the generator whose speech embeddings fill the bank")
+    split_path = run_dir / "split.json"
+    try:
+        data = json.loads(split_path.read_text())["data"]
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(
+            f"{split_path}: cannot read the training data folders for the neighbours pose prior ({err})"
+        ) from err
+    t0 = time.perf_counter()
+    ds = load_dataset([str(d) for d in data], cfg.audio.sample_rate, cfg.model.image_size)
+    if len(ds.faces) != len(codes):
+        raise UserError(f"{run_dir / POSE_CODES_FILE}: {len(codes)} codes, but {data} now has {len(ds.faces)} faces")
+    train_idx, _ = split_by_face(ds, cfg.train.val_fraction, cfg.train.seed)
+    train_idx = train_idx[known[ds.face_index[train_idx]]]
+    if len(train_idx) == 0:
+        raise UserError(f"{run_dir / POSE_CODES_FILE}: no training pairs with a known pose code for the bank")
+    was_training = net.training
+    net.eval()
+    with torch.no_grad():
+        emb = torch.cat([
+            net.encoder(torch.from_numpy(ds.windows(train_idx[i : i + 256], cfg.audio.window_samples))).float()
+            for i in range(0, len(train_idx), 256)
+        ])  # fmt: skip
+    net.train(was_training)
+    faces = ds.face_index[train_idx]
+    k = min(NEIGHBOURS, len(train_idx))
+    prior = NeighbourPosePrior(emb.cpu(), torch.from_numpy(codes[faces]), k)
+    prior.fit_report = {"pairs": len(train_idx), "faces": len(np.unique(faces)), "neighbours": k}
+    log.info("neighbours pose prior: %d training pairs of %d faces, k = %d, %.0f s",
+             len(train_idx), len(np.unique(faces)), k, time.perf_counter() - t0)  # fmt: skip
+    return prior
 
 
 def _wrong_pose(codes: torch.Tensor, labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
