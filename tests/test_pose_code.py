@@ -430,7 +430,8 @@ def test_neighbours_prior_is_inside_the_exported_graph(tiny_model, tmp_path):
     with torch.inference_mode():
         emb = net.encoder(audio)
     codes = torch.randn(8, 3, generator=g)
-    prior = wav2pix.NeighbourPosePrior(emb, codes, 2)
+    prior = wav2pix.NeighbourPosePrior.from_embeddings(emb, codes, 2)
+    assert prior.projected  # 8 embeddings span at most 7 of the 128 dimensions: searched in that subspace
     out = export_bundle(
         tiny_model.net, tiny_model.cfg, tiny_model.identities, tmp_path / "b", training_info={}, pose_prior=prior
     )
@@ -448,3 +449,25 @@ def test_neighbours_prior_is_inside_the_exported_graph(tiny_model, tmp_path):
     narrow = wav2pix.NeighbourPosePrior(torch.zeros(4, 7), torch.zeros(4, 3), 1)
     with pytest.raises(ValueError, match="a bank of 7-d speech embeddings"):
         inference_module(net, 1.0, narrow)
+
+
+def test_neighbours_prior_searches_the_principal_subspace_of_low_rank_embeddings():
+    """``from_embeddings`` keeps the components that hold the bank's variance and finds the same neighbours."""
+    g = torch.Generator().manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(32, 5, generator=g))[0]  # [32, 5] orthonormal
+    latent = torch.randn(400, 5, generator=g) * torch.tensor([5.0, 3.0, 2.0, 1.0, 0.5])
+    emb = latent @ basis.T + 0.3  # rank 5 in 32 dimensions, off-centre
+    codes = torch.randn(400, 2, generator=g)
+    full = wav2pix.NeighbourPosePrior(emb, codes, 8)
+    small = wav2pix.NeighbourPosePrior.from_embeddings(emb, codes, 8)
+    assert small.projected and small.bank_embeddings.shape == (400, 5) and small.embedding_dim == 32
+    queries = torch.randn(200, 5, generator=g) @ basis.T * 2 + 0.3
+    noise = torch.randn(200, 4, generator=g)
+    with torch.inference_mode():
+        torch.testing.assert_close(small(noise, None, queries), full(noise, None, queries))
+    again = wav2pix.pose_prior_from_state_dict(small.state_dict())
+    assert again.projected and torch.equal(again.bank_projection, small.bank_projection)
+    full_rank = wav2pix.NeighbourPosePrior.from_embeddings(torch.randn(50, 4, generator=g), codes[:50], 3)
+    assert not full_rank.projected
+    with pytest.raises(ValueError, match="projection: expected"):
+        wav2pix.NeighbourPosePrior(small.bank_embeddings, codes, 8, torch.zeros(32, 4))

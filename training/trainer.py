@@ -794,10 +794,15 @@ def _neighbour_pose_prior(
     net.train(was_training)
     faces = ds.face_index[train_idx]
     k = min(NEIGHBOURS, len(train_idx))
-    prior = NeighbourPosePrior(emb.cpu(), torch.from_numpy(codes[faces]), k)
-    prior.fit_report = {"pairs": len(train_idx), "faces": len(np.unique(faces)), "neighbours": k}
-    log.info("neighbours pose prior: %d training pairs of %d faces, k = %d, %.0f s",
-             len(train_idx), len(np.unique(faces)), k, time.perf_counter() - t0)  # fmt: skip
+    prior = NeighbourPosePrior.from_embeddings(emb.cpu(), torch.from_numpy(codes[faces]), k)
+    prior.fit_report = {
+        "pairs": len(train_idx),
+        "faces": len(np.unique(faces)),
+        "neighbours": k,
+        "search_dims": int(prior.bank_embeddings.shape[1]),
+    }
+    log.info("neighbours pose prior: %d training pairs of %d faces, k = %d, searched in %d dimensions, %.0f s",
+             len(train_idx), len(np.unique(faces)), k, prior.bank_embeddings.shape[1], time.perf_counter() - t0)  # fmt: skip
     return prior
 
 
