@@ -164,7 +164,7 @@ def test_cli_export_wiring(tmp_path: Path, tiny_model, monkeypatch: pytest.Monke
         return tiny_model.net, tiny_model.cfg, tiny_model.identities, info
 
     fake.load_run = load_run
-    fake.pose_prior_for_run = lambda run_dir, cfg, kind="quantile": None
+    fake.pose_prior_for_run = lambda run_dir, cfg, kind="quantile", net=None: None
     monkeypatch.setitem(sys.modules, "training.trainer", fake)
     calls = []
 
