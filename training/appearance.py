@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training.landmarks import within_identity_pca
+from training.landmarks import require_two_per_identity, within_identity_pca
 
 STATE_PREFIX = "appearance."
 
@@ -84,11 +84,7 @@ class AppearanceCodes:
         labels = np.asarray(labels)
         if len(labels) != len(faces):
             raise ValueError(f"appearance code: {len(labels)} labels for {len(faces)} faces")
-        counts = np.bincount(labels, minlength=n_identities)
-        if (counts < 2).any():
-            raise ValueError(
-                f"appearance code: identities {np.flatnonzero(counts < 2).tolist()} have fewer than 2 faces"
-            )
+        require_two_per_identity(labels, n_identities, "appearance code", "faces")
         dim = 3 * thumbnail * thumbnail
         if not 1 <= components <= min(dim, len(faces) - n_identities):
             raise ValueError(

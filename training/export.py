@@ -321,8 +321,8 @@ def export_bundle(
             manifest records it as ``truncation``. 1.0 = none.
         pose_prior: for a generator with ``model.pose_code_dim`` > 0, the map from standard-normal noise to the
             training faces' pose codes (:class:`~training.models.wav2pix.PoseCodePrior`), applied inside the graph
-            after the truncation; the manifest records ``pose_prior`` (its ``kind``: "neighbours", "quantile", "copula" or
-            "speaker"; "normal" without one).
+            after the truncation, or a :class:`~training.models.wav2pix.NeighbourPosePrior`; the manifest records
+            ``pose_prior`` (its ``kind``: "neighbours", "quantile", "copula" or "speaker"; "normal" without one).
 
     Returns:
         ``out_dir`` as a :class:`Path`.
@@ -383,10 +383,10 @@ def export_bundle(
             "pose_code_dim": cfg.model.pose_code_dim,
             # the next appearance_code_dim noise inputs are an appearance code (training.appearance); 0: none
             "appearance_code_dim": cfg.model.appearance_code_dim,
-            # how standard-normal noise becomes that code: PoseCodePrior.kind ("quantile", "copula", "speaker"; in
-            # the graph) or "normal"
+            # how standard-normal noise becomes that code, in the graph: the prior's kind ("neighbours", "quantile",
+            # "copula", "speaker") or "normal"
             "pose_prior": pose_prior.kind if pose_prior is not None else "normal",
-            # the neighbours prior's bank: pairs, faces, neighbours k
+            # the neighbours prior's bank: pairs, faces, neighbours k, search dimensions (null for other priors)
             "pose_prior_fit": getattr(pose_prior, "fit_report", None),
             "files": {name: sha256_file(tmp / name) for name in files},
             "created": export["exported"],

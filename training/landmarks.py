@@ -225,11 +225,7 @@ class LandmarkPrior:
         labels = np.asarray(labels)
         if len(labels) != len(faces):
             raise ValueError(f"labels: {len(labels)} for {len(faces)} faces")
-        counts = np.bincount(labels, minlength=n_identities)
-        if (counts < 2).any():
-            raise ValueError(
-                f"landmark prior: identities {np.flatnonzero(counts < 2).tolist()} have fewer than 2 faces"
-            )
+        require_two_per_identity(labels, n_identities, "landmark prior", "faces")
         with torch.no_grad():
             c = _batched(self.coordinates, _as_input(faces).to(self.mean.device))
         lab = torch.from_numpy(labels).to(c.device)
@@ -378,6 +374,17 @@ class LandmarkTeacher:
         }
 
 
+def require_two_per_identity(labels: np.ndarray, n_identities: int, what: str, items: str) -> None:
+    """Check that each of the identities 0..n_identities-1 has at least 2 entries in ``labels`` int [N].
+
+    Raises:
+        ValueError: ``"{what}: identities [...] have fewer than 2 {items}"``.
+    """
+    counts = np.bincount(np.asarray(labels), minlength=n_identities)
+    if (counts < 2).any():
+        raise ValueError(f"{what}: identities {np.flatnonzero(counts < 2).tolist()} have fewer than 2 {items}")
+
+
 def within_identity_pca(
     x: np.ndarray, labels: np.ndarray, n_identities: int, components: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -438,11 +445,7 @@ class PoseCodes:
             raise ValueError(f"pose code: {len(labels)} labels for {len(landmarks)} landmark sets")
         lm = normalise_landmarks(landmarks).astype(np.float64)
         ok = np.isfinite(lm).all(axis=1)
-        counts = np.bincount(labels[ok], minlength=n_identities)
-        if (counts < 2).any():
-            raise ValueError(
-                f"pose code: identities {np.flatnonzero(counts < 2).tolist()} have fewer than 2 faces with landmarks"
-            )
+        require_two_per_identity(labels[ok], n_identities, "pose code", "faces with landmarks")
         if not 1 <= components <= min(136, int(ok.sum()) - n_identities):
             raise ValueError(
                 f"model.pose_code_dim: expected 1..{min(136, int(ok.sum()) - n_identities)}, got {components}"

@@ -405,7 +405,7 @@ class PoseCodePrior(nn.Module):
         # u[b, i*K + j] = sum_k z[b, k] mixing[i, j, k]: one MatMul for all identities
         self.register_buffer("mixing_t", mixing.permute(2, 0, 1).reshape(k, n_id * k), persistent=False)
         self.correlated = bool((mixing - torch.eye(k)).abs().max() > 0)
-        self.conditional = False  # reads no speech embedding (``embedding`` in forward is ignored)
+        self.conditional = False  # reads no speech embedding: ``embedding`` in forward is ignored
 
     @classmethod
     def from_codes(
@@ -713,8 +713,7 @@ class Wav2PixInference(nn.Module):
                     f"pose prior: {pose_prior.n_identities} identity priors for a speech identity head of {n_id}"
                 )
             self.speech_classifier = net.speech_classifier
-        self.conditional = bool(getattr(pose_prior, "conditional", False))
-        if pose_prior is not None and self.conditional:
+        if pose_prior is not None and pose_prior.conditional:
             width = net.speech_classifier.in_features
             if pose_prior.embedding_dim != width:
                 raise ValueError(
@@ -729,7 +728,7 @@ class Wav2PixInference(nn.Module):
             weights = None
             if self.speech_classifier is not None:
                 weights = torch.softmax(self.speech_classifier(embedding).float(), dim=1)
-            noise = self.pose_prior(noise, weights, embedding if self.conditional else None)
+            noise = self.pose_prior(noise, weights, embedding)
         return self.generator(embedding, noise)
 
 
