@@ -471,3 +471,28 @@ def test_neighbours_prior_searches_the_principal_subspace_of_low_rank_embeddings
     assert not full_rank.projected
     with pytest.raises(ValueError, match="projection: expected"):
         wav2pix.NeighbourPosePrior(small.bank_embeddings, codes, 8, torch.zeros(32, 4))
+
+
+def test_neighbours_prior_runs_in_fp16_on_embeddings_as_large_as_the_default_models():
+    """TensorRT runs the graph in FP16 where the GPU has it. Speech embeddings with norms near 500 (the default
+    model's are near 570) have squared distances beyond FP16's 65504; the bank is scaled to unit RMS norm, so
+    the search stays finite, and FP16 finds the neighbours FP32 finds (FP16 emulated on the CPU)."""
+    g = torch.Generator().manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(128, 12, generator=g))[0]
+    voices = torch.randn(300, 12, generator=g) @ basis.T * 60 + 40
+    assert voices.square().sum(1).min() > 65504
+    codes = torch.randn(300, 3, generator=g)
+    prior = wav2pix.NeighbourPosePrior.from_embeddings(voices, codes, 8)
+    assert float(prior.bank_embeddings.square().sum(1).mean()) == pytest.approx(1.0, rel=1e-4)
+    again = wav2pix.pose_prior_from_state_dict(prior.state_dict())  # already scaled: loads unchanged
+    assert torch.equal(again.bank_embeddings, prior.bank_embeddings)
+    assert torch.equal(again.bank_projection, prior.bank_projection)
+    queries = voices[:100] + torch.randn(100, 128, generator=g) * 5
+    noise = torch.randn(100, 6, generator=g)
+    with torch.inference_mode():
+        want = prior(noise, None, queries)
+        got = prior.half()(noise.half(), None, queries.half()).float()
+    assert torch.isfinite(got).all()
+    assert all(any(torch.allclose(row, c, atol=1e-2) for c in codes) for row in got[:, :3])  # bank codes only
+    same = (got[:, :3] - want[:, :3]).abs().amax(dim=1) < 1e-2
+    assert same.float().mean() >= 0.9  # near-ties may swap order in FP16 (98 of 100 here)
