@@ -238,3 +238,32 @@ def test_exported_pixel_norm_keeps_its_epsilon(tiny_model, tmp_path: Path) -> No
     audio, noise = _inputs(tiny_model.cfg, 2)
     got = session.run(None, {"audio": audio.numpy(), "noise": noise.numpy()})[0]
     assert np.isfinite(got).all() and np.all(got == 0.0)
+
+
+def test_cli_exports_a_bundle_again_unchanged(tiny_bundle: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    """``export BUNDLE -o NEW``: the same weights, manifest figures and outputs, through this version's exporter;
+    run-only flags are refused, naming them."""
+    from safetensors.torch import load_file
+
+    from engine.generator import Generator
+
+    monkeypatch.setattr(sys, "argv", ["run.py", "export"])
+    out = tmp_path / "again"
+    assert run.main(["export", str(tiny_bundle), "-o", str(out), "--max-batch", "8"]) == 0
+    old, new = load_bundle(tiny_bundle), load_bundle(out)
+    assert new.manifest["training"]["reexported_from"]["bundle"] == str(tiny_bundle)
+    assert new.manifest["training"]["reexported_from"]["files"] == old.manifest["files"]
+    assert new.manifest["export"]["pt2_max_batch"] == 8
+    for key in ("identities", "truncation", "pose_prior", "noise_dim", "image_size", "sample_rate"):
+        assert new.manifest[key] == old.manifest[key], key
+    assert (out / "metrics.json").read_text() == (tiny_bundle / "metrics.json").read_text()
+    a, b = load_file(str(tiny_bundle / "generator.safetensors")), load_file(str(out / "generator.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    audio, noise = _inputs(load_config(tiny_bundle / "config.yaml"), 3, seed=7)
+    got = Generator(out, backend="onnxruntime", warmup=False).run(audio.numpy(), noise.numpy())
+    want = Generator(tiny_bundle, backend="onnxruntime", warmup=False).run(audio.numpy(), noise.numpy())
+    assert np.abs(got - want).max() < 1e-5
+    capsys.readouterr()
+    assert run.main(["export", str(tiny_bundle), "-o", str(tmp_path / "x"), "--truncation", "0.8"]) == 2
+    err = capsys.readouterr().err
+    assert "--truncation apply to run folders only" in err and not (tmp_path / "x").exists()

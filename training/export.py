@@ -411,9 +411,55 @@ def _jsonable(value: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------------------------- CLI
+def load_bundle_source(
+    bundle_dir: str | Path,
+) -> tuple[Wav2PixGenerator, Config, list[str], PoseCodePrior | NeighbourPosePrior | None, dict[str, Any]]:
+    """A model bundle's generator side, rebuilt for export: ``(net, cfg, identities, pose_prior, manifest)``.
+
+    Reads ``bundle.json``, ``config.yaml`` and ``generator.safetensors`` (the net's state dict, spectral
+    normalisation included, plus the pose prior's tensors under ``pose_prior.``). ``net`` is on CPU in eval mode.
+
+    Raises:
+        UserError: a missing or unreadable file, a family other than wav2pix, or weights that do not fit the
+            bundle's config.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from engine.bundle import load_bundle
+    from training.config import load_config
+    from training.models.wav2pix import build
+
+    bundle = load_bundle(bundle_dir)
+    folder = Path(bundle_dir)
+    cfg = load_config(folder / CONFIG_FILE)
+    if cfg.model.family != "wav2pix":
+        raise UserError(f"{folder / CONFIG_FILE}: export supports the wav2pix family, got {cfg.model.family!r}")
+    identities = list(bundle.identities)
+    path = folder / WEIGHTS_FILE
+    try:
+        state, prior = split_pose_prior(load_file(str(path)))
+    except (OSError, SafetensorError, ValueError) as err:
+        raise UserError(f"{path}: cannot read the generator weights ({err})") from err
+    net, _ = build(cfg.audio, cfg.model, len(identities))
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        raise UserError(f"{path}: the weights do not fit {folder / CONFIG_FILE} ({str(err).splitlines()[0]})") from err
+    if prior is not None and bundle.manifest.get("pose_prior_fit") is not None:
+        prior.fit_report = bundle.manifest["pose_prior_fit"]
+    return net.eval(), cfg, identities, prior, dict(bundle.manifest)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``run.py export RUN_DIR -o BUNDLE_DIR``."""
-    parser.add_argument("run_dir", type=Path, help="training run folder (checkpoints/, command.txt, ...)")
+    """``run.py export RUN_DIR -o BUNDLE_DIR`` (or ``run.py export BUNDLE_DIR -o NEW_BUNDLE_DIR``)."""
+    parser.add_argument(
+        "run_dir",
+        type=Path,
+        metavar="RUN_OR_BUNDLE",
+        help="training run folder (checkpoints/, command.txt, ...), or a model bundle to export again with this "
+        "exporter: its weights, pose prior, truncation, training record and figures are kept",
+    )
     parser.add_argument("-o", "--out", type=Path, required=True, help="bundle folder to write (replaced if a bundle)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint file (default: the latest)")
     parser.add_argument(
@@ -435,7 +481,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pose-prior",
         choices=POSE_PRIORS,
-        default="quantile",
+        default=None,
         help="for a generator with a pose code: map standard-normal noise to the training faces' pose codes "
         "inside the graph (neighbours: the code of one of the 16 training pairs whose speech embeddings are nearest "
         "to the voice's, reads the training data in RUN_DIR/split.json; quantile, the default: marginals; copula: "
@@ -470,9 +516,54 @@ def _wall_time_from_log(path: Path) -> float | None:
     return max(stamps) - min(stamps) if len(stamps) >= 2 else None
 
 
+def reexport_bundle(source: Path, out: Path, max_batch: int = DEFAULT_MAX_BATCH) -> Path:
+    """Export the model bundle ``source`` again to ``out`` (may be ``source`` itself: everything is read first):
+    same weights, pose prior (rebuilt from its tensors, so with this version's graph), truncation, identities,
+    training record (plus ``reexported_from``) and ``metrics.json``; a new graph, hashes and self-check.
+
+    Raises:
+        UserError: as :func:`load_bundle_source`; ExportError: as :func:`export_bundle`.
+    """
+    net, cfg, identities, prior, manifest = load_bundle_source(source)
+    metrics_path = Path(source) / METRICS_FILE
+    metrics = _read_json(metrics_path) if metrics_path.is_file() else None
+    training = dict(manifest.get("training", {}))
+    training["reexported_from"] = {"bundle": str(source), "created": manifest.get("created"),
+                                   "files": manifest.get("files", {})}  # fmt: skip
+    return export_bundle(
+        net,
+        cfg,
+        identities,
+        out,
+        training_info=training,
+        metrics=metrics,
+        max_batch=max_batch,
+        truncation=float(manifest.get("truncation", 1.0)),
+        pose_prior=prior,
+    )
+
+
 def main(args: argparse.Namespace) -> int:
-    """Export the run folder ``args.run_dir`` to ``args.out``; prints the bundle path and its check results."""
+    """Export the run folder ``args.run_dir`` to ``args.out`` (or export a bundle again, see
+    :func:`reexport_bundle`); prints the bundle path."""
     run_dir: Path = args.run_dir
+    if (run_dir / MANIFEST).is_file():
+        changed = [
+            flag
+            for flag, value, default in (
+                ("--checkpoint", getattr(args, "checkpoint", None), None),
+                ("--generator", getattr(args, "generator", "ema"), "ema"),
+                ("--truncation", getattr(args, "truncation", 1.0), 1.0),
+                ("--pose-prior", getattr(args, "pose_prior", None), None),
+            )
+            if value != default
+        ]
+        if changed:
+            raise UserError(f"{run_dir}: a model bundle is exported again as it is; {', '.join(changed)} apply to "
+                            "run folders only")  # fmt: skip
+        out = reexport_bundle(run_dir, args.out, args.max_batch)
+        print(f"wrote {out} (exported again from {run_dir})")
+        return 0
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: run folder not found")
     try:
@@ -486,7 +577,7 @@ def main(args: argparse.Namespace) -> int:
     net, cfg, identities, info = load_run(run_dir, checkpoint, generator)
     from training.trainer import pose_prior_for_run
 
-    pose_prior = pose_prior_for_run(run_dir, cfg, getattr(args, "pose_prior", "quantile"), net)
+    pose_prior = pose_prior_for_run(run_dir, cfg, getattr(args, "pose_prior", None) or "quantile", net)
     info = dict(info)
     if not info.get("data") and (run_dir / "split.json").is_file():
         info["data"] = _read_json(run_dir / "split.json").get("data", [])
