@@ -267,3 +267,11 @@ def test_cli_exports_a_bundle_again_unchanged(tiny_bundle: Path, tmp_path: Path,
     assert run.main(["export", str(tiny_bundle), "-o", str(tmp_path / "x"), "--truncation", "0.8"]) == 2
     err = capsys.readouterr().err
     assert "--truncation apply to run folders only" in err and not (tmp_path / "x").exists()
+    figures = tmp_path / "figures.json"
+    figures.write_text(json.dumps({"frechet_distance": 0.5}))
+    assert run.main(["export", str(out), "-o", str(out), "--metrics", str(figures)]) == 0  # in place
+    assert json.loads((out / "metrics.json").read_text()) == {"frechet_distance": 0.5}
+    assert load_bundle(out).manifest["training"]["reexported_from"]["bundle"] == str(out)  # hashes verified
+    figures.write_text("[1, 2]")
+    assert run.main(["export", str(out), "-o", str(tmp_path / "y"), "--metrics", str(figures)]) == 2
+    assert "expected a JSON object" in capsys.readouterr().err

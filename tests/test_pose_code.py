@@ -492,6 +492,10 @@ def test_neighbours_prior_runs_in_fp16_on_embeddings_as_large_as_the_default_mod
     with torch.inference_mode():
         want = prior(noise, None, queries)
         got = prior.half()(noise.half(), None, queries.half()).float()
+    assert prior.candidates == 128 < len(voices)  # two stages: 128 candidates, then exact distances
+    brute = torch.cdist(queries.double(), voices.double()).argsort(dim=1)[:, :8]  # the 8 nearest, exact
+    j = torch.clamp(torch.floor(0.5 * (1 + torch.erf(noise[:, 0].double() / 2**0.5)) * 8), max=7).long()
+    torch.testing.assert_close(want[:, :3], codes[brute[torch.arange(100), j]])
     assert torch.isfinite(got).all()
     assert all(any(torch.allclose(row, c, atol=1e-2) for c in codes) for row in got[:, :3])  # bank codes only
     same = (got[:, :3] - want[:, :3]).abs().amax(dim=1) < 1e-2

@@ -472,6 +472,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="largest batch of model.pt2 (default %(default)s)"
     )
     parser.add_argument(
+        "--metrics",
+        type=Path,
+        metavar="METRICS.json",
+        help="evaluation figures to write as the bundle's metrics.json, e.g. evaluate's output for these weights "
+        "(default: RUN_DIR/metrics.json, or the source bundle's)",
+    )
+    parser.add_argument(
         "--truncation",
         type=float,
         default=1.0,
@@ -516,17 +523,21 @@ def _wall_time_from_log(path: Path) -> float | None:
     return max(stamps) - min(stamps) if len(stamps) >= 2 else None
 
 
-def reexport_bundle(source: Path, out: Path, max_batch: int = DEFAULT_MAX_BATCH) -> Path:
+def reexport_bundle(
+    source: Path, out: Path, max_batch: int = DEFAULT_MAX_BATCH, metrics: dict[str, Any] | None = None
+) -> Path:
     """Export the model bundle ``source`` again to ``out`` (may be ``source`` itself: everything is read first):
     same weights, pose prior (rebuilt from its tensors, so with this version's graph), truncation, identities,
-    training record (plus ``reexported_from``) and ``metrics.json``; a new graph, hashes and self-check.
+    training record (plus ``reexported_from``) and ``metrics.json`` (or ``metrics``, e.g. a new evaluation of the
+    same weights); a new graph, hashes and self-check.
 
     Raises:
         UserError: as :func:`load_bundle_source`; ExportError: as :func:`export_bundle`.
     """
     net, cfg, identities, prior, manifest = load_bundle_source(source)
     metrics_path = Path(source) / METRICS_FILE
-    metrics = _read_json(metrics_path) if metrics_path.is_file() else None
+    if metrics is None and metrics_path.is_file():
+        metrics = _read_json(metrics_path)
     training = dict(manifest.get("training", {}))
     training["reexported_from"] = {"bundle": str(source), "created": manifest.get("created"),
                                    "files": manifest.get("files", {})}  # fmt: skip
@@ -547,6 +558,10 @@ def main(args: argparse.Namespace) -> int:
     """Export the run folder ``args.run_dir`` to ``args.out`` (or export a bundle again, see
     :func:`reexport_bundle`); prints the bundle path."""
     run_dir: Path = args.run_dir
+    metrics_file = getattr(args, "metrics", None)
+    metrics = _read_json(metrics_file) if metrics_file is not None else None
+    if metrics is not None and not isinstance(metrics, dict):
+        raise UserError(f"{metrics_file}: expected a JSON object of evaluation figures")
     if (run_dir / MANIFEST).is_file():
         changed = [
             flag
@@ -561,7 +576,7 @@ def main(args: argparse.Namespace) -> int:
         if changed:
             raise UserError(f"{run_dir}: a model bundle is exported again as it is; {', '.join(changed)} apply to "
                             "run folders only")  # fmt: skip
-        out = reexport_bundle(run_dir, args.out, args.max_batch)
+        out = reexport_bundle(run_dir, args.out, args.max_batch, metrics)
         print(f"wrote {out} (exported again from {run_dir})")
         return 0
     if not run_dir.is_dir():
@@ -587,7 +602,8 @@ def main(args: argparse.Namespace) -> int:
             info["wall_time_s"] = round(wall, 1)
             info["wall_time_source"] = "log.jsonl, first to last record (includes pauses between resumed runs)"
     metrics_path = run_dir / METRICS_FILE
-    metrics = _read_json(metrics_path) if metrics_path.is_file() else None
+    if metrics is None and metrics_path.is_file():
+        metrics = _read_json(metrics_path)
     out = export_bundle(
         net,
         cfg,
