@@ -237,6 +237,49 @@ def test_init_from_a_narrower_run_continues_its_step_count(tmp_path, dataset, mo
         train(config_from_dict(bad), [str(dataset)], tmp_path / "bad", init_from=src)
 
 
+def test_init_from_a_bundle_warms_up_a_new_discriminator_then_trains_the_generator(tmp_path, dataset, monkeypatch):
+    """``train --init-from BUNDLE_DIR``: both generators start from the bundle's weights, the discriminator from
+    scratch at step 0; during ``train.d_warmup_steps`` only the discriminator moves."""
+    from safetensors.torch import load_file
+
+    from training.export import export_bundle
+    from training.trainer import main as train_main
+
+    monkeypatch.setenv("AVGAN_CACHE", str(tmp_path / "cache"))
+    base = tmp_path / "base"
+    train(config_from_dict(tiny_config_dict(steps=2)), [str(dataset)], base)
+    net, cfg, identities, _ = load_run(base)
+    bundle = export_bundle(net, cfg, identities, tmp_path / "bundle", training_info={"command": "test"}, check=False)
+    shipped = load_file(str(bundle / "generator.safetensors"))
+    out = tmp_path / "fine"
+    train(config_from_dict(tiny_config_dict(steps=4, d_warmup_steps=2)), [str(dataset)], out, init_from=bundle)
+    records = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]  # from step 0, not the base run's step
+    assert all(r["loss_g"] is None or r["loss_g"] != r["loss_g"] for r in records[:2])  # NaN: no generator step
+    assert all(r["loss_g"] == r["loss_g"] for r in records[2:])
+    warm, last = (load_file(str(out / "checkpoints" / f"step-000000{s}.safetensors")) for s in (2, 4))
+    for name, value in shipped.items():
+        if name.startswith("pose_prior.") or name.endswith(("._u", "._v")):  # spectral norm's power iteration runs
+            continue
+        assert torch.equal(warm[f"G.{name}"], value) and torch.equal(warm[f"G_ema.{name}"], value), name
+    moved = [n for n in shipped if n.endswith("weight") and not torch.equal(last[f"G.{n}"], shipped[n])]
+    assert moved  # after the warm-up the generator trains
+    fresh_d = {k for k in warm if k.startswith("D.")}
+    base_d = load_file(str(latest_checkpoint(base)))
+    assert any(not torch.equal(warm[k], base_d[k]) for k in fresh_d)  # not the base run's discriminator
+    # a folder that is not a bundle is refused by name, before anything is trained
+    import argparse
+
+    args = argparse.Namespace(
+        config=None, data=[str(dataset)], out=str(tmp_path / "x"), resume=False, device="cpu", steps=None,
+        dry_run=False, init_from=str(tmp_path),
+    )  # fmt: skip
+    with pytest.raises(UserError, match="neither a checkpoint file nor a model bundle"):
+        train_main(args)
+    with pytest.raises(ValueError, match="d_warmup_steps"):
+        config_from_dict(tiny_config_dict(d_warmup_steps=-1))
+
+
 def test_minibatch_std_is_the_per_group_feature_std_and_keeps_groups_apart():
     """ProGAN's minibatch standard deviation: image b is in group b % (B // g); groups do not see each other."""
     from training.models.wav2pix import minibatch_std

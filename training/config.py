@@ -220,6 +220,10 @@ class TrainConfig:
     precision: 'bf16' runs forward passes under torch.autocast (bfloat16; weights, optimiser state and
     the EMA stay float32) — about 2x faster on CPUs with AVX512-BF16/AMX and on recent GPUs.
     num_threads: torch intra-op threads per process (0 = torch's default).
+    d_warmup_steps: the run's first N steps (counted from step 0) update only the discriminator; the generator's
+    weights and their moving average stay as they are (its spectral norms' power iterations go on). For runs
+    started from a model bundle (``train --init-from BUNDLE_DIR``), which carries no discriminator: a fresh one
+    first learns to score the trained generator's faces before the generator follows its gradients (0 = off).
     """
 
     steps: int = 20000
@@ -237,6 +241,11 @@ class TrainConfig:
     num_threads: int = 0
     cache_features: bool = True
     precision: Literal["fp32", "bf16"] = "fp32"
+    d_warmup_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if self.d_warmup_steps < 0:
+            raise ValueError(f"train.d_warmup_steps: expected >= 0, got {self.d_warmup_steps}")
 
 
 @dataclass(frozen=True)

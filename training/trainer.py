@@ -379,8 +379,9 @@ class GanStep:
         wrong: torch.Tensor,
         pose: torch.Tensor | None = None,
         wrong_pose: torch.Tensor | None = None,
+        update_g: bool = True,
     ) -> dict:
-        """Run one step.
+        """Run one step (``update_g=False``: the discriminator's half only, as in ``train.d_warmup_steps``).
 
         Args:
             x_real: real faces float32 [B, 3, H, W] in [-1, 1]. y: identity labels int64 [B].
@@ -397,7 +398,7 @@ class GanStep:
             d_fake, speech_id_acc, r1 (the last computed mean squared gradient norm; 0 when off), loss_landmark
             (0 when off), and with a pose code d_wrong_pose (mean score of the wrong-pose pairs; 0 without them) and
             loss_pose (the pose-code regression; 0 when off) and loss_appearance (the appearance-code regression;
-            0 when off).
+            0 when off). Without ``update_g`` the generator's terms are NaN (not computed).
 
         Raises:
             ValueError: ``pose`` missing or of the wrong width for ``model.pose_code_dim + appearance_code_dim``.
@@ -445,6 +446,20 @@ class GanStep:
         total_d.backward()
         _all_reduce_grads(self.d_params, self.world)
         self.opt_d.step()
+        if not update_g:
+            nan = float("nan")
+            return {
+                "loss_d": loss_d.item(),
+                **dict.fromkeys(("loss_g", "loss_aux", "loss_twin", "loss_speech_id", "loss_ms"), nan),
+                "d_real": s_real.mean().item(),
+                "d_fake": fakes[0].mean().item(),
+                "speech_id_acc": nan,
+                "r1": self.last_r1,
+                "loss_landmark": nan,
+                "d_wrong_pose": 0.0 if s_wrong_pose is None else s_wrong_pose.mean().item(),
+                "loss_pose": nan,
+                "loss_appearance": nan,
+            }
 
         # ---- generator (+ speech encoder)
         disc.requires_grad_(False)
@@ -909,6 +924,10 @@ def train(
         step = int(meta["step"])
         if main:
             log.info("resumed from %s at step %d", last, step)
+    elif init_from is not None and Path(init_from).is_dir():
+        init_from_bundle(Path(init_from), cfg, ds.identities, net, ema, seed=tc.seed)
+        if main:
+            log.info("initialised the generator from the bundle %s; new discriminator; step 0", init_from)
     elif init_from is not None:
         step = init_from_checkpoint(Path(init_from), cfg, ds.identities, net, ema, disc, opt_d, seed=tc.seed)
         if main:
@@ -985,7 +1004,7 @@ def train(
         if pose_all is not None:
             pose = pose_all[face_index[idx_t]]
             wrong_pose = _wrong_pose(pose, y.cpu(), gen) if cfg.loss.pose_matching_weight > 0 else None
-        stats = gan_step(x_real, y, f, wrong, pose, wrong_pose)
+        stats = gan_step(x_real, y, f, wrong, pose, wrong_pose, update_g=step >= tc.d_warmup_steps)
         if teacher is not None and step % cfg.loss.landmark_teacher_every == 0:
             with torch.no_grad():
                 n_t = min(cfg.loss.landmark_teacher_faces, b)
@@ -1037,13 +1056,50 @@ def train(
                     old.unlink()
             if world > 1:
                 dist.barrier()
-        if not (math.isfinite(stats["loss_d"]) and math.isfinite(stats["loss_g"])):
+        if not (math.isfinite(stats["loss_d"]) and (math.isfinite(stats["loss_g"]) or step <= tc.d_warmup_steps)):
             raise RuntimeError(f"training diverged at step {step} (loss_d={stats['loss_d']}, loss_g={stats['loss_g']})")
     bar.close()
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
     return last_path if last_path is not None else ckpt_dir
+
+
+def init_from_bundle(
+    path: Path, cfg: Config, identities: list[str], net: torch.nn.Module, ema: torch.nn.Module, seed: int = 0
+) -> None:
+    """Start a run from a model bundle's generator (``generator.safetensors``: the exported, usually EMA,
+    weights of the speech encoder, generator and speech identity head), for fine-tuning a shipped model on
+    the same or new data.
+
+    Both the trained and the moving-average generator get the bundle's weights, widened with the family's
+    ``widen_from`` where the config asks for more channels. A bundle carries no discriminator and no
+    optimiser state: the discriminator starts from its initialisation (give it ``train.d_warmup_steps`` to
+    catch up) and the run starts at step 0. The bundle's pose prior is not used for training (the run fits
+    its own pose codes; ``export`` builds the prior again).
+
+    Raises:
+        UserError: not a readable wav2pix bundle, other identities than the data's, or shapes that cannot be
+            mapped (the message names the tensor).
+    """
+    from training.export import load_bundle_source
+
+    old, old_cfg, old_ids, _, _ = load_bundle_source(path)
+    if list(old_ids) != list(identities):
+        raise UserError(f"{path}: trained on identities {list(old_ids)}, the data has {list(identities)}")
+    if old_cfg.model.family != cfg.model.family:
+        raise UserError(f"{path}: cannot initialise a {cfg.model.family} model from a {old_cfg.model.family} one")
+    family = get_family(cfg.model.family)
+    old_state = old.state_dict()
+    for name, target in (("G", net), ("G_ema", ema)):
+        state = target.state_dict()
+        if state.keys() == old_state.keys() and all(state[k].shape == v.shape for k, v in old_state.items()):
+            target.load_state_dict(old_state)  # same widths: the exact weights, spectral-norm state included
+            continue
+        try:
+            family.widen_from(target, old.to(next(target.parameters()).device), seed=seed)
+        except ValueError as exc:
+            raise UserError(f"{path}: {name}: {exc}") from exc
 
 
 def init_from_checkpoint(
@@ -1128,8 +1184,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in RUN_DIR")
     parser.add_argument(
         "--init-from",
-        metavar="CHECKPOINT",
-        help="start a new run from another run's checkpoint; a narrower generator is widened (Net2WiderNet)",
+        metavar="CHECKPOINT|BUNDLE_DIR",
+        help="start a new run from another run's checkpoint, or from a model bundle's generator (with a new "
+        "discriminator, from step 0; see train.d_warmup_steps); a narrower generator is widened (Net2WiderNet)",
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     parser.add_argument(
@@ -1158,7 +1215,9 @@ def main(args: argparse.Namespace) -> int:
     if os.environ.get("WORLD_SIZE", "1") != "1":
         command = f"torchrun --nproc_per_node={os.environ['WORLD_SIZE']} " + shlex.join(["run.py", *sys.argv[1:]])
     init_from = getattr(args, "init_from", None)
-    if init_from is not None and not Path(init_from).is_file():
-        raise UserError(f"--init-from {init_from}: no such checkpoint file")
+    if init_from is not None and not (
+        Path(init_from).is_file() or (Path(init_from).is_dir() and (Path(init_from) / "bundle.json").is_file())
+    ):
+        raise UserError(f"--init-from {init_from}: neither a checkpoint file nor a model bundle folder (bundle.json)")
     train(cfg, args.data, args.out, resume=args.resume, device=args.device, command=command, init_from=init_from)
     return 0
