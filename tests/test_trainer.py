@@ -267,6 +267,13 @@ def test_init_from_a_bundle_warms_up_a_new_discriminator_then_trains_the_generat
     fresh_d = {k for k in warm if k.startswith("D.")}
     base_d = load_file(str(latest_checkpoint(base)))
     assert any(not torch.equal(warm[k], base_d[k]) for k in fresh_d)  # not the base run's discriminator
+    # data with other identities (a capture session's): all but the speech identity head carried over
+    others = make_wav2pix_dataset(tmp_path / "others", identities=3, faces=3, snippets=2)
+    out3 = tmp_path / "others-run"
+    train(config_from_dict(tiny_config_dict(steps=2, d_warmup_steps=2)), [str(others)], out3, init_from=bundle)
+    three = load_file(str(out3 / "checkpoints" / "step-0000002.safetensors"))
+    assert three["G.speech_classifier.weight"].shape[0] == 3
+    assert torch.equal(three["G.generator.to_rgb.weight"], shipped["generator.to_rgb.weight"])
     # a folder that is not a bundle is refused by name, before anything is trained
     import argparse
 

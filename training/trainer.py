@@ -1078,17 +1078,24 @@ def init_from_bundle(
     catch up) and the run starts at step 0. The bundle's pose prior is not used for training (the run fits
     its own pose codes; ``export`` builds the prior again).
 
+    Data with other identities than the bundle's (a capture session's visitors, with or without the bundle's
+    own data): everything is taken over except the speech identity head (``speech_classifier``, one output per
+    identity), which starts from its initialisation, with a warning that names both lists.
+
     Raises:
-        UserError: not a readable wav2pix bundle, other identities than the data's, or shapes that cannot be
-            mapped (the message names the tensor).
+        UserError: not a readable wav2pix bundle, or shapes that cannot be mapped (the message names the tensor).
     """
     from training.export import load_bundle_source
 
     old, old_cfg, old_ids, _, _ = load_bundle_source(path)
-    if list(old_ids) != list(identities):
-        raise UserError(f"{path}: trained on identities {list(old_ids)}, the data has {list(identities)}")
     if old_cfg.model.family != cfg.model.family:
         raise UserError(f"{path}: cannot initialise a {cfg.model.family} model from a {old_cfg.model.family} one")
+    if list(old_ids) != list(identities):
+        log.warning(
+            "%s: trained on identities %s, the data has %s; the speech identity head starts afresh",
+            path, list(old_ids), list(identities),
+        )  # fmt: skip
+        old.speech_classifier = copy.deepcopy(net.speech_classifier).to(next(old.parameters()).device)
     family = get_family(cfg.model.family)
     old_state = old.state_dict()
     for name, target in (("G", net), ("G_ema", ema)):
