@@ -844,8 +844,9 @@ def train(
 ) -> Path:
     """Train a model family on ``data_dirs`` into ``out_dir``. Returns the last checkpoint path.
 
-    ``init_from``: a checkpoint of another run to start from (see :func:`init_from_checkpoint`); ignored
-    when ``resume`` finds a checkpoint in ``out_dir`` (the run then simply continues).
+    ``init_from``: a checkpoint of another run to start from (see :func:`init_from_checkpoint`), or a model
+    bundle folder whose generator to fine-tune (see :func:`init_from_bundle`); ignored when ``resume`` finds a
+    checkpoint in ``out_dir`` (the run then simply continues).
 
     Raises:
         UserError: bad data folders, an existing run folder without ``resume``, or a broken or
