@@ -218,7 +218,9 @@ class TrainConfig:
     """Optimisation schedule. Step counts are generator steps; batch is per process.
 
     precision: 'bf16' runs forward passes under torch.autocast (bfloat16; weights, optimiser state and
-    the EMA stay float32) — about 2x faster on CPUs with AVX512-BF16/AMX and on recent GPUs.
+    the EMA stay float32). Whether it pays depends on the machine: on recent GPUs it does; on CPU the
+    training step was 1.48x faster on an AMD EPYC VM and 0.79x as fast on an Intel Xeon VM with AVX512-BF16
+    (``run.py bench --only train`` measures both).
     num_threads: torch intra-op threads per process (0 = torch's default).
     d_warmup_steps: the run's first N steps (counted from step 0) update only the discriminator; the generator's
     weights and their moving average stay as they are (its spectral norms' power iterations go on). For runs
