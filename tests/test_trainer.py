@@ -257,6 +257,7 @@ def test_init_from_a_bundle_warms_up_a_new_discriminator_then_trains_the_generat
     assert [r["step"] for r in records] == [1, 2, 3, 4]  # from step 0, not the base run's step
     assert all(r["loss_g"] is None or r["loss_g"] != r["loss_g"] for r in records[:2])  # NaN: no generator step
     assert all(r["loss_g"] == r["loss_g"] for r in records[2:])
+    assert all(r.keys() == records[-1].keys() for r in records)  # the same statistics in both kinds of step
     warm, last = (load_file(str(out / "checkpoints" / f"step-000000{s}.safetensors")) for s in (2, 4))
     for name, value in shipped.items():
         if name.startswith("pose_prior.") or name.endswith(("._u", "._v")):  # spectral norm's power iteration runs

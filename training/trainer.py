@@ -1,11 +1,13 @@
 """Training loop for the speech-conditioned GAN families.
 
 ``python run.py train --config CONFIG.yaml --data DIR [--data DIR ...] --out RUN_DIR [--resume]
-[--init-from CHECKPOINT]``
+[--init-from CHECKPOINT|BUNDLE_DIR]``
 
 ``--init-from`` starts a new run from another run's checkpoint whose generator may be narrower than the
 config's (the family's ``widen_from``, Net2WiderNet): the step count, discriminator and its optimiser
-state carry over, the generator's optimiser starts afresh.
+state carry over, the generator's optimiser starts afresh. From a model bundle folder only the generator
+carries over (:func:`init_from_bundle`); the discriminator and the step count start afresh, and
+``train.d_warmup_steps`` lets the new discriminator train alone first.
 
 Runs on CPU or CUDA and under ``torchrun --nproc_per_node=N`` (gradients are
 averaged across processes with ``torch.distributed`` all-reduce — gloo on CPU,
@@ -322,6 +324,10 @@ class GanStep:
     in autocast; losses are computed in float32. With ``world > 1`` gradients are all-reduced before each step.
     """
 
+    # the generator half's statistics (NaN in a discriminator-only step)
+    G_STATS = ("loss_g", "loss_aux", "loss_twin", "loss_speech_id", "loss_ms", "speech_id_acc", "loss_landmark",
+               "loss_pose", "loss_appearance")  # fmt: skip
+
     def __init__(
         self,
         cfg: Config,
@@ -446,20 +452,15 @@ class GanStep:
         total_d.backward()
         _all_reduce_grads(self.d_params, self.world)
         self.opt_d.step()
+        d_stats = {
+            "loss_d": loss_d.item(),
+            "d_real": s_real.mean().item(),
+            "d_fake": fakes[0].mean().item(),
+            "r1": self.last_r1,
+            "d_wrong_pose": 0.0 if s_wrong_pose is None else s_wrong_pose.mean().item(),
+        }
         if not update_g:
-            nan = float("nan")
-            return {
-                "loss_d": loss_d.item(),
-                **dict.fromkeys(("loss_g", "loss_aux", "loss_twin", "loss_speech_id", "loss_ms"), nan),
-                "d_real": s_real.mean().item(),
-                "d_fake": fakes[0].mean().item(),
-                "speech_id_acc": nan,
-                "r1": self.last_r1,
-                "loss_landmark": nan,
-                "d_wrong_pose": 0.0 if s_wrong_pose is None else s_wrong_pose.mean().item(),
-                "loss_pose": nan,
-                "loss_appearance": nan,
-            }
+            return {**dict.fromkeys(self.G_STATS, float("nan")), **d_stats}
 
         # ---- generator (+ speech encoder)
         disc.requires_grad_(False)
@@ -506,22 +507,18 @@ class GanStep:
         total.backward()
         _all_reduce_grads(self.g_params, self.world)
         self.opt_g.step()
-        return {
-            "loss_d": loss_d.item(),
+        g_stats = {
             "loss_g": loss_g.item(),
             "loss_aux": loss_aux.item(),
             "loss_twin": loss_twin.item(),
             "loss_speech_id": loss_sid.item(),
             "loss_ms": loss_ms.item(),
-            "d_real": s_real.mean().item(),
-            "d_fake": fakes[0].mean().item(),
             "speech_id_acc": float((speech_logits.argmax(1) == y).float().mean()),
-            "r1": self.last_r1,
             "loss_landmark": loss_lm.item(),
-            "d_wrong_pose": 0.0 if s_wrong_pose is None else s_wrong_pose.mean().item(),
             "loss_pose": loss_pose.item(),
             "loss_appearance": loss_app.item(),
         }
+        return {**g_stats, **d_stats}
 
 
 def _fixed_val_voices(ds: PairDataset, val_idx: np.ndarray, n: int) -> np.ndarray:
@@ -1073,8 +1070,8 @@ def init_from_bundle(
     weights of the speech encoder, generator and speech identity head), for fine-tuning a shipped model on
     the same or new data.
 
-    Both the trained and the moving-average generator get the bundle's weights, widened with the family's
-    ``widen_from`` where the config asks for more channels. A bundle carries no discriminator and no
+    Both the trained and the moving-average generator get the bundle's weights through the family's
+    ``widen_from`` (exact at the same widths; widened where the config asks for more channels). A bundle carries no discriminator and no
     optimiser state: the discriminator starts from its initialisation (give it ``train.d_warmup_steps`` to
     catch up) and the run starts at step 0. The bundle's pose prior is not used for training (the run fits
     its own pose codes; ``export`` builds the prior again).
@@ -1098,12 +1095,7 @@ def init_from_bundle(
         )  # fmt: skip
         old.speech_classifier = copy.deepcopy(net.speech_classifier).to(next(old.parameters()).device)
     family = get_family(cfg.model.family)
-    old_state = old.state_dict()
     for name, target in (("G", net), ("G_ema", ema)):
-        state = target.state_dict()
-        if state.keys() == old_state.keys() and all(state[k].shape == v.shape for k, v in old_state.items()):
-            target.load_state_dict(old_state)  # same widths: the exact weights, spectral-norm state included
-            continue
         try:
             family.widen_from(target, old.to(next(target.parameters()).device), seed=seed)
         except ValueError as exc:

@@ -806,7 +806,8 @@ def widen_from(new: Wav2PixGenerator, old: Wav2PixGenerator, noise_std: float = 
     unchanged, which is why the factor must be an integer. The copies' incoming weights get Gaussian
     noise of ``noise_std`` times that layer's weight standard deviation so that they train apart
     (``noise_std=0`` gives the old images to float rounding). Everything outside the generator's
-    convolution chain (speech encoder, identity head) must have the same shapes and is copied.
+    convolution chain (speech encoder, identity head) must have the same shapes and is copied. Where no
+    stage grows, ``old``'s state (spectral-norm vectors included) is copied exactly and no noise is added.
 
     Args:
         new: freshly built model with the wider config, any mode; updated in place.
@@ -820,6 +821,10 @@ def widen_from(new: Wav2PixGenerator, old: Wav2PixGenerator, noise_std: float = 
     """
     if noise_std < 0:
         raise ValueError(f"noise_std: expected >= 0, got {noise_std}")
+    old_state, new_state = old.state_dict(), new.state_dict()
+    if old_state.keys() == new_state.keys() and all(new_state[k].shape == v.shape for k, v in old_state.items()):
+        new.load_state_dict(old_state)  # the same widths: the exact weights
+        return
     was_training = old.training
     old.eval()
     try:
