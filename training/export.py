@@ -495,6 +495,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "with the components' correlations; speaker: per training speaker, weighted by the speech identity head; "
         "all need RUN_DIR/pose_codes.safetensors) or feed it as is (normal)",
     )
+    parser.add_argument(
+        "--calibrate-bank",
+        action="store_true",
+        help="for the neighbours prior: per training identity, scale the bank's codes and keep the share of its "
+        "rows the generator draws best, chosen by the Fréchet distance of the bank's renderings to the real "
+        "training faces (training data only; see training/bank_calibration.py; about 0.13 s per bank row and gain "
+        "on a CPU)",
+    )
+    parser.add_argument(
+        "--data",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="with --calibrate-bank: the training data the bank was built from (default: the run's split.json, or "
+        "the bundle's training record); repeatable",
+    )
 
 
 def _read_json(path: Path) -> Any:
@@ -524,23 +540,44 @@ def _wall_time_from_log(path: Path) -> float | None:
 
 
 def reexport_bundle(
-    source: Path, out: Path, max_batch: int = DEFAULT_MAX_BATCH, metrics: dict[str, Any] | None = None
+    source: Path,
+    out: Path,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    metrics: dict[str, Any] | None = None,
+    calibrate_bank: bool = False,
+    data: list[str] | None = None,
 ) -> Path:
     """Export the model bundle ``source`` again to ``out`` (may be ``source`` itself: everything is read first):
     same weights, pose prior (rebuilt from its tensors, so with this version's graph), truncation, identities,
     training record (plus ``reexported_from``) and ``metrics.json`` (or ``metrics``, e.g. a new evaluation of the
     same weights); a new graph, hashes and self-check.
 
+    With ``calibrate_bank`` the neighbours prior's bank is calibrated first
+    (:func:`training.bank_calibration.calibrate_on_data`) on ``data`` (default: the folders in the bundle's
+    training record), and the bundle's old ``metrics.json`` is not carried over unless ``metrics`` is given
+    (its figures were of the uncalibrated bank).
+
     Raises:
-        UserError: as :func:`load_bundle_source`; ExportError: as :func:`export_bundle`.
+        UserError: as :func:`load_bundle_source`; ``calibrate_bank`` for a bundle without a neighbours prior or
+            with one already calibrated; as :func:`training.bank_calibration.calibrate_on_data`.
+        ExportError: as :func:`export_bundle`.
     """
     net, cfg, identities, prior, manifest = load_bundle_source(source)
     metrics_path = Path(source) / METRICS_FILE
-    if metrics is None and metrics_path.is_file():
+    if metrics is None and metrics_path.is_file() and not calibrate_bank:
         metrics = _read_json(metrics_path)
     training = dict(manifest.get("training", {}))
     training["reexported_from"] = {"bundle": str(source), "created": manifest.get("created"),
                                    "files": manifest.get("files", {})}  # fmt: skip
+    if calibrate_bank:
+        if not isinstance(prior, NeighbourPosePrior):
+            raise UserError(f"{source}: --calibrate-bank needs a bundle with the neighbours pose prior")
+        if "calibration" in (getattr(prior, "fit_report", None) or {}):
+            raise UserError(f"{source}: its bank is calibrated already; calibrate the uncalibrated bundle or the run")
+        from training.bank_calibration import calibrate_on_data
+
+        prior, _ = calibrate_on_data(net, cfg, prior, identities, data or list(training.get("data") or []))
+        training["bank_calibrated"] = True
     return export_bundle(
         net,
         cfg,
@@ -565,7 +602,7 @@ def main(args: argparse.Namespace) -> int:
     if (run_dir / MANIFEST).is_file():
         changed = [
             flag
-            for flag, value, default in (
+            for flag, value, default in (  # --calibrate-bank and --data apply to bundles too
                 ("--checkpoint", getattr(args, "checkpoint", None), None),
                 ("--generator", getattr(args, "generator", "ema"), "ema"),
                 ("--truncation", getattr(args, "truncation", 1.0), 1.0),
@@ -576,7 +613,14 @@ def main(args: argparse.Namespace) -> int:
         if changed:
             raise UserError(f"{run_dir}: a model bundle is exported again as it is; {', '.join(changed)} apply to "
                             "run folders only")  # fmt: skip
-        out = reexport_bundle(run_dir, args.out, args.max_batch, metrics)
+        out = reexport_bundle(
+            run_dir,
+            args.out,
+            args.max_batch,
+            metrics,
+            bool(getattr(args, "calibrate_bank", False)),
+            getattr(args, "data", None),
+        )
         print(f"wrote {out} (exported again from {run_dir})")
         return 0
     if not run_dir.is_dir():
@@ -594,8 +638,20 @@ def main(args: argparse.Namespace) -> int:
 
     pose_prior = pose_prior_for_run(run_dir, cfg, getattr(args, "pose_prior", None) or "quantile", net)
     info = dict(info)
-    if not info.get("data") and (run_dir / "split.json").is_file():
-        info["data"] = _read_json(run_dir / "split.json").get("data", [])
+    split = _read_json(run_dir / "split.json") if (run_dir / "split.json").is_file() else {}
+    if not info.get("data"):
+        info["data"] = split.get("data", [])
+    if getattr(args, "calibrate_bank", False):
+        if not isinstance(pose_prior, NeighbourPosePrior):
+            raise UserError("--calibrate-bank needs --pose-prior neighbours")
+        from training.bank_calibration import calibrate_on_data
+
+        hashes = split.get("val_face_hashes")
+        pose_prior, _ = calibrate_on_data(
+            net, cfg, pose_prior, list(identities), getattr(args, "data", None) or list(info["data"] or []),
+            None if hashes is None else set(hashes),
+        )  # fmt: skip
+        info["bank_calibrated"] = True
     if info.get("wall_time_s") is None:
         wall = _wall_time_from_log(run_dir / "log.jsonl")
         if wall is not None:
