@@ -62,7 +62,9 @@ def test_choice_undoes_a_timid_generator_and_drops_the_rows_it_cannot_draw():
 
 def test_calibrated_prior_keeps_rows_and_scales_their_codes():
     g = torch.Generator().manual_seed(0)
-    prior = wav2pix.NeighbourPosePrior.from_embeddings(torch.randn(20, 6, generator=g), torch.randn(20, 3, generator=g), 4)
+    prior = wav2pix.NeighbourPosePrior.from_embeddings(
+        torch.randn(20, 6, generator=g), torch.randn(20, 3, generator=g), 4
+    )
     keep = np.ones(20, bool)
     keep[[3, 7]] = False
     gain = np.where(np.arange(20) < 10, 1.3, 1.0).astype(np.float32)
