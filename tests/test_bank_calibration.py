@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -139,3 +140,39 @@ def test_export_calibrates_a_bundles_bank_on_its_training_data(neighbours_bundle
 
 def test_calibrate_bank_refuses_a_bundle_without_a_neighbours_prior(tiny_bundle, tmp_path):
     assert run.main(["export", str(tiny_bundle), "-o", str(tmp_path / "o"), "--calibrate-bank"]) == 2
+
+
+def test_export_of_a_run_calibrates_on_its_split(tmp_path, tiny_model, monkeypatch):
+    """``export RUN --pose-prior neighbours --calibrate-bank``: the run's data and validation faces (split.json)
+    reach the calibration, its prior is exported; without a neighbours prior the flag is refused."""
+    import sys
+    import types
+
+    import training.export as tex
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "split.json").write_text(json.dumps({"data": ["/data/voices"], "val_face_hashes": ["abc"]}))
+    g = torch.Generator().manual_seed(0)
+    bank = wav2pix.NeighbourPosePrior.from_embeddings(torch.randn(6, 4, generator=g), torch.randn(6, 2), 2)
+    calibrated = bc.calibrated_prior(bank, np.arange(6) < 4, np.full(6, 1.3, np.float32))
+    fake = types.ModuleType("training.trainer")
+    fake.load_run = lambda path, checkpoint=None, generator="ema": (tiny_model.net, tiny_model.cfg, ["a"], {})
+    fake.pose_prior_for_run = lambda run_dir, cfg, kind="quantile", net=None: bank if kind == "neighbours" else None
+    monkeypatch.setitem(sys.modules, "training.trainer", fake)
+    seen = []
+
+    def fake_calibrate(net, cfg, prior, identities, data_dirs, val_face_hashes=None, **kw):
+        seen.append((prior, identities, list(data_dirs), val_face_hashes))
+        return calibrated, None
+
+    monkeypatch.setattr(bc, "calibrate_on_data", fake_calibrate)
+    exported = []
+    monkeypatch.setattr(tex, "export_bundle", lambda *a, **kw: exported.append(kw) or Path(a[3]))
+    args = ["export", str(run_dir), "-o", str(tmp_path / "o"), "--calibrate-bank"]
+    assert run.main([*args, "--pose-prior", "neighbours"]) == 0
+    assert seen == [(bank, ["a"], ["/data/voices"], {"abc"})]
+    assert exported[0]["pose_prior"] is calibrated and exported[0]["training_info"]["bank_calibrated"] is True
+    assert run.main([*args, "--pose-prior", "neighbours", "--data", "/elsewhere"]) == 0
+    assert seen[1][2] == ["/elsewhere"]
+    assert run.main([*args, "--pose-prior", "quantile"]) == 2  # refused: not a neighbours prior
