@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from training import face_metrics as fm
 from training.models.wav2pix import NeighbourPosePrior
@@ -47,6 +48,7 @@ EmbedFn = Callable[[np.ndarray], np.ndarray]
 
 DEFAULT_GAINS = (1.0, 1.3)
 DEFAULT_SHARES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
+CHUNK = 256  # bank rows rendered and embedded at a time
 
 
 @dataclass
@@ -276,7 +278,7 @@ def calibrate_bank(
         embed: images uint8 [N, H, W, 3] → embeddings float32 [N, E] (``FaceAnalyzer().analyze(x).embeddings``).
         noise_dim: Z, the generator's noise inputs.
         gains: candidate code gains (1.0 is always tried); shares: candidate kept shares.
-        seed: noise seed of the renderings' other inputs.
+        seed: noise seed of the renderings' other inputs (rows ``j..j+255`` use ``seed * 1000003 + j``).
 
     Raises:
         ValueError: as :func:`choose_calibration` and :func:`calibrated_prior`, or a bank of another size.
@@ -293,8 +295,14 @@ def calibrate_bank(
         if not g > 0:
             raise ValueError(f"bank calibration: gains must be > 0, got {g}")
         t = time.perf_counter()
-        images = render_bank_rows(net, prior.bank_codes * g, audio, noise_dim, seed)
-        rendered[g] = np.asarray(embed(images), np.float32)
+        parts = []
+        with tqdm(total=n, desc=f"bank calibration, gain {g:.2f}", unit="row", dynamic_ncols=True) as bar:
+            for j in range(0, n, CHUNK):  # rendered and embedded in chunks: memory stays flat, the bar moves
+                images = render_bank_rows(net, prior.bank_codes[j : j + CHUNK] * g, audio[j : j + CHUNK], noise_dim,
+                                          seed * 1_000_003 + j)  # fmt: skip
+                parts.append(np.asarray(embed(images), np.float32))
+                bar.update(len(images))
+        rendered[g] = np.concatenate(parts)
         log.info("bank calibration: %d rows rendered and embedded at gain %.2f, %.0f s", n, g, time.perf_counter() - t)
     keep, row_gain, cal = choose_calibration(
         rendered, np.asarray(own_face, np.float32), row_labels, real_embeddings, real_labels, identities, shares
