@@ -24,14 +24,17 @@
 #   then     export a candidate per kept phase-8 checkpoint, evaluate on the validation split, and export the
 #            checkpoint named by CHECKPOINT (the shipped one: step-0053000, EMA weights) with the pose prior named
 #            by POSE_PRIOR (the shipped one: neighbours; until 2026-11-22 quantile) with its figures and the
-#            unseen-voice detection ratio inside the bundle.
+#            unseen-voice detection ratio inside the bundle; with CALIBRATE_BANK=1 (the shipped choice since
+#            2026-11-22) the neighbours bank is calibrated on the training faces first (export --calibrate-bank,
+#            ~20 min).
 # GENERATOR picks the weights of a checkpoint: "ema" (the moving average; the shipped choice) or "raw" (the
 # trained weights; in phase 2 the average blended the two speakers while the identity mapping kept moving).
 # About 9 h on a 2-core CPU (bf16 autocast) for the training (phases 5-6: ~4.5 h, 7-8: ~1 h), plus ~2-5 min per
 # evaluated checkpoint.
 #
 #   bash scripts/make_default_model.sh                                                # train, evaluate all
-#   CHECKPOINT=step-0053000 GENERATOR=ema PSI=1.0 POSE_PRIOR=neighbours bash scripts/make_default_model.sh  # shipped
+#   CHECKPOINT=step-0053000 GENERATOR=ema PSI=1.0 POSE_PRIOR=neighbours CALIBRATE_BANK=1 \
+#     bash scripts/make_default_model.sh                                              # the shipped default
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -46,6 +49,7 @@ RUN8=${RUN8:-${RUN}v}
 PSI=${PSI:-1.0}
 GENERATOR=${GENERATOR:-ema}
 POSE_PRIOR=${POSE_PRIOR:-neighbours}
+CALIBRATE_BANK=${CALIBRATE_BANK:-1}
 OUT=${OUT:-presets/models/wav2pix-64}
 CHECKPOINT=${CHECKPOINT:-}
 
@@ -134,10 +138,13 @@ if [ -z "$CHECKPOINT" ]; then
   echo "pick a checkpoint from out/candidates/*.eval/metrics.json and run again with CHECKPOINT=step-NNNNNNN"
   exit 0
 fi
-"$PY" run.py export "$RUN" --checkpoint "$RUN/keep/$CHECKPOINT.safetensors" --generator "$GENERATOR" -o out/default-candidate --truncation "$PSI" --pose-prior "$POSE_PRIOR"
+CALIBRATE=()
+if [ "$POSE_PRIOR" = neighbours ] && [ "$CALIBRATE_BANK" = 1 ]; then CALIBRATE=(--calibrate-bank); fi
+"$PY" run.py export "$RUN" --checkpoint "$RUN/keep/$CHECKPOINT.safetensors" --generator "$GENERATOR" -o out/default-candidate --truncation "$PSI" --pose-prior "$POSE_PRIOR" "${CALIBRATE[@]}"
 "$PY" run.py evaluate out/default-candidate --data "$DATA" --unseen-voices out/unseen_voices --train-pairs 555 --out "$RUN/eval"
 cp "$RUN/eval/metrics.json" "$RUN/metrics.json"
-"$PY" run.py export "$RUN" --checkpoint "$RUN/keep/$CHECKPOINT.safetensors" --generator "$GENERATOR" -o "$OUT" --truncation "$PSI" --pose-prior "$POSE_PRIOR"
+# the evaluated candidate, exported again with its figures (the calibration is not repeated)
+"$PY" run.py export out/default-candidate -o "$OUT" --metrics "$RUN/eval/metrics.json"
 mkdir -p docs/default_model
 cp "$RUN/eval/metrics.json" "$RUN/eval/samples.png" "$RUN/loss.png" "$RUN/config.yaml" "$RUN/command.txt" docs/default_model/
 echo "default model written to $OUT; figures in docs/default_model/"
