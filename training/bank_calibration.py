@@ -389,15 +389,10 @@ def calibrate_on_data(
         train_idx = np.flatnonzero(~np.isin(np.asarray(ds.face_hashes)[ds.face_index], list(val_face_hashes)))
     if len(train_idx) == 0:
         raise UserError(f"bank calibration: no training pairs in {list(data_dirs)}")
-    was_training = net.training
-    net.eval()
-    with torch.no_grad():
-        emb = torch.cat([
-            net.encoder(torch.from_numpy(ds.windows(train_idx[i : i + 256], cfg.audio.window_samples))).float()
-            for i in range(0, len(train_idx), 256)
-        ])  # fmt: skip
+    from training.trainer import speech_embeddings
+
     try:
-        match, worst = match_bank_rows(prior, emb)
+        match, worst = match_bank_rows(prior, speech_embeddings(net, ds, train_idx, cfg.audio.window_samples))
     except ValueError as err:
         raise UserError(str(err)) from err
     rows = train_idx[match]
@@ -408,6 +403,8 @@ def calibrate_on_data(
     real = cache.analyze(ds.faces[train_faces])
     face_row = {int(f): j for j, f in enumerate(train_faces)}
     own = real.embeddings[[face_row[int(f)] for f in ds.face_index[rows]]]
+    was_training = net.training
+    net.eval()
     try:
         out, cal = calibrate_bank(
             net,

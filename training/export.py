@@ -539,6 +539,27 @@ def _wall_time_from_log(path: Path) -> float | None:
     return max(stamps) - min(stamps) if len(stamps) >= 2 else None
 
 
+def _calibrated_bank(
+    prior: Any,
+    net: nn.Module,
+    cfg: Config,
+    identities: list[str],
+    data: list[str],
+    val_face_hashes: set[str] | None,
+    source: Path,
+) -> NeighbourPosePrior:
+    """``export --calibrate-bank``: ``prior`` calibrated by :func:`training.bank_calibration.calibrate_on_data`.
+
+    Raises:
+        UserError: ``prior`` is not a neighbours prior (named with ``source``); as ``calibrate_on_data``.
+    """
+    if not isinstance(prior, NeighbourPosePrior):
+        raise UserError(f"{source}: --calibrate-bank needs the neighbours pose prior (--pose-prior neighbours)")
+    from training.bank_calibration import calibrate_on_data
+
+    return calibrate_on_data(net, cfg, prior, identities, data, val_face_hashes)[0]
+
+
 def reexport_bundle(
     source: Path,
     out: Path,
@@ -570,13 +591,9 @@ def reexport_bundle(
     training["reexported_from"] = {"bundle": str(source), "created": manifest.get("created"),
                                    "files": manifest.get("files", {})}  # fmt: skip
     if calibrate_bank:
-        if not isinstance(prior, NeighbourPosePrior):
-            raise UserError(f"{source}: --calibrate-bank needs a bundle with the neighbours pose prior")
         if "calibration" in (getattr(prior, "fit_report", None) or {}):
             raise UserError(f"{source}: its bank is calibrated already; calibrate the uncalibrated bundle or the run")
-        from training.bank_calibration import calibrate_on_data
-
-        prior, _ = calibrate_on_data(net, cfg, prior, identities, data or list(training.get("data") or []))
+        prior = _calibrated_bank(prior, net, cfg, identities, data or list(training.get("data") or []), None, source)
         training["bank_calibrated"] = True
     return export_bundle(
         net,
@@ -638,19 +655,15 @@ def main(args: argparse.Namespace) -> int:
 
     pose_prior = pose_prior_for_run(run_dir, cfg, getattr(args, "pose_prior", None) or "quantile", net)
     info = dict(info)
-    split = _read_json(run_dir / "split.json") if (run_dir / "split.json").is_file() else {}
-    if not info.get("data"):
+    split = _read_json(run_dir / "split.json") if (run_dir / "split.json").is_file() else None
+    if not info.get("data") and split is not None:
         info["data"] = split.get("data", [])
     if getattr(args, "calibrate_bank", False):
-        if not isinstance(pose_prior, NeighbourPosePrior):
-            raise UserError("--calibrate-bank needs --pose-prior neighbours")
-        from training.bank_calibration import calibrate_on_data
-
-        hashes = split.get("val_face_hashes")
-        pose_prior, _ = calibrate_on_data(
-            net, cfg, pose_prior, list(identities), getattr(args, "data", None) or list(info["data"] or []),
-            None if hashes is None else set(hashes),
-        )  # fmt: skip
+        hashes = (split or {}).get("val_face_hashes")
+        data = getattr(args, "data", None) or list(info.get("data") or [])
+        pose_prior = _calibrated_bank(
+            pose_prior, net, cfg, list(identities), data, None if hashes is None else set(hashes), run_dir
+        )
         info["bank_calibrated"] = True
     if info.get("wall_time_s") is None:
         wall = _wall_time_from_log(run_dir / "log.jsonl")

@@ -774,6 +774,22 @@ def pose_prior_for_run(
 NEIGHBOURS = 16  # the neighbours prior's k (FD within one seed's noise for k = 5 to 20 on the default model)
 
 
+def speech_embeddings(net: torch.nn.Module, ds: PairDataset, indices: np.ndarray, window_samples: int) -> torch.Tensor:
+    """``net.encoder``'s speech embeddings float32 [N, E] of pairs ``indices`` [N] of ``ds`` (one deterministic
+    window of ``window_samples`` samples each, in batches of 256, on the CPU) in eval mode; ``net``'s mode is
+    restored after."""
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            return torch.cat([
+                net.encoder(torch.from_numpy(ds.windows(indices[i : i + 256], window_samples))).float()
+                for i in range(0, len(indices), 256)
+            ])  # fmt: skip
+    finally:
+        net.train(was_training)
+
+
 def _neighbour_pose_prior(
     run_dir: Path, cfg: Config, codes: np.ndarray, known: np.ndarray, net: torch.nn.Module | None
 ) -> NeighbourPosePrior:
@@ -796,14 +812,7 @@ def _neighbour_pose_prior(
     train_idx = train_idx[known[ds.face_index[train_idx]]]
     if len(train_idx) == 0:
         raise UserError(f"{run_dir / POSE_CODES_FILE}: no training pairs with a known pose code for the bank")
-    was_training = net.training
-    net.eval()
-    with torch.no_grad():
-        emb = torch.cat([
-            net.encoder(torch.from_numpy(ds.windows(train_idx[i : i + 256], cfg.audio.window_samples))).float()
-            for i in range(0, len(train_idx), 256)
-        ])  # fmt: skip
-    net.train(was_training)
+    emb = speech_embeddings(net, ds, train_idx, cfg.audio.window_samples)
     faces = ds.face_index[train_idx]
     k = min(NEIGHBOURS, len(train_idx))
     prior = NeighbourPosePrior.from_embeddings(emb.cpu(), torch.from_numpy(codes[faces]), k)
