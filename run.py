@@ -13,9 +13,9 @@ import logging
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("training.trainer", "train a model family on one or more dataset folders"),
-    "evaluate": ("training.evaluate", "evaluate a bundle or run folder (face detection, identity, Fréchet)"),
-    "generate": ("training.generate", "one image per audio file, with a bundle"),
+    "train": ("training.loop", "train a model family (named in the config) on one or more dataset folders"),
+    "evaluate": ("training.evaluate", "evaluate a bundle or run folder with its family's metrics, or rating-station files"),
+    "generate": ("training.generate", "one image (and sound) per audio file, or N samples, with a bundle"),
     "export": ("training.export", "export a run folder to a model bundle (ONNX + torch.export)"),
     "render": ("installation.render", "render an audio or video file to a generated video"),
     "live": ("installation.live", "the live installation: microphone in, generated faces fullscreen"),

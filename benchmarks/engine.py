@@ -1,19 +1,19 @@
-"""Engine latency: raw audio windows -> uint8 images, per backend, next to plain torch eager.
+"""Engine latency: a bundle's inputs -> its outputs (uint8 images, sound), per backend, next to plain torch eager.
 
 For batch 1 (the live case) and batch 32 (offline render), every backend that
 can run here is timed over ``--calls`` calls after warm-up, in round-robin
 chunks so that background load hits all of them alike. Reported: p50 / p99 /
 mean latency per call (ms), per-item time, throughput, the ratio
 ``eager p50 / backend p50``, and the backend's max abs error against eager on
-the same inputs (float images in [-1, 1]). With ``--repeats R`` the whole
+the same inputs (every float output: images and sound in [-1, 1]). With ``--repeats R`` the whole
 round robin runs R times a second apart: percentiles pool all ``R x calls``
 calls, and ``ratio_range`` (``ratio_per_repeat`` in the JSON) shows how far
 the eager/backend ratio moves between repeats on a noisy machine.
 
-"torch eager" is, when the training package is importable, the export wrapper
-:class:`training.models.wav2pix.Wav2PixInference` rebuilt from the bundle's
-``generator.safetensors`` + ``config.yaml`` (spectral norm baked, exactly the
-module that was exported); otherwise the ``model.pt2`` program's ``.module()``.
+"torch eager" is, when the training package is importable, the family's
+inference graph rebuilt from the bundle's ``generator.safetensors`` +
+``config.yaml`` (spectral norm baked, exactly the module that was exported);
+otherwise the ``model.pt2`` program's ``.module()``.
 The row's ``note`` says which.
 
 ``onnxruntime-cpu`` runs the graph after the exact rewrites of
@@ -30,7 +30,6 @@ between calls.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import time
@@ -92,30 +91,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _eager(bundle_dir: Path) -> tuple[Callable[[Any, Any], Any], str]:
-    """(module, description) of plain torch eager for the bundle (see the module docstring)."""
+def _eager(bundle_dir: Path) -> tuple[Callable[..., Any], str]:
+    """(module, description) of plain torch eager for the bundle (see the module docstring): the family's inference
+    graph rebuilt from ``generator.safetensors``, or the ``model.pt2`` program without the training package."""
     import torch
 
     try:
-        from safetensors.torch import load_file
-
-        from training.config import load_config
-        from training.export import inference_module, split_pose_prior
-        from training.models.wav2pix import Wav2PixGenerator
+        from training.export import _bundle_options, inference_graph, load_bundle_source
+        from training.families.contract import GraphSource
     except ImportError as exc:
         log.info("training package not importable (%s); eager = model.pt2 .module()", exc)
     else:
-        cfg = load_config(bundle_dir / "config.yaml")
-        state, prior = split_pose_prior(load_file(str(bundle_dir / "generator.safetensors")))
-        n_ids = state["speech_classifier.weight"].shape[0] if "speech_classifier.weight" in state else 1
-        net = Wav2PixGenerator(cfg.audio, cfg.model, n_ids)
-        net.load_state_dict(state)
-        psi = float(json.loads((bundle_dir / "bundle.json").read_text()).get("truncation", 1.0))
-        return inference_module(
-            net, psi, prior
-        ), "torch eager: Wav2PixInference from generator.safetensors (spectral norm baked)"
+        src = load_bundle_source(bundle_dir)
+        parser = argparse.ArgumentParser(add_help=False)
+        src.family.add_export_arguments(parser.add_argument_group())
+        options = argparse.Namespace(**{**vars(parser.parse_args([])), **_bundle_options(src, parser.parse_args([]))})
+        source = GraphSource(bundle_tensors=src.extra_tensors, family_info=src.manifest["family_info"])
+        graph = inference_graph(src.family, src.cfg, src.G, src.labels, source, options)
+        return graph.module, f"torch eager: the {src.family.name} graph from generator.safetensors (spectral norm baked)"
     program = torch.export.load(str(bundle_dir / "model.pt2"))
     return program.module(), "torch eager: model.pt2 ExportedProgram.module()"
+
+
+def _example_inputs(bundle: Any, batch: int) -> dict[str, np.ndarray]:
+    """Inputs for a batch: ``audio`` clipped N(0, 0.3), ``class`` one-hot, anything else N(0, 1)."""
+    rng = np.random.default_rng(batch)
+    out = {}
+    for name, spec in bundle.inputs.items():
+        shape = (batch, *spec.item_shape)
+        if name == "audio":
+            out[name] = np.clip(0.3 * rng.standard_normal(shape), -1, 1).astype(np.float32)
+        elif name == "class":
+            out[name] = np.eye(shape[1], dtype=np.float32)[rng.integers(0, shape[1], batch)]
+        else:
+            out[name] = rng.standard_normal(shape).astype(np.float32)
+    return out
+
+
+def _outputs(out: Any) -> tuple[Any, ...]:
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
 def _note(name: str, gen: Any) -> str:
@@ -216,24 +230,27 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     if not generators:
         log.warning("no engine backend could run %s", bundle_dir)
 
-    window, noise_dim = bundle.window_samples, bundle.noise_dim
+    names = list(bundle.outputs)
     timed: list[dict[str, Any]] = []
     for batch in batches:
-        rng = np.random.default_rng(batch)
-        audio = np.clip(0.3 * rng.standard_normal((batch, window)), -1, 1).astype(np.float32)
-        noise = rng.standard_normal((batch, noise_dim)).astype(np.float32)
+        inputs = _example_inputs(bundle, batch)
+        args_ = [torch.from_numpy(inputs[k]) for k in bundle.inputs]
         with torch.inference_mode():
-            reference = eager(torch.from_numpy(audio), torch.from_numpy(noise)).numpy()
+            reference = dict(zip(names, (o.numpy() for o in _outputs(eager(*args_)))))
 
-        def eager_call(a: np.ndarray = audio, z: np.ndarray = noise) -> np.ndarray:
+        def eager_call(a: list = args_) -> dict[str, np.ndarray]:
             with torch.inference_mode():
-                return to_uint8(eager(torch.from_numpy(a), torch.from_numpy(z)).numpy())
+                out = dict(zip(names, (o.numpy() for o in _outputs(eager(*a)))))
+            if "image" in out:
+                out["image"] = to_uint8(out["image"])
+            return out
 
         runners: dict[str, Callable[[], Any]] = {"torch-eager": eager_call}
         errors: dict[str, float] = {"torch-eager": 0.0}
         for name, gen in generators.items():
-            runners[name] = lambda g=gen, a=audio, z=noise: g(a, z)
-            errors[name] = float(np.abs(gen.run(audio, noise) - reference).max())
+            runners[name] = lambda g=gen, x=inputs: g.generate(**x)
+            got = gen.run(**inputs)
+            errors[name] = max(float(np.abs(got[k] - reference[k]).max()) for k in names)
         warm = 20 if batch == 1 else 5
         times: dict[str, list[float]] = {name: [] for name in runners}
         ratios: dict[str, list[float]] = {name: [] for name in runners}

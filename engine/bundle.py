@@ -2,7 +2,9 @@
 
 A bundle is a directory holding ``bundle.json`` (the manifest), ``model.onnx``,
 ``model.pt2``, ``generator.safetensors``, ``config.yaml``, ``metrics.json`` and
-``TRAINING.md`` (see ``docs/CONTRACTS.md``). :func:`load_bundle` reads the
+``TRAINING.md`` (see ``docs/CONTRACTS.md``). The graph's inputs and outputs are
+named (``audio``, ``noise``, ``class`` in; ``image``, ``sound`` out), so the
+runtime reads what a bundle makes without asking which family made it. :func:`load_bundle` reads the
 manifest, passes it through the single upgrade function
 :func:`upgrade_manifest`, validates it, and checks every listed file against
 its sha256, so a truncated copy or a hand-edited graph is caught at load time
@@ -14,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +25,8 @@ from engine.errors import UserError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-"""The manifest format this engine writes and reads natively."""
+FORMAT_VERSION = 2
+"""The manifest format this engine writes and reads natively (format 1 bundles are upgraded on load)."""
 
 MANIFEST = "bundle.json"
 ONNX_FILE = "model.onnx"
@@ -33,20 +36,27 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
 TRAINING_FILE = "TRAINING.md"
 
+FILLS = ("normal", "zeros", "required")
+"""How the engine fills an input the caller leaves out: seeded standard-normal noise, zeros, or not at all."""
+
 _REQUIRED_KEYS: dict[str, type | tuple[type, ...]] = {
     "format_version": int,
     "family": str,
     "sample_rate": int,
-    "window_samples": int,
-    "noise_dim": int,
-    "image_size": int,
     "inputs": dict,
     "outputs": dict,
-    "identities": list,
+    "labels": list,
+    "family_info": dict,
     "files": dict,
     "created": str,
     "training": dict,
 }
+
+
+def cache_root() -> Path:
+    """The engine's cache folder (rewritten graphs, TensorRT plans): ``$AVGAN_CACHE`` or ``~/.cache/avgan``."""
+    root = os.environ.get("AVGAN_CACHE")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "avgan"
 
 
 class BundleError(UserError, ValueError):
@@ -62,30 +72,35 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _upgrade_v0(m: dict[str, Any]) -> dict[str, Any]:
-    """Pre-release (unversioned) manifests -> format 1.
+#: format-1 top-level keys that format 2 keeps under ``family_info`` (wav2pix's pose code and prior)
+_V1_FAMILY_KEYS = ("truncation", "pose_code_dim", "appearance_code_dim", "pose_prior", "pose_prior_fit")
 
-    Those drafts had no ``format_version``, stated the window in seconds
-    (``window_seconds``) instead of samples, and had no ``inputs``/``outputs``,
-    ``identities``, ``created`` or ``training`` keys.
+
+def _upgrade_v1(m: dict[str, Any]) -> dict[str, Any]:
+    """Format 1 (until 2026-12, wav2pix only) -> format 2.
+
+    Format 1 listed inputs and outputs as bare shapes (``{"audio": [null, S], "noise": [null, Z]}``), repeated
+    ``window_samples``, ``noise_dim`` and ``image_size`` at the top level, called the labels ``identities`` and
+    kept the pose-prior keys at the top level.
     """
     m = dict(m)
-    if "window_samples" not in m and "window_seconds" in m and "sample_rate" in m:
-        m["window_samples"] = int(round(float(m["sample_rate"]) * float(m.pop("window_seconds"))))
-    m.setdefault("family", "wav2pix")
-    m.setdefault("identities", [])
-    m.setdefault("created", "")
-    m.setdefault("training", {})
-    if "window_samples" in m and "noise_dim" in m:
-        m.setdefault("inputs", {"audio": [None, m["window_samples"]], "noise": [None, m["noise_dim"]]})
-    if "image_size" in m:
-        m.setdefault("outputs", {"image": [None, 3, m["image_size"], m["image_size"]]})
-    m["format_version"] = 1
+    fills = {"noise": "normal"}
+    m["inputs"] = {k: {"shape": v, "fill": fills.get(k, "required")} for k, v in dict(m.get("inputs", {})).items()}
+    m["outputs"] = {k: {"shape": v} for k, v in dict(m.get("outputs", {})).items()}
+    m["labels"] = list(m.pop("identities", []))
+    info = dict(m.get("family_info") or {})
+    for key in _V1_FAMILY_KEYS:
+        if key in m:
+            info[key] = m.pop(key)
+    m["family_info"] = info
+    for key in ("window_samples", "noise_dim", "image_size"):
+        m.pop(key, None)
+    m["format_version"] = 2
     return m
 
 
 # from-version -> function returning the manifest at from-version + 1
-_UPGRADES = {0: _upgrade_v0}
+_UPGRADES = {1: _upgrade_v1}
 
 
 def upgrade_manifest(manifest: dict[str, Any], source: str = MANIFEST) -> dict[str, Any]:
@@ -99,13 +114,17 @@ def upgrade_manifest(manifest: dict[str, Any], source: str = MANIFEST) -> dict[s
         A new dict at ``format_version == FORMAT_VERSION``; unknown extra keys are kept.
 
     Raises:
-        BundleError: the version is not an integer, is newer than this engine
+        BundleError: the version is missing, not an integer, 0 or negative, newer than this engine
             understands, or has no upgrade path.
     """
     m = dict(manifest)
-    version = m.get("format_version", 0)
+    if "format_version" not in m:
+        raise BundleError(f"{source}: no 'format_version' (not a model bundle written by `run.py export`)")
+    version = m["format_version"]
     if isinstance(version, bool) or not isinstance(version, int):
         raise BundleError(f"{source}: 'format_version' must be an integer, got {version!r}")
+    if version < 1:
+        raise BundleError(f"{source}: 'format_version' must be 1 or more, got {version}")
     if version > FORMAT_VERSION:
         raise BundleError(
             f"{source}: bundle format_version {version} is newer than this engine supports "
@@ -121,7 +140,48 @@ def upgrade_manifest(manifest: dict[str, Any], source: str = MANIFEST) -> dict[s
     return m
 
 
-def _validate(m: dict[str, Any], source: str) -> None:
+@dataclass(frozen=True)
+class IOSpec:
+    """One named input or output of a bundle's graph.
+
+    Attributes:
+        name: e.g. ``"audio"``, ``"noise"``, ``"class"``, ``"image"``, ``"sound"``.
+        shape: float32 shape with ``None`` for the batch axis (axis 0), e.g. ``(None, 16000)``.
+        doc: what it holds, with units.
+        fill: inputs only: how the engine fills it when the caller leaves it out (:data:`FILLS`).
+    """
+
+    name: str
+    shape: tuple[int | None, ...]
+    doc: str = ""
+    fill: str = "required"
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        """The shape of one batch item (``shape[1:]``)."""
+        return tuple(int(d) for d in self.shape[1:])  # type: ignore[arg-type]
+
+
+def _io_specs(value: Any, key: str, source: str, inputs: bool) -> dict[str, IOSpec]:
+    if not value:
+        raise BundleError(f"{source}: '{key}' must name at least one tensor")
+    specs = {}
+    for name, spec in value.items():
+        where = f"{source}: '{key}.{name}'"
+        if not isinstance(spec, dict) or not isinstance(spec.get("shape"), list):
+            raise BundleError(f"{where} must be an object with a 'shape' list, got {spec!r}")
+        shape = spec["shape"]
+        if not shape or shape[0] is not None or any(isinstance(d, bool) or not isinstance(d, int) or d < 1
+                                                    for d in shape[1:]):  # fmt: skip
+            raise BundleError(f"{where}: shape must be [null, n1, ...] with positive sizes, got {shape!r}")
+        fill = spec.get("fill", "required")
+        if fill not in FILLS or (not inputs and "fill" in spec):
+            raise BundleError(f"{where}: 'fill' must be one of {', '.join(FILLS)} (inputs only), got {fill!r}")
+        specs[name] = IOSpec(name, tuple(shape), str(spec.get("doc", "")), fill)
+    return specs
+
+
+def _validate(m: dict[str, Any], source: str) -> tuple[dict[str, IOSpec], dict[str, IOSpec]]:
     for key, tp in _REQUIRED_KEYS.items():
         if key not in m:
             raise BundleError(f"{source}: missing key '{key}'")
@@ -129,9 +189,17 @@ def _validate(m: dict[str, Any], source: str) -> None:
         if isinstance(value, bool) or not isinstance(value, tp):
             name = tp.__name__ if isinstance(tp, type) else "/".join(t.__name__ for t in tp)
             raise BundleError(f"{source}: key '{key}' must be {name}, got {value!r}")
-    for key in ("sample_rate", "window_samples", "noise_dim", "image_size"):
-        if m[key] <= 0:
-            raise BundleError(f"{source}: key '{key}' must be positive, got {m[key]!r}")
+    if m["sample_rate"] <= 0:
+        raise BundleError(f"{source}: key 'sample_rate' must be positive, got {m['sample_rate']!r}")
+    inputs = _io_specs(m["inputs"], "inputs", source, True)
+    outputs = _io_specs(m["outputs"], "outputs", source, False)
+    image = outputs.get("image")
+    if image is not None and (len(image.shape) != 4 or image.shape[1] != 3):
+        raise BundleError(f"{source}: 'outputs.image' must be [null, 3, H, W], got {list(image.shape)}")
+    for name in ("sound", "audio"):
+        spec = outputs.get(name) if name == "sound" else inputs.get(name)
+        if spec is not None and len(spec.shape) != 2:
+            raise BundleError(f"{source}: '{name}' must be [null, samples], got {list(spec.shape)}")
     for name, digest in m["files"].items():
         if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
             raise BundleError(f"{source}: 'files' entry {name!r} is not a plain file name")
@@ -139,6 +207,7 @@ def _validate(m: dict[str, Any], source: str) -> None:
             raise BundleError(f"{source}: 'files' entry '{name}' must be a 64-character sha256 hex digest")
     if ONNX_FILE not in m["files"]:
         raise BundleError(f"{source}: 'files' does not list {ONNX_FILE}")
+    return inputs, outputs
 
 
 @dataclass(frozen=True)
@@ -149,11 +218,10 @@ class Bundle:
         path: the bundle directory.
         manifest: the upgraded manifest (``format_version == FORMAT_VERSION``).
         family: model family name, e.g. ``"wav2pix"``.
-        sample_rate: audio sample rate in Hz the graph expects.
-        window_samples: samples per conditioning window (the ``audio`` input's second axis).
-        noise_dim: length of the ``noise`` input's second axis.
-        image_size: output side in pixels (images are square).
-        identities: identity names; index = training label.
+        sample_rate: Hz of the ``audio`` input and of a ``sound`` output.
+        inputs, outputs: name -> :class:`IOSpec`, in the graph's order.
+        labels: class names the model was trained with (speakers, scene classes; index = label).
+        family_info: the family's own manifest keys (e.g. wav2pix's pose prior).
         files: file name -> sha256 hex digest, as listed in the manifest.
     """
 
@@ -161,11 +229,31 @@ class Bundle:
     manifest: dict[str, Any] = field(repr=False)
     family: str
     sample_rate: int
-    window_samples: int
-    noise_dim: int
-    image_size: int
-    identities: tuple[str, ...]
+    inputs: dict[str, IOSpec] = field(repr=False)
+    outputs: dict[str, IOSpec] = field(repr=False)
+    labels: tuple[str, ...]
+    family_info: dict[str, Any] = field(repr=False)
     files: dict[str, str] = field(repr=False)
+
+    @property
+    def window_samples(self) -> int:
+        """Samples per conditioning window (the ``audio`` input's second axis); 0 without an audio input."""
+        return self.inputs["audio"].shape[1] if "audio" in self.inputs else 0  # type: ignore[return-value]
+
+    @property
+    def noise_dim(self) -> int:
+        """Length of the ``noise`` input's second axis; 0 without a noise input."""
+        return self.inputs["noise"].shape[1] if "noise" in self.inputs else 0  # type: ignore[return-value]
+
+    @property
+    def image_size(self) -> int:
+        """Side of the ``image`` output in pixels (its height); 0 without one."""
+        return self.outputs["image"].shape[2] if "image" in self.outputs else 0  # type: ignore[return-value]
+
+    @property
+    def sound_samples(self) -> int:
+        """Samples of the ``sound`` output at :attr:`sample_rate`; 0 without one."""
+        return self.outputs["sound"].shape[1] if "sound" in self.outputs else 0  # type: ignore[return-value]
 
     @property
     def onnx_path(self) -> Path:
@@ -245,7 +333,7 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
         root = root.parent
     source = str(root / MANIFEST)
     manifest = upgrade_manifest(read_manifest(root), source=source)
-    _validate(manifest, source)
+    inputs, outputs = _validate(manifest, source)
     files: dict[str, str] = dict(manifest["files"])
     for name, expected in files.items():
         fpath = root / name
@@ -268,9 +356,9 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
         manifest=manifest,
         family=manifest["family"],
         sample_rate=manifest["sample_rate"],
-        window_samples=manifest["window_samples"],
-        noise_dim=manifest["noise_dim"],
-        image_size=manifest["image_size"],
-        identities=tuple(str(i) for i in manifest["identities"]),
+        inputs=inputs,
+        outputs=outputs,
+        labels=tuple(str(i) for i in manifest["labels"]),
+        family_info=dict(manifest["family_info"]),
         files=files,
     )

@@ -5,11 +5,17 @@ builds one from a plain mapping (e.g. parsed YAML) and rejects unknown keys and
 wrong types *before* anything starts, naming the offending key path, in the
 spirit of nanoGPT's strict configurator. Nested dataclasses, ``tuple[...]``,
 ``list[...]``, ``Literal[...]`` and ``X | None`` fields are supported.
+
+Numbers are checked too: a float must be finite (``.nan`` and ``.inf`` in YAML are refused for every
+float field), and a field declared with :func:`ranged` (``metadata={"range": (lo, hi), "unit": ...}``)
+must lie in its inclusive range (each item, for a tuple). The error names the source file, the key
+path, the value and the allowed range.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -22,6 +28,36 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config value or key is invalid. The message names source, key and expectation."""
+
+
+def ranged(default: Any, lo: float | None, hi: float | None, unit: str = "") -> Any:
+    """A dataclass field whose value (each item, for a tuple) must lie in the inclusive range [lo, hi].
+
+    ``None`` leaves that side open. ``unit`` (e.g. ``"s"``, ``"Hz"``, ``"px"``) is quoted in the error message.
+    :func:`from_mapping` checks the range of every value it reads.
+    """
+    return dataclasses.field(default=default, metadata={"range": (lo, hi), "unit": unit})
+
+
+def range_text(lo: float | None, hi: float | None, unit: str = "") -> str:
+    """``"[lo, hi] unit"`` with ``-inf`` / ``+inf`` for open sides."""
+    lo_text = "-inf" if lo is None else f"{lo:g}"
+    hi_text = "+inf" if hi is None else f"{hi:g}"
+    return f"[{lo_text}, {hi_text}]" + (f" {unit}" if unit else "")
+
+
+def check_range(field: dataclasses.Field, value: Any, key: str, source: str) -> None:
+    """Raise :class:`ConfigError` if ``value`` (or an item of it) is outside ``field``'s declared range."""
+    if "range" not in field.metadata:
+        return
+    lo, hi = field.metadata["range"]
+    items = value if isinstance(value, (tuple, list)) else (value,)
+    for item in items:
+        if item is None or isinstance(item, bool) or not isinstance(item, (int, float)):
+            continue
+        if (lo is not None and item < lo) or (hi is not None and item > hi):
+            allowed = range_text(lo, hi, field.metadata.get("unit", ""))
+            raise ConfigError(f"{source}: key '{key}': {value!r} out of range {allowed}")
 
 
 def _describe(tp: Any) -> str:
@@ -88,6 +124,8 @@ def _convert(tp: Any, value: Any, key: str, source: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -107,7 +145,8 @@ def from_mapping(cls: type[T], data: dict[str, Any] | None, source: str = "<conf
 
     Raises:
         ConfigError: an unknown key (names it and lists the allowed ones), a value
-            of the wrong type, or a required key that is missing.
+            of the wrong type, a non-finite float, a value outside its field's declared range
+            (:func:`ranged`), or a required key that is missing.
     """
     data = dict(data or {})
     hints = get_type_hints(cls)
@@ -119,6 +158,7 @@ def from_mapping(cls: type[T], data: dict[str, Any] | None, source: str = "<conf
     for name, field in fields.items():
         if name in data:
             kwargs[name] = _convert(hints[name], data[name], prefix + name, source)
+            check_range(field, kwargs[name], prefix + name, source)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{source}: missing required key '{prefix}{name}'")
     try:

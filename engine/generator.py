@@ -4,6 +4,7 @@
 >>> gen.backend_name, gen.backend_reason                     # doctest: +SKIP
 ('onnxruntime-cpu', 'tensorrt: not installed; ...; chose onnxruntime-cpu')
 >>> images = gen(audio)          # float32 [B, 16000] -> uint8 [B, 64, 64, 3]  # doctest: +SKIP
+>>> out = gen.run(audio=audio, noise=noise)   # {"image": float32 [B, 3, 64, 64]}  # doctest: +SKIP
 
 Backend choice (``backend="auto"``) tries, in order: ``tensorrt`` >
 ``onnxruntime-cuda`` > ``torch-cuda`` > ``onnxruntime-cpu`` > ``torch-cpu``,
@@ -102,8 +103,9 @@ class Generator:
         bundle: the loaded :class:`engine.bundle.Bundle`.
         backend_name: the backend in use, e.g. ``"onnxruntime-cpu"``.
         backend_reason: why it was chosen, e.g. ``"tensorrt: not installed; ...; chose onnxruntime-cpu"``.
-        sample_rate: Hz. window_samples: samples per window. noise_dim: noise length.
-        image_size: output side in pixels.
+        sample_rate: Hz of the audio input and sound output. window_samples: samples per audio window (0: no
+        audio input). noise_dim: noise length (0: none). image_size: image side in pixels (0: no image output).
+        labels: the class names the model was trained with (speakers, scene classes).
 
     Raises:
         engine.bundle.BundleError: the bundle is missing or corrupted.
@@ -136,7 +138,7 @@ class Generator:
         self.window_samples = self.bundle.window_samples
         self.noise_dim = self.bundle.noise_dim
         self.image_size = self.bundle.image_size
-        self.identities = self.bundle.identities
+        self.labels = self.bundle.labels
         _, device_index = parse_device(device)
         skipped: list[str] = []
         self._backend: Backend | None = None
@@ -175,71 +177,110 @@ class Generator:
         """Standard normal noise float32 [batch, noise_dim]; the same ``seed`` gives the same noise."""
         return np.random.default_rng(seed).standard_normal((int(batch), self.noise_dim), dtype=np.float32)
 
-    def _check_audio(self, audio: np.ndarray) -> np.ndarray:
-        arr = np.asarray(audio)
-        if arr.ndim != 2:
-            hint = "; add a batch axis with audio[None]" if arr.ndim == 1 else ""
+    def _check(self, name: str, value: np.ndarray, batch: int | None) -> np.ndarray:
+        spec = self.bundle.inputs[name]
+        arr = np.asarray(value)
+        item = spec.item_shape
+        if name == "audio" and arr.ndim == 1:
             raise EngineInputError(
                 f"audio must have shape [batch, {self.window_samples}] (window_samples at {self.sample_rate} Hz), "
-                f"got shape {tuple(arr.shape)}{hint}"
+                f"got shape {tuple(arr.shape)}; add a batch axis with audio[None]"
             )
-        if arr.shape[1] != self.window_samples:
+        if name == "audio" and arr.ndim == 2 and arr.shape[1] != item[0]:
             seconds = self.window_samples / self.sample_rate
             raise EngineInputError(
                 f"audio has {arr.shape[1]} samples per window; this bundle expects window_samples="
                 f"{self.window_samples} ({seconds:g} s at {self.sample_rate} Hz)"
             )
+        if arr.ndim != len(item) + 1 or tuple(arr.shape[1:]) != item or (batch is not None and len(arr) != batch):
+            want = ", ".join(str(d) for d in ("batch" if batch is None else batch, *item))
+            raise EngineInputError(f"{name} must have shape [{want}] ({spec.doc or name}), got shape {tuple(arr.shape)}")
         if not np.issubdtype(arr.dtype, np.floating):
-            raise EngineInputError(
-                f"audio must be float samples in [-1, 1], got dtype {arr.dtype} (int16 PCM: divide by 32768)"
-            )
+            hint = " (int16 PCM: divide by 32768)" if name == "audio" else ""
+            raise EngineInputError(f"{name} must be float, got dtype {arr.dtype}{hint}")
         return np.ascontiguousarray(arr, dtype=np.float32)
 
-    def _check_noise(self, noise: np.ndarray, batch: int) -> np.ndarray:
-        arr = np.asarray(noise)
-        if arr.ndim != 2 or arr.shape != (batch, self.noise_dim):
-            raise EngineInputError(
-                f"noise must have shape [{batch}, {self.noise_dim}] (batch of the audio, noise_dim), "
-                f"got shape {tuple(arr.shape)}"
-            )
-        if not np.issubdtype(arr.dtype, np.floating):
-            raise EngineInputError(f"noise must be float (standard normal), got dtype {arr.dtype}")
-        return np.ascontiguousarray(arr, dtype=np.float32)
+    def complete_inputs(self, inputs: dict[str, np.ndarray], seed: int | None = None, batch: int | None = None):
+        """Check ``inputs`` against the bundle and fill the ones left out (``fill`` in the manifest).
+
+        Args:
+            inputs: float arrays by input name, each with the same batch size.
+            seed: seed of the standard-normal inputs that are filled (``None``: fresh noise every call).
+            batch: the batch size when no input is given (an unconditional bundle's noise is then drawn).
+
+        Returns:
+            float32 C-contiguous arrays for every input of the graph.
+
+        Raises:
+            EngineInputError: an unknown input name, a required input missing, wrong shapes, batch sizes or
+                dtypes, or no way to tell the batch size.
+        """
+        unknown = sorted(set(inputs) - set(self.bundle.inputs))
+        if unknown:
+            raise EngineInputError(f"unknown input(s) {unknown}; this bundle takes {list(self.bundle.inputs)}")
+        if batch is None and inputs:
+            batch = len(np.asarray(next(iter(inputs.values()))))
+        if batch is None:
+            raise EngineInputError("no input given: pass batch= (the number of samples to generate)")
+        out: dict[str, np.ndarray] = {}
+        rng = np.random.default_rng(seed)
+        for name, spec in self.bundle.inputs.items():
+            if name in inputs:
+                out[name] = self._check(name, inputs[name], batch)
+            elif spec.fill == "normal":
+                out[name] = rng.standard_normal((batch, *spec.item_shape), dtype=np.float32)
+            elif spec.fill == "zeros":
+                out[name] = np.zeros((batch, *spec.item_shape), np.float32)
+            else:
+                raise EngineInputError(f"input '{name}' is required ({spec.doc or name}); got {sorted(inputs)}")
+        return out
 
     # -- running ----------------------------------------------------------------------------
 
-    def run(self, audio: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        """Run the graph on raw audio windows.
+    def run(self, *, seed: int | None = None, batch: int | None = None, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the graph on named inputs; returns its named outputs.
 
         Args:
-            audio: float [B, window_samples] samples in [-1, 1] at ``sample_rate`` Hz
-                (any float dtype; converted to float32).
-            noise: float [B, noise_dim], standard normal.
+            **inputs: float arrays by input name, the same batch size each: e.g. ``audio`` [B, window_samples]
+                samples in [-1, 1] at ``sample_rate`` Hz, ``noise`` [B, noise_dim] standard normal. Inputs left
+                out are filled as the manifest says (:meth:`complete_inputs`).
+            seed: seed of the filled noise. batch: batch size when no input is given.
 
         Returns:
-            float32 [B, 3, image_size, image_size] in [-1, 1]. Batches larger than
-            ``max_batch`` are split into several backend calls.
+            float32 arrays by output name: ``image`` [B, 3, H, W] in [-1, 1], ``sound`` [B, N] in [-1, 1] at
+            ``sample_rate`` Hz. Batches larger than ``max_batch`` are split into several backend calls.
 
         Raises:
-            EngineInputError: wrong rank, window length, batch or dtype.
+            EngineInputError: as :meth:`complete_inputs`.
         """
-        a = self._check_audio(audio)
-        z = self._check_noise(noise, a.shape[0])
+        feeds = self.complete_inputs(inputs, seed, batch)
         if self._backend is None:
             raise RuntimeError("Generator is closed")
-        batch = a.shape[0]
-        if batch == 0:
-            return np.zeros((0, 3, self.image_size, self.image_size), dtype=np.float32)
-        if batch <= self.max_batch:
-            return self._backend.run(a, z)
+        n = len(next(iter(feeds.values())))
+        if n == 0:
+            return {k: np.zeros((0, *spec.item_shape), np.float32) for k, spec in self.bundle.outputs.items()}
+        if n <= self.max_batch:
+            return self._backend.run(feeds)
         parts = [
-            self._backend.run(a[i : i + self.max_batch], z[i : i + self.max_batch])
-            for i in range(0, batch, self.max_batch)
+            self._backend.run({k: v[i : i + self.max_batch] for k, v in feeds.items()})
+            for i in range(0, n, self.max_batch)
         ]
-        return np.concatenate(parts, axis=0)
+        return {k: np.concatenate([p[k] for p in parts], axis=0) for k in self.bundle.outputs}
+
+    def generate(
+        self, *, seed: int | None = None, batch: int | None = None, **inputs: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """:meth:`run` with the outputs ready to show and play: ``image`` as uint8 [B, H, W, 3] RGB
+        (:func:`to_uint8`), ``sound`` float32 [B, N] clipped to [-1, 1]; other outputs as they are."""
+        out = self.run(seed=seed, batch=batch, **inputs)
+        if "image" in out:
+            out["image"] = to_uint8(out["image"])
+        if "sound" in out:
+            out["sound"] = np.clip(out["sound"], -1.0, 1.0)
+        return out
 
     def __call__(self, audio: np.ndarray, noise: np.ndarray | None = None, seed: int | None = None) -> np.ndarray:
-        """Raw audio windows -> uint8 images.
+        """Convenience for image bundles with an audio input: raw audio windows -> uint8 images.
 
         Args:
             audio: float [B, window_samples] samples in [-1, 1] at ``sample_rate`` Hz.
@@ -250,20 +291,22 @@ class Generator:
             uint8 [B, H, W, 3] RGB, ``round((x + 1) * 127.5)`` clipped to [0, 255].
 
         Raises:
-            EngineInputError: wrong shapes or dtypes.
+            EngineInputError: wrong shapes or dtypes, or a bundle without an audio input or image output.
         """
-        a = self._check_audio(audio)
-        z = self.make_noise(a.shape[0], seed) if noise is None else noise
-        return to_uint8(self.run(a, z))
+        if "audio" not in self.bundle.inputs or "image" not in self.bundle.outputs:
+            raise EngineInputError(f"{self.bundle.path}: not an audio -> image bundle; use Generator.run")
+        inputs = {"audio": audio} if noise is None else {"audio": audio, "noise": noise}
+        return to_uint8(self.run(seed=seed, **inputs)["image"])
 
     def warmup(self, calls: int = 3) -> None:
-        """Run ``calls`` batch-1 and ``max(1, calls - 1)`` max-batch calls on silence-plus-noise."""
+        """Run ``calls`` batch-1 and ``max(1, calls - 1)`` max-batch calls on quiet noise (other inputs filled)."""
         rng = np.random.default_rng(0)
         for batch, n in ((1, calls), (self.max_batch, max(1, calls - 1))):
-            audio = (0.1 * rng.standard_normal((batch, self.window_samples))).astype(np.float32)
-            noise = self.make_noise(batch, 0)
+            inputs = {}
+            if "audio" in self.bundle.inputs:
+                inputs["audio"] = (0.1 * rng.standard_normal((batch, self.window_samples))).astype(np.float32)
             for _ in range(n):
-                self.run(audio, noise)
+                self.run(seed=0, batch=batch, **inputs)
 
     def close(self) -> None:
         """Release the backend (sessions, engines, device memory)."""

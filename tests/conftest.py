@@ -22,7 +22,7 @@ TINY_METRICS = {"fid": 123.4, "identity_accuracy": 0.5}
 
 @dataclass(frozen=True)
 class TinyModel:
-    """A tiny random generator: ``net`` (Wav2PixGenerator, eval), ``cfg`` (Config), ``identities``."""
+    """A tiny random generator: ``net`` (Wav2PixGenerator, eval), ``cfg`` (Wav2PixConfig), ``identities``."""
 
     net: Any
     cfg: Any
@@ -30,18 +30,22 @@ class TinyModel:
 
     def eager(self) -> Any:
         """The torch eager inference module (spectral norm baked), i.e. what was exported."""
-        from training.export import inference_module
+        from training.export import bake_parametrizations
+        from training.families.wav2pix.inference import Wav2PixInference
 
-        return inference_module(self.net)
+        return Wav2PixInference(bake_parametrizations(self.net)).eval()
 
 
 def tiny_config() -> Any:
-    """A fast 64 px wav2pix config (mel front end, 1 s at 16 kHz)."""
-    from training.config import Config, ModelConfig
+    """A fast 64 px wav2pix config (mel front end, 1 s at 16 kHz, no pose code)."""
+    from training.families.wav2pix.config import ModelConfig, Wav2PixConfig
 
-    return Config(
-        model=ModelConfig(g_channels=32, d_channels=8, encoder_channels=16, embedding_dim=32, noise_dim=16, n_mels=32)
-    )
+    return Wav2PixConfig(
+        model=ModelConfig(
+            g_channels=32, g_min_channels=16, d_channels=8, encoder_channels=16, embedding_dim=32, noise_dim=16,
+            n_mels=32, pose_code_dim=0,
+        )
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +53,7 @@ def tiny_model() -> TinyModel:
     """See the module docstring."""
     import torch
 
-    from training.models.wav2pix import Wav2PixGenerator
+    from training.families.wav2pix.networks import Wav2PixGenerator
 
     cfg = tiny_config()
     torch.manual_seed(0)

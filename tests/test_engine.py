@@ -76,7 +76,7 @@ def test_backend_matches_torch_eager(backend: str, tiny_bundle: Path, tiny_model
             audio, noise = _inputs(tiny_model.cfg, batch, seed=batch)
             with torch.inference_mode():
                 expected = eager(torch.from_numpy(audio), torch.from_numpy(noise)).numpy()
-            got = gen.run(audio, noise)
+            got = gen.run(audio=audio, noise=noise)["image"]
             assert got.shape == (batch, 3, 64, 64) and got.dtype == np.float32
             assert np.abs(got - expected).max() <= tol, backend
     finally:
@@ -87,8 +87,8 @@ def test_backend_matches_torch_eager(backend: str, tiny_bundle: Path, tiny_model
 def test_batch1_equals_batchN_and_splitting(backend: str, tiny_bundle: Path, tiny_model) -> None:
     gen = Generator(tiny_bundle, backend=backend, max_batch=2, warmup=False)
     audio, noise = _inputs(tiny_model.cfg, 5, seed=7)
-    whole = gen.run(audio, noise)  # 5 > max_batch=2: split into 2 + 2 + 1
-    singles = np.concatenate([gen.run(audio[i : i + 1], noise[i : i + 1]) for i in range(5)])
+    whole = gen.run(audio=audio, noise=noise)["image"]  # 5 > max_batch=2: split into 2 + 2 + 1
+    singles = np.concatenate([gen.run(audio=audio[i : i + 1], noise=noise[i : i + 1])["image"] for i in range(5)])
     assert whole.shape == (5, 3, 64, 64)
     assert np.abs(whole - singles).max() <= 1e-5
     gen.close()
@@ -98,11 +98,14 @@ def test_uint8_output_and_seeded_noise(ort_gen: Generator, tiny_model) -> None:
     audio, noise = _inputs(tiny_model.cfg, 3)
     images = ort_gen(audio, noise)
     assert images.shape == (3, 64, 64, 3) and images.dtype == np.uint8 and images.flags.c_contiguous
-    np.testing.assert_array_equal(images, to_uint8(ort_gen.run(audio, noise)))
+    np.testing.assert_array_equal(images, to_uint8(ort_gen.run(audio=audio, noise=noise)["image"]))
     np.testing.assert_array_equal(ort_gen(audio, seed=5), ort_gen(audio, seed=5))
+    # noise left out is filled from the seed, as make_noise draws it
+    np.testing.assert_array_equal(ort_gen(audio, seed=5), ort_gen(audio, ort_gen.make_noise(3, 5)))
+    np.testing.assert_array_equal(ort_gen.generate(seed=5, audio=audio)["image"], ort_gen(audio, seed=5))
     assert not np.array_equal(ort_gen.make_noise(3, 1), ort_gen.make_noise(3, 2))
     assert ort_gen.make_noise(2, 0).dtype == np.float32 and ort_gen.make_noise(2, 0).shape == (2, 16)
-    assert ort_gen.run(audio[:0], noise[:0]).shape == (0, 3, 64, 64)
+    assert ort_gen.run(audio=audio[:0], noise=noise[:0])["image"].shape == (0, 3, 64, 64)
 
 
 def test_to_uint8_rounding_and_clipping() -> None:
@@ -115,17 +118,21 @@ def test_to_uint8_rounding_and_clipping() -> None:
 def test_input_validation_messages(ort_gen: Generator, tiny_model) -> None:
     audio, noise = _inputs(tiny_model.cfg, 2)
     with pytest.raises(EngineInputError, match=r"window_samples=16000"):
-        ort_gen.run(audio[:, :8000], noise)
+        ort_gen.run(audio=audio[:, :8000], noise=noise)
     with pytest.raises(EngineInputError, match=r"audio\[None\]"):
-        ort_gen.run(audio[0], noise)
+        ort_gen.run(audio=audio[0], noise=noise)
     with pytest.raises(EngineInputError, match="int16"):
         ort_gen((audio * 32767).astype(np.int16))
     with pytest.raises(EngineInputError, match=r"noise must have shape \[2, 16\]"):
-        ort_gen.run(audio, noise[:1])
+        ort_gen.run(audio=audio, noise=noise[:1])
+    with pytest.raises(EngineInputError, match=r"unknown input\(s\) \['class'\]; this bundle takes \['audio', 'noise'\]"):
+        ort_gen.run(audio=audio, **{"class": noise})
+    with pytest.raises(EngineInputError, match="input 'audio' is required"):
+        ort_gen.run(noise=noise)
     with pytest.raises(UserError):  # run.py turns these into one-line errors
-        ort_gen.run(audio[:, :100], noise)
+        ort_gen.run(audio=audio[:, :100], noise=noise)
     # float64 input is accepted and converted
-    assert ort_gen.run(audio.astype(np.float64), noise).dtype == np.float32
+    assert ort_gen.run(audio=audio.astype(np.float64), noise=noise)["image"].dtype == np.float32
 
 
 # -- backend choice -------------------------------------------------------------------------------
@@ -217,7 +224,7 @@ def test_spin_in_call_agrees_and_bad_mode_is_refused(tiny_bundle: Path, tiny_mod
     never = Generator(tiny_bundle, backend="onnxruntime-cpu", warmup=False)
     in_call = Generator(tiny_bundle, backend="onnxruntime-cpu", warmup=False, ort_spin="in-call")
     assert never._backend.spin == "never" and in_call._backend.spin == "in-call"
-    assert np.array_equal(never.run(audio, noise), in_call.run(audio, noise))
+    assert np.array_equal(never.run(audio=audio, noise=noise)["image"], in_call.run(audio=audio, noise=noise)["image"])
     with pytest.raises(ValueError, match="ort_spin must be one of never, in-call"):
         Generator(tiny_bundle, backend="onnxruntime-cpu", warmup=False, ort_spin="off")
 
@@ -267,7 +274,8 @@ def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
 def test_load_bundle_fields(tiny_bundle: Path) -> None:
     b = load_bundle(tiny_bundle)
     assert (b.family, b.sample_rate, b.window_samples, b.noise_dim, b.image_size) == ("wav2pix", 16000, 16000, 16, 64)
-    assert b.identities == ("ana", "ben", "cleo")
+    assert b.labels == ("ana", "ben", "cleo") and list(b.inputs) == ["audio", "noise"] and list(b.outputs) == ["image"]
+    assert b.inputs["noise"].fill == "normal" and b.outputs["image"].item_shape == (3, 64, 64)
     assert b.digest == b.files["model.onnx"] and b.onnx_path.is_file() and b.pt2_path.is_file()
     assert load_bundle(tiny_bundle / "bundle.json").path == tiny_bundle
 
@@ -295,7 +303,7 @@ def test_missing_file_and_dir_and_json(bundle_copy: Path, tmp_path: Path) -> Non
     empty.mkdir()
     with pytest.raises(BundleError, match=r"not a model bundle \(no bundle.json\)"):
         load_bundle(empty)
-    (bundle_copy / "bundle.json").write_text('{"format_version": 1,', encoding="utf-8")
+    (bundle_copy / "bundle.json").write_text('{"format_version": 2,', encoding="utf-8")
     with pytest.raises(BundleError, match=r"bundle.json: not valid JSON \(line 1"):
         load_bundle(bundle_copy)
     (bundle_copy / "bundle.json").write_text("[1, 2]", encoding="utf-8")
@@ -306,41 +314,55 @@ def test_missing_file_and_dir_and_json(bundle_copy: Path, tmp_path: Path) -> Non
 
 def test_bad_manifest_values(bundle_copy: Path) -> None:
     manifest = json.loads((bundle_copy / "bundle.json").read_text())
+    audio = manifest["inputs"]["audio"]
     for key, value, pattern in (
         ("format_version", FORMAT_VERSION + 1, "newer than this engine supports"),
         ("format_version", "1", "must be an integer"),
-        ("window_samples", "16000", "'window_samples' must be int"),
+        ("format_version", 0, "must be 1 or more, got 0"),
+        ("format_version", -3, "must be 1 or more, got -3"),
+        ("sample_rate", "16000", "'sample_rate' must be int"),
+        ("inputs", {"audio": {**audio, "shape": [1, 16000]}}, r"'inputs.audio': shape must be \[null, n1, ...\]"),
+        ("inputs", {"audio": {**audio, "fill": "random"}}, "'fill' must be one of normal, zeros, required"),
+        ("outputs", {"image": {"shape": [None, 4, 64, 64]}}, r"'outputs.image' must be \[null, 3, H, W\]"),
+        ("outputs", {}, "'outputs' must name at least one tensor"),
         ("files", {**manifest["files"], "../evil": "0" * 64}, "not a plain file name"),
     ):
         (bundle_copy / "bundle.json").write_text(json.dumps({**manifest, key: value}))
         with pytest.raises(BundleError, match=pattern):
             load_bundle(bundle_copy)
-    broken = dict(manifest)
-    del broken["noise_dim"]
-    (bundle_copy / "bundle.json").write_text(json.dumps(broken))
-    with pytest.raises(BundleError, match="missing key 'noise_dim'"):
-        load_bundle(bundle_copy)
+    for key in ("labels", "format_version"):
+        broken = dict(manifest)
+        del broken[key]
+        (bundle_copy / "bundle.json").write_text(json.dumps(broken))
+        with pytest.raises(BundleError, match=f"missing key '{key}'|no 'format_version'"):
+            load_bundle(bundle_copy)
 
 
-def test_upgrade_manifest_from_unversioned(bundle_copy: Path) -> None:
+def test_format_1_manifest_is_upgraded_on_load(bundle_copy: Path) -> None:
+    """A format-1 manifest (bare shapes, ``identities``, pose keys at the top level) loads through the one upgrade
+    function; format 2 is unchanged by it."""
     manifest = json.loads((bundle_copy / "bundle.json").read_text())
-    old = {
-        k: v
-        for k, v in manifest.items()
-        if k not in ("format_version", "window_samples", "inputs", "outputs", "identities", "created", "training")
-    }
-    old["window_seconds"] = 1.0
+    old = {k: v for k, v in manifest.items() if k not in ("inputs", "outputs", "labels", "family_info")}
+    old.update(
+        format_version=1, window_samples=16000, noise_dim=16, image_size=64, identities=["ana", "ben", "cleo"],
+        inputs={"audio": [None, 16000], "noise": [None, 16]}, outputs={"image": [None, 3, 64, 64]},
+        truncation=0.7, pose_code_dim=0, appearance_code_dim=0, pose_prior="normal", pose_prior_fit=None,
+    )  # fmt: skip
     up = upgrade_manifest(old)
-    assert up["format_version"] == FORMAT_VERSION and "format_version" not in old
-    assert up["window_samples"] == 16000 and "window_seconds" not in up
-    assert up["inputs"] == {"audio": [None, 16000], "noise": [None, 16]}
-    assert up["outputs"] == {"image": [None, 3, 64, 64]}
-    assert up["identities"] == [] and up["training"] == {}
+    assert up["format_version"] == FORMAT_VERSION == 2 and old["format_version"] == 1
+    assert up["inputs"] == {"audio": {"shape": [None, 16000], "fill": "required"},
+                            "noise": {"shape": [None, 16], "fill": "normal"}}  # fmt: skip
+    assert up["outputs"] == {"image": {"shape": [None, 3, 64, 64]}}
+    assert up["labels"] == ["ana", "ben", "cleo"] and "identities" not in up and "window_samples" not in up
+    assert up["family_info"] == {"truncation": 0.7, "pose_code_dim": 0, "appearance_code_dim": 0,
+                                 "pose_prior": "normal", "pose_prior_fit": None}  # fmt: skip
     assert up["export"] == manifest["export"]  # unknown keys survive
     assert upgrade_manifest(manifest) == manifest  # current version: unchanged
     (bundle_copy / "bundle.json").write_text(json.dumps(old))
     b = load_bundle(bundle_copy)  # loading goes through the same upgrade
-    assert b.window_samples == 16000 and b.manifest["format_version"] == FORMAT_VERSION
+    assert b.window_samples == 16000 and b.noise_dim == 16 and b.image_size == 64 and b.labels == ("ana", "ben", "cleo")
+    gen = Generator(bundle_copy, backend="onnxruntime-cpu", warmup=False)
+    assert gen(np.zeros((1, 16000), np.float32), seed=0).shape == (1, 64, 64, 3)
 
 
 # -- benchmark wiring -----------------------------------------------------------------------------

@@ -6,7 +6,6 @@ import argparse
 import json
 import shutil
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,8 @@ import training.export as tex
 from engine.bundle import FORMAT_VERSION, load_bundle, sha256_file
 from engine.errors import UserError
 from training.config import load_config
-from training.models.wav2pix import Wav2PixGenerator
+from training.families.wav2pix.inference import Wav2PixInference
+from training.families.wav2pix.networks import Wav2PixGenerator
 
 torch.set_num_threads(1)
 
@@ -33,15 +33,26 @@ def _inputs(cfg, batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]
     return audio, torch.randn(batch, cfg.model.noise_dim, generator=g)
 
 
+def _graph(tiny_model, **options):
+    from training.families import get
+    from training.families.contract import GraphSource
+
+    ns = argparse.Namespace(truncation=1.0, pose_prior="neighbours", calibrate_bank=None, **options)
+    return tex.inference_graph(get("wav2pix"), tiny_model.cfg, tiny_model.net, tiny_model.identities, GraphSource(), ns)
+
+
 def test_bundle_files_and_manifest(tiny_bundle: Path, tiny_model) -> None:
     cfg = tiny_model.cfg
     assert {p.name for p in tiny_bundle.iterdir()} == FILES | {"bundle.json"}
     m = json.loads((tiny_bundle / "bundle.json").read_text())
-    assert m["format_version"] == FORMAT_VERSION == 1 and m["family"] == "wav2pix"
-    assert (m["sample_rate"], m["window_samples"], m["noise_dim"], m["image_size"]) == (16000, 16000, 16, 64)
-    assert m["inputs"] == {"audio": [None, 16000], "noise": [None, 16]}
-    assert m["outputs"] == {"image": [None, 3, 64, 64]}
-    assert m["identities"] == tiny_model.identities
+    assert m["format_version"] == FORMAT_VERSION == 2 and m["family"] == "wav2pix" and m["sample_rate"] == 16000
+    assert {k: (v["shape"], v["fill"]) for k, v in m["inputs"].items()} == {
+        "audio": ([None, 16000], "required"),
+        "noise": ([None, 16], "normal"),
+    }
+    assert {k: v["shape"] for k, v in m["outputs"].items()} == {"image": [None, 3, 64, 64]}
+    assert m["labels"] == tiny_model.identities
+    assert m["family_info"] == {"truncation": 1.0, "pose_code_dim": 0, "pose_prior": "normal", "pose_prior_fit": None}
     assert set(m["files"]) == FILES
     for name, digest in m["files"].items():
         assert sha256_file(tiny_bundle / name) == digest
@@ -109,8 +120,9 @@ def test_legacy_exporter_fallback(tiny_model, tmp_path: Path, monkeypatch: pytes
         return real(*args, **kwargs)
 
     monkeypatch.setattr(torch.onnx, "export", dynamo_fails)
-    module = tex.inference_module(tiny_model.net)
-    used = tex.export_onnx(module, tiny_model.cfg, tmp_path / "m.onnx", max_batch=8)
+    graph = _graph(tiny_model)
+    module = graph.module
+    used = tex.export_onnx(graph, tmp_path / "m.onnx", max_batch=8)
     assert "legacy" in used
     import onnxruntime as ort
 
@@ -131,7 +143,7 @@ def test_replace_existing_bundle_and_failed_check_keeps_old(
     info = {"command": "again", "data": [], "step": 9}
     tex.export_bundle(other, cfg, ["x", "y"], target, training_info=info, metrics=None, check=False)
     m = json.loads((target / "bundle.json").read_text())
-    assert m["identities"] == ["x", "y"] and m["training"]["steps"] == 9
+    assert m["labels"] == ["x", "y"] and m["training"]["steps"] == 9
     assert json.loads((target / "metrics.json").read_text()) == {}
     before = (target / "bundle.json").read_bytes()
 
@@ -151,39 +163,38 @@ def test_replace_existing_bundle_and_failed_check_keeps_old(
 
 
 def test_cli_export_wiring(tmp_path: Path, tiny_model, monkeypatch: pytest.MonkeyPatch) -> None:
+    from training.families import get
+
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "metrics.json").write_text(json.dumps({"fid": 50.0}))
     (run_dir / "split.json").write_text(json.dumps({"data": ["/data/voices"]}))
     (run_dir / "log.jsonl").write_text('{"step": 5, "time": 100.0}\nnot json\n{"step": 10, "time": 160.5}\n')
-    fake = types.ModuleType("training.trainer")
 
     def load_run(path, checkpoint=None, generator="ema"):
         assert Path(path) == run_dir and checkpoint is None
         info = {"step": 4, "command": "train it", "generator": generator}
-        return tiny_model.net, tiny_model.cfg, tiny_model.identities, info
+        return get("wav2pix"), tiny_model.net, tiny_model.cfg, tiny_model.identities, info
 
-    fake.load_run = load_run
-    fake.pose_prior_for_run = lambda run_dir, cfg, kind="quantile", net=None: None
-    monkeypatch.setitem(sys.modules, "training.trainer", fake)
+    monkeypatch.setattr(tex.runs, "load_run", load_run)
     calls = []
 
-    def fake_export(
-        net, cfg, identities, out_dir, *, training_info, metrics, max_batch, truncation=1.0, pose_prior=None
-    ):
-        calls.append((identities, Path(out_dir), training_info, metrics, max_batch))
+    def fake_write(family, cfg, G, labels, graph, out_dir, *, training_info, metrics, max_batch):
+        calls.append((labels, Path(out_dir), training_info, metrics, max_batch, graph))
         return Path(out_dir)
 
-    monkeypatch.setattr(tex, "export_bundle", fake_export)
+    monkeypatch.setattr(tex, "write_bundle", fake_write)
     monkeypatch.setattr(sys, "argv", ["run.py", "export"])
     assert run.main(["export", str(run_dir), "-o", str(tmp_path / "out")]) == 0
-    identities, out, info, metrics, max_batch = calls[0]
-    assert out == tmp_path / "out" and identities == tiny_model.identities and max_batch == 1024
+    labels, out, info, metrics, max_batch, graph = calls[0]
+    assert out == tmp_path / "out" and labels == tiny_model.identities and max_batch == 1024
     assert metrics == {"fid": 50.0} and info["data"] == ["/data/voices"] and info["step"] == 4
     assert info["wall_time_s"] == 60.5 and "log.jsonl" in info["wall_time_source"]
-    assert info["generator"] == "ema"
+    assert info["generator"] == "ema" and list(graph.inputs) == ["audio", "noise"]
     assert run.main(["export", str(run_dir), "-o", str(tmp_path / "out"), "--generator", "raw"]) == 0
     assert calls[1][2]["generator"] == "raw"
+    assert run.main(["export", str(run_dir), "-o", str(tmp_path / "out"), "--truncation", "0.5"]) == 0
+    assert calls[2][5].family_info["truncation"] == 0.5
 
 
 def test_cli_missing_run_dir_is_one_line_error(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -202,28 +213,29 @@ def test_parser_has_documented_options() -> None:
 
 def test_truncation_is_inside_the_graph_and_recorded(tiny_model, tmp_path: Path) -> None:
     from engine.generator import Generator
-    from training.export import export_bundle, inference_module
+    from training.export import export_bundle
 
     out = export_bundle(
-        tiny_model.net, tiny_model.cfg, tiny_model.identities, tmp_path / "psi", training_info={}, truncation=0.5
-    )
-    assert json.loads((out / "bundle.json").read_text())["truncation"] == 0.5
+        tiny_model.net, tiny_model.cfg, tiny_model.identities, tmp_path / "psi", training_info={},
+        options={"truncation": 0.5},
+    )  # fmt: skip
+    assert json.loads((out / "bundle.json").read_text())["family_info"]["truncation"] == 0.5
     audio, noise = _inputs(tiny_model.cfg, 2)
     gen = Generator(out, backend="onnxruntime", warmup=False)
-    got = gen.run(audio.numpy(), noise.numpy())
+    got = gen.run(audio=audio.numpy(), noise=noise.numpy())["image"]
     with torch.inference_mode():
-        half = inference_module(tiny_model.net)(audio, noise * 0.5).numpy()
-        full = inference_module(tiny_model.net)(audio, noise).numpy()
+        half = tiny_model.eager()(audio, noise * 0.5).numpy()
+        full = tiny_model.eager()(audio, noise).numpy()
     assert np.abs(got - half).max() < 1e-3 and np.abs(got - full).max() > 1e-3
     with pytest.raises(ValueError, match="truncation"):
-        inference_module(tiny_model.net, 0.0)
+        Wav2PixInference(tiny_model.net, 0.0)
 
 
 class _ZeroPixels(torch.nn.Module):
     """(audio, noise) -> the pixel norm of an all-zero feature map: 0 in torch, NaN without the epsilon."""
 
     def forward(self, audio: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        from training.models.wav2pix import PixelNorm
+        from training.layers import PixelNorm
 
         zeros = (noise[:, :4] * 0.0).view(-1, 4, 1, 1).expand(-1, 4, 2, 2)
         return PixelNorm()(zeros) + audio[:, :1, None, None] * 0.0
@@ -232,7 +244,9 @@ class _ZeroPixels(torch.nn.Module):
 def test_exported_pixel_norm_keeps_its_epsilon(tiny_model, tmp_path: Path) -> None:
     import onnxruntime as ort
 
-    used = tex.export_onnx(_ZeroPixels(), tiny_model.cfg, tmp_path / "z.onnx", max_batch=4)
+    graph = _graph(tiny_model)
+    graph.module = _ZeroPixels()
+    used = tex.export_onnx(graph, tmp_path / "z.onnx", max_batch=4)
     assert "dynamo" in used
     session = ort.InferenceSession(str(tmp_path / "z.onnx"), providers=["CPUExecutionProvider"])
     audio, noise = _inputs(tiny_model.cfg, 2)
@@ -254,19 +268,19 @@ def test_cli_exports_a_bundle_again_unchanged(tiny_bundle: Path, tmp_path: Path,
     assert new.manifest["training"]["reexported_from"]["bundle"] == str(tiny_bundle)
     assert new.manifest["training"]["reexported_from"]["files"] == old.manifest["files"]
     assert new.manifest["export"]["pt2_max_batch"] == 8
-    for key in ("identities", "truncation", "pose_prior", "noise_dim", "image_size", "sample_rate"):
+    for key in ("labels", "family_info", "inputs", "outputs", "sample_rate"):
         assert new.manifest[key] == old.manifest[key], key
     assert (out / "metrics.json").read_text() == (tiny_bundle / "metrics.json").read_text()
     a, b = load_file(str(tiny_bundle / "generator.safetensors")), load_file(str(out / "generator.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     audio, noise = _inputs(load_config(tiny_bundle / "config.yaml"), 3, seed=7)
-    got = Generator(out, backend="onnxruntime", warmup=False).run(audio.numpy(), noise.numpy())
-    want = Generator(tiny_bundle, backend="onnxruntime", warmup=False).run(audio.numpy(), noise.numpy())
-    assert np.abs(got - want).max() < 1e-5
+    got = Generator(out, backend="onnxruntime", warmup=False).run(audio=audio.numpy(), noise=noise.numpy())
+    want = Generator(tiny_bundle, backend="onnxruntime", warmup=False).run(audio=audio.numpy(), noise=noise.numpy())
+    assert np.abs(got["image"] - want["image"]).max() < 1e-5
     capsys.readouterr()
-    assert run.main(["export", str(tiny_bundle), "-o", str(tmp_path / "x"), "--truncation", "0.8"]) == 2
+    assert run.main(["export", str(tiny_bundle), "-o", str(tmp_path / "x"), "--generator", "raw"]) == 2
     err = capsys.readouterr().err
-    assert "--truncation apply to run folders only" in err and not (tmp_path / "x").exists()
+    assert "--generator apply to run folders" in err and not (tmp_path / "x").exists()
     figures = tmp_path / "figures.json"
     figures.write_text(json.dumps({"frechet_distance": 0.5}))
     assert run.main(["export", str(out), "-o", str(out), "--metrics", str(figures)]) == 0  # in place

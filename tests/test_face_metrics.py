@@ -195,7 +195,7 @@ def test_identity_accuracy_and_diversity_synthetic():
 
 
 def test_evaluate_embeddings_reference_figures():
-    from training.evaluate import evaluate_embeddings, format_table
+    from training.face_eval import evaluate_embeddings, format_table
 
     rng = np.random.default_rng(3)
     means = np.array([[0.3] * 8, [-0.3] * 8])
@@ -236,7 +236,7 @@ def test_evaluate_embeddings_reference_figures():
 @needs_data
 def test_evaluate_images_on_real_faces(analyzer, real):
     """Real faces scored as if generated: near-perfect figures (the reference the model is compared with)."""
-    from training.evaluate import evaluate_images
+    from training.face_eval import evaluate_images
 
     images, labels, identities = real[0][::2], real[1][::2], real[2]  # 5 faces per identity
     m = evaluate_images(images, labels, images, labels, identities, analyzer=analyzer)

@@ -32,13 +32,12 @@ def bundle(request, tmp_path_factory) -> Path:
         pass
     import torch
 
-    from training.config import Config, ModelConfig
+    from tests.training_support import tiny_config_dict
+    from training.config import config_from_dict
     from training.export import export_bundle
-    from training.models.wav2pix import build
+    from training.families.wav2pix.networks import build
 
-    cfg = Config(
-        model=ModelConfig(g_channels=32, encoder_channels=16, d_channels=8, embedding_dim=16, noise_dim=8, n_mels=16)
-    )
+    cfg = config_from_dict(tiny_config_dict())
     torch.manual_seed(0)
     net, _ = build(cfg.audio, cfg.model, 2)
     out = tmp_path_factory.mktemp("bundle") / "tiny"
@@ -102,11 +101,7 @@ def test_file_noise_depends_on_seed_and_relative_path_only():
 
 def test_output_paths_mirror_and_disambiguate(tmp_path):
     rels = [Path("a.wav"), Path("a.flac"), Path("s/b.mp3")]
-    assert tg.output_paths(rels, tmp_path) == [
-        tmp_path / "a.wav.png",
-        tmp_path / "a.flac.png",
-        tmp_path / "s" / "b.png",
-    ]
+    assert tg.output_paths(rels, tmp_path) == [tmp_path / "a.wav", tmp_path / "a.flac", tmp_path / "s" / "b"]
 
 
 def test_find_audio_files(audio_tree):
@@ -128,13 +123,14 @@ def test_generate_cli_mirrors_folders_is_deterministic_and_reports_failures(
     out1, out2, out3 = tmp_path / "o1", tmp_path / "o2", tmp_path / "o3"
     assert generate_cli(monkeypatch, audio_tree, out1, bundle, "--seed", "5") == 1  # one corrupt file -> non-zero exit
     printed = capsys.readouterr().out
-    assert "3 image(s)" in printed and "1 file(s) failed" in printed and "broken.wav" in printed
+    assert "3 file(s)" in printed and "1 input(s) failed" in printed and "broken.wav" in printed
     assert any("broken.wav" in r.getMessage() for r in caplog.records)
     made = sorted(p.relative_to(out1).as_posix() for p in out1.rglob("*.png"))
     assert made == ["a.png", "sub/b.png", "sub/deeper/c.png"]
     img = np.asarray(Image.open(out1 / "a.png"))
-    size = json.loads((bundle / "bundle.json").read_text())["image_size"]
+    size = json.loads((bundle / "bundle.json").read_text())["outputs"]["image"]["shape"][2]
     assert img.shape == (size, size, 3) and img.dtype == np.uint8
+    assert not list(out1.rglob("*.wav"))  # an image-only bundle writes no sound
 
     # same seed, an extra file processed first and one file fewer (other batch composition): identical images
     shutil.copytree(audio_tree, tmp_path / "audio2")
@@ -214,5 +210,5 @@ def test_evaluate_cli_end_to_end(bundle, tmp_path, monkeypatch, capsys):
     from PIL import Image
 
     sheet = np.asarray(Image.open(out / "samples.png"))
-    size = json.loads((bundle / "bundle.json").read_text())["image_size"]
+    size = json.loads((bundle / "bundle.json").read_text())["outputs"]["image"]["shape"][2]
     assert sheet.shape[1] > 3 * size and sheet.shape[0] >= 2 * size  # rows: voices; columns: real + 2 seeds

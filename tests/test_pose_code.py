@@ -1,5 +1,6 @@
 """Pose code (``model.pose_code_dim``): the code's fit, the discriminator's pose projection, the training step's
-wrong-pose negative and the trainer's pose-code file. The real-face check skips without ``../shared/data``."""
+wrong-pose negative, the trainer's pose-code file and the neighbours pose prior inside the exported graph. The
+real-face check skips without ``../shared/data``."""
 
 from __future__ import annotations
 
@@ -13,13 +14,17 @@ import torch
 from engine.configs import ConfigError
 from engine.errors import UserError
 from tests.test_face_metrics import analyzer, real, real_analysis  # noqa: F401  (fixtures)
-from tests.test_landmarks import _face_points
-from tests.training_support import make_wav2pix_dataset, tiny_config_dict
+from tests.test_wav2pix_landmarks import _face_points
+from tests.training_support import make_wav2pix_dataset, step_context, tiny_config_dict
 from training import face_metrics as fm
 from training.config import config_from_dict
-from training.landmarks import PoseCodes
-from training.models import wav2pix
-from training.trainer import POSE_CODES_FILE, GanStep, _wrong_pose, latest_checkpoint, train
+from training.families.wav2pix import networks as wav2pix
+from training.families.wav2pix.landmarks import LandmarkRegressor, PoseCodes
+from training.families.wav2pix.prior import POSE_CODES_FILE, NeighbourPosePrior
+from training.families.wav2pix.trainer import GanStep
+from training.families.wav2pix.trainer import wrong_pose as _wrong_pose
+from training.loop import train
+from training.runs import latest_checkpoint
 
 
 def _synthetic(n: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -114,11 +119,12 @@ def test_wrong_pose_is_another_item_of_the_same_identity():
 def test_training_step_feeds_the_code_to_the_generator_and_scores_wrong_poses():
     d = tiny_config_dict()
     d["model"]["pose_code_dim"] = 2
+    d["loss"] = {"pose_code_weight": 0.0}
     d["augment"] = {"enabled": False}
     cfg = config_from_dict(d)
     torch.manual_seed(0)
     net, disc = wav2pix.build(cfg.audio, cfg.model, 2)
-    step = GanStep(cfg, net, disc, torch.optim.Adam(net.parameters()), torch.optim.Adam(disc.parameters()))
+    step = GanStep(step_context(cfg, net, disc))
     z = step._noise(3, torch.full((3, 2), 7.0), torch.device("cpu"))
     assert (z[:, :2] == 7.0).all() and z[:, 2:].abs().max() < 7.0
     x = torch.rand(4, 3, 64, 64) * 2 - 1
@@ -129,7 +135,7 @@ def test_training_step_feeds_the_code_to_the_generator_and_scores_wrong_poses():
     stats = step(x, y, feats, wrong, pose, _wrong_pose(pose, y, torch.Generator().manual_seed(0)))
     assert stats["d_wrong_pose"] != 0.0 and np.isfinite(stats["loss_d"])
     assert disc.pose_embed.weight.abs().sum() > 0  # the projection is trained
-    with pytest.raises(ValueError, match="appearance_code_dim is 2, got pose None"):
+    with pytest.raises(ValueError, match="pose_code_dim is 2, got pose None"):
         step(x, y, feats, wrong)
 
 
@@ -142,6 +148,7 @@ def test_trainer_reads_the_runs_pose_codes_and_grows_from_a_run_without(tmp_path
     train(config_from_dict(tiny_config_dict(steps=2)), [str(data)], base)
     d = tiny_config_dict(steps=3)
     d["model"]["pose_code_dim"] = 2
+    d["loss"] = {"pose_code_weight": 0.0}
     cfg = config_from_dict(d)
     with pytest.raises(UserError, match="cannot fit the pose code"):
         train(cfg, [str(data)], tmp_path / "faceless", init_from=latest_checkpoint(base))  # drawn discs: no faces
@@ -165,8 +172,6 @@ def test_trainer_reads_the_runs_pose_codes_and_grows_from_a_run_without(tmp_path
 
 def test_pose_code_regression_is_zero_when_the_landmark_reading_matches_the_code():
     """``loss.pose_code_weight``: the landmark CNN's reading of a generated face, in code units, against its code."""
-    from training.landmarks import LandmarkPrior, LandmarkRegressor
-
     d = tiny_config_dict()
     d["model"]["pose_code_dim"] = 2
     d["loss"] = {"pose_code_weight": 1.0}
@@ -175,17 +180,13 @@ def test_pose_code_regression_is_zero_when_the_landmark_reading_matches_the_code
     torch.manual_seed(0)
     net, disc = wav2pix.build(cfg.audio, cfg.model, 2)
     reg = LandmarkRegressor().eval().requires_grad_(False)
-    prior = LandmarkPrior(reg, torch.zeros(136), torch.eye(3, 136))
     fit = PoseCodes(torch.zeros(2, 136), torch.eye(2, 136), torch.ones(2, 2))
-    with pytest.raises(ValueError, match="pose_code_weight > 0 needs a landmark_prior"):
-        GanStep(cfg, net, disc, torch.optim.Adam(net.parameters()), torch.optim.Adam(disc.parameters()))
+    with pytest.raises(ValueError, match="pose_code_weight > 0 needs the landmark regressor"):
+        GanStep(step_context(cfg, net, disc))
     y = torch.tensor([0, 1, 0, 1])
     lm = torch.randn(4, 136)
     np.testing.assert_allclose(fit.encode_normalised(lm, y).numpy(), lm[:, :2].numpy(), atol=1e-6)
-    step = GanStep(
-        cfg, net, disc, torch.optim.Adam(net.parameters()), torch.optim.Adam(disc.parameters()),
-        landmark_prior=prior, pose_codes=fit,
-    )  # fmt: skip
+    step = GanStep(step_context(cfg, net, disc), reg, fit)
     x = torch.rand(4, 3, 64, 64) * 2 - 1
     feats = net.encoder.features_of(torch.randn(4, cfg.audio.window_samples) * 0.1)
     g0 = [p.detach().clone() for p in net.generator.parameters()]
@@ -193,213 +194,25 @@ def test_pose_code_regression_is_zero_when_the_landmark_reading_matches_the_code
     stats = step(x, y, feats, torch.tensor([1, 0, 3, 2]), pose, None)
     assert stats["loss_pose"] > 0 and stats["d_wrong_pose"] == 0.0
     assert any(not torch.equal(a, b) for a, b in zip(g0, net.generator.parameters()))
-    with pytest.raises(ConfigError, match="pose_code_weight > 0 needs model.pose_code_dim"):
-        config_from_dict({**d, "model": {**d["model"], "pose_code_dim": 0}})
 
 
-def _skewed_codes(n: int = 2000) -> np.ndarray:
-    """Codes like the Wav2Pix yaw component (skewed, heavy-tailed), a symmetric one and a uniform one."""
-    rng = np.random.default_rng(0)
-    yaw = rng.gamma(0.6, size=n)
-    codes = np.stack([yaw, rng.standard_normal(n), rng.uniform(-1.7, 1.7, n)], axis=1)
-    return ((codes - codes.mean(0)) / codes.std(0)).astype(np.float32)
-
-
-def test_pose_prior_maps_normal_noise_to_the_codes_distribution():
-    codes = _skewed_codes()
-    prior = wav2pix.PoseCodePrior.from_codes(codes)
-    assert prior.code_dim == 3
-    z = torch.randn(20000, 8, generator=torch.Generator().manual_seed(1))
-    with torch.inference_mode():
-        out = prior(z).numpy()
-    assert np.array_equal(out[:, 3:], z[:, 3:].numpy())  # the rest of the noise passes unchanged
-    probs = [0.05, 0.25, 0.5, 0.75, 0.95]
-    got, want = np.quantile(out[:, :3], probs, axis=0), np.quantile(codes, probs, axis=0)
-    assert np.abs(got - want).max() < 0.06, (got, want)
-    assert abs(float(np.mean((out[:, 0] - out[:, 0].mean()) ** 3)) - 2 * 0.6**-0.5) < 0.5  # gamma(0.6) skew ~2.6
-    # monotone in each input, and never outside the real codes' range (constant beyond +-3 sigma)
-    line = torch.linspace(-6, 6, 601)[:, None].repeat(1, 3)
-    with torch.inference_mode():
-        mapped = prior(line).numpy()
-    assert (np.diff(mapped, axis=0) >= -1e-6).all()
-    assert (mapped >= codes.min(0) - 1e-5).all() and (mapped <= codes.max(0) + 1e-5).all()
-    with pytest.raises(ValueError, match="non-decreasing"):
-        wav2pix.PoseCodePrior(torch.tensor([[1.0, 0.0]]))
-    with pytest.raises(ValueError, match="N>=2"):
-        wav2pix.PoseCodePrior.from_codes(codes[:1])
-
-
-def test_pose_prior_is_inside_the_exported_graph(tiny_model, tmp_path):
-    from engine.generator import Generator
-    from training.export import export_bundle, inference_module
-
-    prior = wav2pix.PoseCodePrior.from_codes(_skewed_codes()[:, :2])
-    out = export_bundle(
-        tiny_model.net, tiny_model.cfg, tiny_model.identities, tmp_path / "b", training_info={}, pose_prior=prior
-    )
-    assert json.loads((out / "bundle.json").read_text())["pose_prior"] == "quantile"
-    from safetensors.torch import load_file
-
-    from training.export import split_pose_prior
-
-    state, stored = split_pose_prior(load_file(str(out / "generator.safetensors")))
-    assert stored is not None and torch.equal(stored.values, prior.values) and torch.equal(stored.z, prior.z)
-    assert set(state) == set(tiny_model.net.state_dict())
-    g = torch.Generator().manual_seed(0)
-    audio = (torch.rand(3, tiny_model.cfg.audio.window_samples, generator=g) * 2 - 1) * 0.4
-    noise = torch.randn(3, tiny_model.cfg.model.noise_dim, generator=g) * 2
-    got = Generator(out, backend="onnxruntime", warmup=False).run(audio.numpy(), noise.numpy())
-    with torch.inference_mode():
-        mapped = inference_module(tiny_model.net)(audio, prior(noise)).numpy()
-        plain = inference_module(tiny_model.net)(audio, noise).numpy()
-    assert np.abs(got - mapped).max() < 1e-3 and np.abs(got - plain).max() > 1e-3
-
-
-def test_pose_prior_of_a_run_reads_its_training_faces_codes(tmp_path):
-    from safetensors.torch import save_file
-
-    from training.trainer import pose_prior_for_run
-
-    d = tiny_config_dict(steps=1)
-    d["model"]["pose_code_dim"] = 3
-    cfg = config_from_dict(d)
-    with pytest.raises(UserError, match="pose_codes.safetensors.*--pose-prior normal"):
-        pose_prior_for_run(tmp_path, cfg)
-    codes = np.zeros((2500, 3), np.float32)
-    codes[:2000] = _skewed_codes()  # the zero rows (validation faces) are left out
-    fit = PoseCodes(torch.zeros(2, 136), torch.eye(3, 136), torch.ones(2, 3))
-    save_file({**fit.state_dict(), "codes": torch.from_numpy(codes)}, str(tmp_path / POSE_CODES_FILE))
-    prior = pose_prior_for_run(tmp_path, cfg)
-    assert prior is not None and prior.code_dim == 3
-    want = wav2pix.PoseCodePrior.from_codes(codes[:2000])
-    assert torch.equal(prior.values, want.values)
-    assert pose_prior_for_run(tmp_path, cfg, "normal") is None
-    assert pose_prior_for_run(tmp_path, config_from_dict(tiny_config_dict(steps=1))) is None
-    with pytest.raises(UserError, match="pose prior: expected"):
-        pose_prior_for_run(tmp_path, cfg, "uniform")
-
-
-def _two_speaker_codes(n: int = 3000) -> tuple[np.ndarray, np.ndarray]:
-    """Codes [n, 2] of two identities: identity 0 skewed with correlated components (r = -0.5), identity 1
-    symmetric and uncorrelated; labels [n]."""
-    rng = np.random.default_rng(3)
-    labels = np.arange(n) % 2
-    a = rng.gamma(0.6, size=n)
-    b = -0.5 * (a - a.mean()) / a.std() + np.sqrt(0.75) * rng.standard_normal(n)
-    codes = np.where(labels[:, None] == 0, np.stack([a, b], 1), rng.standard_normal((n, 2)))
-    for k in (0, 1):
-        codes[labels == k] = (codes[labels == k] - codes[labels == k].mean(0)) / codes[labels == k].std(0)
-    return codes.astype(np.float32), labels
-
-
-def test_speaker_pose_prior_keeps_each_identitys_shape_and_correlation():
-    codes, labels = _two_speaker_codes()
-    prior = wav2pix.PoseCodePrior.from_codes(codes, labels, copula=True)
-    assert (prior.n_identities, prior.code_dim, prior.kind) == (2, 2, "speaker")
-    z = torch.randn(20000, 5, generator=torch.Generator().manual_seed(2))
-    probs = [0.05, 0.25, 0.5, 0.75, 0.95]
-    for k in (0, 1):
-        w = torch.zeros(len(z), 2)
-        w[:, k] = 1.0
-        with torch.inference_mode():
-            out = prior(z, w).numpy()
-        assert np.array_equal(out[:, 2:], z[:, 2:].numpy())
-        own_codes = codes[labels == k]
-        got, want = np.quantile(out[:, :2], probs, axis=0), np.quantile(own_codes, probs, axis=0)
-        assert np.abs(got - want).max() < 0.1, (k, got, want)
-        # a copula keeps rank correlation (Spearman's rho): -0.38 for identity 0, ~0 for identity 1
-        r_got, r_want = (
-            np.corrcoef(np.argsort(np.argsort(c, axis=0), axis=0).T)[0, 1] for c in (out[:, :2], own_codes)
-        )
-        assert abs(r_got - r_want) < 0.04, (k, r_got, r_want)
-    # an undecided voice gets, per component, the weighted mean of the two quantile functions
-    half = torch.full((len(z), 2), 0.5)
-    one = [prior(z, torch.eye(2)[[k]].expand(len(z), 2)) for k in (0, 1)]
-    assert torch.allclose(prior(z, half), 0.5 * (one[0] + one[1]), atol=1e-5)
-    with pytest.raises(ValueError, match="identity weights"):
-        prior(z)
-    # an identity with few faces is drawn towards the pooled prior
-    few = np.concatenate([np.flatnonzero(labels == 0)[:5], np.flatnonzero(labels == 1)])
-    small = wav2pix.PoseCodePrior.from_codes(codes[few], labels[few], copula=True, shrinkage=20.0)
-    pooled = wav2pix.PoseCodePrior.from_codes(codes[few])
-    own = wav2pix.PoseCodePrior.from_codes(codes[few][labels[few] == 0])
-    d_pooled = (small.values[0] - pooled.values[0]).abs().mean()
-    d_own = (small.values[0] - own.values[0]).abs().mean()
-    assert d_pooled < d_own
-    with pytest.raises(ValueError, match="fewer than 2 codes"):
-        wav2pix.PoseCodePrior.from_codes(codes[:3], np.array([0, 0, 2]))
-    # a marginal-only state (bundles written before the copula) loads as the same map
-    marginal = wav2pix.PoseCodePrior.from_codes(codes)
-    old = {k: v for k, v in marginal.state_dict().items() if k != "mixing"}
-    old["values"] = old["values"][0]
-    assert torch.equal(wav2pix.PoseCodePrior.from_state_dict(old)(z), marginal(z))
-
-
-def test_speaker_pose_prior_is_inside_the_exported_graph(tiny_model, tmp_path):
-    from engine.generator import Generator
-    from training.export import export_bundle, inference_module
-
-    codes, labels = _two_speaker_codes()
-    assert len(tiny_model.identities) == 3
-    prior = wav2pix.PoseCodePrior.from_codes(codes, np.arange(len(codes)) % 3, copula=True)
-    out = export_bundle(
-        tiny_model.net, tiny_model.cfg, tiny_model.identities, tmp_path / "b", training_info={}, pose_prior=prior
-    )
-    assert json.loads((out / "bundle.json").read_text())["pose_prior"] == "speaker"
-    g = torch.Generator().manual_seed(0)
-    audio = (torch.rand(3, tiny_model.cfg.audio.window_samples, generator=g) * 2 - 1) * 0.4
-    noise = torch.randn(3, tiny_model.cfg.model.noise_dim, generator=g)
-    got = Generator(out, backend="onnxruntime", warmup=False).run(audio.numpy(), noise.numpy())
-    net = tiny_model.net.eval()
-    with torch.inference_mode():
-        w = torch.softmax(net.speech_classifier(net.encoder(audio)), dim=1)
-        want = inference_module(net)(audio, prior(noise, w)).numpy()
-    assert np.abs(got - want).max() < 1e-3
-    two = wav2pix.PoseCodePrior.from_codes(codes, labels)
-    with pytest.raises(ValueError, match="2 identity priors for a speech identity head of 3"):
-        inference_module(net, 1.0, two)
-
-
-def test_speaker_pose_prior_of_a_run_needs_the_faces_labels(tmp_path):
-    from safetensors.torch import save_file
-
-    from training.trainer import pose_prior_for_run
-
-    d = tiny_config_dict(steps=1)
-    d["model"]["pose_code_dim"] = 2
-    cfg = config_from_dict(d)
-    codes, labels = _two_speaker_codes()
-    codes = np.concatenate([codes, np.zeros((100, 2), np.float32)])  # validation faces: zero rows, left out
-    labels = np.concatenate([labels, np.zeros(100, np.int64)])
-    fit = PoseCodes(torch.zeros(2, 136), torch.eye(2, 136), torch.ones(2, 2))
-    tensors = {**fit.state_dict(), "codes": torch.from_numpy(codes)}
-    save_file(tensors, str(tmp_path / POSE_CODES_FILE))
-    with pytest.raises(UserError, match="no face identity 'labels'.*--pose-prior copula"):
-        pose_prior_for_run(tmp_path, cfg, "speaker")
-    assert pose_prior_for_run(tmp_path, cfg, "copula").kind == "copula"
-    save_file({**tensors, "labels": torch.from_numpy(labels)}, str(tmp_path / POSE_CODES_FILE))
-    prior = pose_prior_for_run(tmp_path, cfg, "speaker")
-    want = wav2pix.PoseCodePrior.from_codes(codes[:-100], labels[:-100], copula=True)
-    assert prior.kind == "speaker" and torch.equal(prior.values, want.values) and torch.equal(prior.mixing, want.mixing)
-
-
-def _bank(n: int = 12, dim: int = 4, k: int = 3) -> wav2pix.NeighbourPosePrior:
+def _bank(n: int = 12, dim: int = 4, k: int = 3) -> NeighbourPosePrior:
     """A neighbours prior over ``n`` embeddings spread on a line (item i at i * 10 along the first axis) whose
     codes [n, 2] are (i, -i)."""
     emb = torch.zeros(n, dim)
     emb[:, 0] = torch.arange(n, dtype=torch.float32) * 10
     codes = torch.stack([torch.arange(n), -torch.arange(n)], 1).float()
-    return wav2pix.NeighbourPosePrior(emb, codes, k)
+    return NeighbourPosePrior(emb, codes, k)
 
 
 def test_neighbours_prior_picks_the_code_of_a_near_voice_with_the_first_noise_input():
     prior = _bank()
-    assert (prior.code_dim, prior.embedding_dim, prior.kind, prior.conditional) == (2, 4, "neighbours", True)
+    assert (prior.code_dim, prior.embedding_dim, prior.kind) == (2, 4, "neighbours")
     query = torch.zeros(3000, 4)
     query[:, 0] = 52.0  # nearest items: 5, then 6, then 4
     noise = torch.randn(3000, 6, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        out = prior(noise, None, query)
+        out = prior(noise, query)
     picked = out[:, 0].long()
     assert set(picked.tolist()) == {4, 5, 6} and torch.equal(out[:, 1], -out[:, 0])
     shares = torch.bincount(picked, minlength=7)[4:].float() / 3000
@@ -407,48 +220,68 @@ def test_neighbours_prior_picks_the_code_of_a_near_voice_with_the_first_noise_in
     assert torch.equal(out[:, 2:], noise[:, 2:])  # the rest of the noise passes unchanged
     edge = torch.tensor([[-6.0] + [0.0] * 5, [6.0] + [0.0] * 5])
     with torch.inference_mode():
-        assert prior(edge, None, query[:2])[:, 0].tolist() == [5.0, 4.0]  # nearest first, then by distance
-    again = wav2pix.pose_prior_from_state_dict(prior.state_dict())
-    assert isinstance(again, wav2pix.NeighbourPosePrior) and again.k == 3
+        assert prior(edge, query[:2])[:, 0].tolist() == [5.0, 4.0]  # nearest first, then by distance
+    again = NeighbourPosePrior.from_state_dict(prior.state_dict())
+    assert again.k == 3
     with pytest.raises(ValueError, match="neighbours: expected 1..12"):
-        wav2pix.NeighbourPosePrior(prior.bank_embeddings, prior.bank_codes, 13)
+        NeighbourPosePrior(prior.bank_embeddings, prior.bank_codes, 13)
     with pytest.raises(ValueError, match="bank: expected embeddings"):
-        wav2pix.NeighbourPosePrior(prior.bank_embeddings, prior.bank_codes[:5])
-    with pytest.raises(ValueError, match="expected speech embeddings \\[2, 4\\], got None"):
-        prior(edge)
+        NeighbourPosePrior(prior.bank_embeddings, prior.bank_codes[:5])
+    with pytest.raises(ValueError, match="expected speech embeddings \\[2, 4\\], got \\[2, 3\\]"):
+        prior(edge, query[:2, :3])
 
 
-def test_neighbours_prior_is_inside_the_exported_graph(tiny_model, tmp_path):
+def test_neighbours_prior_is_inside_the_exported_graph(tmp_path, monkeypatch):
+    """A pose-code run exports with the neighbours prior by default: its bank (the run's training pairs' speech
+    embeddings and codes) is in the graph and in generator.safetensors; ``--pose-prior normal`` leaves it out."""
     from safetensors.torch import load_file
 
+    import run
     from engine.generator import Generator
-    from training.export import export_bundle, inference_module, split_pose_prior
+    from training.families.wav2pix.inference import Wav2PixInference
+    from training.runs import load_run
 
-    net = tiny_model.net.eval()
-    g = torch.Generator().manual_seed(0)
-    audio = (torch.rand(8, tiny_model.cfg.audio.window_samples, generator=g) * 2 - 1) * 0.4
+    monkeypatch.setenv("AVGAN_CACHE", str(tmp_path / "cache"))
+    data = make_wav2pix_dataset(tmp_path / "ds", identities=2, faces=4, snippets=2)
+    d = tiny_config_dict(steps=2)
+    d["model"]["pose_code_dim"] = 3
+    d["loss"] = {"pose_code_weight": 0.0}
+    cfg = config_from_dict(d)
+    out = tmp_path / "run"
+    out.mkdir()
+    codes = torch.randn(8, 3, generator=torch.Generator().manual_seed(0))
+    codes[[1, 6]] = 0.0  # validation faces (and faces without landmarks) have the zero code
+    fit = PoseCodes(torch.zeros(2, 136), torch.eye(3, 136), torch.ones(2, 3))
+    from safetensors.torch import save_file
+
+    save_file({**fit.state_dict(), "codes": codes}, str(out / POSE_CODES_FILE))
+    train(cfg, [str(data)], out)
+    monkeypatch.setattr("sys.argv", ["run.py"])
+    assert run.main(["export", str(out), "-o", str(tmp_path / "b"), "--no-calibrate-bank"]) == 0
+    bundle = tmp_path / "b"
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    assert manifest["family_info"]["pose_prior"] == "neighbours"
+    assert manifest["family_info"]["pose_prior_fit"]["pairs"] > 0
+    stored = load_file(str(bundle / "generator.safetensors"))
+    prior = NeighbourPosePrior.from_state_dict({k[11:]: v for k, v in stored.items() if k.startswith("pose_prior.")})
+    bank = {tuple(c.tolist()) for c in prior.bank_codes}
+    assert bank <= {tuple(c.tolist()) for c in codes} and (0.0, 0.0, 0.0) not in bank
+    _, net, _, _, _ = load_run(out)
+    g = torch.Generator().manual_seed(1)
+    audio = (torch.rand(3, 16000, generator=g) * 2 - 1) * 0.4
+    noise = torch.randn(3, cfg.model.noise_dim, generator=g)
+    got = Generator(bundle, backend="onnxruntime", warmup=False).run(audio=audio.numpy(), noise=noise.numpy())
+    from training.export import bake_parametrizations
+
     with torch.inference_mode():
-        emb = net.encoder(audio)
-    codes = torch.randn(8, 3, generator=g)
-    prior = wav2pix.NeighbourPosePrior.from_embeddings(emb, codes, 2)
-    assert prior.projected  # 8 embeddings span at most 7 of the 128 dimensions: searched in that subspace
-    out = export_bundle(
-        tiny_model.net, tiny_model.cfg, tiny_model.identities, tmp_path / "b", training_info={}, pose_prior=prior
-    )
-    assert json.loads((out / "bundle.json").read_text())["pose_prior"] == "neighbours"
-    _, stored = split_pose_prior(load_file(str(out / "generator.safetensors")))
-    assert isinstance(stored, wav2pix.NeighbourPosePrior) and torch.equal(stored.bank_codes, codes)
-    noise = torch.randn(3, tiny_model.cfg.model.noise_dim, generator=g)
-    got = Generator(out, backend="onnxruntime", warmup=False).run(audio[:3].numpy(), noise.numpy())
-    with torch.inference_mode():
-        want = inference_module(net, 1.0, prior)(audio[:3], noise).numpy()
-        picked = prior(noise, None, emb[:3])[:, :3]
-    assert np.abs(got - want).max() < 1e-3
-    # each voice of the bank gets its own code or its nearest other voice's
-    assert all(any(torch.equal(picked[i], codes[j]) for j in range(8)) for i in range(3))
-    narrow = wav2pix.NeighbourPosePrior(torch.zeros(4, 7), torch.zeros(4, 3), 1)
+        want = Wav2PixInference(bake_parametrizations(net), 1.0, prior)(audio, noise).numpy()
+    assert np.abs(got["image"] - want).max() < 1e-3
+    assert run.main(["export", str(out), "-o", str(tmp_path / "n"), "--pose-prior", "normal"]) == 0
+    plain = json.loads((tmp_path / "n" / "bundle.json").read_text())["family_info"]
+    assert plain["pose_prior"] == "normal" and plain["pose_prior_fit"] is None
+    narrow = NeighbourPosePrior(torch.zeros(4, 7), torch.zeros(4, 3), 1)
     with pytest.raises(ValueError, match="a bank of 7-d speech embeddings"):
-        inference_module(net, 1.0, narrow)
+        Wav2PixInference(net, 1.0, narrow)
 
 
 def test_neighbours_prior_searches_the_principal_subspace_of_low_rank_embeddings():
@@ -458,19 +291,19 @@ def test_neighbours_prior_searches_the_principal_subspace_of_low_rank_embeddings
     latent = torch.randn(400, 5, generator=g) * torch.tensor([5.0, 3.0, 2.0, 1.0, 0.5])
     emb = latent @ basis.T + 0.3  # rank 5 in 32 dimensions, off-centre
     codes = torch.randn(400, 2, generator=g)
-    full = wav2pix.NeighbourPosePrior(emb, codes, 8)
-    small = wav2pix.NeighbourPosePrior.from_embeddings(emb, codes, 8)
+    full = NeighbourPosePrior(emb, codes, 8)
+    small = NeighbourPosePrior.from_embeddings(emb, codes, 8)
     assert small.projected and small.bank_embeddings.shape == (400, 5) and small.embedding_dim == 32
     queries = torch.randn(200, 5, generator=g) @ basis.T * 2 + 0.3
     noise = torch.randn(200, 4, generator=g)
     with torch.inference_mode():
-        torch.testing.assert_close(small(noise, None, queries), full(noise, None, queries))
-    again = wav2pix.pose_prior_from_state_dict(small.state_dict())
+        torch.testing.assert_close(small(noise, queries), full(noise, queries))
+    again = NeighbourPosePrior.from_state_dict(small.state_dict())
     assert again.projected and torch.equal(again.bank_projection, small.bank_projection)
-    full_rank = wav2pix.NeighbourPosePrior.from_embeddings(torch.randn(50, 4, generator=g), codes[:50], 3)
+    full_rank = NeighbourPosePrior.from_embeddings(torch.randn(50, 4, generator=g), codes[:50], 3)
     assert not full_rank.projected
     with pytest.raises(ValueError, match="projection: expected"):
-        wav2pix.NeighbourPosePrior(small.bank_embeddings, codes, 8, torch.zeros(32, 4))
+        NeighbourPosePrior(small.bank_embeddings, codes, 8, torch.zeros(32, 4))
 
 
 def test_neighbours_prior_runs_in_fp16_on_embeddings_as_large_as_the_default_models():
@@ -482,16 +315,16 @@ def test_neighbours_prior_runs_in_fp16_on_embeddings_as_large_as_the_default_mod
     voices = torch.randn(300, 12, generator=g) @ basis.T * 60 + 40
     assert voices.square().sum(1).min() > 65504
     codes = torch.randn(300, 3, generator=g)
-    prior = wav2pix.NeighbourPosePrior.from_embeddings(voices, codes, 8)
+    prior = NeighbourPosePrior.from_embeddings(voices, codes, 8)
     assert float(prior.bank_embeddings.square().sum(1).mean()) == pytest.approx(1.0, rel=1e-4)
-    again = wav2pix.pose_prior_from_state_dict(prior.state_dict())  # already scaled: loads unchanged
+    again = NeighbourPosePrior.from_state_dict(prior.state_dict())  # already scaled: loads unchanged
     assert torch.equal(again.bank_embeddings, prior.bank_embeddings)
     assert torch.equal(again.bank_projection, prior.bank_projection)
     queries = voices[:100] + torch.randn(100, 128, generator=g) * 5
     noise = torch.randn(100, 6, generator=g)
     with torch.inference_mode():
-        want = prior(noise, None, queries)
-        got = prior.half()(noise.half(), None, queries.half()).float()
+        want = prior(noise, queries)
+        got = prior.half()(noise.half(), queries.half()).float()
     assert prior.candidates == 128 < len(voices)  # two stages: 128 candidates, then exact distances
     brute = torch.cdist(queries.double(), voices.double()).argsort(dim=1)[:, :8]  # the 8 nearest, exact
     j = torch.clamp(torch.floor(0.5 * (1 + torch.erf(noise[:, 0].double() / 2**0.5)) * 8), max=7).long()

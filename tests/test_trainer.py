@@ -1,4 +1,5 @@
-"""Trainer: run folder contents, resume, load_run, and the two-process CPU (gloo) case under torchrun."""
+"""The generic training loop with the wav2pix family: run folder contents, resume, load_run, --init-from, config
+checks, and the two-process CPU (gloo) case under torchrun."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from safetensors import safe_open
 from engine.errors import UserError
 from tests.training_support import make_wav2pix_dataset, tiny_config_dict
 from training.config import config_from_dict
-from training.trainer import latest_checkpoint, load_run, train
+from training.loop import train
+from training.runs import latest_checkpoint, load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +41,7 @@ def test_run_folder_contents_and_resume(tmp_path, dataset, monkeypatch):
     with safe_open(str(ckpt), "pt") as fh:
         meta = fh.metadata()
         keys = set(fh.keys())
-    assert meta["format_version"] == "1" and meta["step"] == "4"
+    assert meta["format_version"] == "2" and meta["step"] == "4"
     assert any(k.startswith("G_ema.") for k in keys) and any(k.startswith("opt_d/") for k in keys)
     records = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
@@ -62,12 +64,12 @@ def test_run_folder_contents_and_resume(tmp_path, dataset, monkeypatch):
 
     with _open(str(latest_checkpoint(out)), "pt") as fh:
         assert json.loads(fh.metadata()["opt_g_groups"])[0]["lr"] == cfg6.train.lr_g
-    net, loaded_cfg, identities, info = load_run(out)
-    assert info["step"] == 6 and identities == ["person0", "person1"] and loaded_cfg == cfg6
+    family, net, loaded_cfg, identities, info = load_run(out)
+    assert family.name == "wav2pix" and info["step"] == 6 and identities == ["person0", "person1"] and loaded_cfg == cfg6
     audio = torch.zeros(2, 16000)
     img = net(audio, torch.zeros(2, loaded_cfg.model.noise_dim))
     assert img.shape == (2, 3, 64, 64) and img.abs().max() <= 1
-    raw, _, _, raw_info = load_run(out, generator="raw")
+    _, raw, _, _, raw_info = load_run(out, generator="raw")
     assert info["generator"] == "ema" and raw_info["generator"] == "raw"
     ema_w = dict(net.named_parameters())
     assert any(not torch.equal(w, ema_w[k]) for k, w in raw.named_parameters())  # the average differs from G
@@ -117,33 +119,6 @@ def test_torchrun_two_process_cpu(tmp_path, dataset):
     assert len(records) == 3  # only rank 0 logs
 
 
-def test_twin_classifier_fine_tune_from_a_plain_checkpoint(tmp_path, dataset, monkeypatch):
-    """TAC-GAN (Gong et al. 2019): resuming a plain run with ``model.d_twin_classifier`` adds the twin head,
-    resets only D's optimiser state, and the generator's AC term becomes CE(head) - CE(twin)."""
-    import torch
-
-    from training.models.wav2pix import Discriminator
-
-    monkeypatch.setenv("AVGAN_CACHE", str(tmp_path / "cache"))
-    out = tmp_path / "run"
-    train(config_from_dict(tiny_config_dict(steps=2)), [str(dataset)], out)
-    twin_cfg = tiny_config_dict(steps=4)
-    twin_cfg["model"]["d_twin_classifier"] = True
-    train(config_from_dict(twin_cfg), [str(dataset)], out, resume=True)
-    records = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [1, 2, 3, 4]
-    assert records[1]["loss_twin"] == 0 and records[3]["loss_twin"] > 0
-    with safe_open(str(latest_checkpoint(out)), "pt") as fh:
-        assert any(k.startswith("D.twin.") for k in fh.keys())
-    cfg = config_from_dict(twin_cfg)
-    disc = Discriminator(cfg.model, 2)
-    score, cls, twin = disc(torch.zeros(3, 3, 64, 64), torch.zeros(3, cfg.model.embedding_dim), twin=True)
-    assert score.shape == (3,) and cls.shape == twin.shape == (3, 2)
-    plain = Discriminator(config_from_dict(tiny_config_dict()).model, 2)
-    with pytest.raises(ValueError, match="no twin classifier"):
-        plain(torch.zeros(1, 3, 64, 64), torch.zeros(1, cfg.model.embedding_dim), twin=True)
-
-
 def test_resume_from_an_older_checkpoint_sets_later_log_records_aside(tmp_path, dataset, monkeypatch):
     monkeypatch.setenv("AVGAN_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run"
@@ -161,7 +136,7 @@ def test_widen_from_keeps_the_images_and_rejects_unmappable_widths():
     copies' incoming weights breaks their symmetry; widths that are no integer multiple are refused."""
     import dataclasses
 
-    from training.models import wav2pix
+    from training.families.wav2pix import networks as wav2pix
 
     cfg = config_from_dict(tiny_config_dict())
     torch.manual_seed(0)
@@ -220,7 +195,7 @@ def test_init_from_a_narrower_run_continues_its_step_count(tmp_path, dataset, mo
         assert (
             b.get_tensor("G.generator.to_rgb.weight").shape[1] == 2 * a.get_tensor("G.generator.to_rgb.weight").shape[1]
         )
-    net, cfg, _, info = load_run(out)
+    _, net, cfg, _, info = load_run(out)
     assert cfg.model.g_min_channels == 32 and info["step"] == 4
     # a resumed init-from run just continues; a discriminator of another width is refused, naming it
     train(
@@ -243,12 +218,12 @@ def test_init_from_a_bundle_warms_up_a_new_discriminator_then_trains_the_generat
     from safetensors.torch import load_file
 
     from training.export import export_bundle
-    from training.trainer import main as train_main
+    from training.loop import main as train_main
 
     monkeypatch.setenv("AVGAN_CACHE", str(tmp_path / "cache"))
     base = tmp_path / "base"
     train(config_from_dict(tiny_config_dict(steps=2)), [str(dataset)], base)
-    net, cfg, identities, _ = load_run(base)
+    _, net, cfg, identities, _ = load_run(base)
     bundle = export_bundle(net, cfg, identities, tmp_path / "bundle", training_info={"command": "test"}, check=False)
     shipped = load_file(str(bundle / "generator.safetensors"))
     out = tmp_path / "fine"
@@ -284,72 +259,8 @@ def test_init_from_a_bundle_warms_up_a_new_discriminator_then_trains_the_generat
     )  # fmt: skip
     with pytest.raises(UserError, match="neither a checkpoint file nor a model bundle"):
         train_main(args)
-    with pytest.raises(ValueError, match="d_warmup_steps"):
+    with pytest.raises(ValueError, match=r"train.d_warmup_steps': -1 out of range \[0, \+inf\]"):
         config_from_dict(tiny_config_dict(d_warmup_steps=-1))
-
-
-def test_minibatch_std_is_the_per_group_feature_std_and_keeps_groups_apart():
-    """ProGAN's minibatch standard deviation: image b is in group b % (B // g); groups do not see each other."""
-    from training.models.wav2pix import minibatch_std
-
-    x = torch.randn(8, 3, 2, 2, generator=torch.Generator().manual_seed(0))
-    y = minibatch_std(x, 4)
-    assert y.shape == (8, 4, 2, 2) and torch.equal(y[:, :3], x)
-    for j in range(2):  # groups {0, 2, 4, 6} and {1, 3, 5, 7}
-        members = x[j::2]
-        want = members.std(dim=0, unbiased=False).mean()
-        assert torch.allclose(y[j::2, 3], want.expand(4, 2, 2), atol=1e-4)
-    x2 = x.clone()
-    x2[1] += 5.0  # group 1 only
-    y2 = minibatch_std(x2, 4)
-    assert torch.equal(y2[0::2, 3], y[0::2, 3]) and not torch.equal(y2[1::2, 3], y[1::2, 3])
-    assert minibatch_std(x[:6], 4).shape == (6, 4, 2, 2)  # 6 images: groups of 3 (largest divisor <= 4)
-    assert torch.all(minibatch_std(x[:1], 4)[:, 3] < 1e-3)  # one image: no spread
-
-
-def test_discriminator_grows_the_minibatch_std_channel_exactly():
-    """A checkpoint's discriminator without the channel loads into one with it and scores every batch alike."""
-    import dataclasses
-
-    from training.models import wav2pix
-
-    cfg = config_from_dict(tiny_config_dict())
-    torch.manual_seed(0)
-    _, old = wav2pix.build(cfg.audio, cfg.model, 2)
-    _, new = wav2pix.build(cfg.audio, dataclasses.replace(cfg.model, d_minibatch_std=4), 2)
-    image = torch.randn(8, 3, cfg.model.image_size, cfg.model.image_size, generator=torch.Generator().manual_seed(1))
-    emb = torch.randn(8, cfg.model.embedding_dim, generator=torch.Generator().manual_seed(2))
-    state, extended = wav2pix.discriminator_state_from(new, old.state_dict())
-    assert extended == [
-        n for n in new.state_dict() if n.startswith(f"body.{len(new.body) - 2}.") and "bias" not in n and "_u" not in n
-    ]
-    new.load_state_dict(state)
-    for mode in (False, True):  # eval, and train mode (one power iteration)
-        old.train(mode), new.train(mode)
-        with torch.no_grad():
-            a, b = old(image, emb), new(image, emb)
-        assert all((x - y).abs().max() < 1e-5 for x, y in zip(a, b))
-    _, narrow = wav2pix.build(cfg.audio, dataclasses.replace(cfg.model, d_channels=cfg.model.d_channels // 2), 2)
-    with pytest.raises(ValueError, match=r"body\.0\.bias: checkpoint has \(4,\), config needs \(8,\)"):
-        wav2pix.discriminator_state_from(new, narrow.state_dict())
-
-
-def test_init_from_adds_the_minibatch_std_channel_with_its_adam_state(tmp_path, dataset, monkeypatch):
-    monkeypatch.setenv("AVGAN_CACHE", str(tmp_path / "cache"))
-    base = tmp_path / "base"
-    train(config_from_dict(tiny_config_dict(steps=2)), [str(dataset)], base)
-    grown = tiny_config_dict(steps=3)
-    grown["model"]["d_minibatch_std"] = 2
-    out = tmp_path / "grown"
-    train(config_from_dict(grown), [str(dataset)], out, init_from=latest_checkpoint(base))
-    with safe_open(str(latest_checkpoint(base)), "pt") as a, safe_open(str(latest_checkpoint(out)), "pt") as b:
-        name = [k for k in b.keys() if k.startswith("D.body.") and k.endswith("weight.original")][-1]
-        old_w, new_w = a.get_tensor(name), b.get_tensor(name)
-        assert new_w.shape[1] == old_w.shape[1] + 1 and b.metadata()["step"] == "3"
-        moments = [k for k in b.keys() if k.startswith("opt_d/") and k.endswith("exp_avg")]
-        assert any(b.get_tensor(k).shape == new_w.shape for k in moments)
-    with pytest.raises(Exception, match="d_minibatch_std"):
-        config_from_dict({**grown, "model": {**grown["model"], "d_minibatch_std": 1}})
 
 
 def test_model_config_rejects_non_positive_widths():
@@ -361,36 +272,48 @@ def test_model_config_rejects_non_positive_widths():
         config_from_dict(bad)
 
 
-def test_r1_penalty_is_the_squared_input_gradient_and_is_logged(tmp_path, dataset, monkeypatch):
-    """Lazy R1 (Mescheder et al. 2018; StyleGAN2): ||grad_x D(x, e)||^2 on real images every r1_interval steps."""
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("train", "lr_g", float("nan"), "key 'train.lr_g': expected a finite number, got nan"),
+        ("train", "lr_d", float("inf"), "key 'train.lr_d': expected a finite number, got inf"),
+        ("train", "batch_size", -4, r"key 'train.batch_size': -4 out of range \[1, 65536\]"),
+        ("train", "betas", [0.5, 1.5], r"key 'train.betas': \(0.5, 1.5\) out of range \[0, 0.9999\]"),
+        ("loss", "mode_seeking_weight", -0.1, r"key 'loss.mode_seeking_weight': -0.1 out of range \[0, 100\]"),
+        ("model", "encoder_channels", 12, "model.encoder_channels: expected a multiple of 8"),
+        ("audio", "sample_rate", 0, r"key 'audio.sample_rate': 0 out of range \[1000, 192000\] Hz"),
+    ],
+)
+def test_config_rejects_nan_inf_and_out_of_range_values_naming_file_and_key(tmp_path, section, key, value, message):
+    """A NaN learning rate or a negative batch size is one error naming the file, the key, the value and the allowed
+    range, before anything starts (these used to end in a torch traceback or a diverging run)."""
     from engine.configs import ConfigError
-    from training.models import wav2pix
-    from training.trainer import GanStep
+    from training.config import load_config
 
-    cfg_dict = tiny_config_dict(steps=3)
-    cfg_dict["loss"] = {"r1_gamma": 0.5, "r1_interval": 2}
-    cfg_dict["augment"] = {"enabled": False}
-    cfg = config_from_dict(cfg_dict)
-    torch.manual_seed(0)
-    net, disc = wav2pix.build(cfg.audio, cfg.model, 2)
-    step = GanStep(cfg, net, disc, torch.optim.Adam(net.parameters()), torch.optim.Adam(disc.parameters()))
-    x = torch.rand(3, 3, 64, 64) * 2 - 1
-    e = torch.randn(3, cfg.model.embedding_dim)
-    disc.eval()  # fixed spectral-norm state, so both evaluations see the same function
-    r1 = step.r1_penalty(x, e)
-    assert r1.requires_grad  # differentiable in D's weights (double backward)
-    manual = 0.0
-    for i in range(3):
-        xi = x[i : i + 1].clone().requires_grad_(True)
-        (g,) = torch.autograd.grad(disc(xi, e[i : i + 1])[0].sum(), xi)
-        manual += float(g.square().sum()) / 3
-    assert abs(r1.item() - manual) < 1e-4 * max(1.0, manual)
+    data = tiny_config_dict()
+    data.setdefault(section, {})[key] = value
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(path)
+    assert str(err.value).startswith(str(path))
 
-    monkeypatch.setenv("AVGAN_CACHE", str(tmp_path / "cache"))
-    out = tmp_path / "run"
-    train(cfg, [str(dataset)], out)
-    records = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
-    assert all(r["r1"] > 0 for r in records)  # computed at D steps 0 and 2, carried in between
-    for key, value in (("r1_gamma", -1.0), ("r1_interval", 0)):
-        with pytest.raises(ConfigError, match=f"loss.{key}"):
-            config_from_dict({"loss": {key: value}})
+
+def test_config_upgrades_the_old_layout_and_refuses_removed_options_that_are_on(tmp_path):
+    """Configs of the single-family layout (``model.family``) load; options removed with the split load when
+    off and are refused by name when on."""
+    from engine.configs import ConfigError
+
+    old = {"model": {**tiny_config_dict()["model"], "family": "wav2pix", "d_twin_classifier": False},
+           "loss": {"r1_gamma": 0.0, "landmark_components": 8}, "train": {"cache_features": True}}  # fmt: skip
+    cfg = config_from_dict(old)
+    assert cfg.family == "wav2pix" and cfg.model.g_channels == 32
+    for section, key, value in (("model", "appearance_code_dim", 4), ("loss", "r1_gamma", 1.0),
+                                ("model", "d_minibatch_std", 4), ("loss", "landmark_weight", 0.5)):  # fmt: skip
+        bad = {**old, section: {**old[section], key: value}}
+        with pytest.raises(ConfigError, match=f"'{section}.{key}': {value!r}: this option was removed"):
+            config_from_dict(bad)
+    with pytest.raises(ConfigError, match="unknown model family 'nope'"):
+        config_from_dict({"family": "nope"})

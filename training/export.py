@@ -1,25 +1,22 @@
-"""Export a trained generator to a model bundle (``docs/CONTRACTS.md``), and check it.
+"""Export a trained generator to a model bundle (format 2, ``docs/CONTRACTS.md``), and check it.
 
-``python run.py export RUN_DIR -o BUNDLE_DIR`` loads the run's EMA generator
-(``training.trainer.load_run``) and writes:
+``python run.py export RUN_DIR -o BUNDLE_DIR`` loads the run's moving-average generator
+(:func:`training.runs.load_run`), asks its family for the inference graph
+(:meth:`training.families.contract.Family.inference`: named inputs and outputs, feature extraction and every
+run-time mapping inside) and writes:
 
-* ``model.onnx`` — :class:`~training.models.wav2pix.Wav2PixInference` (raw audio
-  + noise -> image, feature extraction inside), dynamic batch axis, opset 18
-  via the dynamo exporter (falls back to the TorchScript-based exporter, opset
-  17, if that fails), checked with ``onnx.checker``;
-* ``model.pt2`` — the same module as a ``torch.export`` program with a dynamic
-  batch dimension (1..max_batch);
-* ``generator.safetensors`` — the generator-side state dict as trained
-  (spectral-norm parametrizations included, loadable into ``Wav2PixGenerator``), plus, for a bundle
-  with a pose prior, its buffers under ``pose_prior.`` (``PoseCodePrior.from_state_dict``; strip them
-  with :func:`split_pose_prior` before ``load_state_dict``);
+* ``model.onnx`` — the graph, dynamic batch axis, opset 18 via the dynamo exporter (falls back to the
+  TorchScript-based exporter, opset 17, if that fails), checked with ``onnx.checker``;
+* ``model.pt2`` — the same module as a ``torch.export`` program with a dynamic batch dimension (1..max_batch);
+* ``generator.safetensors`` — the generator side's state dict as trained (spectral-norm parametrizations
+  included, loadable into the family's generator), plus the graph's run-time tensors (the family's prefix);
 * ``config.yaml``, ``metrics.json``, ``TRAINING.md`` and ``bundle.json`` (sha256 of every file).
 
-Spectral-norm parametrizations are baked into plain weights (eval mode, no
-power iteration) before tracing. Everything is written into a temporary folder
-next to the target, verified by loading it with the engine (ONNX Runtime and
-torch backends against torch eager, max abs error <= 1e-3), and only then
-renamed into place, so a failed export never leaves a half-written bundle.
+``python run.py export BUNDLE_DIR -o NEW_DIR`` exports a bundle again from its own weights (a format-1 bundle
+comes out in format 2). Parametrizations are baked into plain weights (eval mode) before tracing. Everything is
+written into a temporary folder next to the target, verified by loading it with the engine (ONNX Runtime and
+torch backends against torch eager, every output, max abs error <= 1e-3), and only then renamed into place, so a
+failed export never leaves a half-written bundle.
 """
 
 from __future__ import annotations
@@ -35,8 +32,9 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,14 +56,8 @@ from engine.bundle import (
     sha256_file,
 )
 from engine.errors import UserError
-from training.config import POSE_PRIORS, Config
-from training.models.wav2pix import (
-    NeighbourPosePrior,
-    PoseCodePrior,
-    Wav2PixGenerator,
-    Wav2PixInference,
-    pose_prior_from_state_dict,
-)
+from training import families, runs
+from training.families.contract import Family, GraphSource, InferenceGraph
 
 log = logging.getLogger(__name__)
 
@@ -100,46 +92,23 @@ def bake_parametrizations(module: nn.Module) -> nn.Module:
     return baked
 
 
-POSE_PRIOR_PREFIX = "pose_prior."
+def inference_graph(
+    family: Family, cfg: Any, G: nn.Module, labels: Sequence[str], source: GraphSource, options: argparse.Namespace
+) -> InferenceGraph:
+    """The family's inference graph of ``G`` (not modified: a baked copy is used), in eval mode."""
+    graph = family.inference(cfg, bake_parametrizations(G), list(labels), source, options)
+    graph.module.eval()
+    return graph
 
 
-def split_pose_prior(
-    state: dict[str, torch.Tensor],
-) -> tuple[dict[str, torch.Tensor], PoseCodePrior | NeighbourPosePrior | None]:
-    """A bundle's ``generator.safetensors`` tensors → (the generator's state dict, its pose prior or ``None``).
-
-    Raises:
-        ValueError: pose-prior tensors that do not form a valid :class:`PoseCodePrior` or
-            :class:`NeighbourPosePrior`.
-    """
-    prior = {k[len(POSE_PRIOR_PREFIX) :]: v for k, v in state.items() if k.startswith(POSE_PRIOR_PREFIX)}
-    rest = {k: v for k, v in state.items() if not k.startswith(POSE_PRIOR_PREFIX)}
-    return rest, (pose_prior_from_state_dict(prior) if prior else None)
-
-
-def inference_module(
-    net: Wav2PixGenerator, truncation: float = 1.0, pose_prior: PoseCodePrior | NeighbourPosePrior | None = None
-) -> Wav2PixInference:
-    """The exported graph (:class:`Wav2PixInference`, noise scaled by ``truncation``, then the first noise inputs
-    mapped by ``pose_prior`` if given) from a baked copy of ``net``."""
-    return Wav2PixInference(bake_parametrizations(net), truncation, pose_prior).eval()
-
-
-def _example_inputs(cfg: Config, batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    audio = (torch.rand(batch, cfg.audio.window_samples, generator=g) * 2 - 1) * 0.5
-    noise = torch.randn(batch, cfg.model.noise_dim, generator=g)
-    return audio, noise
-
-
-def _dynamic_shapes(max_batch: int) -> dict[str, dict[int, Any]]:
+def _dynamic_shapes(graph: InferenceGraph, max_batch: int) -> dict[str, dict[int, Any]]:
     batch = torch.export.Dim("batch", min=1, max=max_batch)
-    return {"audio": {0: batch}, "noise": {0: batch}}
+    return {name: {0: batch} for name in graph.inputs}
 
 
-def export_pt2(module: nn.Module, cfg: Config, path: Path, max_batch: int) -> None:
-    """Write ``module`` as a ``torch.export`` program with a dynamic batch axis (1..max_batch)."""
-    program = torch.export.export(module, _example_inputs(cfg, 2), dynamic_shapes=_dynamic_shapes(max_batch))
+def export_pt2(graph: InferenceGraph, path: Path, max_batch: int) -> None:
+    """Write the graph's module as a ``torch.export`` program with a dynamic batch axis (1..max_batch)."""
+    program = torch.export.export(graph.module, graph.examples(2), dynamic_shapes=_dynamic_shapes(graph, max_batch))
     torch.export.save(program, str(path))
 
 
@@ -162,28 +131,27 @@ def _quiet_exporter() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def export_onnx(module: nn.Module, cfg: Config, path: Path, max_batch: int) -> str:
-    """Write ``module`` as ONNX (inputs ``audio``, ``noise``; output ``image``; dynamic batch).
+def export_onnx(graph: InferenceGraph, path: Path, max_batch: int) -> str:
+    """Write the graph's module as ONNX with its input and output names and a dynamic batch axis.
 
-    Tries the dynamo exporter (opset 18) first and falls back to the
-    TorchScript-based exporter (opset 17). The file is checked with
-    ``onnx.checker`` (full check). Returns a description of the exporter used.
+    Tries the dynamo exporter (opset 18) first and falls back to the TorchScript-based exporter (opset 17).
+    The file is checked with ``onnx.checker`` (full check). Returns a description of the exporter used.
 
     Raises:
         ExportError: both exporters failed or produced an invalid model.
     """
     import onnx
 
-    args = _example_inputs(cfg, 2)
-    names = {"input_names": ["audio", "noise"], "output_names": ["image"]}
+    args = graph.examples(2)
+    names = {"input_names": list(graph.inputs), "output_names": list(graph.outputs)}
     try:
         torch.onnx.export(
-            module,
+            graph.module,
             args,
             str(path),
             dynamo=True,
             opset_version=ONNX_OPSET,
-            dynamic_shapes=_dynamic_shapes(max_batch),
+            dynamic_shapes=_dynamic_shapes(graph, max_batch),
             external_data=False,
             verbose=False,
             **names,
@@ -198,12 +166,12 @@ def export_onnx(module: nn.Module, cfg: Config, path: Path, max_batch: int) -> s
             warnings.filterwarnings("ignore", category=DeprecationWarning)  # "legacy TorchScript-based ONNX export"
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # GroupNorm's batch-size check
             torch.onnx.export(
-                module,
+                graph.module,
                 args,
                 str(path),
                 dynamo=False,
                 opset_version=LEGACY_ONNX_OPSET,
-                dynamic_axes={"audio": {0: "batch"}, "noise": {0: "batch"}, "image": {0: "batch"}},
+                dynamic_axes={name: {0: "batch"} for name in [*graph.inputs, *graph.outputs]},
                 do_constant_folding=True,
                 **names,
             )
@@ -214,13 +182,15 @@ def export_onnx(module: nn.Module, cfg: Config, path: Path, max_batch: int) -> s
 
 
 # ----------------------------------------------------------------------------------------------- files
-def _training_md(cfg: Config, training: dict[str, Any], export: dict[str, Any], identities: list[str]) -> str:
+def _training_md(
+    family: Family, cfg: Any, training: dict[str, Any], export: dict[str, Any], labels: Sequence[str]
+) -> str:
     lines = ["# Training record", ""]
     lines += ["## Command", "", "```", str(training.get("command") or "(not recorded)"), "```", ""]
     data = training.get("data") or []
     lines += ["## Data", ""]
     lines += [f"- `{d}`" for d in data] if data else ["(not recorded)"]
-    lines += ["", f"{len(identities)} identities: {', '.join(identities[:20])}{' …' if len(identities) > 20 else ''}"]
+    lines += ["", f"{len(labels)} labels: {', '.join(labels[:20])}{' …' if len(labels) > 20 else ''}"]
     lines += ["", "## Run", ""]
     lines.append(f"- steps: {training.get('steps', '(not recorded)')}")
     wall = training.get("wall_time_s")
@@ -229,34 +199,31 @@ def _training_md(cfg: Config, training: dict[str, Any], export: dict[str, Any], 
     for key, value in training.items():
         if key not in ("command", "data", "steps", "wall_time_s"):
             lines.append(f"- {key}: {value}")
-    m = cfg.model
     lines += ["", "## Model", ""]
-    lines.append(
-        f"- {m.family}, front end {m.front_end}, {m.image_size} px, g_channels {m.g_channels} "
-        f"(min {m.g_min_channels}), encoder_channels {m.encoder_channels}, embedding {m.embedding_dim}, noise {m.noise_dim}"
-    )
-    lines.append(f"- audio: {cfg.audio.sample_rate} Hz, window {cfg.audio.window_samples} samples")
+    lines.append(f"- {family.describe(cfg)}")
     lines.append(f"- full resolved config: `{CONFIG_FILE}`")
     lines += ["", "## Export", ""]
     lines += [f"- {k}: {v}" for k, v in export.items()]
     return "\n".join(lines) + "\n"
 
 
-def _self_check(bundle_dir: Path, module: nn.Module, cfg: Config) -> dict[str, float]:
-    """Load the bundle with the engine and compare each CPU backend with torch eager; returns max abs errors."""
+def _self_check(bundle_dir: Path, graph: InferenceGraph) -> dict[str, float]:
+    """Load the bundle with the engine and compare each CPU backend with torch eager, every output; returns the
+    largest absolute error per backend."""
     from engine.generator import Generator
 
-    audio, noise = _example_inputs(cfg, 3, seed=1234)
+    args = graph.examples(3, seed=1234)
     with torch.inference_mode():
-        expected = module(audio, noise).numpy()
+        out = graph.module(*args)
+    expected = dict(zip(graph.outputs, out if isinstance(out, (tuple, list)) else (out,)))
     errors: dict[str, float] = {}
     for backend in ("onnxruntime-cpu", "torch-cpu"):
         gen = Generator(bundle_dir, backend=backend, max_batch=4, warmup=False, fallback=False)
         try:
-            got = gen.run(audio.numpy(), noise.numpy())
+            got = gen.run(**{name: a.numpy() for name, a in zip(graph.inputs, args)})
         finally:
             gen.close()
-        err = float(np.abs(got - expected).max())
+        err = max(float(np.abs(got[name] - expected[name].numpy()).max()) for name in graph.outputs)
         errors[backend] = err
         if not np.isfinite(err) or err > CHECK_TOLERANCE:
             raise ExportError(
@@ -290,66 +257,73 @@ def _replace_dir(tmp: Path, out_dir: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def export_bundle(
-    net: Wav2PixGenerator,
-    cfg: Config,
-    identities: list[str],
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _io_manifest(specs: dict, inputs: bool) -> dict[str, dict[str, Any]]:
+    out = {}
+    for name, spec in specs.items():
+        entry: dict[str, Any] = {"shape": list(spec.shape), "doc": spec.doc}
+        if inputs:
+            entry["fill"] = spec.fill
+        out[name] = entry
+    return out
+
+
+def write_bundle(
+    family: Family,
+    cfg: Any,
+    G: nn.Module,
+    labels: Sequence[str],
+    graph: InferenceGraph,
     out_dir: str | Path,
     *,
     training_info: dict[str, Any],
     metrics: dict[str, Any] | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
     check: bool = True,
-    truncation: float = 1.0,
-    pose_prior: PoseCodePrior | NeighbourPosePrior | None = None,
 ) -> Path:
-    """Write a verified model bundle for ``net`` to ``out_dir`` (replacing an older bundle there).
+    """Write a verified model bundle for ``graph`` to ``out_dir`` (replacing an older bundle there).
 
     Args:
-        net: the (EMA) generator side; not modified (a baked copy is exported).
-        cfg: the resolved training config (written as ``config.yaml``).
-        identities: identity names; index = training label.
-        out_dir: bundle directory to create. An existing bundle there is replaced;
-            an existing non-empty folder that is not a bundle is refused.
-        training_info: ``command`` (str), ``data`` (list of dataset folders), ``steps``
-            (int; ``step`` is accepted too), optionally ``wall_time_s`` and other
-            keys, which go to ``TRAINING.md`` and the manifest's ``training``.
+        family, cfg: the model family and its resolved config (written as ``config.yaml``).
+        G: the generator side as trained (its state goes to ``generator.safetensors``; not modified).
+        labels: class names; index = training label.
+        graph: the family's inference graph of ``G`` (:func:`inference_graph`).
+        out_dir: bundle directory to create. An existing bundle there is replaced; an existing non-empty
+            folder that is not a bundle is refused.
+        training_info: ``command`` (str), ``data`` (list of dataset folders), ``steps`` (int; ``step`` is accepted
+            too), optionally ``wall_time_s`` and other keys, for ``TRAINING.md`` and the manifest's ``training``.
         metrics: evaluation figures for ``metrics.json`` (``None``: ``{}``).
         max_batch: largest batch of the torch.export program's dynamic batch axis.
         check: load the bundle with the engine and compare with torch eager (default).
-        truncation: noise scale psi applied inside the graph (truncation trick, Brock et al. 2019); the
-            manifest records it as ``truncation``. 1.0 = none.
-        pose_prior: for a generator with ``model.pose_code_dim`` > 0, the map from standard-normal noise to the
-            training faces' pose codes (:class:`~training.models.wav2pix.PoseCodePrior`), applied inside the graph
-            after the truncation, or a :class:`~training.models.wav2pix.NeighbourPosePrior`; the manifest records
-            ``pose_prior`` (its ``kind``: "neighbours", "quantile", "copula" or "speaker"; "normal" without one).
 
     Returns:
         ``out_dir`` as a :class:`Path`.
 
     Raises:
-        UserError: ``out_dir`` exists and is not a bundle, or the config is not a wav2pix one.
+        UserError: ``out_dir`` exists and is not a bundle.
         ExportError: ONNX export failed or the self-check found a mismatch > 1e-3.
     """
-    if cfg.model.family != "wav2pix":
-        raise UserError(f"export supports the wav2pix family, got {cfg.model.family!r}")
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file())):
         raise UserError(f"{out_dir}: exists and is not a model bundle; choose another output folder")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    module = inference_module(net, truncation, pose_prior)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         with _quiet_exporter():
-            export_pt2(module, cfg, tmp / PT2_FILE, max_batch)
-            exporter = export_onnx(module, cfg, tmp / ONNX_FILE, max_batch)
+            export_pt2(graph, tmp / PT2_FILE, max_batch)
+            exporter = export_onnx(graph, tmp / ONNX_FILE, max_batch)
         from safetensors.torch import save_file
 
-        state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-        if pose_prior is not None:
-            state.update({f"{POSE_PRIOR_PREFIX}{k}": v.contiguous() for k, v in pose_prior.state_dict().items()})
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"n_identities": str(len(identities))})
+        state = {k: v.detach().cpu().contiguous() for k, v in G.state_dict().items()}
+        clash = sorted(set(state) & set(graph.extra_tensors))
+        if clash:
+            raise ExportError(f"the graph's run-time tensors {clash[:3]} collide with the generator's state")
+        state.update(graph.extra_tensors)
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"n_labels": str(len(labels))})
         configs.dump(cfg, tmp / CONFIG_FILE)
         (tmp / METRICS_FILE).write_text(json.dumps(metrics or {}, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         training = dict(training_info)
@@ -365,29 +339,16 @@ def export_bundle(
             "pt2_max_batch": max_batch,
             "exported": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
-        (tmp / TRAINING_FILE).write_text(_training_md(cfg, training, export, identities), encoding="utf-8")
+        (tmp / TRAINING_FILE).write_text(_training_md(family, cfg, training, export, labels), encoding="utf-8")
         files = [ONNX_FILE, PT2_FILE, WEIGHTS_FILE, CONFIG_FILE, METRICS_FILE, TRAINING_FILE]
-        size = cfg.model.image_size
         manifest = {
             "format_version": FORMAT_VERSION,
-            "family": cfg.model.family,
-            "sample_rate": cfg.audio.sample_rate,
-            "window_samples": cfg.audio.window_samples,
-            "noise_dim": cfg.model.noise_dim,
-            "image_size": size,
-            "inputs": {"audio": [None, cfg.audio.window_samples], "noise": [None, cfg.model.noise_dim]},
-            "outputs": {"image": [None, 3, size, size]},
-            "identities": list(identities),
-            "truncation": float(truncation),
-            # the first pose_code_dim noise inputs are a pose code (training.landmarks.PoseCodes); 0: none
-            "pose_code_dim": cfg.model.pose_code_dim,
-            # the next appearance_code_dim noise inputs are an appearance code (training.appearance); 0: none
-            "appearance_code_dim": cfg.model.appearance_code_dim,
-            # how standard-normal noise becomes that code, in the graph: the prior's kind ("neighbours", "quantile",
-            # "copula", "speaker") or "normal"
-            "pose_prior": pose_prior.kind if pose_prior is not None else "normal",
-            # the neighbours prior's bank: pairs, faces, neighbours k, search dimensions (null for other priors)
-            "pose_prior_fit": getattr(pose_prior, "fit_report", None),
+            "family": family.name,
+            "sample_rate": int(graph.sample_rate),
+            "inputs": _io_manifest(graph.inputs, True),
+            "outputs": _io_manifest(graph.outputs, False),
+            "labels": list(labels),
+            "family_info": _jsonable(graph.family_info),
             "files": {name: sha256_file(tmp / name) for name in files},
             "created": export["exported"],
             "training": _jsonable(training),
@@ -396,7 +357,7 @@ def export_bundle(
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         _normalise_modes(tmp)
         if check:
-            errors = _self_check(tmp, module, cfg)
+            errors = _self_check(tmp, graph)
             log.info("export self-check passed: %s", ", ".join(f"{k} max abs err {v:.2e}" for k, v in errors.items()))
         _replace_dir(tmp, out_dir)
     except BaseException:
@@ -406,111 +367,130 @@ def export_bundle(
     return out_dir
 
 
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
-
-
-# ----------------------------------------------------------------------------------------------- CLI
-def load_bundle_source(
-    bundle_dir: str | Path,
-) -> tuple[Wav2PixGenerator, Config, list[str], PoseCodePrior | NeighbourPosePrior | None, dict[str, Any]]:
-    """A model bundle's generator side, rebuilt for export: ``(net, cfg, identities, pose_prior, manifest)``.
-
-    Reads ``bundle.json``, ``config.yaml`` and ``generator.safetensors`` (the net's state dict, spectral
-    normalisation included, plus the pose prior's tensors under ``pose_prior.``). ``net`` is on CPU in eval mode.
+def export_bundle(
+    G: nn.Module,
+    cfg: Any,
+    labels: Sequence[str],
+    out_dir: str | Path,
+    *,
+    training_info: dict[str, Any],
+    metrics: dict[str, Any] | None = None,
+    source: GraphSource | None = None,
+    options: dict[str, Any] | None = None,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    check: bool = True,
+) -> Path:
+    """Export generator side ``G`` of family ``cfg.family`` in one call: :func:`inference_graph` (``options``: the
+    family's export flags by their argparse names, defaults otherwise) then :func:`write_bundle`.
 
     Raises:
-        UserError: a missing or unreadable file, a family other than wav2pix, or weights that do not fit the
-            bundle's config.
+        UserError, ExportError: as :func:`write_bundle` and the family's ``inference``.
+    """
+    family = families.get(cfg.family)
+    parser = argparse.ArgumentParser(add_help=False)
+    family.add_export_arguments(parser.add_argument_group())
+    namespace = argparse.Namespace(**{**vars(parser.parse_args([])), **(options or {})})
+    graph = inference_graph(family, cfg, G, labels, source or GraphSource(), namespace)
+    return write_bundle(family, cfg, G, labels, graph, out_dir, training_info=training_info, metrics=metrics,
+                        max_batch=max_batch, check=check)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------- sources
+@dataclass
+class BundleSource:
+    """A model bundle's generator, rebuilt for export or fine-tuning (:func:`load_bundle_source`).
+
+    Attributes:
+        family, cfg, labels: the family, its config (``config.yaml``, upgraded) and the class names.
+        G: the generator side with the bundle's weights, on the CPU in eval mode.
+        extra_tensors: the rest of ``generator.safetensors`` (the graph's run-time tensors).
+        manifest: the upgraded ``bundle.json``.
+    """
+
+    family: Family
+    cfg: Any
+    labels: list[str]
+    G: nn.Module
+    extra_tensors: dict[str, torch.Tensor]
+    manifest: dict[str, Any]
+
+
+def load_bundle_source(bundle_dir: str | Path) -> BundleSource:
+    """Rebuild a model bundle's generator side from ``bundle.json``, ``config.yaml`` and ``generator.safetensors``.
+
+    Raises:
+        UserError: a missing or unreadable file, an unknown family, or weights that do not fit the config.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from engine.bundle import load_bundle
     from training.config import load_config
-    from training.models.wav2pix import build
 
     bundle = load_bundle(bundle_dir)
     folder = Path(bundle_dir)
     cfg = load_config(folder / CONFIG_FILE)
-    if cfg.model.family != "wav2pix":
-        raise UserError(f"{folder / CONFIG_FILE}: export supports the wav2pix family, got {cfg.model.family!r}")
-    identities = list(bundle.identities)
+    if cfg.family != bundle.family:
+        raise UserError(f"{folder / CONFIG_FILE}: family {cfg.family!r}, but {MANIFEST} says {bundle.family!r}")
+    family = families.get(bundle.family)
+    labels = list(bundle.labels)
     path = folder / WEIGHTS_FILE
     try:
-        state, prior = split_pose_prior(load_file(str(path)))
-    except (OSError, SafetensorError, ValueError) as err:
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError) as err:
         raise UserError(f"{path}: cannot read the generator weights ({err})") from err
-    net, _ = build(cfg.audio, cfg.model, len(identities))
+    G, _ = family.build(cfg, labels)
+    names = set(G.state_dict())
     try:
-        net.load_state_dict(state)
+        G.load_state_dict({k: v for k, v in tensors.items() if k in names})
     except RuntimeError as err:
         raise UserError(f"{path}: the weights do not fit {folder / CONFIG_FILE} ({str(err).splitlines()[0]})") from err
-    if prior is not None and bundle.manifest.get("pose_prior_fit") is not None:
-        prior.fit_report = bundle.manifest["pose_prior_fit"]
-    return net.eval(), cfg, identities, prior, dict(bundle.manifest)
+    extra = {k: v for k, v in tensors.items() if k not in names}
+    return BundleSource(family, cfg, labels, G.eval(), extra, dict(bundle.manifest))
 
 
+# ----------------------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``run.py export RUN_DIR -o BUNDLE_DIR`` (or ``run.py export BUNDLE_DIR -o NEW_BUNDLE_DIR``)."""
+    """``run.py export RUN_DIR -o BUNDLE_DIR`` (or ``run.py export BUNDLE_DIR -o NEW_BUNDLE_DIR``), with every
+    family's own flags in a group of their own."""
     parser.add_argument(
         "run_dir",
         type=Path,
         metavar="RUN_OR_BUNDLE",
         help="training run folder (checkpoints/, command.txt, ...), or a model bundle to export again with this "
-        "exporter: its weights, pose prior, truncation, training record and figures are kept",
+        "exporter: its weights, run-time tensors, training record and figures are kept",
     )
     parser.add_argument("-o", "--out", type=Path, required=True, help="bundle folder to write (replaced if a bundle)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint file (default: the latest)")
     parser.add_argument(
-        "--generator",
-        choices=("ema", "raw"),
-        default="ema",
+        "--generator", choices=runs.GENERATORS, default="ema",
         help="the moving-average weights (default) or the trained weights themselves",
-    )
+    )  # fmt: skip
     parser.add_argument(
         "--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="largest batch of model.pt2 (default %(default)s)"
     )
     parser.add_argument(
-        "--metrics",
-        type=Path,
-        metavar="METRICS.json",
+        "--metrics", type=Path, metavar="METRICS.json",
         help="evaluation figures to write as the bundle's metrics.json, e.g. evaluate's output for these weights "
         "(default: RUN_DIR/metrics.json, or the source bundle's)",
-    )
+    )  # fmt: skip
     parser.add_argument(
-        "--truncation",
-        type=float,
-        default=1.0,
-        metavar="PSI",
-        help="noise scale inside the graph (truncation trick, Brock et al. 2019; default 1.0 = none)",
-    )
-    parser.add_argument(
-        "--pose-prior",
-        choices=POSE_PRIORS,
-        default=None,
-        help="for a generator with a pose code: map standard-normal noise to the training faces' pose codes "
-        "inside the graph (neighbours: the code of one of the 16 training pairs whose speech embeddings are nearest "
-        "to the voice's, reads the training data in RUN_DIR/split.json; quantile, the default: marginals; copula: "
-        "with the components' correlations; speaker: per training speaker, weighted by the speech identity head; "
-        "all need RUN_DIR/pose_codes.safetensors) or feed it as is (normal)",
-    )
-    parser.add_argument(
-        "--calibrate-bank",
-        action="store_true",
-        help="for the neighbours prior: per training identity, scale the bank's codes and keep the share of its "
-        "rows the generator draws best, chosen by the Fréchet distance of the bank's renderings to the real "
-        "training faces (training data only; see training/bank_calibration.py; about 0.13 s per bank row and gain "
-        "on a CPU)",
-    )
-    parser.add_argument(
-        "--data",
-        action="append",
-        default=None,
-        metavar="DIR",
-        help="with --calibrate-bank: the training data the bank was built from (default: the run's split.json, or "
-        "the bundle's training record); repeatable",
-    )
+        "--data", action="append", default=None, metavar="DIR",
+        help="the training data, where a family's export reads it (default: the run's split.json, or the bundle's "
+        "training record); repeatable",
+    )  # fmt: skip
+    add_family_arguments(parser, "add_export_arguments")
+
+
+def add_family_arguments(parser: argparse.ArgumentParser, hook: str) -> None:
+    """Add each family's flags (``hook``: ``add_export_arguments`` or ``add_evaluate_arguments``) in its own group.
+
+    Families may declare the same flag with the same meaning (e.g. two face families' ``--unseen-voices``); the
+    parser keeps one (``conflict_handler="resolve"``)."""
+    parser.conflict_handler = "resolve"
+    for name in families.names():
+        group = parser.add_argument_group(f"{name} options")
+        getattr(families.get(name), hook)(group)
 
 
 def _read_json(path: Path) -> Any:
@@ -520,92 +500,60 @@ def _read_json(path: Path) -> Any:
         raise UserError(f"{path}: cannot read JSON ({exc})") from exc
 
 
-def _wall_time_from_log(path: Path) -> float | None:
-    """Seconds between the first and last ``time`` stamps of a training log (JSON lines), or ``None``."""
-    if not path.is_file():
-        return None
-    stamps: list[float] = []
-    try:
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    t = json.loads(line).get("time")
-                except (json.JSONDecodeError, AttributeError):
-                    continue
-                if isinstance(t, (int, float)):
-                    stamps.append(float(t))
-    except OSError:
-        return None
-    return max(stamps) - min(stamps) if len(stamps) >= 2 else None
+def export_run(run_dir: Path, out: Path, args: argparse.Namespace, metrics: dict[str, Any] | None) -> Path:
+    """Export a run folder's checkpoint (``args.checkpoint``, ``args.generator``) to ``out``."""
+    family, G, cfg, labels, info = runs.load_run(run_dir, getattr(args, "checkpoint", None),
+                                                 getattr(args, "generator", "ema"))  # fmt: skip
+    split = runs.read_split(run_dir)
+    data = tuple(getattr(args, "data", None) or (split or {}).get("data") or ())
+    source = GraphSource(run_dir=run_dir, data=data, split=split, for_export=True)
+    graph = inference_graph(family, cfg, G, labels, source, args)
+    info = {**info, "data": list(data)}
+    if info.get("wall_time_s") is None:
+        wall = runs.wall_time_from_log(run_dir / runs.LOG_FILE)
+        if wall is not None:
+            info["wall_time_s"] = round(wall, 1)
+            info["wall_time_source"] = "log.jsonl, first to last record (includes pauses between resumed runs)"
+    if metrics is None and (run_dir / METRICS_FILE).is_file():
+        metrics = _read_json(run_dir / METRICS_FILE)
+    return write_bundle(family, cfg, G, labels, graph, out, training_info=info, metrics=metrics,
+                        max_batch=getattr(args, "max_batch", DEFAULT_MAX_BATCH))  # fmt: skip
 
 
-def _calibrated_bank(
-    prior: Any,
-    net: nn.Module,
-    cfg: Config,
-    identities: list[str],
-    data: list[str],
-    val_face_hashes: set[str] | None,
-    source: Path,
-) -> NeighbourPosePrior:
-    """``export --calibrate-bank``: ``prior`` calibrated by :func:`training.bank_calibration.calibrate_on_data`.
+def reexport_bundle(source_dir: Path, out: Path, args: argparse.Namespace, metrics: dict[str, Any] | None) -> Path:
+    """Export the model bundle ``source_dir`` again to ``out`` (may be ``source_dir`` itself: everything is read
+    first): same weights, run-time tensors and family info (rebuilt by the family, so with this version's
+    graph), labels, training record (plus ``reexported_from``) and ``metrics.json`` (or ``metrics``); a new
+    graph, manifest (format 2), hashes and self-check.
 
     Raises:
-        UserError: ``prior`` is not a neighbours prior (named with ``source``); as ``calibrate_on_data``.
+        UserError: as :func:`load_bundle_source`, or as the family's ``inference``.
+        ExportError: as :func:`write_bundle`.
     """
-    if not isinstance(prior, NeighbourPosePrior):
-        raise UserError(f"{source}: --calibrate-bank needs the neighbours pose prior (--pose-prior neighbours)")
-    from training.bank_calibration import calibrate_on_data
+    src = load_bundle_source(source_dir)
+    training = dict(src.manifest.get("training", {}))
+    data = tuple(getattr(args, "data", None) or training.get("data") or ())
+    source = GraphSource(data=data, bundle_tensors=src.extra_tensors, family_info=src.manifest["family_info"])
+    options = argparse.Namespace(**{**vars(args), **_bundle_options(src, args)})
+    graph = inference_graph(src.family, src.cfg, src.G, src.labels, source, options)
+    metrics_path = Path(source_dir) / METRICS_FILE
+    old_info = src.manifest["family_info"]
+    if metrics is None and metrics_path.is_file() and all(old_info.get(k) == v for k, v in graph.family_info.items()):
+        metrics = _read_json(metrics_path)  # the same graph: its figures still hold
+    training["reexported_from"] = {"bundle": str(source_dir), "created": src.manifest.get("created"),
+                                   "files": src.manifest.get("files", {})}  # fmt: skip
+    return write_bundle(src.family, src.cfg, src.G, src.labels, graph, out, training_info=training, metrics=metrics,
+                        max_batch=getattr(args, "max_batch", DEFAULT_MAX_BATCH))  # fmt: skip
 
-    return calibrate_on_data(net, cfg, prior, identities, data, val_face_hashes)[0]
 
-
-def reexport_bundle(
-    source: Path,
-    out: Path,
-    max_batch: int = DEFAULT_MAX_BATCH,
-    metrics: dict[str, Any] | None = None,
-    calibrate_bank: bool = False,
-    data: list[str] | None = None,
-) -> Path:
-    """Export the model bundle ``source`` again to ``out`` (may be ``source`` itself: everything is read first):
-    same weights, pose prior (rebuilt from its tensors, so with this version's graph), truncation, identities,
-    training record (plus ``reexported_from``) and ``metrics.json`` (or ``metrics``, e.g. a new evaluation of the
-    same weights); a new graph, hashes and self-check.
-
-    With ``calibrate_bank`` the neighbours prior's bank is calibrated first
-    (:func:`training.bank_calibration.calibrate_on_data`) on ``data`` (default: the folders in the bundle's
-    training record), and the bundle's old ``metrics.json`` is not carried over unless ``metrics`` is given
-    (its figures were of the uncalibrated bank).
-
-    Raises:
-        UserError: as :func:`load_bundle_source`; ``calibrate_bank`` for a bundle without a neighbours prior or
-            with one already calibrated; as :func:`training.bank_calibration.calibrate_on_data`.
-        ExportError: as :func:`export_bundle`.
-    """
-    net, cfg, identities, prior, manifest = load_bundle_source(source)
-    metrics_path = Path(source) / METRICS_FILE
-    if metrics is None and metrics_path.is_file() and not calibrate_bank:
-        metrics = _read_json(metrics_path)
-    training = dict(manifest.get("training", {}))
-    training["reexported_from"] = {"bundle": str(source), "created": manifest.get("created"),
-                                   "files": manifest.get("files", {})}  # fmt: skip
-    if calibrate_bank:
-        if "calibration" in (getattr(prior, "fit_report", None) or {}):
-            raise UserError(f"{source}: its bank is calibrated already; calibrate the uncalibrated bundle or the run")
-        prior = _calibrated_bank(prior, net, cfg, identities, data or list(training.get("data") or []), None, source)
-        training["bank_calibrated"] = True
-    return export_bundle(
-        net,
-        cfg,
-        identities,
-        out,
-        training_info=training,
-        metrics=metrics,
-        max_batch=max_batch,
-        truncation=float(manifest.get("truncation", 1.0)),
-        pose_prior=prior,
-    )
+def _bundle_options(src: BundleSource, args: argparse.Namespace) -> dict[str, Any]:
+    """Export options a bundle keeps unless the command line changes them: its ``family_info`` values for flags
+    left at their defaults (e.g. wav2pix's truncation)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    src.family.add_export_arguments(parser.add_argument_group())
+    defaults = vars(parser.parse_args([]))
+    info = src.manifest["family_info"]
+    return {k: info[k] for k, v in defaults.items() if k in info and getattr(args, k, v) == v}
 
 
 def main(args: argparse.Namespace) -> int:
@@ -617,72 +565,16 @@ def main(args: argparse.Namespace) -> int:
     if metrics is not None and not isinstance(metrics, dict):
         raise UserError(f"{metrics_file}: expected a JSON object of evaluation figures")
     if (run_dir / MANIFEST).is_file():
-        changed = [
-            flag
-            for flag, value, default in (  # --calibrate-bank and --data apply to bundles too
-                ("--checkpoint", getattr(args, "checkpoint", None), None),
-                ("--generator", getattr(args, "generator", "ema"), "ema"),
-                ("--truncation", getattr(args, "truncation", 1.0), 1.0),
-                ("--pose-prior", getattr(args, "pose_prior", None), None),
-            )
-            if value != default
-        ]
+        changed = [flag for flag, value, default in (("--checkpoint", getattr(args, "checkpoint", None), None),
+                                                     ("--generator", getattr(args, "generator", "ema"), "ema"))
+                   if value != default]  # fmt: skip
         if changed:
-            raise UserError(f"{run_dir}: a model bundle is exported again as it is; {', '.join(changed)} apply to "
-                            "run folders only")  # fmt: skip
-        out = reexport_bundle(
-            run_dir,
-            args.out,
-            args.max_batch,
-            metrics,
-            bool(getattr(args, "calibrate_bank", False)),
-            getattr(args, "data", None),
-        )
+            raise UserError(f"{run_dir}: a model bundle has no checkpoints; {', '.join(changed)} apply to run folders")
+        out = reexport_bundle(run_dir, args.out, args, metrics)
         print(f"wrote {out} (exported again from {run_dir})")
         return 0
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: run folder not found")
-    try:
-        from training.trainer import load_run
-    except ImportError as exc:
-        if getattr(exc, "name", None) not in ("training.trainer",) and "load_run" not in str(exc):
-            raise
-        raise UserError("export needs training.trainer.load_run, which this checkout does not have") from exc
-    checkpoint = getattr(args, "checkpoint", None)
-    generator = getattr(args, "generator", "ema")
-    net, cfg, identities, info = load_run(run_dir, checkpoint, generator)
-    from training.trainer import pose_prior_for_run
-
-    pose_prior = pose_prior_for_run(run_dir, cfg, getattr(args, "pose_prior", None) or "quantile", net)
-    info = dict(info)
-    split = _read_json(run_dir / "split.json") if (run_dir / "split.json").is_file() else None
-    if not info.get("data") and split is not None:
-        info["data"] = split.get("data", [])
-    if getattr(args, "calibrate_bank", False):
-        hashes = (split or {}).get("val_face_hashes")
-        data = getattr(args, "data", None) or list(info.get("data") or [])
-        pose_prior = _calibrated_bank(
-            pose_prior, net, cfg, list(identities), data, None if hashes is None else set(hashes), run_dir
-        )
-        info["bank_calibrated"] = True
-    if info.get("wall_time_s") is None:
-        wall = _wall_time_from_log(run_dir / "log.jsonl")
-        if wall is not None:
-            info["wall_time_s"] = round(wall, 1)
-            info["wall_time_source"] = "log.jsonl, first to last record (includes pauses between resumed runs)"
-    metrics_path = run_dir / METRICS_FILE
-    if metrics is None and metrics_path.is_file():
-        metrics = _read_json(metrics_path)
-    out = export_bundle(
-        net,
-        cfg,
-        list(identities),
-        args.out,
-        training_info=info,
-        metrics=metrics,
-        max_batch=args.max_batch,
-        truncation=args.truncation,
-        pose_prior=pose_prior,
-    )
-    print(f"wrote {out} ({len(identities)} identities, {cfg.model.image_size} px)")
+    out = export_run(run_dir, args.out, args, metrics)
+    print(f"wrote {out}")
     return 0

@@ -1,4 +1,8 @@
-"""``run.py generate``: one generated face (PNG) per audio file, with a model bundle.
+"""``run.py generate``: one generated sample per audio file (or ``--count N`` of them), with a model bundle.
+
+Every output the bundle names is written: ``image`` as ``NAME.png``, ``sound`` as ``NAME.wav`` (16-bit PCM at
+the bundle's sample rate). A bundle without an audio input (an unconditional model) takes ``--count N`` and
+writes ``sample-0000`` ... instead.
 
 Each file is decoded with :func:`engine.audio.load_audio` (any common format, any rate, mono mix),
 its loudest ``window_samples`` window is picked (:func:`loudest_window`; shorter files are
@@ -45,7 +49,10 @@ DEFAULT_BUNDLE = "presets/models/wav2pix-64"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``run.py generate``."""
-    parser.add_argument("--audio", required=True, type=Path, help="an audio file or a folder (searched recursively)")
+    parser.add_argument("--audio", type=Path, help="an audio file or a folder (searched recursively)")
+    parser.add_argument(
+        "--count", type=int, metavar="N", help="for a bundle without an audio input (unconditional): N samples"
+    )
     parser.add_argument("--out", required=True, type=Path, help="output folder (sub-folders of --audio are mirrored)")
     parser.add_argument(
         "--bundle", type=Path, default=Path(DEFAULT_BUNDLE), help=f"model bundle (default {DEFAULT_BUNDLE})"
@@ -125,28 +132,48 @@ def file_noise(seed: int, relative: str | Path, noise_dim: int) -> np.ndarray:
 
 
 def output_paths(relatives: Sequence[Path], out: Path) -> list[Path]:
-    """PNG path under ``out`` for each relative audio path: same sub-folder, audio stem + ``.png``.
+    """Output path (without suffix) under ``out`` for each relative audio path: same sub-folder, audio stem
+    (``.png`` / ``.wav`` are added per output).
 
     When two audio files in one folder share a stem (``a.wav``, ``a.flac``), both are named
-    ``<stem>.<ext>.png`` instead, so no image overwrites another.
+    ``<stem>.<ext>`` instead (``a.wav.png``), so no output overwrites another.
     """
-    plain = [out / rel.parent / f"{rel.stem}.png" for rel in relatives]
+    plain = [out / rel.parent / rel.stem for rel in relatives]
     counts: dict[Path, int] = {}
     for p in plain:
         counts[p] = counts.get(p, 0) + 1
-    return [p if counts[p] == 1 else out / rel.parent / f"{rel.name}.png" for p, rel in zip(plain, relatives)]
+    return [p if counts[p] == 1 else out / rel.parent / rel.name for p, rel in zip(plain, relatives)]
 
 
 @dataclass
 class GenerateReport:
-    """What :func:`generate_files` did: written PNGs and ``(file, message)`` failures."""
+    """What :func:`generate_files` / :func:`generate_count` did: written files and ``(file, message)`` failures."""
 
     written: list[Path]
     failed: list[tuple[Path, str]]
 
 
+def write_outputs(outputs: dict[str, np.ndarray], targets: Sequence[Path], sample_rate: int) -> list[Path]:
+    """Write sample i of each output beside ``targets[i]`` (a path without suffix): ``image`` uint8 [B, H, W, 3] as
+    ``.png``, ``sound`` float32 [B, N] in [-1, 1] as 16-bit ``.wav`` at ``sample_rate`` Hz. Returns the files."""
+    import soundfile as sf
+    from PIL import Image
+
+    written: list[Path] = []
+    for i, target in enumerate(targets):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if "image" in outputs:
+            Image.fromarray(outputs["image"][i]).save(target.with_name(target.name + ".png"))
+            written.append(target.with_name(target.name + ".png"))
+        if "sound" in outputs:
+            path = target.with_name(target.name + ".wav")
+            sf.write(str(path), np.clip(outputs["sound"][i], -1.0, 1.0), sample_rate, subtype="PCM_16")
+            written.append(path)
+    return written
+
+
 def generate_files(
-    generate: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    generate: Callable[..., dict[str, np.ndarray]],
     files: Sequence[tuple[Path, Path]],
     out: Path,
     *,
@@ -156,25 +183,24 @@ def generate_files(
     seed: int = 0,
     batch: int = 16,
 ) -> GenerateReport:
-    """Generate one PNG per audio file.
+    """Generate one sample per audio file: ``NAME.png`` for an image output, ``NAME.wav`` for a sound output.
 
     Args:
-        generate: ``(audio float32 [B, window_samples], noise float32 [B, noise_dim]) -> uint8 [B, H, W, 3]``
-            (e.g. an :class:`engine.generator.Generator` instance).
+        generate: ``(audio=float32 [B, window_samples], noise=float32 [B, noise_dim]) -> {"image": uint8
+            [B, H, W, 3], "sound": float32 [B, N]}`` (e.g. :meth:`engine.generator.Generator.generate`).
         files: (file, relative path) pairs from :func:`find_audio_files`.
         out: output folder; created as needed.
-        sample_rate: Hz the generator expects; window_samples: samples per window; noise_dim: Z.
+        sample_rate: Hz the generator expects and its sound output is at; window_samples: samples per window;
+            noise_dim: Z.
         seed: base seed of :func:`file_noise`.
         batch: files per ``generate`` call; the last call is zero-padded to this size. Backends may pick
             different kernels for different batch sizes (e.g. ONNX Runtime at batch 1 vs larger: ±1 grey level
-            in a few pixels), so padding keeps each image independent of how many files there are and of
-            their order; images are bit-identical for the same seed, relative path and ``batch``.
+            in a few pixels), so padding keeps each output independent of how many files there are and of
+            their order; outputs are bit-identical for the same seed, relative path and ``batch``.
 
     Returns:
         :class:`GenerateReport`. Undecodable files are logged with their name and listed in ``failed``.
     """
-    from PIL import Image
-
     targets = output_paths([rel for _, rel in files], out)
     written: list[Path] = []
     failed: list[tuple[Path, str]] = []
@@ -189,11 +215,8 @@ def generate_files(
         if len(pending) < size:  # pad: every call has the same batch size, so no result depends on the file set
             audio = np.concatenate([audio, np.zeros((size - len(pending), audio.shape[1]), np.float32)])
             noise = np.concatenate([noise, np.zeros((size - len(pending), noise.shape[1]), np.float32)])
-        images = np.asarray(generate(audio, noise))[: len(pending)]
-        for image, (_, _, target) in zip(images, pending):
-            target.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image).save(target)
-            written.append(target)
+        outputs = generate(audio=audio, noise=noise)
+        written.extend(write_outputs(outputs, [t for _, _, t in pending], sample_rate))
         pending.clear()
 
     for (path, rel), target in zip(files, targets):
@@ -208,6 +231,27 @@ def generate_files(
             flush()
     flush()
     return GenerateReport(written=written, failed=failed)
+
+
+def generate_count(
+    generate: Callable[..., dict[str, np.ndarray]], count: int, out: Path, *, sample_rate: int, noise_dim: int,
+    seed: int = 0, batch: int = 16,
+) -> GenerateReport:
+    """``count`` samples of a bundle without an audio input (an unconditional model): ``sample-NNNN.png`` /
+    ``.wav``; sample i's noise is :func:`file_noise` of ``seed`` and its name, so it does not depend on ``count``.
+
+    Raises:
+        UserError: ``count`` < 1.
+    """
+    if count < 1:
+        raise UserError(f"--count: expected >= 1, got {count}")
+    names = [Path(f"sample-{i:04d}") for i in range(count)]
+    written: list[Path] = []
+    for i in range(0, count, max(1, batch)):
+        chunk = names[i : i + max(1, batch)]
+        noise = np.stack([file_noise(seed, n, noise_dim) for n in chunk])
+        written.extend(write_outputs(generate(noise=noise), [out / n for n in chunk], sample_rate))
+    return GenerateReport(written=written, failed=[])
 
 
 def open_bundle(bundle: Path, backend: str = "auto"):
@@ -230,20 +274,26 @@ def open_bundle(bundle: Path, backend: str = "auto"):
 
 def main(args: argparse.Namespace) -> int:
     """Run ``generate``. Returns 0, or 1 when any file failed to decode."""
-    files = find_audio_files(args.audio)
     gen = open_bundle(args.bundle, args.backend)
-    log.info("bundle %s on %s (%s); %d audio file(s)", args.bundle, gen.backend_name, gen.backend_reason, len(files))
-    report = generate_files(
-        lambda audio, noise: gen(audio, noise=noise),
-        files,
-        Path(args.out),
-        sample_rate=gen.sample_rate,
-        window_samples=gen.window_samples,
-        noise_dim=gen.noise_dim,
-        seed=args.seed,
-        batch=args.batch,
-    )
-    print(f"generated {len(report.written)} image(s) in {args.out}; {len(report.failed)} file(s) failed")
+    has_audio = "audio" in gen.bundle.inputs
+    log.info("bundle %s on %s (%s)", args.bundle, gen.backend_name, gen.backend_reason)
+    if has_audio and args.audio is None:
+        raise UserError(f"{args.bundle} is conditioned on audio: give --audio FILE_OR_DIR")
+    if not has_audio and args.count is None:
+        raise UserError(f"{args.bundle} takes no audio (an unconditional model): give --count N")
+    if has_audio:
+        if args.count is not None:
+            raise UserError("--count applies to bundles without an audio input; this one takes --audio")
+        report = generate_files(
+            gen.generate, find_audio_files(args.audio), Path(args.out), sample_rate=gen.sample_rate,
+            window_samples=gen.window_samples, noise_dim=gen.noise_dim, seed=args.seed, batch=args.batch,
+        )  # fmt: skip
+    else:
+        if args.audio is not None:
+            raise UserError(f"{args.bundle} takes no audio input; drop --audio (use --count N)")
+        report = generate_count(gen.generate, args.count, Path(args.out), sample_rate=gen.sample_rate,
+                                noise_dim=gen.noise_dim, seed=args.seed, batch=args.batch)  # fmt: skip
+    print(f"generated {len(report.written)} file(s) in {args.out}; {len(report.failed)} input(s) failed")
     for path, message in report.failed:
         print(f"  failed: {path}: {message}")
     return 1 if report.failed else 0

@@ -1,9 +1,11 @@
 """Inference backends: one module per runtime, one small interface.
 
-Every backend runs the bundle's inference graph on float32 numpy inputs
-``audio`` [B, window_samples] and ``noise`` [B, noise_dim] and returns float32
-numpy ``image`` [B, 3, H, W] in [-1, 1]. Batches arrive already validated and
-no larger than ``max_batch`` (see :class:`engine.generator.Generator`).
+Every backend runs the bundle's inference graph on float32 numpy inputs by
+name (``audio`` [B, window_samples], ``noise`` [B, noise_dim], ``class`` [B, C]:
+whatever the manifest lists) and returns float32 numpy outputs by name
+(``image`` [B, 3, H, W] in [-1, 1], ``sound`` [B, N] in [-1, 1]). Inputs arrive
+complete, validated and no larger than ``max_batch`` (see
+:class:`engine.generator.Generator`).
 
 A backend that cannot start (library not installed, no GPU, build failure)
 raises :class:`BackendUnavailable` with a short reason; the generator logs it
@@ -15,6 +17,8 @@ Names (``Backend.name``): ``tensorrt``, ``onnxruntime-cuda``, ``torch-cuda``,
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -33,8 +37,8 @@ class Backend(Protocol):
     name: str
     """One of ``tensorrt``, ``onnxruntime-cuda``, ``torch-cuda``, ``onnxruntime-cpu``, ``torch-cpu``."""
 
-    def run(self, audio: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        """float32 audio [B, S] + float32 noise [B, Z] (C-contiguous, B <= max_batch) -> float32 [B, 3, H, W]."""
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """float32 C-contiguous inputs by name (B <= max_batch) -> float32 outputs by name."""
         ...
 
     def close(self) -> None:
@@ -44,6 +48,15 @@ class Backend(Protocol):
 
 AUTO_ORDER: tuple[str, ...] = ("tensorrt", "onnxruntime-cuda", "torch-cuda", "onnxruntime-cpu", "torch-cpu")
 """Order ``backend="auto"`` tries: fastest first."""
+
+
+def nvidia_driver_present() -> bool:
+    """Whether an NVIDIA driver is loaded, without importing torch (whose import alone takes seconds on a CPU
+    machine). On Linux: ``/proc/driver/nvidia/version`` or ``/dev/nvidiactl`` exists; elsewhere assume yes and
+    let the backend find out."""
+    if sys.platform.startswith("linux"):
+        return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl")
+    return True
 
 
 def parse_device(device: str | None) -> tuple[str | None, int]:
@@ -106,6 +119,8 @@ def create(
             spin=ort_spin,
         )
     if name in ("torch-cpu", "torch-cuda"):
+        if name == "torch-cuda" and not nvidia_driver_present():
+            raise BackendUnavailable("no CUDA device (no NVIDIA driver)")
         from engine.backends.torch_backend import TorchBackend
 
         return TorchBackend(

@@ -77,8 +77,9 @@ class TorchBackend:
                 self.module.to(self.device)
         except Exception as exc:  # noqa: BLE001 - deserialisation errors are untyped
             raise BackendUnavailable(f"cannot load model.pt2 ({type(exc).__name__}: {exc})") from exc
-        self.window_samples = bundle.window_samples
-        self.noise_dim = bundle.noise_dim
+        self.input_names = list(bundle.inputs)
+        self.output_names = list(bundle.outputs)
+        self.item_shapes = {name: spec.item_shape for name, spec in bundle.inputs.items()}
         self._graph = None
         if self.device.type == "cuda" and cuda_graph:
             try:
@@ -87,45 +88,49 @@ class TorchBackend:
                 log.warning("torch-cuda: CUDA graph capture failed, running eagerly (%s: %s)", type(exc).__name__, exc)
                 self._graph = None
 
+    def _call(self, *args):  # -> tuple of tensors in output order
+        out = self.module(*args)
+        return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
     def _capture_batch1(self) -> None:
         torch = self.torch
         with torch.inference_mode():
-            self._static_audio = torch.zeros(1, self.window_samples, device=self.device)
-            self._static_noise = torch.zeros(1, self.noise_dim, device=self.device)
+            self._static_in = [torch.zeros(1, *self.item_shapes[n], device=self.device) for n in self.input_names]
             side = torch.cuda.Stream(device=self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
                 for _ in range(3):
-                    self.module(self._static_audio, self._static_noise)
+                    self._call(*self._static_in)
             torch.cuda.current_stream(self.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                self._static_out = self.module(self._static_audio, self._static_noise)
+                self._static_out = self._call(*self._static_in)
             torch.cuda.synchronize(self.device)
-            self._host_out = torch.empty(self._static_out.shape, dtype=self._static_out.dtype, pin_memory=True)
+            self._host_out = [torch.empty(o.shape, dtype=o.dtype, pin_memory=True) for o in self._static_out]
         self._graph = graph
 
-    def run(self, audio: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        """float32 audio [B, S] + noise [B, Z] -> float32 image [B, 3, H, W] in [-1, 1]."""
-        if audio.shape[0] > self.limit:
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """float32 inputs by name (e.g. audio [B, S], noise [B, Z]) -> float32 outputs by name (e.g. image)."""
+        batch = len(next(iter(inputs.values())))
+        if batch > self.limit:
             step = self.limit
-            return np.concatenate(
-                [self.run(audio[i : i + step], noise[i : i + step]) for i in range(0, len(audio), step)]
-            )
+            parts = [self.run({k: v[i : i + step] for k, v in inputs.items()}) for i in range(0, batch, step)]
+            return {k: np.concatenate([p[k] for p in parts]) for k in self.output_names}
         torch = self.torch
         with torch.inference_mode():
-            a = torch.from_numpy(audio)
-            z = torch.from_numpy(noise)
+            args = [torch.from_numpy(inputs[n]) for n in self.input_names]
             if self.device.type == "cpu":
-                return self.module(a, z).numpy()
-            if self._graph is not None and a.shape[0] == 1:
-                self._static_audio.copy_(a, non_blocking=False)
-                self._static_noise.copy_(z, non_blocking=False)
+                outs = [o.numpy() for o in self._call(*args)]
+            elif self._graph is not None and batch == 1:
+                for static, a in zip(self._static_in, args):
+                    static.copy_(a, non_blocking=False)
                 self._graph.replay()
-                self._host_out.copy_(self._static_out, non_blocking=False)
-                return self._host_out.numpy().copy()
-            out = self.module(a.to(self.device), z.to(self.device))
-            return out.cpu().numpy()
+                for host, out in zip(self._host_out, self._static_out):
+                    host.copy_(out, non_blocking=False)
+                outs = [h.numpy().copy() for h in self._host_out]
+            else:
+                outs = [o.cpu().numpy() for o in self._call(*[a.to(self.device) for a in args])]
+        return dict(zip(self.output_names, outs))
 
     def close(self) -> None:
         """Drop the module and CUDA graph."""

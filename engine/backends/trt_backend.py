@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.backends import BackendUnavailable
-from engine.bundle import Bundle
+from engine.backends import BackendUnavailable, nvidia_driver_present
+from engine.bundle import Bundle, cache_root
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,7 @@ WORKSPACE_BYTES = 1 << 30
 
 def cache_dir() -> Path:
     """Directory for TensorRT plans and timing caches: ``$AVGAN_CACHE/trt`` or ``~/.cache/avgan/trt``."""
-    root = os.environ.get("AVGAN_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "avgan"
-    return base / "trt"
+    return cache_root() / "trt"
 
 
 def plan_key(
@@ -134,6 +132,8 @@ class TensorRTBackend:
             raise BackendUnavailable(f"not installed ({exc})") from exc
         except Exception as exc:  # noqa: BLE001 - broken installs raise OSError etc. from native libs
             raise BackendUnavailable(f"import failed ({type(exc).__name__}: {exc})") from exc
+        if not nvidia_driver_present():  # before importing torch, which takes seconds
+            raise BackendUnavailable("no CUDA device (no NVIDIA driver)")
         try:
             import torch
         except ImportError as exc:
@@ -144,8 +144,8 @@ class TensorRTBackend:
         self.torch = torch
         self.device = torch.device("cuda", device_index)
         self.max_batch = int(max_batch)
-        self.window_samples = bundle.window_samples
-        self.noise_dim = bundle.noise_dim
+        self.item_shapes = {name: spec.item_shape for name, spec in bundle.inputs.items()}
+        self.output_names = list(bundle.outputs)
         self.logger = trt.Logger(trt.Logger.WARNING)
         gpu = torch.cuda.get_device_name(self.device)
         cc = tuple(torch.cuda.get_device_capability(self.device))
@@ -205,8 +205,8 @@ class TensorRTBackend:
         profile = builder.create_optimization_profile()
         for i in range(network.num_inputs):
             tensor = network.get_input(i)
-            width = self.window_samples if tensor.name == "audio" else self.noise_dim
-            profile.set_shape(tensor.name, (1, width), (1, width), (self.max_batch, width))
+            item = self.item_shapes[tensor.name]
+            profile.set_shape(tensor.name, (1, *item), (1, *item), (self.max_batch, *item))
         config.add_optimization_profile(profile)
         cache_bytes = timing_path.read_bytes() if timing_path.is_file() else b""
         timing_cache = config.create_timing_cache(cache_bytes)
@@ -231,34 +231,36 @@ class TensorRTBackend:
             name = self.engine.get_tensor_name(i)
             dtype = dtypes[self.engine.get_tensor_dtype(name)]
             if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-                width = self.window_samples if name == "audio" else self.noise_dim
-                self.inputs[name] = torch.empty((self.max_batch, width), dtype=dtype, device=self.device)
+                item = self.item_shapes.get(name, ())
+                self.inputs[name] = torch.empty((self.max_batch, *item), dtype=dtype, device=self.device)
             else:
                 shape = list(self.engine.get_tensor_shape(name))
                 shape[0] = self.max_batch
                 self.outputs[name] = torch.empty(shape, dtype=dtype, device=self.device)
-        if set(self.inputs) != {"audio", "noise"} or len(self.outputs) != 1:
+        if set(self.inputs) != set(self.item_shapes) or set(self.outputs) != set(self.output_names):
             raise BackendUnavailable(
-                f"unexpected engine I/O: inputs {sorted(self.inputs)}, outputs {sorted(self.outputs)}"
+                f"unexpected engine I/O: inputs {sorted(self.inputs)}, outputs {sorted(self.outputs)}; the manifest "
+                f"lists {sorted(self.item_shapes)} and {sorted(self.output_names)}"
             )
 
-    def run(self, audio: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        """float32 audio [B, S] + noise [B, Z] (B <= max_batch) -> float32 image [B, 3, H, W] in [-1, 1]."""
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """float32 inputs by name (B <= max_batch) -> float32 outputs by name (FP16 engines' outputs widened)."""
         torch = self.torch
-        batch = audio.shape[0]
+        batch = len(next(iter(inputs.values())))
         with torch.cuda.device(self.device):
             stream = torch.cuda.current_stream(self.device)
-            for name, host in (("audio", audio), ("noise", noise)):
+            for name, host in inputs.items():
                 buf = self.inputs[name][:batch]
                 buf.copy_(torch.from_numpy(host))
                 self.context.set_input_shape(name, tuple(buf.shape))
                 self.context.set_tensor_address(name, buf.data_ptr())
-            ((out_name, out_buf),) = self.outputs.items()
-            out = out_buf[:batch]
-            self.context.set_tensor_address(out_name, out.data_ptr())
+            outs = {}
+            for name in self.output_names:
+                outs[name] = self.outputs[name][:batch]
+                self.context.set_tensor_address(name, outs[name].data_ptr())
             if not self.context.execute_async_v3(stream.cuda_stream):
                 raise RuntimeError("TensorRT execute_async_v3 failed")
-            return out.float().cpu().numpy()
+            return {name: out.float().cpu().numpy() for name, out in outs.items()}
 
     def close(self) -> None:
         """Release the execution context, engine and buffers."""

@@ -8,7 +8,15 @@ import cv2
 import numpy as np
 import soundfile as sf
 
-TINY_MODEL = {"g_channels": 32, "d_channels": 8, "encoder_channels": 16, "embedding_dim": 16, "noise_dim": 8}
+TINY_MODEL = {
+    "g_channels": 32,
+    "g_min_channels": 16,
+    "d_channels": 8,
+    "encoder_channels": 16,
+    "embedding_dim": 16,
+    "noise_dim": 8,
+    "pose_code_dim": 0,
+}
 
 
 def make_wav2pix_dataset(
@@ -50,4 +58,21 @@ def tiny_config_dict(steps: int = 4, **train: object) -> dict:
         "val_fraction": 0.25,
     }
     t.update(train)
-    return {"model": dict(TINY_MODEL), "train": t}
+    return {"family": "wav2pix", "model": dict(TINY_MODEL), "train": t}
+
+
+def step_context(cfg, net, disc):
+    """A :class:`training.families.contract.TrainContext` for unit tests of one training step (one CPU process,
+    Adam on both networks, no data)."""
+    import contextlib
+
+    import torch
+
+    from training.families.contract import Split, TrainContext
+
+    return TrainContext(
+        cfg=cfg, run_dir=Path("."), device=torch.device("cpu"), rank=0, world=1, G=net, D=disc, G_ema=net,
+        opt_g=torch.optim.Adam(net.parameters()), opt_d=torch.optim.Adam(disc.parameters()), data=None,
+        split=Split(np.zeros(0, np.int64), np.zeros(0, np.int64)), labels=[], step=0, all_reduce=lambda p: None,
+        autocast=contextlib.nullcontext, barrier=lambda: None,
+    )  # fmt: skip

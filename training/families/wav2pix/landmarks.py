@@ -1,29 +1,25 @@
-"""A landmark prior for the generator: the spread of head pose and expression of the real faces.
+"""Head pose and expression from landmarks: the pose code and the landmark CNN that reads it off images.
 
 Why: the speech -> face generator learned to turn its noise into lighting rather than into head pose and mouth
-opening (the default's yaw spread is 0.22 of the real faces', mouth opening 0.40; see the README's default-model
-section), and the real training faces restricted to such a narrow yaw band alone sit 0.026 further (Fréchet
-distance of dlib face embeddings) from the validation faces. This module gives the generator a differentiable
-handle on that spread:
+opening (see docs/DEFAULT_MODEL.md). The pose code gives pose a handle:
 
 1. the 68 dlib landmarks (iBUG 300-W order) of every real *training* face are normalised (origin at the eye
    midpoint, unit = inter-ocular distance, so the framing drops out and yaw, roll and expression remain);
-2. a small CNN (:class:`LandmarkRegressor`) learns them from the 64 or 128 px images (mirrored copies double the
-   data, random shifts and colour changes make it ignore framing and lighting);
-3. its outputs on the real training faces define a whitened principal-component space (:class:`LandmarkPrior`);
-   the generator loss term asks each batch of generated faces to have the real faces' mean and per-component
-   standard deviation there, identity by identity (moment matching, as in feature-matching GAN losses: Salimans et al., "Improved
-   Techniques for Training GANs", NeurIPS 2016; with a frozen pretrained feature network, as in Sauer et al.,
-   "Projected GANs Converge Faster", NeurIPS 2021).
+2. :class:`PoseCodes`: their within-identity principal components, standardised per identity, are the code the
+   generator reads as its first noise inputs;
+3. :class:`LandmarkRegressor`: a small CNN learns the landmarks from the 64 or 128 px images (mirrored copies
+   double the data, random shifts and colour changes make it ignore framing and lighting), so that the pose code
+   of a *generated* face can be read and regressed to the code it was given; :class:`LandmarkTeacher` keeps it
+   honest while the generator trains (dlib relabels generated faces).
 
-The prior only reads training faces (never the validation split) and is used only while training: exported
-bundles do not contain it.
+Only training faces are read (never the validation split), and only while training: bundles do not contain it.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -172,133 +168,8 @@ def fit_landmark_regressor(
     return model, {"n_faces": int(ok.sum()), "train_rmse": float(np.mean(errs))}
 
 
-@dataclass
-class LandmarkPrior:
-    """Whitened principal components of predicted landmarks of real faces, and the moment-matching loss.
-
-    The real faces' pose and expression differ between identities (in the Wav2Pix data one speaker's yaw
-    spread is 0.07, the other's 0.16, and their mean roll differs by 6 degrees), so with identity targets the
-    loss compares each identity's generated faces with that identity's real ones; pooled, the generator would
-    be asked to make each speaker vary as much as both together.
-
-    Attributes:
-        regressor: frozen :class:`LandmarkRegressor`.
-        mean: float32 [136] mean prediction on the real training faces.
-        basis: float32 [K, 136] principal directions divided by their standard deviation (whitening), so the
-            real faces have mean 0 and standard deviation 1 along each of the K components.
-        identity_mean, identity_std: float32 [I, K] mean and standard deviation of each identity's real faces
-            in the whitened space, or None (then the loss uses the pooled 0 and 1).
-        real_targets: float32 [N, 136] normalised dlib landmarks of the real faces the regressor was fitted to
-            (NaN rows: no face), kept for :class:`LandmarkTeacher`; None if unknown.
-    """
-
-    regressor: LandmarkRegressor
-    mean: torch.Tensor
-    basis: torch.Tensor
-    identity_mean: torch.Tensor | None = None
-    identity_std: torch.Tensor | None = None
-    real_targets: torch.Tensor | None = None
-
-    @classmethod
-    def from_faces(cls, regressor: LandmarkRegressor, faces: np.ndarray, components: int = 8) -> LandmarkPrior:
-        """Build the prior from the regressor's predictions on real faces uint8 [N, S, S, 3].
-
-        Raises:
-            ValueError: ``components`` outside 1..136 or more than N - 1.
-        """
-        if not 1 <= components <= min(136, len(faces) - 1):
-            raise ValueError(f"loss.landmark_components: expected 1..{min(136, len(faces) - 1)}, got {components}")
-        with torch.no_grad():
-            pred = _batched(regressor, _as_input(faces)).double()
-        mean = pred.mean(0)
-        _, s, vt = torch.linalg.svd(pred - mean, full_matrices=False)
-        std = s[:components] / np.sqrt(len(pred) - 1)
-        return cls(regressor, mean.float(), (vt[:components] / std[:, None]).float())
-
-    def with_identity_targets(self, faces: np.ndarray, labels: np.ndarray, n_identities: int) -> LandmarkPrior:
-        """Set :attr:`identity_mean` / :attr:`identity_std` from real faces uint8 [N, S, S, 3] and their identity
-        labels int [N] (0..n_identities-1). Returns self.
-
-        Raises:
-            ValueError: an identity with fewer than 2 faces, or mismatched lengths.
-        """
-        labels = np.asarray(labels)
-        if len(labels) != len(faces):
-            raise ValueError(f"labels: {len(labels)} for {len(faces)} faces")
-        require_two_per_identity(labels, n_identities, "landmark prior", "faces")
-        with torch.no_grad():
-            c = _batched(self.coordinates, _as_input(faces).to(self.mean.device))
-        lab = torch.from_numpy(labels).to(c.device)
-        self.identity_mean = torch.stack([c[lab == k].mean(0) for k in range(n_identities)])
-        self.identity_std = torch.stack([c[lab == k].std(0) for k in range(n_identities)])
-        return self
-
-    def to(self, device: torch.device | str) -> LandmarkPrior:
-        """Move the regressor and tensors to ``device`` (returns self)."""
-        self.regressor.to(device)
-        self.mean, self.basis = self.mean.to(device), self.basis.to(device)
-        if self.identity_mean is not None and self.identity_std is not None:
-            self.identity_mean, self.identity_std = self.identity_mean.to(device), self.identity_std.to(device)
-        return self
-
-    def coordinates(self, images: torch.Tensor) -> torch.Tensor:
-        """Whitened landmark coordinates float32 [B, K] of images float [B, 3, S, S] in [-1, 1] (differentiable)."""
-        return (self.regressor(images.float()) - self.mean) @ self.basis.T
-
-    def loss(self, images: torch.Tensor, labels: torch.Tensor | None = None, match: str = "moments") -> torch.Tensor:
-        """Moment-matching loss of a batch of generated faces [B, 3, S, S] (B >= 2), float32 scalar.
-
-        ``match='moments'``: sum over the K components of (mean - m)^2 + (std - s)^2 in the whitened space;
-        ``match='spread'``: only max(0, s - std)^2, a one-sided push towards at least the real spread that
-        leaves the mean pose to the discriminator. (m, s) are the real faces' moments: per identity when
-        :attr:`identity_mean` is set and ``labels`` (int64 [B]) are given (identities with fewer than 2 faces in
-        the batch are left out, the rest weighted by their share of the batch), else the pooled (0, 1).
-        0 when the batch matches the real faces' moments.
-
-        Raises:
-            ValueError: unknown ``match``.
-        """
-        if match not in ("moments", "spread"):
-            raise ValueError(f"loss.landmark_match: expected 'moments' or 'spread', got {match!r}")
-        c = self.coordinates(images)
-
-        def term(ck: torch.Tensor, m: torch.Tensor | float, s: torch.Tensor | float) -> torch.Tensor:
-            if match == "spread":
-                return F.relu(s - ck.std(0)).square().sum()
-            return ((ck.mean(0) - m).square() + (ck.std(0) - s).square()).sum()
-
-        if labels is None or self.identity_mean is None or self.identity_std is None:
-            return term(c, 0.0, 1.0)
-        total = c.new_zeros(())
-        for k in torch.unique(labels).tolist():
-            ck = c[labels == k]
-            if len(ck) >= 2:
-                total = total + term(ck, self.identity_mean[k], self.identity_std[k]) * (len(ck) / len(c))
-        return total
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Flat tensors for safetensors (``regressor.*``, ``mean``, ``basis``, ``real_targets`` when known)."""
-        sd = {f"regressor.{k}": v.detach().cpu().contiguous() for k, v in self.regressor.state_dict().items()}
-        sd.update({"mean": self.mean.cpu().contiguous(), "basis": self.basis.cpu().contiguous()})
-        if self.real_targets is not None:
-            sd["real_targets"] = self.real_targets.cpu().contiguous()
-        return sd
-
-    @classmethod
-    def from_state_dict(cls, tensors: dict[str, torch.Tensor]) -> LandmarkPrior:
-        """Inverse of :meth:`state_dict`. Raises KeyError / RuntimeError on a mismatched file."""
-        reg = LandmarkRegressor()
-        reg.load_state_dict({k[len("regressor.") :]: v for k, v in tensors.items() if k.startswith("regressor.")})
-        return cls(
-            reg.eval().requires_grad_(False),
-            tensors["mean"],
-            tensors["basis"],
-            real_targets=tensors.get("real_targets"),
-        )
-
-
 class LandmarkTeacher:
-    """Keeps the prior's regressor honest on generated faces while the generator trains.
+    """Keeps the landmark regressor honest on generated faces while the generator trains.
 
     A frozen regressor can be fooled: the generator learns image features that move its output without
     turning the head (measured: after 2000 steps against a frozen prior the regressor's yaw on generated faces
@@ -307,28 +178,35 @@ class LandmarkTeacher:
     together with as many real training faces, so its reading of generated faces follows dlib's.
 
     Args:
-        prior: the :class:`LandmarkPrior` whose regressor is updated in place; needs ``real_targets``.
-        real_faces: float32 [N, 3, S, S] in [-1, 1], the faces behind ``prior.real_targets`` (same order).
+        regressor: the :class:`LandmarkRegressor`, updated in place.
+        real_targets: float32 [N, 136] normalised dlib landmarks of ``real_faces`` (NaN rows: no face).
+        real_faces: float32 [N, 3, S, S] in [-1, 1], the training faces the regressor was fitted to.
         lr: Adam learning rate. seed: which real faces are drawn. world: processes under torchrun; the
             regressor's gradients are averaged across them so every rank keeps the same regressor.
 
     Raises:
-        ValueError: the prior has no ``real_targets`` or they do not match ``real_faces``.
+        ValueError: ``real_targets`` do not match ``real_faces``, or none of them has landmarks.
     """
 
     def __init__(
-        self, prior: LandmarkPrior, real_faces: torch.Tensor, lr: float = 1e-4, seed: int = 0, world: int = 1
+        self,
+        regressor: LandmarkRegressor,
+        real_targets: torch.Tensor,
+        real_faces: torch.Tensor,
+        lr: float = 1e-4,
+        seed: int = 0,
+        world: int = 1,
     ) -> None:
-        if prior.real_targets is None or len(prior.real_targets) != len(real_faces):
-            raise ValueError("landmark teacher: the prior's real_targets must match the real faces")
+        if len(real_targets) != len(real_faces):
+            raise ValueError(f"landmark teacher: {len(real_targets)} targets for {len(real_faces)} real faces")
         from training.face_metrics import FaceAnalyzer
 
-        self.prior, self.analyzer = prior, FaceAnalyzer()
-        ok = torch.isfinite(prior.real_targets).all(dim=1)
+        self.regressor, self.analyzer = regressor, FaceAnalyzer()
+        ok = torch.isfinite(real_targets).all(dim=1)
         if not ok.any():
             raise ValueError("landmark teacher: none of the real faces has landmarks")
-        self.real_faces, self.real_targets = real_faces[ok], prior.real_targets[ok].to(real_faces.device)
-        self.opt = torch.optim.Adam(prior.regressor.parameters(), lr=lr)
+        self.real_faces, self.real_targets = real_faces[ok], real_targets[ok].to(real_faces.device)
+        self.opt = torch.optim.Adam(regressor.parameters(), lr=lr)
         self.gen = torch.Generator().manual_seed(seed)
         self.world = world
 
@@ -343,7 +221,7 @@ class LandmarkTeacher:
         images = ((fakes.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         found = self.analyzer.analyze(images, embed=False)
         ok = torch.from_numpy(found.detected)
-        reg = self.prior.regressor
+        reg = self.regressor
         n = len(fakes)
         idx = torch.randint(0, len(self.real_faces), (n,), generator=self.gen).to(self.real_faces.device)
         x, y = [self.real_faces[idx]], [self.real_targets[idx]]
@@ -419,7 +297,7 @@ class PoseCodes:
     hold 95 % of the residual variance). With ``model.pose_code_dim`` = K the generator reads its first K noise
     inputs as this code and the discriminator checks it by projection (Miyato & Koyama, "cGANs with Projection
     Discriminator", ICLR 2018), so callers that feed standard-normal noise draw poses from the real faces'
-    spread (their exact distribution with the pose prior, :class:`training.models.wav2pix.PoseCodePrior`).
+    spread; the exported graph draws real faces' codes instead (:class:`training.families.wav2pix.prior.NeighbourPosePrior`).
 
     Attributes:
         mean: float32 [I, 136] each identity's mean normalised landmarks.
@@ -473,3 +351,31 @@ class PoseCodes:
     def from_state_dict(cls, tensors: dict[str, torch.Tensor]) -> PoseCodes:
         """Inverse of :meth:`state_dict`. Raises KeyError on a file without those tensors."""
         return cls(tensors["mean"], tensors["basis"], tensors["std"])
+
+
+LANDMARK_FILE = "landmark_prior.safetensors"
+"""The run folder's landmark regressor (``regressor.*``) and its real targets (``real_targets``)."""
+
+
+def save_landmarks(path: Path, regressor: LandmarkRegressor, real_targets: torch.Tensor, meta: dict | None = None) -> None:
+    """Write the regressor and the normalised landmarks float32 [N, 136] of the faces it was fitted to."""
+    from safetensors.torch import save_file
+
+    tensors = {f"regressor.{k}": v.detach().cpu().contiguous() for k, v in regressor.state_dict().items()}
+    tensors["real_targets"] = real_targets.detach().cpu().float().contiguous()
+    save_file(tensors, str(path), metadata={k: str(v) for k, v in (meta or {}).items()})
+
+
+def load_landmarks(path: Path) -> tuple[LandmarkRegressor, torch.Tensor | None]:
+    """(regressor in eval mode, frozen; real targets or None) from :func:`save_landmarks`'s file (files written
+    before 2026-12 also hold a whitening for a removed loss, which is ignored).
+
+    Raises:
+        OSError, KeyError, RuntimeError, safetensors.SafetensorError: an unreadable or mismatched file.
+    """
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    reg = LandmarkRegressor()
+    reg.load_state_dict({k[len("regressor.") :]: v for k, v in tensors.items() if k.startswith("regressor.")})
+    return reg.eval().requires_grad_(False), tensors.get("real_targets")

@@ -1,8 +1,8 @@
 """Calibrating the neighbours pose prior's bank on the training data: a code gain and a fidelity cut per identity.
 
-The neighbours prior (:class:`training.models.wav2pix.NeighbourPosePrior`) hands the generator the pose code of a
-training face whose speech sounded like the voice. Two things go wrong with those codes on the default model, and
-both differ between speakers (measured on the Wav2Pix data, 2026-11-22):
+The neighbours prior (:class:`training.families.wav2pix.prior.NeighbourPosePrior`) hands the generator the pose code
+of a training face whose speech sounded like the voice. Two things go wrong with those codes on the default model,
+and both differ between speakers (measured on the Wav2Pix data, 2026-11-22):
 
 - the generator *under-renders* a code: regressing the code dlib measures on its faces on the code it was given
   gives slopes of 0.44 (yaw) to 0.77 for the first speaker and 0.70 to 0.81 for the second, so its faces turn
@@ -39,7 +39,7 @@ import torch
 from tqdm import tqdm
 
 from training import face_metrics as fm
-from training.models.wav2pix import NeighbourPosePrior
+from training.families.wav2pix.prior import NeighbourPosePrior, speech_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def render_bank_rows(
     inputs and standard-normal noise (``seed``) in the rest.
 
     Args:
-        net: a :class:`training.models.wav2pix.Wav2PixGenerator` (``net(audio, noise)`` → [B, 3, H, W] in [-1, 1]).
+        net: a :class:`training.families.wav2pix.networks.Wav2PixGenerator` (``net(audio, noise)`` → [B, 3, H, W] in [-1, 1]).
         codes: float32 [N, K] codes (already scaled).
         audio: float32 [N, S] speech windows, raw samples in [-1, 1] at the model's sample rate.
         noise_dim: Z, the generator's noise inputs (``model.noise_dim``).
@@ -113,7 +113,7 @@ def render_bank_rows(
     Raises:
         ValueError: ``codes`` and ``audio`` of different lengths, or more code entries than noise inputs.
     """
-    from training.trainer import to_uint8
+    from training.layers import to_uint8
 
     codes = torch.as_tensor(codes, dtype=torch.float32)
     if len(codes) != len(audio):
@@ -375,7 +375,7 @@ def calibrate_on_data(
     from engine.errors import UserError
     from training.data import load_dataset, split_by_face
     from training.data.dataset import default_cache_dir
-    from training.evaluate import RealFaceCache
+    from training.face_eval import RealFaceCache
 
     if not data_dirs:
         raise UserError("bank calibration: needs the training data (--data DIR) the bank was built from")
@@ -389,8 +389,6 @@ def calibrate_on_data(
         train_idx = np.flatnonzero(~np.isin(np.asarray(ds.face_hashes)[ds.face_index], list(val_face_hashes)))
     if len(train_idx) == 0:
         raise UserError(f"bank calibration: no training pairs in {list(data_dirs)}")
-    from training.trainer import speech_embeddings
-
     try:
         match, worst = match_bank_rows(prior, speech_embeddings(net, ds, train_idx, cfg.audio.window_samples))
     except ValueError as err:
