@@ -7,7 +7,7 @@
 touch or OSC), stands in the silhouette, and after a 3-2-1-Go countdown says something. The booth keeps one face
 crop and ``take_s`` seconds of sound per take, taken together (the frame is the one in the middle of the sound,
 as in the Wav2Pix pairs), after a quality gate. The dataset is the capture layout of
-:mod:`training.data.capture_format`, written crash-safely by :class:`training.data.capture_store.DatasetWriter`,
+:mod:`datastore.capture_format`, written crash-safely by :class:`datastore.capture_store.DatasetWriter`,
 and ``run.py train --data DATASET_DIR`` reads it directly (identities = participants).
 
 Screens (states): ``consent`` (mirror dimmed behind the consent text and the participant's withdrawal code;
@@ -338,7 +338,7 @@ class CaptureBooth:
     """
 
     def __init__(self, settings: CaptureSettings, camera: Any = None, audio: AudioInput | None = None) -> None:
-        from training.data.capture_store import DatasetWriter
+        from datastore.capture_store import DatasetWriter
 
         self.s = settings
         self.cfg = settings.capture
@@ -419,7 +419,7 @@ class CaptureBooth:
     # -- participants and states ------------------------------------------------------------------------------
 
     def _new_participant(self) -> None:
-        from training.data.capture_store import new_participant_id
+        from datastore.capture_store import new_participant_id
 
         self.participant = new_participant_id(self.s.out)  # never one that already has takes here
         self.participant_kept = 0
@@ -529,7 +529,7 @@ class CaptureBooth:
 
     def _save(self, take: Take) -> tuple[str, Any]:
         """Saver thread: detect, gate, crop, write. Returns (``"kept"``, record) or (reason code, assessment)."""
-        from training.data.capture_store import CaptureStoreError, DiskFullError
+        from datastore.capture_store import CaptureStoreError, DiskFullError
 
         t0 = time.perf_counter()
         assert take.frame is not None and take.audio is not None

@@ -700,8 +700,8 @@ def unseen_voice_images(
     Returns:
         (uint8 [files * seeds, H, W, 3] ordered file-major, relative file names, failure messages).
     """
-    from engine.audio import AudioDecodeError, load_audio
-    from training.generate import file_noise, find_audio_files, loudest_window
+    from engine.audio import AudioDecodeError, find_audio_files, load_audio, loudest_window
+    from engine.noise import file_noise
 
     windows, noises, names, failed = [], [], [], []
     for path, rel in find_audio_files(folder):
