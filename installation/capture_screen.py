@@ -1,7 +1,7 @@
 """The capture booth's screen: mirror preview, silhouette, consent text, countdown, review, touch buttons.
 
 Drawing only (no device, no file I/O): :class:`CaptureScreen` reads the booth's state and draws it into the
-live installation's :class:`installation.live.Window` (the same pygame window code, canvas wrapped without
+live installation's :class:`installation.window.Window` (the same pygame window code, canvas wrapped without
 copies). Text is rendered with ``pygame.font``; pictures with OpenCV on the canvas (RGB uint8 [H, W, 3]).
 """
 
@@ -27,11 +27,12 @@ class CaptureScreen:
         settings: :class:`installation.capture.CaptureSettings` (canvas size, fullscreen, display, driver).
 
     Raises:
-        installation.live.LiveError: no window can be opened (one line: set SDL_VIDEODRIVER=dummy without a screen).
+        installation.window.WindowError: no window can be opened (one line: set SDL_VIDEODRIVER=dummy without a
+            screen).
     """
 
     def __init__(self, settings: Any) -> None:
-        from installation.live import Window
+        from installation.window import Window
 
         self.canvas = np.zeros((settings.height, settings.width, 3), np.uint8)
         self.win = Window.open(self.canvas, settings, title="AVGAN capture")

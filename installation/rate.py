@@ -870,7 +870,7 @@ class RatingStation:
         Raises:
             RateError: no window can be opened, a rating cannot be written, or no audio file could be decoded.
         """
-        from installation.live import Window
+        from installation.window import Window
 
         cfg = self.config
         try:
