@@ -11,7 +11,7 @@ API summary::
     preset.input.source                             # "mic" | device index | device name | file path
     parse_input(preset.input.source)                # -> InputSource(kind="mic"|"device"|"file", device, path)
     preset.engine.bundle_path                       # absolute Path of the model bundle
-    preset.osc.port, preset.osc.allowlist, ...      # consumed by installation.osc.OscControl.from_config
+    preset.osc.port, preset.osc.allowlist, ...      # consumed by installation.osc.OscControl
     preset.params                                   # {param name: initial value}, validated against PARAMS
     preset.scenes                                   # {scene name: {scene parameter: value}} (non-live settings)
     preset.render_params()                          # -> installation.render.RenderParams for this preset
