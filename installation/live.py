@@ -1175,14 +1175,14 @@ def input_spec(source: str | int, base: Path | None = None) -> str | int | Path:
 
 
 def sound_config(section: Any) -> Any:
-    """An :class:`installation.sound.SoundConfig` for the preset's ``sound`` section, or ``None`` (sound off):
-    :meth:`installation.sound.SoundConfig.from_preset`; ``output: offline`` (no speaker) runs silent."""
+    """The preset's ``sound`` section (an :class:`installation.sound.SoundConfig`) for the live loop, or ``None``
+    (sound off): :meth:`installation.sound.SoundConfig.for_live`; ``output: offline`` (no speaker) runs silent."""
     if section is None or not section.enabled:
         return None
-    from installation.sound import SoundConfig, SoundUnavailable
+    from installation.sound import SoundUnavailable
 
     try:
-        return SoundConfig.from_preset(section)
+        return section.for_live()
     except SoundUnavailable as exc:
         log.info("%s; the live installation runs silent", exc)
         return None

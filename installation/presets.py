@@ -52,6 +52,7 @@ from typing import Any, Literal
 from engine.configs import ConfigError, from_mapping, load_yaml
 from engine.errors import UserError
 from installation.params import PARAMS, ParamSpec
+from installation.sound import SoundConfig
 from installation.vad import VadParams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,28 +190,6 @@ class OscConfig:
 
 
 @dataclass(frozen=True)
-class SoundConfig:
-    """The pyo sound output (level, mix, pitch, density and on/off are live ``params``: ``sound/...``).
-
-    Attributes:
-        enabled: start the pyo server at all (``False``: no sound, whatever ``params`` say).
-        output: ``device`` (a real audio output) or ``offline`` (pyo's offline server: nothing reaches a
-            speaker; for headless machines).
-        device: output device index or name (``""``: the system default).
-        sample_rate: output sample rate, Hz.
-        buffer_size: pyo buffer size, samples per channel.
-        channels: output channels.
-    """
-
-    enabled: bool = True
-    output: Literal["device", "offline"] = "device"
-    device: str | int = ""
-    sample_rate: int = _range(48000, 8000, 192000, "Hz")
-    buffer_size: int = _range(512, 32, 8192, "samples")
-    channels: int = _range(2, 1, 64)
-
-
-@dataclass(frozen=True)
 class GenerationConfig:
     """How the generator is driven (shared with the offline render: :class:`installation.render.RenderParams`).
 
@@ -302,7 +281,8 @@ class Preset:
 
     Attributes:
         description: one line shown by ``--help`` / logs.
-        display, input, engine, osc, sound, generation, capture, rating: the sections above.
+        display, input, engine, osc, sound, generation, capture, rating: the sections above (``sound`` is
+            :class:`installation.sound.SoundConfig`, the one the sound engine takes).
         scenes: per-scene start-up settings, ``{scene name: {parameter: value}}`` (e.g. the portrait's
             ``idle_fade_s``), checked against the scene's parameter dataclass where it has one.
         params: initial live parameter values by OSC name (``sound/level: 0.8``), checked against
