@@ -54,40 +54,10 @@ import numpy as np
 
 from engine.errors import UserError
 from installation.audio_in import AudioInput, open_input
+from installation.capture_screen import PAUSES, REASONS, CaptureScreen
 from installation.params import Parameters
 
 log = logging.getLogger(__name__)
-
-REASONS: dict[str, str] = {
-    "no_face": "No face found - please stand inside the outline",
-    "several_faces": "More than one face - one person at a time, please",
-    "face_too_small": "Too far away - please step closer",
-    "too_dark": "Too dark - please face the light",
-    "silent": "We did not hear you - please say something after Go",
-    "clipped": "Too loud - please speak a little softer",
-    "camera_lost": "The camera stopped - the take was not kept",
-    "mic_stopped": "The microphone stopped - the take was not kept",
-    "disk_full": "Disk full - the take was not kept; capture paused",
-    "write_failed": "The take could not be saved",
-}
-"""Quality-gate and failure reasons: code -> the message the visitor sees (codes go to the log and report)."""
-
-PAUSES: dict[str, str] = {
-    "camera_lost": "Camera lost - waiting for it to come back",
-    "mic_stopped": "Microphone stopped - waiting for sound",
-    "disk_full": "Disk full - capture paused until space is freed",
-}
-"""Why new takes wait: code -> the banner on screen (also logged)."""
-
-BUTTONS: dict[str, tuple[tuple[str, str], ...]] = {
-    "consent": (("capture/consent", "I agree"), ("capture/decline", "No thanks")),
-    "ready": (("capture/go", "Go"), ("capture/next", "Finish")),
-}
-"""On-screen touch buttons per state: (trigger parameter, label)."""
-
-KEYS: dict[str, str] = {"y": "capture/consent", "n": "capture/decline", "space": "capture/go", "return": "capture/next"}
-"""Keyboard: pygame key name -> trigger parameter (Esc / Q quit)."""
-
 
 # -- detection, crop and the quality gate -------------------------------------------------------------------------
 
@@ -703,8 +673,6 @@ class CaptureBooth:
         Raises:
             UserError: the window cannot be opened, or the script cannot be read.
         """
-        from installation.capture_screen import CaptureScreen
-
         if self.s.script is not None:
             from installation.visitor_script import VisitorScript
 

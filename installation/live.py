@@ -77,7 +77,8 @@ import numpy as np
 from engine.errors import UserError
 from installation.audio_in import AudioInput, AudioReader, open_input
 from installation.params import PARAMS
-from installation.render import DEFAULT_BUNDLE, Conditioner, ImageEMA, NoiseDrift, RenderParams
+from installation.presets import RenderParams
+from installation.render import DEFAULT_BUNDLE, Conditioner, ImageEMA, NoiseDrift
 from installation.telemetry import Histogram, RateLimitedLog, RssSeries, peak_rss_mb, rss_mb
 from installation.vad import VadParams, VoiceActivityDetector
 from installation.window import Window
@@ -393,7 +394,7 @@ class LiveConfig:
         vsync: ask SDL for vsync (falls back without it). video_driver: ``SDL_VIDEODRIVER`` unless the
             environment sets one (``""``: SDL's choice). hide_cursor: hide the mouse over the window.
         fps: frame pacing target (0: unpaced; vsync paces).
-        picture: generation rate, image EMA, VAD thresholds (:class:`installation.render.RenderParams`).
+        picture: generation rate, image EMA, VAD thresholds (:class:`installation.presets.RenderParams`).
         scene_settings: per-scene start-up settings ``{scene: {parameter: value}}`` (the preset's ``scenes``).
         params: initial live parameter values by name (:data:`installation.params.PARAMS`).
         onset_hold_s, envelope_window_s, envelope_release_s: the fast path (see the module docstring).

@@ -15,11 +15,11 @@ from installation.presets import (
     InputSource,
     Preset,
     PresetError,
+    RenderParams,
     list_presets,
     load_preset,
     parse_input,
 )
-from installation.render import RenderParams
 
 
 def write(folder: Path, name: str, text: str) -> Path:
