@@ -43,9 +43,10 @@ resampled to the output device's default rate, once when the face appears and ag
 the preset's ``rating.play_voice`` is on and an output device exists; otherwise one warning ("no audio output
 device: voices are not played") and the station goes on silent. Each rating records ``voice_played``.
 
-Ratings file (:class:`RatingsFile`): JSON Lines, one object per answer, appended with ONE ``os.write`` on an
-``O_APPEND`` descriptor followed by ``os.fsync`` (a crash leaves whole lines, at worst a torn last line, which
-the next run cuts back to the last newline with a warning). Keys (no personal data):
+Ratings file (:class:`RatingsFile`, written by :mod:`datastore.jsonl`): JSON Lines, one object per answer,
+appended with ONE ``os.write`` on an ``O_APPEND`` descriptor followed by ``os.fsync`` (a crash leaves whole lines,
+at worst a torn last line, which the next run cuts back to the last newline with a warning). Keys (no personal
+data):
 
 ======================  =============================================================================
 ``time``                UTC ISO 8601 with milliseconds, e.g. ``2026-11-21T10:15:02.123Z``
