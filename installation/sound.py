@@ -687,7 +687,9 @@ class SoundEngine:
             server.boot()
             if not server.getIsBooted():
                 server = None
-                raise SoundUnavailable(f"sound: pyo could not boot its {cfg.pyo_audio} output (see pyo's message above)")
+                raise SoundUnavailable(
+                    f"sound: pyo could not boot its {cfg.pyo_audio} output (see pyo's message above)"
+                )
             self._server = server
             server.setGlobalSeed(int(cfg.seed) % 2_000_000_000 + 1)  # 0 would mean "seed from the clock"
             if cfg.output == "offline":
