@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "render": ("installation.render", "render an audio or video file to a generated video"),
     "live": ("installation.live", "the live installation: microphone in, generated faces fullscreen"),
     "capture": ("installation.capture", "open-day capture booth: camera + microphone -> consented face+voice dataset"),
-    "dataset": ("training.data.capture_store", "check a capture dataset, or delete one participant's takes"),
+    "dataset": ("datastore.capture_store", "check a capture dataset, or delete one participant's takes"),
     "rate": ("installation.rate", "rating station: visitors score generated faces 1-5 (mean opinion score)"),
     "bench": ("benchmarks.cli", "run the benchmarks; print a table and write JSON"),
 }

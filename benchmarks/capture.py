@@ -53,7 +53,7 @@ DAMAGE = {
     "missing-sidecar",
     "sidecar-mismatch",
 }
-"""Problem kinds of :func:`training.data.capture_store.check_dataset` that mean a kept take is damaged or partial."""
+"""Problem kinds of :func:`datastore.capture_store.check_dataset` that mean a kept take is damaged or partial."""
 
 
 def add_arguments(parser: argparse._ArgumentGroup) -> None:
@@ -70,7 +70,7 @@ def standins(data: Path = DATA, visitors: int = 4) -> Path:
     """
     if not data.is_dir():
         raise FileNotFoundError(f"{data}: the Wav2Pix material the stand-ins are made from is missing")
-    from training.data.dataset import default_cache_dir
+    from datastore.cache import default_cache_dir
 
     folder = default_cache_dir() / f"standins-v2-{visitors}"
     if not (folder / "timeline.json").is_file():
@@ -162,8 +162,8 @@ def crash_test(
     """
     import installation.capture  # noqa: F401 - imported before forking, so children start fast
     import installation.capture_screen  # noqa: F401
-    from training.data.capture_format import read_manifest
-    from training.data.capture_store import check_dataset
+    from datastore.capture_format import read_manifest
+    from datastore.capture_store import check_dataset
 
     rng = random.Random(seed)
     preset = write_preset(work / "crash.yaml", countdown_s=0.0, take_s=0.1, review_s=0.0, takes_per_participant=3)

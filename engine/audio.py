@@ -14,6 +14,22 @@ import soxr
 
 from engine.errors import UserError
 
+#: extensions :func:`find_audio_files` treats as audio when searching a folder (lower case)
+AUDIO_EXTENSIONS = (
+    ".wav",
+    ".flac",
+    ".ogg",
+    ".oga",
+    ".opus",
+    ".mp3",
+    ".m4a",
+    ".aac",
+    ".aif",
+    ".aiff",
+    ".wma",
+    ".webm",
+)
+
 
 class AudioDecodeError(UserError, ValueError):
     """An audio file could not be decoded; the message names the file and the problem."""
@@ -90,3 +106,53 @@ def load_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
     if not np.all(np.isfinite(audio)):
         raise AudioDecodeError(f"{path}: audio contains NaN or infinite samples")
     return np.clip(resample(audio, rate, sample_rate), -1.0, 1.0)
+
+
+def find_audio_files(path: str | Path) -> list[tuple[Path, Path]]:
+    """Audio files under ``path`` as (file, path relative to the root) pairs, sorted by relative path.
+
+    A file is taken as it is (whatever its extension; relative path = its name). A folder is searched
+    recursively for :data:`AUDIO_EXTENSIONS` (case-insensitive); hidden files and folders are skipped.
+
+    Raises:
+        UserError: ``path`` does not exist, or the folder holds no audio file.
+    """
+    path = Path(path)
+    if path.is_file():
+        return [(path, Path(path.name))]
+    if not path.is_dir():
+        raise UserError(f"{path}: no such file or folder")
+    found = []
+    for f in path.rglob("*"):
+        rel = f.relative_to(path)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if f.suffix.lower() in AUDIO_EXTENSIONS and f.is_file():
+            found.append((f, rel))
+    if not found:
+        raise UserError(f"{path}: no audio files found (looked for {', '.join(AUDIO_EXTENSIONS)})")
+    return sorted(found, key=lambda fr: fr[1].as_posix())
+
+
+def loudest_window(audio: np.ndarray, samples: int) -> np.ndarray:
+    """The ``samples``-long window of ``audio`` with the most energy: float32 [samples].
+
+    Energy is the sum of squared samples over the window, evaluated at every start offset. Ties
+    (e.g. digital silence) go to the window nearest the centre. Audio shorter than ``samples`` is
+    zero-padded at the end (as :meth:`training.data.dataset.PairDataset.window` does in training).
+
+    Args:
+        audio: float32 [n] mono samples in [-1, 1].
+        samples: window length in samples (e.g. 16 000 for 1 s at 16 kHz).
+    """
+    audio = np.asarray(audio, np.float32).reshape(-1)
+    n = len(audio)
+    if n <= samples:
+        return np.pad(audio, (0, samples - n)).astype(np.float32)
+    csum = np.concatenate([[0.0], np.cumsum(audio.astype(np.float64) ** 2)])
+    energy = csum[samples:] - csum[:-samples]  # [n - samples + 1]
+    best = energy.max()
+    candidates = np.flatnonzero(energy >= best - 1e-9 * max(best, 1.0))
+    centre = (n - samples) / 2
+    start = int(candidates[np.argmin(np.abs(candidates - centre))])
+    return audio[start : start + samples].copy()

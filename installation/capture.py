@@ -7,7 +7,7 @@
 touch or OSC), stands in the silhouette, and after a 3-2-1-Go countdown says something. The booth keeps one face
 crop and ``take_s`` seconds of sound per take, taken together (the frame is the one in the middle of the sound,
 as in the Wav2Pix pairs), after a quality gate. The dataset is the capture layout of
-:mod:`training.data.capture_format`, written crash-safely by :class:`training.data.capture_store.DatasetWriter`,
+:mod:`datastore.capture_format`, written crash-safely by :class:`datastore.capture_store.DatasetWriter`,
 and ``run.py train --data DATASET_DIR`` reads it directly (identities = participants).
 
 Screens (states): ``consent`` (mirror dimmed behind the consent text and the participant's withdrawal code;
@@ -54,40 +54,10 @@ import numpy as np
 
 from engine.errors import UserError
 from installation.audio_in import AudioInput, open_input
+from installation.capture_screen import PAUSES, REASONS, CaptureScreen
 from installation.params import Parameters
 
 log = logging.getLogger(__name__)
-
-REASONS: dict[str, str] = {
-    "no_face": "No face found - please stand inside the outline",
-    "several_faces": "More than one face - one person at a time, please",
-    "face_too_small": "Too far away - please step closer",
-    "too_dark": "Too dark - please face the light",
-    "silent": "We did not hear you - please say something after Go",
-    "clipped": "Too loud - please speak a little softer",
-    "camera_lost": "The camera stopped - the take was not kept",
-    "mic_stopped": "The microphone stopped - the take was not kept",
-    "disk_full": "Disk full - the take was not kept; capture paused",
-    "write_failed": "The take could not be saved",
-}
-"""Quality-gate and failure reasons: code -> the message the visitor sees (codes go to the log and report)."""
-
-PAUSES: dict[str, str] = {
-    "camera_lost": "Camera lost - waiting for it to come back",
-    "mic_stopped": "Microphone stopped - waiting for sound",
-    "disk_full": "Disk full - capture paused until space is freed",
-}
-"""Why new takes wait: code -> the banner on screen (also logged)."""
-
-BUTTONS: dict[str, tuple[tuple[str, str], ...]] = {
-    "consent": (("capture/consent", "I agree"), ("capture/decline", "No thanks")),
-    "ready": (("capture/go", "Go"), ("capture/next", "Finish")),
-}
-"""On-screen touch buttons per state: (trigger parameter, label)."""
-
-KEYS: dict[str, str] = {"y": "capture/consent", "n": "capture/decline", "space": "capture/go", "return": "capture/next"}
-"""Keyboard: pygame key name -> trigger parameter (Esc / Q quit)."""
-
 
 # -- detection, crop and the quality gate -------------------------------------------------------------------------
 
@@ -338,7 +308,7 @@ class CaptureBooth:
     """
 
     def __init__(self, settings: CaptureSettings, camera: Any = None, audio: AudioInput | None = None) -> None:
-        from training.data.capture_store import DatasetWriter
+        from datastore.capture_store import DatasetWriter
 
         self.s = settings
         self.cfg = settings.capture
@@ -419,7 +389,7 @@ class CaptureBooth:
     # -- participants and states ------------------------------------------------------------------------------
 
     def _new_participant(self) -> None:
-        from training.data.capture_store import new_participant_id
+        from datastore.capture_store import new_participant_id
 
         self.participant = new_participant_id(self.s.out)  # never one that already has takes here
         self.participant_kept = 0
@@ -529,7 +499,7 @@ class CaptureBooth:
 
     def _save(self, take: Take) -> tuple[str, Any]:
         """Saver thread: detect, gate, crop, write. Returns (``"kept"``, record) or (reason code, assessment)."""
-        from training.data.capture_store import CaptureStoreError, DiskFullError
+        from datastore.capture_store import CaptureStoreError, DiskFullError
 
         t0 = time.perf_counter()
         assert take.frame is not None and take.audio is not None
@@ -703,8 +673,6 @@ class CaptureBooth:
         Raises:
             UserError: the window cannot be opened, or the script cannot be read.
         """
-        from installation.capture_screen import CaptureScreen
-
         if self.s.script is not None:
             from installation.visitor_script import VisitorScript
 

@@ -1,7 +1,7 @@
 """The capture booth's screen: mirror preview, silhouette, consent text, countdown, review, touch buttons.
 
 Drawing only (no device, no file I/O): :class:`CaptureScreen` reads the booth's state and draws it into the
-live installation's :class:`installation.live.Window` (the same pygame window code, canvas wrapped without
+live installation's :class:`installation.window.Window` (the same pygame window code, canvas wrapped without
 copies). Text is rendered with ``pygame.font``; pictures with OpenCV on the canvas (RGB uint8 [H, W, 3]).
 """
 
@@ -19,6 +19,36 @@ GREEN = (90, 220, 120)
 RED = (235, 80, 70)
 AMBER = (250, 190, 60)
 
+REASONS: dict[str, str] = {
+    "no_face": "No face found - please stand inside the outline",
+    "several_faces": "More than one face - one person at a time, please",
+    "face_too_small": "Too far away - please step closer",
+    "too_dark": "Too dark - please face the light",
+    "silent": "We did not hear you - please say something after Go",
+    "clipped": "Too loud - please speak a little softer",
+    "camera_lost": "The camera stopped - the take was not kept",
+    "mic_stopped": "The microphone stopped - the take was not kept",
+    "disk_full": "Disk full - the take was not kept; capture paused",
+    "write_failed": "The take could not be saved",
+}
+"""Quality-gate and failure reasons: code -> the message the visitor sees (codes go to the log and report)."""
+
+PAUSES: dict[str, str] = {
+    "camera_lost": "Camera lost - waiting for it to come back",
+    "mic_stopped": "Microphone stopped - waiting for sound",
+    "disk_full": "Disk full - capture paused until space is freed",
+}
+"""Why new takes wait: code -> the banner on screen (also logged)."""
+
+BUTTONS: dict[str, tuple[tuple[str, str], ...]] = {
+    "consent": (("capture/consent", "I agree"), ("capture/decline", "No thanks")),
+    "ready": (("capture/go", "Go"), ("capture/next", "Finish")),
+}
+"""On-screen touch buttons per state: (trigger parameter, label)."""
+
+KEYS: dict[str, str] = {"y": "capture/consent", "n": "capture/decline", "space": "capture/go", "return": "capture/next"}
+"""Keyboard: pygame key name -> trigger parameter (Esc / Q quit)."""
+
 
 class CaptureScreen:
     """The booth's window.
@@ -27,11 +57,12 @@ class CaptureScreen:
         settings: :class:`installation.capture.CaptureSettings` (canvas size, fullscreen, display, driver).
 
     Raises:
-        installation.live.LiveError: no window can be opened (one line: set SDL_VIDEODRIVER=dummy without a screen).
+        installation.window.WindowError: no window can be opened (one line: set SDL_VIDEODRIVER=dummy without a
+            screen).
     """
 
     def __init__(self, settings: Any) -> None:
-        from installation.live import Window
+        from installation.window import Window
 
         self.canvas = np.zeros((settings.height, settings.width, 3), np.uint8)
         self.win = Window.open(self.canvas, settings, title="AVGAN capture")
@@ -49,8 +80,6 @@ class CaptureScreen:
 
     def button_rects(self, state: str) -> list[tuple[str, str, tuple[int, int, int, int]]]:
         """The touch buttons of ``state``: (trigger, label, (x, y, w, h) canvas px)."""
-        from installation.capture import BUTTONS
-
         buttons = BUTTONS.get(state, ())
         if not buttons:
             return []
@@ -62,8 +91,6 @@ class CaptureScreen:
 
     def action_for(self, event: Any, state: str) -> str:
         """The trigger an input event presses in ``state`` (``"quit"`` for Esc/Q/window close; ``""``: none)."""
-        from installation.capture import KEYS
-
         pg = self.pg
         if event.type == pg.QUIT:
             return "quit"
@@ -153,8 +180,6 @@ class CaptureScreen:
 
     def draw(self, booth: Any, now: float) -> None:
         """Draw the booth's current state and flip."""
-        from installation.capture import PAUSES, REASONS
-
         cfg = booth.cfg
         state = booth.state
         frame, _, _ = booth.camera.latest()

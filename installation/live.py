@@ -64,24 +64,24 @@ import json
 import logging
 import math
 import os
-import resource
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from engine.errors import UserError
 from installation.audio_in import AudioInput, AudioReader, open_input
 from installation.params import PARAMS
-from installation.render import DEFAULT_BUNDLE, Conditioner, ImageEMA, NoiseDrift, RenderParams
+from installation.presets import RenderParams
+from installation.render import DEFAULT_BUNDLE, Conditioner, ImageEMA, NoiseDrift
+from installation.telemetry import Histogram, RateLimitedLog, RssSeries, peak_rss_mb, rss_mb
 from installation.vad import VadParams, VoiceActivityDetector
+from installation.window import Window
 from scenes import SCENES, FrameState, Scene, make_scene
 
 log = logging.getLogger(__name__)
@@ -89,135 +89,6 @@ log = logging.getLogger(__name__)
 
 class LiveError(UserError, ValueError):
     """A live option or preset value is unusable; the message names it."""
-
-
-# -- statistics with constant memory ----------------------------------------------------------------------
-
-
-class Histogram:
-    """Fixed-bin histogram of durations in milliseconds: 0.1 ms bins to 100 ms, 10 ms bins to 2 s, overflow.
-
-    Constant memory (2290 counters) whatever the run length; percentiles are exact to the bin width.
-    """
-
-    FINE_MS, FINE_MAX_MS, COARSE_MS, COARSE_MAX_MS = 0.1, 100.0, 10.0, 2000.0
-
-    def __init__(self) -> None:
-        self._fine = int(round(self.FINE_MAX_MS / self.FINE_MS))
-        self._coarse = int(round((self.COARSE_MAX_MS - self.FINE_MAX_MS) / self.COARSE_MS))
-        self.counts = np.zeros(self._fine + self._coarse + 1, np.int64)
-        self.n = 0
-        self.total_ms = 0.0
-        self.max_ms = 0.0
-
-    def add(self, ms: float) -> None:
-        """Count one duration (milliseconds, >= 0)."""
-        if ms < self.FINE_MAX_MS:
-            k = int(ms / self.FINE_MS)
-        elif ms < self.COARSE_MAX_MS:
-            k = self._fine + int((ms - self.FINE_MAX_MS) / self.COARSE_MS)
-        else:
-            k = self._fine + self._coarse
-        self.counts[max(0, k)] += 1
-        self.n += 1
-        self.total_ms += ms
-        if ms > self.max_ms:
-            self.max_ms = ms
-
-    def _upper(self, k: int) -> float:
-        if k < self._fine:
-            return (k + 1) * self.FINE_MS
-        if k < self._fine + self._coarse:
-            return self.FINE_MAX_MS + (k - self._fine + 1) * self.COARSE_MS
-        return self.max_ms
-
-    def percentile(self, q: float) -> float | None:
-        """The ``q``-th percentile (0-100) in ms (upper edge of its bin, capped at the maximum), ``None`` if empty."""
-        if self.n == 0:
-            return None
-        rank = max(1, math.ceil(q / 100.0 * self.n))
-        k = int(np.searchsorted(np.cumsum(self.counts), rank))
-        return round(min(self._upper(k), self.max_ms), 3)
-
-    def mean(self) -> float | None:
-        return round(self.total_ms / self.n, 3) if self.n else None
-
-    def coarse(self, edges_ms: tuple[float, ...]) -> dict[str, Any]:
-        """Counts between ``edges_ms`` (the last bin is open-ended): ``{"edges_ms": [...], "counts": [...]}``."""
-        uppers = np.array([self._upper(k) for k in range(self.counts.shape[0] - 1)] + [math.inf])
-        out = []
-        lo = 0.0
-        for hi in (*edges_ms, math.inf):
-            mask = (uppers > lo + 1e-9) & (uppers <= hi + 1e-9) if math.isfinite(hi) else uppers > lo + 1e-9
-            out.append(int(self.counts[mask].sum()))
-            lo = hi
-        return {"edges_ms": list(edges_ms), "counts": out}
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "n": self.n,
-            "mean": self.mean(),
-            "p50": self.percentile(50),
-            "p90": self.percentile(90),
-            "p99": self.percentile(99),
-            "max": round(self.max_ms, 3) if self.n else None,
-        }
-
-
-def rss_mb() -> float:
-    """Current resident set size of this process in MiB (``/proc/self/statm``; peak RSS where unavailable)."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            pages = int(f.read().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        return peak_rss_mb()
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process in MiB (``resource.getrusage``; ru_maxrss is KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-class RssSeries:
-    """RSS over time with bounded memory: a sample every ``interval_s``; past ``max_points`` every other point
-    is dropped and the interval doubles."""
-
-    def __init__(self, interval_s: float = 1.0, max_points: int = 512) -> None:
-        self.interval_s = float(interval_s)
-        self.max_points = int(max_points)
-        self.points: list[tuple[float, float]] = []
-        self._next = 0.0
-
-    def sample(self, t: float, force: bool = False) -> None:
-        """Record RSS at run time ``t`` seconds if the interval has passed (or ``force``)."""
-        if not force and t < self._next:
-            return
-        self.points.append((round(t, 3), round(rss_mb(), 2)))
-        self._next = t + self.interval_s
-        if len(self.points) > self.max_points:
-            self.points = self.points[::2]
-            self.interval_s *= 2
-
-
-class RateLimitedLog:
-    """Logs the first ``burst`` occurrences of a problem, then at most one line per ``every_s`` with a count."""
-
-    def __init__(self, logger: logging.Logger, burst: int = 3, every_s: float = 10.0) -> None:
-        self.logger, self.burst, self.every_s = logger, burst, every_s
-        self.count = 0
-        self._last = -math.inf
-        self._suppressed = 0
-
-    def error(self, msg: str, *args: Any, exc_info: bool = True) -> None:
-        self.count += 1
-        now = time.monotonic()
-        if self.count <= self.burst or now - self._last >= self.every_s:
-            extra = f" ({self._suppressed} similar suppressed)" if self._suppressed else ""
-            self.logger.error(msg + extra, *args, exc_info=exc_info)
-            self._last, self._suppressed = now, 0
-        else:
-            self._suppressed += 1
 
 
 # -- audio analysis for the fast path and the walk ---------------------------------------------------------
@@ -523,7 +394,7 @@ class LiveConfig:
         vsync: ask SDL for vsync (falls back without it). video_driver: ``SDL_VIDEODRIVER`` unless the
             environment sets one (``""``: SDL's choice). hide_cursor: hide the mouse over the window.
         fps: frame pacing target (0: unpaced; vsync paces).
-        picture: generation rate, image EMA, VAD thresholds (:class:`installation.render.RenderParams`).
+        picture: generation rate, image EMA, VAD thresholds (:class:`installation.presets.RenderParams`).
         scene_settings: per-scene start-up settings ``{scene: {parameter: value}}`` (the preset's ``scenes``).
         params: initial live parameter values by name (:data:`installation.params.PARAMS`).
         onset_hold_s, envelope_window_s, envelope_release_s: the fast path (see the module docstring).
@@ -616,150 +487,6 @@ def scene_params(snapshot: Mapping[str, Any], scene: str) -> dict[str, Any]:
             if name.startswith(prefix):
                 out[name[len(prefix) :]] = value
     return out
-
-
-# -- window -------------------------------------------------------------------------------------------------------
-
-
-class Window:
-    """The pygame window: logical size = canvas size, SCALED (SDL scales to the screen), fullscreen on ``display``.
-
-    Only ``pygame.display`` (and ``pygame.font`` for the overlay) is initialised: never ``pygame.init()``,
-    which would also open an audio device (the microphone belongs to sounddevice, the speakers to pyo).
-
-    Args:
-        canvas: uint8 [H, W, 3] C-contiguous; the window surface wraps its memory (no copy per frame).
-        fullscreen, display, vsync, hide_cursor, windowed_size, video_driver: see :class:`LiveConfig`.
-
-    Attributes:
-        vsync: whether SDL accepted vsync. driver: SDL video driver name.
-    """
-
-    def __init__(
-        self,
-        canvas: np.ndarray,
-        *,
-        fullscreen: bool,
-        display: int = 0,
-        vsync: bool = True,
-        hide_cursor: bool = True,
-        windowed_size: tuple[int, int] | None = None,
-        video_driver: str = "",
-        title: str = "AVGAN",
-    ) -> None:
-        if video_driver:
-            os.environ.setdefault("SDL_VIDEODRIVER", video_driver)  # the environment wins (e.g. CI sets dummy)
-        import pygame
-
-        self.pg = pygame
-        if not canvas.flags.c_contiguous:
-            raise ValueError("canvas must be C-contiguous")
-        pygame.display.init()
-        height, width = canvas.shape[:2]
-        flags = pygame.SCALED | (pygame.FULLSCREEN if fullscreen else 0)
-        n_displays = pygame.display.get_num_displays()
-        if not 0 <= display < max(1, n_displays):
-            log.warning("display %d does not exist (%d displays); using display 0", display, n_displays)
-            display = 0
-        self.vsync = False
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                self.screen = pygame.display.set_mode((width, height), flags, display=display, vsync=1 if vsync else 0)
-                self.vsync = bool(vsync)
-            except pygame.error as exc:
-                log.info("vsync not available (%s); running without it", exc)
-                self.screen = pygame.display.set_mode((width, height), flags, display=display)
-        for w in caught:  # e.g. "no fast renderer available": SDL scales in software (dummy driver, no GPU)
-            log.info("pygame: %s", w.message)
-        pygame.display.set_caption(title)
-        if hide_cursor:
-            pygame.mouse.set_visible(False)
-        # (not under the dummy driver: there is no OS window, and resizing it through pygame's private _sdl2
-        # API crashed SDL's event pump there)
-        if (
-            not fullscreen
-            and windowed_size
-            and tuple(windowed_size) != (width, height)
-            and pygame.display.get_driver() != "dummy"
-        ):
-            try:  # SCALED picks an integer multiple of the logical size; resize the OS window as asked
-                from pygame._sdl2.video import Window as SdlWindow
-
-                SdlWindow.from_display_module().size = tuple(windowed_size)
-            except Exception:  # noqa: BLE001 - cosmetic; private pygame API
-                log.debug("cannot resize the window to %s", windowed_size, exc_info=True)
-        self.driver = pygame.display.get_driver()
-        self.canvas = canvas
-        self.surface = pygame.image.frombuffer(canvas, (width, height), "RGB")
-        self._font: Any = None
-        self._overlay: Any = None
-
-    @classmethod
-    def open(
-        cls, canvas: np.ndarray, settings: Any, title: str = "AVGAN", error: type[Exception] | None = None
-    ) -> Window:
-        """Open a window for ``canvas`` from anything with the display attributes of :class:`LiveConfig`
-        (``fullscreen``, ``display``, ``hide_cursor``, ``windowed_size``, ``video_driver``; ``vsync`` optional).
-
-        Raises:
-            LiveError (or ``error``): no window can be opened (no display, bad driver); one line saying what to do.
-        """
-        try:
-            return cls(
-                canvas,
-                fullscreen=settings.fullscreen,
-                display=settings.display,
-                vsync=getattr(settings, "vsync", True),
-                hide_cursor=settings.hide_cursor,
-                windowed_size=settings.windowed_size,
-                video_driver=settings.video_driver,
-                title=title,
-            )
-        except Exception as exc:  # pygame.error: no display, bad driver
-            raise (error or LiveError)(
-                f"display: cannot open a window ({exc}); on a machine without a screen use a headless preset "
-                "or set SDL_VIDEODRIVER=dummy"
-            ) from exc
-
-    def overlay_text(self, lines: list[str], font_px: int) -> None:
-        """Render the overlay's text (call a few times per second, not every frame)."""
-        pg = self.pg
-        if self._font is None:
-            pg.font.init()
-            self._font = pg.font.Font(None, font_px)
-        rendered = [self._font.render(line, True, (235, 235, 235)) for line in lines]
-        w = max(s.get_width() for s in rendered) + 20
-        h = sum(s.get_height() for s in rendered) + 16
-        box = pg.Surface((w, h), pg.SRCALPHA)
-        box.fill((0, 0, 0, 150))
-        y = 8
-        for s in rendered:
-            box.blit(s, (10, y))
-            y += s.get_height()
-        self._overlay = box
-
-    def present(self, *, blackout: bool, brightness: float, overlay: bool) -> None:
-        """Dim the canvas (in place), blit it (or black), draw the overlay, flip.
-
-        Dimming uses OpenCV on the canvas (~0.7 ms at 1920x1080): SDL's ``BLEND_RGB_MULT`` fill takes ~12 ms.
-        """
-        pg = self.pg
-        if blackout:
-            self.screen.fill((0, 0, 0))
-        else:
-            if brightness < 0.999:
-                cv2.convertScaleAbs(self.canvas, dst=self.canvas, alpha=max(0.0, float(brightness)))
-            self.screen.blit(self.surface, (0, 0))
-        if overlay and self._overlay is not None:
-            self.screen.blit(self._overlay, (16, 16))
-        pg.display.flip()
-
-    def events(self) -> list[Any]:
-        return self.pg.event.get()
-
-    def close(self) -> None:
-        self.pg.display.quit()
 
 
 # -- the loop -----------------------------------------------------------------------------------------------------
@@ -883,8 +610,8 @@ class LiveLoop:
         self.running = False
         self.quit_reason = ""
         self.scene_frames: dict[str, int] = {}
-        self._errors = RateLimitedLog(log)
-        self._gen_errors = RateLimitedLog(log)
+        self._errors = RateLimitedLog(log, "live", burst=3)
+        self._gen_errors = RateLimitedLog(log, "live generator", burst=3)
         self._last_audio = -math.inf  # run time of the last new samples
         self._vsync: bool | None = None
         self._frame_failed = False
@@ -1200,7 +927,7 @@ class LiveLoop:
         """
         cfg = self.config
         try:
-            self.window = Window.open(self.canvas, cfg)
+            self.window = Window.open(self.canvas, cfg, error=LiveError)
             self._vsync = self.window.vsync
             self._start_services()
             self.input.start(retry=True)  # a busy or late microphone is retried with back-off; the picture idles
@@ -1449,14 +1176,14 @@ def input_spec(source: str | int, base: Path | None = None) -> str | int | Path:
 
 
 def sound_config(section: Any) -> Any:
-    """An :class:`installation.sound.SoundConfig` for the preset's ``sound`` section, or ``None`` (sound off):
-    :meth:`installation.sound.SoundConfig.from_preset`; ``output: offline`` (no speaker) runs silent."""
+    """The preset's ``sound`` section (an :class:`installation.sound.SoundConfig`) for the live loop, or ``None``
+    (sound off): :meth:`installation.sound.SoundConfig.for_live`; ``output: offline`` (no speaker) runs silent."""
     if section is None or not section.enabled:
         return None
-    from installation.sound import SoundConfig, SoundUnavailable
+    from installation.sound import SoundUnavailable
 
     try:
-        return SoundConfig.from_preset(section)
+        return section.for_live()
     except SoundUnavailable as exc:
         log.info("%s; the live installation runs silent", exc)
         return None

@@ -11,10 +11,10 @@ API summary::
     preset.input.source                             # "mic" | device index | device name | file path
     parse_input(preset.input.source)                # -> InputSource(kind="mic"|"device"|"file", device, path)
     preset.engine.bundle_path                       # absolute Path of the model bundle
-    preset.osc.port, preset.osc.allowlist, ...      # consumed by installation.osc.OscControl.from_config
+    preset.osc.port, preset.osc.allowlist, ...      # consumed by installation.osc.OscControl
     preset.params                                   # {param name: initial value}, validated against PARAMS
     preset.scenes                                   # {scene name: {scene parameter: value}} (non-live settings)
-    preset.render_params()                          # -> installation.render.RenderParams for this preset
+    preset.render_params()                          # -> RenderParams for this preset (render and live take it)
     list_presets()                                  # ["base", "gallery", "headless", "open_day"]
 
 Layering: a preset may say ``extends: NAME`` (a preset name in ``presets/``) or ``extends: ../x.yaml`` (a
@@ -52,6 +52,7 @@ from typing import Any, Literal
 from engine.configs import ConfigError, from_mapping, load_yaml
 from engine.errors import UserError
 from installation.params import PARAMS, ParamSpec
+from installation.sound import SoundConfig
 from installation.vad import VadParams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,30 +190,31 @@ class OscConfig:
 
 
 @dataclass(frozen=True)
-class SoundConfig:
-    """The pyo sound output (level, mix, pitch, density and on/off are live ``params``: ``sound/...``).
+class RenderParams:
+    """Everything that shapes the picture besides the model: what the offline render (:mod:`installation.render`)
+    and the live loop take; :meth:`Preset.render_params` makes one from a preset.
 
     Attributes:
-        enabled: start the pyo server at all (``False``: no sound, whatever ``params`` say).
-        output: ``device`` (a real audio output) or ``offline`` (pyo's offline server: nothing reaches a
-            speaker; for headless machines).
-        device: output device index or name (``""``: the system default).
-        sample_rate: output sample rate, Hz.
-        buffer_size: pyo buffer size, samples per channel.
-        channels: output channels.
+        scene: scene name (see :data:`scenes.SCENES`).
+        scene_params: scene parameter overrides (name -> value); the render adds ``crossfade_s``
+            = the generation interval unless given here.
+        gen_fps: generation rate within voiced segments, Hz (0: every output frame).
+        noise_drift_s: seconds between successive seeded noise keys of a segment (slerp between them).
+        image_ema_s: time constant of the image EMA, seconds (0: off).
+        vad: voice-activity thresholds.
     """
 
-    enabled: bool = True
-    output: Literal["device", "offline"] = "device"
-    device: str | int = ""
-    sample_rate: int = _range(48000, 8000, 192000, "Hz")
-    buffer_size: int = _range(512, 32, 8192, "samples")
-    channels: int = _range(2, 1, 64)
+    scene: str = "portrait"
+    scene_params: dict[str, Any] = field(default_factory=dict)
+    gen_fps: float = 10.0
+    noise_drift_s: float = 4.0
+    image_ema_s: float = 0.1
+    vad: VadParams = field(default_factory=VadParams)
 
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    """How the generator is driven (shared with the offline render: :class:`installation.render.RenderParams`).
+    """How the generator is driven (shared with the offline render: :class:`RenderParams`).
 
     Attributes:
         gen_fps: generation rate while the voice gate is open, Hz (0: every frame).
@@ -302,7 +304,8 @@ class Preset:
 
     Attributes:
         description: one line shown by ``--help`` / logs.
-        display, input, engine, osc, sound, generation, capture, rating: the sections above.
+        display, input, engine, osc, sound, generation, capture, rating: the sections above (``sound`` is
+            :class:`installation.sound.SoundConfig`, the one the sound engine takes).
         scenes: per-scene start-up settings, ``{scene name: {parameter: value}}`` (e.g. the portrait's
             ``idle_fade_s``), checked against the scene's parameter dataclass where it has one.
         params: initial live parameter values by OSC name (``sound/level: 0.8``), checked against
@@ -331,15 +334,13 @@ class Preset:
         """Every parameter's initial value: the declared defaults overlaid with :attr:`params`."""
         return {name: self.params.get(name, spec.default) for name, spec in PARAMS.items()}
 
-    def render_params(self, scene: str | None = None) -> Any:
-        """The :class:`installation.render.RenderParams` this preset implies (for ``scene``, default ``params.scene``).
+    def render_params(self, scene: str | None = None) -> RenderParams:
+        """The :class:`RenderParams` this preset implies (for ``scene``, default ``params.scene``).
 
         ``scene_params`` = ``scenes[scene]`` plus ``crossfade_s`` (``scene/crossfade_s``) and the scene's own
         live parameters (``grid/n`` -> ``n``); ``noise_drift_s`` = 1 / ``noise/walk_speed`` (0: hold);
         ``vad.on_min_db`` = ``vad/threshold_db`` and ``vad.off_min_db`` = 5 dB below it.
         """
-        from installation.render import RenderParams
-
         values = self.param_values()
         scene = scene or values["scene"]
         scene_params = dict(self.scenes.get(scene, {}))

@@ -10,18 +10,18 @@ absolute category rating scale (1 bad, 2 poor, 3 fair, 4 good, 5 excellent), or 
 --ratings RATINGS.jsonl`` (:mod:`training.ratings`) turns the file into a mean opinion score with a 95 %
 confidence interval per model.
 
-Items. Every audio file under ``--audio`` (recursively; the formats of :func:`training.generate.find_audio_files`,
+Items. Every audio file under ``--audio`` (recursively; the formats of :func:`engine.audio.find_audio_files`,
 decoded by :func:`engine.audio.load_audio`; for a capture dataset folder, the takes its manifest lists) is one item, presented once, in an order shuffled by ``seed``
 (``numpy.random.default_rng(seed).permutation``), until every item has an answer, ``max_items`` answers are in
 (0: no limit), or the visitor quits. An item is decoded to the bundle's rate, its *centre* window of the
 bundle's length (1 s; zero-padded at the end when shorter) is the voice, and the face is
 ``Generator(window[None], noise=file_noise(seed, relative path))`` -- the same noise as ``run.py generate``
-(:func:`training.generate.file_noise`), so a file and a seed always give the same face, whatever the order.
+(:func:`engine.noise.file_noise`), so a file and a seed always give the same face, whatever the order.
 An undecodable file is skipped with a warning naming it.
 
 Real faces (``show_real``): the Wav2Pix layout pairs ``preprocessed_frame_N.*`` with ``cropped_face_frame_N.*``
 in the same folder (decoded by content: the dataset's ``.png`` files are JPEG); the capture layout finds the
-take in ``manifest.jsonl`` (:func:`training.data.capture_format.read_manifest`) in the audio file's folder or
+take in ``manifest.jsonl`` (:func:`datastore.capture_format.read_manifest`) in the audio file's folder or
 the one above. Items without a real face show the generated face alone.
 
 Input, all through one :class:`installation.params.Parameters` (the triggers ``rate/1`` ... ``rate/5``,
@@ -43,9 +43,10 @@ resampled to the output device's default rate, once when the face appears and ag
 the preset's ``rating.play_voice`` is on and an output device exists; otherwise one warning ("no audio output
 device: voices are not played") and the station goes on silent. Each rating records ``voice_played``.
 
-Ratings file (:class:`RatingsFile`): JSON Lines, one object per answer, appended with ONE ``os.write`` on an
-``O_APPEND`` descriptor followed by ``os.fsync`` (a crash leaves whole lines, at worst a torn last line, which
-the next run cuts back to the last newline with a warning). Keys (no personal data):
+Ratings file (:class:`RatingsFile`, written by :mod:`datastore.jsonl`): JSON Lines, one object per answer,
+appended with ONE ``os.write`` on an ``O_APPEND`` descriptor followed by ``os.fsync`` (a crash leaves whole lines,
+at worst a torn last line, which the next run cuts back to the last newline with a warning). Keys (no personal
+data):
 
 ======================  =============================================================================
 ``time``                UTC ISO 8601 with milliseconds, e.g. ``2026-11-21T10:15:02.123Z``
@@ -74,7 +75,6 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
 import re
 import secrets
 import time
@@ -86,8 +86,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from engine.audio import AudioDecodeError, load_audio, resample
+from datastore import capture_format, jsonl
+from engine.audio import AudioDecodeError, find_audio_files, load_audio, resample
 from engine.errors import UserError
+from engine.noise import file_noise
 from installation.params import Parameters
 from installation.presets import ROOT
 from installation.render import DEFAULT_BUNDLE
@@ -238,11 +240,9 @@ def generate_face(generator: Any, window: np.ndarray, seed: int, relative: str |
     Args:
         generator: a :class:`engine.generator.Generator` (``noise_dim``; called as ``gen(audio, noise=...)``).
         window: float32 [window_samples] at the generator's rate.
-        seed: the run's seed; with ``relative`` it fixes the noise (:func:`training.generate.file_noise`).
+        seed: the run's seed; with ``relative`` it fixes the noise (:func:`engine.noise.file_noise`).
         relative: the audio file's path relative to ``--audio``.
     """
-    from training.generate import file_noise
-
     noise = file_noise(int(seed), relative, int(generator.noise_dim))[None]
     images = np.asarray(generator(np.ascontiguousarray(window[None], np.float32), noise=noise))
     return np.ascontiguousarray(images[0])
@@ -262,8 +262,6 @@ class RealFaces:
     def _index(self, folder: Path) -> dict[Path, Path] | None:
         if folder not in self._manifests:
             index: dict[Path, Path] | None = None
-            from training.data import capture_format
-
             if capture_format.is_capture_dataset(folder):
                 try:
                     records, problems = capture_format.read_manifest(folder)
@@ -297,7 +295,7 @@ class RealFaces:
         path = self.find(audio)
         if path is None:
             return None
-        from training.data.dataset import decode_image
+        from datastore.images import decode_image
 
         try:
             return decode_image(path.read_bytes(), side, str(path))
@@ -373,10 +371,12 @@ class VoicePlayer:
 
 
 class RatingsFile:
-    """An append-only JSON Lines file of ratings; each record is one ``os.write`` + ``os.fsync``.
+    """An append-only JSON Lines file of ratings, written by :func:`datastore.jsonl.append_line`: each record is
+    one ``os.write`` on an ``O_APPEND`` descriptor, then ``os.fsync`` (no lock: the station is the only writer).
 
-    Opening creates the file (and its folder) if needed and repairs a torn last line: if the file does not end
-    with ``\\n`` it is truncated after its last newline (or to empty), with a warning naming the bytes cut.
+    Opening creates the file (and its folder) if needed (a new file and its folder are fsynced) and repairs a torn
+    last line (:func:`datastore.jsonl.repair_tail`): a last line without ``\\n`` that is a whole JSON object gets
+    its newline; anything else is cut back to the last newline (or to empty), with a warning naming the bytes cut.
 
     Args:
         path: the ``.jsonl`` file.
@@ -385,86 +385,41 @@ class RatingsFile:
         repaired: bytes cut from a torn last line at open (0: none).
 
     Raises:
-        RateError: the file or its folder cannot be created, read or written (the message names it).
+        RateError: the file or its folder cannot be created, read, repaired or synced (the message names it).
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.repaired = 0
+        self._closed = False
         try:
             if self.path.is_dir():
                 raise IsADirectoryError(21, "is a folder")
-            created = not self.path.exists()
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as exc:
             raise RateError(f"--out {self.path}: cannot write the ratings file ({exc.strerror or exc})") from exc
         try:
-            self.repaired = self._repair()
-            if created:
-                _fsync_dir(self.path.parent)
+            self.repaired = jsonl.prepare(self.path)
         except OSError as exc:
-            os.close(self._fd)
             raise RateError(f"--out {self.path}: cannot read or repair the ratings file ({exc})") from exc
-
-    def _repair(self) -> int:
-        size = os.fstat(self._fd).st_size
-        if size == 0 or os.pread(self._fd, 1, size - 1) == b"\n":
-            return 0
-        keep = 0
-        pos = size
-        while pos > 0:
-            start = max(0, pos - 65536)
-            chunk = os.pread(self._fd, pos - start, start)
-            k = chunk.rfind(b"\n")
-            if k >= 0:
-                keep = start + k + 1
-                break
-            pos = start
-        os.ftruncate(self._fd, keep)
-        os.fsync(self._fd)
-        log.warning(
-            "%s: the last line was torn (no trailing newline, e.g. after a crash); cut %d bytes back to the "
-            "last complete line",
-            self.path,
-            size - keep,
-        )
-        return size - keep
 
     def append(self, record: Mapping[str, Any]) -> None:
         """Append ``record`` as one JSON line: one ``os.write`` (``O_APPEND``), then ``os.fsync``.
 
         Raises:
-            RateError: the write or the sync failed (disk full, device gone); names the file.
+            RateError: the write or the sync failed (disk full, device gone), or the file was closed; names the file.
         """
         data = (json.dumps(record, ensure_ascii=False, separators=(", ", ": ")) + "\n").encode("utf-8")
         try:
-            written = os.write(self._fd, data)
-            if written != len(data):  # a short write (disk full): cut it, so the file keeps whole lines
-                os.ftruncate(self._fd, os.fstat(self._fd).st_size - written)
-                raise OSError(28, f"short write ({written} of {len(data)} bytes)")
-            os.fsync(self._fd)
+            if self._closed:
+                raise OSError(9, "the ratings file is closed")
+            jsonl.append_line(self.path, data)
         except OSError as exc:
             raise RateError(f"--out {self.path}: cannot append a rating ({exc.strerror or exc})") from exc
 
     def close(self) -> None:
-        """Close the descriptor (idempotent)."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        """Close the file: later appends raise :class:`RateError` (idempotent)."""
+        self._closed = True
 
 
 # -- configuration ------------------------------------------------------------------------------------------
@@ -562,14 +517,11 @@ def discover_items(audio: Path) -> list[tuple[Path, str]]:
 
     A capture dataset (a folder with ``manifest.jsonl``) gives the audio of its kept takes, as the manifest
     lists them (no quarantined or half-written files); any other folder is searched recursively for audio files
-    (:func:`training.generate.find_audio_files`, hidden files skipped); a file is one item.
+    (:func:`engine.audio.find_audio_files`, hidden files skipped); a file is one item.
 
     Raises:
         RateError: ``audio`` does not exist, or holds no audio file (names it).
     """
-    from training.data import capture_format
-    from training.generate import find_audio_files
-
     if not audio.exists():
         raise RateError(f"--audio {audio}: no such file or folder")
     if audio.is_dir() and capture_format.is_capture_dataset(audio):
@@ -919,7 +871,7 @@ class RatingStation:
         Raises:
             RateError: no window can be opened, a rating cannot be written, or no audio file could be decoded.
         """
-        from installation.live import Window
+        from installation.window import Window
 
         cfg = self.config
         try:

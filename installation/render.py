@@ -60,8 +60,9 @@ import cv2
 import numpy as np
 
 from engine.errors import UserError
+from installation.presets import RenderParams, load_preset
 from installation.sound import SoundSettings, StateTrack, render_offline
-from installation.vad import VadParams, detect
+from installation.vad import detect
 from scenes import FrameState, Scene, make_scene
 
 log = logging.getLogger(__name__)
@@ -77,28 +78,6 @@ class RenderError(UserError, ValueError):
 
 
 # -- parameters ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RenderParams:
-    """Everything that shapes the picture besides the model (shared with the live loop).
-
-    Attributes:
-        scene: scene name (see :data:`scenes.SCENES`).
-        scene_params: scene parameter overrides (name -> value); the render adds ``crossfade_s``
-            = the generation interval unless given here.
-        gen_fps: generation rate within voiced segments, Hz (0: every output frame).
-        noise_drift_s: seconds between successive seeded noise keys of a segment (slerp between them).
-        image_ema_s: time constant of the image EMA, seconds (0: off).
-        vad: voice-activity thresholds.
-    """
-
-    scene: str = "portrait"
-    scene_params: dict[str, Any] = field(default_factory=dict)
-    gen_fps: float = 10.0
-    noise_drift_s: float = 4.0
-    image_ema_s: float = 0.1
-    vad: VadParams = field(default_factory=VadParams)
 
 
 PRESETS: dict[str, RenderParams] = {"default": RenderParams(gen_fps=0.0)}
@@ -804,8 +783,6 @@ def main(args: argparse.Namespace) -> int:
     if args.preset in PRESETS:
         params = PRESETS[args.preset]
     else:
-        from installation.presets import load_preset
-
         params = load_preset(args.preset).render_params()
     if args.gen_fps is not None:
         if args.gen_fps < 0:

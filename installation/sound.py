@@ -70,9 +70,9 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -195,78 +195,96 @@ class EchoDesign:
             raise ValueError("EchoDesign.intervals must not be empty")
 
 
+def _range(default: Any, lo: float, hi: float, unit: str = "") -> Any:
+    """A dataclass field with an inclusive range (checked by :class:`SoundConfig` and by the preset loader)."""
+    return field(default=default, metadata={"range": (lo, hi), "unit": unit})
+
+
+OUTPUTS = ("device", "jack", "offline")
+"""Values of :attr:`SoundConfig.output`."""
+
+
 @dataclass(frozen=True)
 class SoundConfig:
-    """Where the sound goes (from the preset). Rates in Hz.
+    """Where the sound goes: a preset's ``sound:`` section (:mod:`installation.presets` loads it strictly) and the
+    :class:`SoundEngine`'s configuration, one dataclass. Rates in Hz. Level, mix, pitch, density and on/off are
+    live ``params`` (``sound/...``), not here.
 
     Attributes:
-        audio: ``"portaudio"`` (ALSA/PulseAudio/CoreAudio/WASAPI through portaudio), ``"jack"`` or
-            ``"offline"`` (render to ``record_path`` as fast as possible; :meth:`SoundEngine.start` blocks).
-            pyo's ``PYO_SERVER_AUDIO`` environment variable overrides portaudio/jack.
-        output_device: portaudio output device: index, or a (case-insensitive) part of its name; None:
-            the system default. Ignored by jack/offline.
-        sample_rate: server rate.
-        buffer_size: samples per pyo buffer (latency = buffer_size / sample_rate; 512 at 48 kHz = 10.7 ms,
-            robust on a busy 2-core machine).
-        channels: output channels of the server (1: everything summed to mono; 2 or more: the stereo cloud
+        enabled: start the pyo server at all (``False``: no sound, whatever ``params`` say); the live loop's switch
+            (:meth:`for_live`), ignored by :class:`SoundEngine`.
+        output: ``"device"`` (a real audio output through portaudio: ALSA/PulseAudio/CoreAudio/WASAPI), ``"jack"``,
+            or ``"offline"`` (pyo's offline server renders ``record_path`` as fast as possible and
+            :meth:`SoundEngine.start` blocks; nothing reaches a speaker: ``render --sound`` and headless machines,
+            a live run with it runs silent). pyo's ``PYO_SERVER_AUDIO`` environment variable overrides device/jack.
+        device: ``"device"`` output only: portaudio output device index, or a (case-insensitive) part of its name;
+            ``""``: the system default.
+        sample_rate: server rate, 8000-192000 Hz.
+        buffer_size: samples per pyo buffer, a power of two from 32 to 8192 (latency = buffer_size / sample_rate;
+            512 at 48 kHz = 10.7 ms, robust on a busy 2-core machine).
+        channels: output channels of the server, 1-64 (1: everything summed to mono; 2 or more: the stereo cloud
             on the first two, the others silent).
         jack_name: JACK client name.
-        record_path: offline only: the WAV file to write (32-bit float).
-        duration_s: offline only: seconds to render.
         isolate: real-time only: run the pyo server in a child process (default; see the module docstring:
             pyo can segfault on boot, deadlock the interpreter on stop, and takes the GIL every buffer). False:
             in this process (JACK or macOS users who accept that; the tests' offline renders are in-process).
         seed: random seed of the grains (pyo ``Server.setGlobalSeed``); the same seed and input give the same
             offline render.
+        record_path: offline only: the WAV file to write (32-bit float); :class:`SoundEngine` requires it.
+        duration_s: offline only: seconds to render; :class:`SoundEngine` requires it.
+
+    Raises:
+        ValueError: an output, rate, buffer size or channel count out of range (``key 'sound.<name>'``, as the
+            preset loader names it).
     """
 
-    audio: str = "portaudio"
-    output_device: int | str | None = None
-    sample_rate: int = 48000
-    buffer_size: int = 512
-    channels: int = 2
+    enabled: bool = True
+    output: Literal["device", "jack", "offline"] = "device"
+    device: str | int = ""
+    sample_rate: int = _range(48000, 8000, 192000, "Hz")
+    buffer_size: int = _range(512, 32, 8192, "samples")
+    channels: int = _range(2, 1, 64)
     jack_name: str = "avgan"
-    record_path: str | None = None
-    duration_s: float | None = None
     isolate: bool = True
     seed: int = 0
+    record_path: str | None = None
+    duration_s: float | None = None
 
     def __post_init__(self) -> None:
-        if self.audio not in ("portaudio", "jack", "offline"):
-            raise ValueError(f"sound audio backend: expected portaudio, jack or offline, got {self.audio!r}")
-        if not 8000 <= self.sample_rate <= 192000:
-            raise ValueError(f"sound sample_rate: expected 8000..192000 Hz, got {self.sample_rate}")
-        if self.buffer_size < 16 or self.buffer_size & (self.buffer_size - 1):
-            raise ValueError(f"sound buffer_size: expected a power of two >= 16, got {self.buffer_size}")
-        if not 1 <= self.channels <= 64:
-            raise ValueError(f"sound channels: expected 1..64, got {self.channels}")
-        if self.audio == "offline" and (self.record_path is None or not self.duration_s or self.duration_s <= 0):
-            raise ValueError("offline sound needs record_path and a positive duration_s")
+        if self.output not in OUTPUTS:
+            raise ValueError(f"key 'sound.output': expected one of {', '.join(OUTPUTS)}, got {self.output!r}")
+        for f in fields(self):
+            if "range" in f.metadata:
+                lo, hi = f.metadata["range"]
+                value = getattr(self, f.name)
+                if not lo <= value <= hi:
+                    unit = f" {f.metadata['unit']}" if f.metadata["unit"] else ""
+                    raise ValueError(f"key 'sound.{f.name}': {value!r} out of range [{lo:g}, {hi:g}]{unit}")
+        if self.buffer_size & (self.buffer_size - 1):
+            raise ValueError(f"key 'sound.buffer_size': expected a power of two (pyo), got {self.buffer_size}")
 
-    @classmethod
-    def from_preset(cls, section: Any) -> SoundConfig | None:
-        """The live config from a preset's ``sound:`` section (:class:`installation.presets.SoundConfig`:
-        ``enabled``, ``output`` device|offline, ``device``, ``sample_rate``, ``buffer_size``, ``channels``).
+    @property
+    def pyo_audio(self) -> str:
+        """pyo's ``Server(audio=...)`` for :attr:`output`: ``"portaudio"``, ``"jack"`` or ``"offline"``."""
+        return "portaudio" if self.output == "device" else self.output
 
-        Returns None when the section is disabled. ``output: device`` plays through portaudio (``device``
-        ``""``: the system default).
+    @property
+    def output_device(self) -> int | str | None:
+        """:attr:`device` for portaudio: ``None`` for the system default (``""``)."""
+        return None if self.device in (None, "") else self.device
+
+    def for_live(self) -> SoundConfig | None:
+        """This config for a live run: ``None`` when not :attr:`enabled`.
 
         Raises:
             SoundUnavailable: ``output: offline``: the offline server renders files (``render --sound``), it
                 cannot follow a live microphone.
         """
-        if not getattr(section, "enabled", True):
+        if not self.enabled:
             return None
-        if getattr(section, "output", "device") == "offline":
+        if self.output == "offline":
             raise SoundUnavailable("sound: output 'offline' is for render --sound; a live run needs output: device")
-        device = getattr(section, "device", None)
-        return cls(
-            audio="portaudio",
-            output_device=None if device in (None, "") else device,
-            sample_rate=int(getattr(section, "sample_rate", 48000)),
-            buffer_size=int(getattr(section, "buffer_size", 512)),
-            channels=int(getattr(section, "channels", 2)),
-        )
+        return self
 
 
 @dataclass(frozen=True)
@@ -533,7 +551,7 @@ def _child_main() -> None:
         engine._objs["master"].time = 0.03
         engine._objs["master"].value = 0.0
         time.sleep(0.06)
-        if engine.config.audio == "jack":
+        if engine.config.output == "jack":
             engine._server.stop()
     del header, ring
     os._exit(0)
@@ -547,7 +565,7 @@ class SoundEngine:
 
     Use from one thread (the live loop's main thread; offline: the render callback)::
 
-        engine = SoundEngine(SoundConfig(audio="portaudio"), voice_rate=16000)
+        engine = SoundEngine(SoundConfig(output="device"), voice_rate=16000)
         engine.start()                      # SoundUnavailable -> run without sound (~0.3-1 s: a sound process)
         every frame: engine.feed(new_samples, 16000); engine.set_state(level, pitch_hz, identity)
         on OSC:      engine.set_param("sound/mix", 0.4)
@@ -587,8 +605,12 @@ class SoundEngine:
         self.settings = settings or SoundSettings()
         self.driver = driver
         self.driver_rate_hz = float(driver_rate_hz)
-        if driver is not None and self.config.audio != "offline":
+        if driver is not None and self.config.output != "offline":
             raise ValueError("SoundEngine: a driver callback is for the offline backend only")
+        if self.config.output == "offline" and (
+            self.config.record_path is None or not self.config.duration_s or self.config.duration_s <= 0
+        ):
+            raise ValueError("offline sound needs record_path and a positive duration_s")
         d = self.design
         self.memory = max(1, round(d.memory_s * self.voice_rate))
         """Voice table length in samples (the circular part)."""
@@ -630,20 +652,20 @@ class SoundEngine:
         if self.started:
             return self
         cfg = self.config
-        if cfg.audio != "offline" and cfg.isolate:
+        if cfg.output != "offline" and cfg.isolate:
             self._remote = _Remote(self, timeout_s)
             self._remote_state = None
             self.started = True
             log.info(
                 "sound: pyo %s server in process %d (%d streams)",
-                cfg.audio,
+                cfg.pyo_audio,
                 self._remote.process.pid,
                 self.stream_count,
             )
             return self
         pyo = _pyo()
         device = None
-        if cfg.audio == "portaudio":
+        if cfg.output == "device":
             device = _output_device_index(pyo, cfg.output_device)
         with _ACTIVE_LOCK:
             if _ACTIVE is not None:
@@ -655,7 +677,7 @@ class SoundEngine:
                 nchnls=cfg.channels,
                 buffersize=cfg.buffer_size,
                 duplex=0,
-                audio=cfg.audio,
+                audio=cfg.pyo_audio,
                 jackname=cfg.jack_name,
             )
             server.setVerbosity(1 | 4)  # errors and warnings
@@ -665,10 +687,12 @@ class SoundEngine:
             server.boot()
             if not server.getIsBooted():
                 server = None
-                raise SoundUnavailable(f"sound: pyo could not boot its {cfg.audio} output (see pyo's message above)")
+                raise SoundUnavailable(
+                    f"sound: pyo could not boot its {cfg.pyo_audio} output (see pyo's message above)"
+                )
             self._server = server
             server.setGlobalSeed(int(cfg.seed) % 2_000_000_000 + 1)  # 0 would mean "seed from the clock"
-            if cfg.audio == "offline":
+            if cfg.output == "offline":
                 server.recordOptions(
                     dur=float(cfg.duration_s), filename=str(cfg.record_path), fileformat=0, sampletype=3
                 )
@@ -676,7 +700,7 @@ class SoundEngine:
             self.started = True
             log.info(
                 "sound: pyo %s server at %d Hz, %d ch, buffer %d (%.1f ms), %d streams",
-                cfg.audio,
+                cfg.pyo_audio,
                 cfg.sample_rate,
                 cfg.channels,
                 cfg.buffer_size,
@@ -704,7 +728,7 @@ class SoundEngine:
             self.started = False
             remote.close()
             return
-        if self.config.audio != "offline" and self._server is not None:
+        if self.config.output != "offline" and self._server is not None:
             with contextlib.suppress(Exception):
                 self._objs["master"].time = 0.03
                 self._objs["master"].value = 0.0
@@ -1095,7 +1119,7 @@ def render_offline(
     with tempfile.TemporaryDirectory(prefix="avgan-sound-") as folder:
         path = Path(folder) / "sound.wav"
         config = SoundConfig(
-            audio="offline",
+            output="offline",
             sample_rate=int(sample_rate),
             buffer_size=int(buffer_size),
             channels=int(channels),

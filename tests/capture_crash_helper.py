@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from training.data.capture_store import DatasetWriter  # noqa: E402
+from datastore.capture_store import DatasetWriter  # noqa: E402
 
 
 def main() -> None:

@@ -255,7 +255,7 @@ def test_capture_session_end_to_end_then_check_and_train(tmp_path: Path, standin
     assert report["participants"] == 3  # 2 + 2 + 1 takes
     assert run.main(["dataset", "check", str(out)]) == 0
 
-    from training.data.capture_format import read_manifest
+    from datastore.capture_format import read_manifest
 
     records, problems = read_manifest(out)
     assert len(records) == 5 and not problems
@@ -331,8 +331,8 @@ def _steps(booth: CaptureBooth, seconds: float, until=lambda b: False) -> None:
 
 @needs_data
 def test_camera_vanishing_pauses_and_keeps_takes(tmp_path: Path, standins: Path) -> None:
+    from datastore.capture_store import check_dataset
     from installation.camera import Camera
-    from training.data.capture_store import check_dataset
 
     camera = SwitchCamera(Camera(standins / "camera.mp4").start())
     booth = _booth(tmp_path, standins, camera=camera)
@@ -375,7 +375,7 @@ def test_microphone_stopping_pauses(tmp_path: Path, standins: Path) -> None:
 
 @needs_data
 def test_disk_full_pauses_and_keeps_earlier_takes(tmp_path: Path, standins: Path, monkeypatch) -> None:
-    from training.data.capture_store import DiskFullError, check_dataset
+    from datastore.capture_store import DiskFullError, check_dataset
 
     booth = _booth(tmp_path, standins)
     try:
@@ -460,8 +460,8 @@ def test_osc_consent_and_go_from_a_controller(tmp_path: Path, standins: Path) ->
     """TouchOSC / Max buttons: /avgan/capture/consent and /avgan/capture/go over UDP drive the booth."""
     from pythonosc.udp_client import SimpleUDPClient
 
+    from datastore.capture_format import read_manifest
     from installation.presets import OscConfig
-    from training.data.capture_format import read_manifest
 
     osc = OscConfig(enabled=True, host="127.0.0.1", port=0, feedback=False, oscquery=False)
     booth = _booth(tmp_path, standins, osc=osc)

@@ -18,10 +18,10 @@ import pytest
 import soundfile as sf
 
 import run
-from engine.errors import UserError
-from training.data import capture_format as cf
-from training.data import capture_store as cs
-from training.data.capture_store import (
+from datastore import capture_format as cf
+from datastore import capture_store as cs
+from datastore import jsonl
+from datastore.capture_store import (
     CaptureStoreError,
     DatasetWriter,
     DiskFullError,
@@ -29,6 +29,7 @@ from training.data.capture_store import (
     delete_participant,
     new_participant_id,
 )
+from engine.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 HELPER = Path(__file__).with_name("capture_crash_helper.py")
@@ -447,7 +448,7 @@ def test_disk_full_mid_take(tmp_path, monkeypatch, fail_at):
     before = _tree(root)
     manifest_before = (root / cf.MANIFEST).read_bytes()
     calls = {"n": 0}
-    real = cs._write_all
+    real = jsonl.write_all
 
     def full(fd, data):
         calls["n"] += 1
@@ -457,7 +458,7 @@ def test_disk_full_mid_take(tmp_path, monkeypatch, fail_at):
         return real(fd, data)
 
     w = DatasetWriter(root, min_free_mb=0)
-    monkeypatch.setattr(cs, "_write_all", full)
+    monkeypatch.setattr(jsonl, "write_all", full)
     with pytest.raises(DiskFullError, match="disk full") as info:
         w.write_take("P-AAAAAA", _png(7), _audio(7), 16000)
     assert info.value.path and Path(info.value.path).parent in (root, root / "P-AAAAAA")

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from datastore.capture_format import MANIFEST
 from engine.audio import AudioDecodeError, load_audio
 from engine.errors import UserError
 from tests.training_support import make_wav2pix_dataset
 from training.data import load_dataset, split_by_face
-from training.data.capture_format import MANIFEST
 from training.data.diffaugment import diff_augment
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "wav2pix" / "train"

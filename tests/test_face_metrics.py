@@ -37,7 +37,7 @@ def analyzer() -> fm.FaceAnalyzer:
 
 def real_faces(per_identity: int = 10, size: int = 64) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """``per_identity`` distinct real face crops per identity, uint8 [N, size, size, 3], labels, names."""
-    from training.data.dataset import decode_image
+    from datastore.images import decode_image
 
     identities = sorted(p.name for p in W2P.iterdir() if p.is_dir())
     images, labels = [], []

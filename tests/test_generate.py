@@ -18,6 +18,8 @@ import pytest
 import soundfile as sf
 
 import run
+from engine.audio import find_audio_files, loudest_window
+from engine.noise import file_noise
 from training import generate as tg
 
 REPO = Path(__file__).resolve().parent.parent
@@ -82,21 +84,21 @@ def audio_tree(tmp_path) -> Path:
 def test_loudest_window_picks_loud_part_and_pads():
     x = np.zeros(48000, np.float32)
     x[30000:34000] = 0.5
-    w = tg.loudest_window(x, 16000)
+    w = loudest_window(x, 16000)
     assert w.shape == (16000,) and w.dtype == np.float32 and np.abs(w).sum() == pytest.approx(0.5 * 4000)
     silent = np.arange(40000, dtype=np.float32) * 0  # ties -> centre window
-    assert tg.loudest_window(silent, 16000).shape == (16000,)
+    assert loudest_window(silent, 16000).shape == (16000,)
     short = np.ones(1000, np.float32)
-    padded = tg.loudest_window(short, 16000)
+    padded = loudest_window(short, 16000)
     assert padded.shape == (16000,) and padded[:1000].all() and not padded[1000:].any()
 
 
 def test_file_noise_depends_on_seed_and_relative_path_only():
-    a = tg.file_noise(3, Path("sub/x.wav"), 8)
+    a = file_noise(3, Path("sub/x.wav"), 8)
     assert a.dtype == np.float32 and a.shape == (8,)
-    assert np.array_equal(a, tg.file_noise(3, "sub/x.wav", 8))
-    assert not np.array_equal(a, tg.file_noise(4, "sub/x.wav", 8))
-    assert not np.array_equal(a, tg.file_noise(3, "sub/y.wav", 8))
+    assert np.array_equal(a, file_noise(3, "sub/x.wav", 8))
+    assert not np.array_equal(a, file_noise(4, "sub/x.wav", 8))
+    assert not np.array_equal(a, file_noise(3, "sub/y.wav", 8))
 
 
 def test_output_paths_mirror_and_disambiguate(tmp_path):
@@ -105,13 +107,13 @@ def test_output_paths_mirror_and_disambiguate(tmp_path):
 
 
 def test_find_audio_files(audio_tree):
-    rels = [r.as_posix() for _, r in tg.find_audio_files(audio_tree)]
+    rels = [r.as_posix() for _, r in find_audio_files(audio_tree)]
     assert rels == ["a.wav", "sub/b.flac", "sub/broken.wav", "sub/deeper/c.ogg"]
-    assert tg.find_audio_files(audio_tree / "a.wav") == [(audio_tree / "a.wav", Path("a.wav"))]
+    assert find_audio_files(audio_tree / "a.wav") == [(audio_tree / "a.wav", Path("a.wav"))]
     from engine.errors import UserError
 
     with pytest.raises(UserError, match="no such file"):
-        tg.find_audio_files(audio_tree / "missing")
+        find_audio_files(audio_tree / "missing")
 
 
 # ---------------------------------------------------------------------- command line

@@ -23,7 +23,6 @@ os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 from installation.audio_in import FileInput, SoundDeviceInput  # noqa: E402
 from installation.live import (  # noqa: E402
     FastEnvelope,
-    Histogram,
     LiveConfig,
     LiveLoop,
     NoiseWalk,
@@ -32,6 +31,7 @@ from installation.live import (  # noqa: E402
     scene_params,
 )
 from installation.presets import load_preset  # noqa: E402
+from installation.telemetry import Histogram  # noqa: E402
 from scenes import FrameState, Portrait  # noqa: E402
 
 RATE = 16000
@@ -337,7 +337,7 @@ def test_cli_runs_a_preset(tiny_bundle: Path, tmp_path: Path) -> None:
 
 
 def test_window_dims_the_canvas_in_place() -> None:
-    from installation.live import Window
+    from installation.window import Window
 
     canvas = np.full((32, 48, 3), 200, np.uint8)
     window = Window(canvas, fullscreen=False, vsync=False)

@@ -15,11 +15,11 @@ from installation.presets import (
     InputSource,
     Preset,
     PresetError,
+    RenderParams,
     list_presets,
     load_preset,
     parse_input,
 )
-from installation.render import RenderParams
 
 
 def write(folder: Path, name: str, text: str) -> Path:
@@ -142,6 +142,7 @@ def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
         ("display: {size: [1920, 0]}", "display.size", "[16, 16384] px"),
         ("generation: {gen_fps: -1}", "generation.gen_fps", "[0, 240] Hz"),
         ("input: {heartbeat_s: 0}", "input.heartbeat_s", "[0.05, 60] s"),
+        ("sound: {sample_rate: 4000}", "sound.sample_rate", "[8000, 192000] Hz"),
         ("params: {sound/level: 1.5}", "params.sound/level", "float 0 to 1"),
         ("params: {vad/threshold_db: 3}", "params.vad/threshold_db", "float -80 to 0 dBFS"),
         ("params: {scene: disco}", "params.scene", "one of portrait, grid, morph"),
@@ -164,7 +165,9 @@ def test_out_of_range_names_file_key_and_range(tmp_path: Path, body: str, key: s
         ("osc: {allowlist: [10.0.0.300]}", "osc.allowlist[0]", "not an IP address"),
         ("osc: {host: gallery-pc}", "osc.host", "not an IP address"),
         ("engine: {backend: cuda}", "engine.backend", "expected one of auto"),
-        ("sound: {output: speakers}", "sound.output", "one of 'device', 'offline'"),
+        ("sound: {output: speakers}", "sound.output", "one of 'device', 'jack', 'offline'"),
+        ("sound: {buffer_size: 1000}", "sound.buffer_size", "power of two"),
+        ("sound: {audio: jack}", "sound.audio", "unknown key"),
         ("params: {grid/n: 2.0}", "params.grid/n", "wrong_type"),
         ("params: {sound/on: 1}", "params.sound/on", "wrong_type"),
         ("params: {scene: 1}", "params.scene", "one of portrait"),

@@ -12,10 +12,10 @@ import soundfile as sf
 
 import run
 from engine.audio import load_audio
+from installation.presets import RenderParams
 from installation.render import (
     ImageEMA,
     NoiseDrift,
-    RenderParams,
     _VideoWriter,
     encoder_threads,
     frame_end_samples,

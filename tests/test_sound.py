@@ -72,7 +72,7 @@ def peak_hz(x: np.ndarray, rate: int) -> float:
 
 
 def offline(path: Path, seconds: float) -> SoundConfig:
-    return SoundConfig(audio="offline", sample_rate=SR, buffer_size=256, record_path=str(path), duration_s=seconds)
+    return SoundConfig(output="offline", sample_rate=SR, buffer_size=256, record_path=str(path), duration_s=seconds)
 
 
 # -- lifecycle ---------------------------------------------------------------------------------------
@@ -132,7 +132,7 @@ def test_realtime_output_unavailable_raises_cleanly() -> None:
     if pyo.pa_get_output_devices()[1]:
         pytest.skip("this machine has an audio output device")
     for isolate in (True, False):
-        engine = SoundEngine(SoundConfig(audio="portaudio", isolate=isolate))
+        engine = SoundEngine(SoundConfig(output="device", isolate=isolate))
         with pytest.raises(SoundUnavailable, match="no audio output device"):
             engine.start()
         assert not engine.started and not engine.alive
@@ -156,7 +156,7 @@ def test_isolated_realtime_engine_on_an_alsa_null_device(tmp_path: Path, monkeyp
     monkeypatch.setenv("HOME", str(tmp_path))  # the sound process reads ~/.asoundrc
     voice = bursts(1.0)
     for _ in range(2):
-        engine = SoundEngine(SoundConfig(audio="portaudio", buffer_size=512), voice_rate=VR)
+        engine = SoundEngine(SoundConfig(output="device", buffer_size=512), voice_rate=VR)
         try:
             engine.start(timeout_s=20)
         except SoundUnavailable as exc:
@@ -177,7 +177,7 @@ def test_isolated_realtime_engine_on_an_alsa_null_device(tmp_path: Path, monkeyp
         assert time.monotonic() - started < 2.5 and not engine.alive
     assert out.stat().st_size > 0
     # a sound process that dies is noticed, and stop() still cleans up
-    engine = SoundEngine(SoundConfig(audio="portaudio"), voice_rate=VR).start(timeout_s=20)
+    engine = SoundEngine(SoundConfig(output="device"), voice_rate=VR).start(timeout_s=20)
     engine._remote.process.kill()  # type: ignore[union-attr]
     engine._remote.process.wait(5)  # type: ignore[union-attr]
     assert not engine.alive
@@ -187,13 +187,17 @@ def test_isolated_realtime_engine_on_an_alsa_null_device(tmp_path: Path, monkeyp
 
 
 def test_config_and_param_validation() -> None:
-    with pytest.raises(ValueError, match="backend"):
-        SoundConfig(audio="alsa")
+    with pytest.raises(ValueError, match="sound.output"):
+        SoundConfig(output="alsa")
+    with pytest.raises(ValueError, match="power of two"):
+        SoundConfig(buffer_size=1000)
+    with pytest.raises(ValueError, match=r"sound.sample_rate': 4000 out of range \[8000, 192000\] Hz"):
+        SoundConfig(sample_rate=4000)
     with pytest.raises(ValueError, match="offline sound needs"):
-        SoundConfig(audio="offline")
+        SoundEngine(SoundConfig(output="offline"))
     with pytest.raises(ValueError, match="dry_delay_s"):
         EchoDesign(dry_delay_s=0.05, dry_grain_s=0.08)
-    engine = SoundEngine(SoundConfig(audio="offline", record_path="x.wav", duration_s=1.0))
+    engine = SoundEngine(SoundConfig(output="offline", record_path="x.wav", duration_s=1.0))
     with pytest.raises(KeyError, match="sound/mix"):
         engine.set_param("sound/volume", 1.0)
     with pytest.raises(ValueError, match="finite"):
@@ -211,14 +215,19 @@ def test_config_and_param_validation() -> None:
         settings_from({"sound/volume": 1})
 
 
-def test_config_from_preset() -> None:
+def test_one_config_for_presets_and_the_engine() -> None:
     presets = pytest.importorskip("installation.presets")
-    assert SoundConfig.from_preset(presets.SoundConfig(enabled=False)) is None
-    config = SoundConfig.from_preset(presets.SoundConfig(device="USB", buffer_size=1024))
-    assert config is not None and (config.audio, config.output_device, config.buffer_size) == ("portaudio", "USB", 1024)
-    assert SoundConfig.from_preset(presets.SoundConfig()).output_device is None  # "" = system default
+    assert presets.SECTIONS["sound"] is SoundConfig  # one dataclass: the preset section is the engine's config
+    assert SoundConfig(enabled=False).for_live() is None
+    config = SoundConfig(device="USB", buffer_size=1024).for_live()
+    assert config is not None and config.buffer_size == 1024
+    assert (config.pyo_audio, config.output_device) == ("portaudio", "USB")
+    assert SoundConfig().output_device is None  # "" = system default
+    assert SoundConfig(output="jack").pyo_audio == "jack"
     with pytest.raises(SoundUnavailable, match="render --sound"):
-        SoundConfig.from_preset(presets.SoundConfig(output="offline"))
+        SoundConfig(output="offline").for_live()
+    preset = presets.load_preset("gallery")
+    assert isinstance(preset.sound, SoundConfig) and preset.sound.for_live() == preset.sound
 
 
 def test_sound_params_agree_with_the_declaration() -> None:

@@ -12,46 +12,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from engine.errors import UserError
 from training import families, runs
-from training.families.contract import Family, GraphSource
+from training.families.contract import GraphSource, Model
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Model:
-    """A model to evaluate, as the engine would run it.
-
-    Attributes:
-        name: the bundle's or run folder's name. kind: ``"bundle"`` or ``"run"``.
-        family, cfg: the model family and its config. labels: class names (index = label).
-        sample_rate: Hz of the ``audio`` input and ``sound`` output.
-        inputs, outputs: name -> shape with ``None`` for the batch axis.
-        run: ``run(**inputs) -> {output name: float32 array}`` (e.g. ``image`` [B, 3, H, W] in [-1, 1]), in
-            batches of at most 64; inputs as the engine's :meth:`engine.generator.Generator.run` takes them.
-        info: facts for the report (bundle path, backend, checkpoint, step, ...).
-        split: a run's ``split.json`` (the recorded split evaluation must use), or None for a bundle.
-    """
-
-    name: str
-    kind: str
-    family: Family
-    cfg: Any
-    labels: list[str]
-    sample_rate: int
-    inputs: dict[str, tuple[int | None, ...]]
-    outputs: dict[str, tuple[int | None, ...]]
-    run: Callable[..., dict[str, np.ndarray]]
-    info: dict[str, Any] = field(default_factory=dict)
-    split: dict[str, Any] | None = None
 
 
 def open_model(target: Path, args: argparse.Namespace) -> Model:

@@ -16,7 +16,6 @@ audio file's stem. Corrupt files are reported by name and skipped; the exit code
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,26 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.audio import AudioDecodeError, load_audio
+from engine.audio import AudioDecodeError, find_audio_files, load_audio, loudest_window
 from engine.errors import UserError
+from engine.noise import file_noise
 
 log = logging.getLogger(__name__)
 
-#: extensions treated as audio when ``--audio`` is a folder (lower case)
-AUDIO_EXTENSIONS = (
-    ".wav",
-    ".flac",
-    ".ogg",
-    ".oga",
-    ".opus",
-    ".mp3",
-    ".m4a",
-    ".aac",
-    ".aif",
-    ".aiff",
-    ".wma",
-    ".webm",
-)
 DEFAULT_BUNDLE = "presets/models/wav2pix-64"
 
 
@@ -69,68 +54,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------------- pieces
-def find_audio_files(path: str | Path) -> list[tuple[Path, Path]]:
-    """Audio files under ``path`` as (file, path relative to the root) pairs, sorted by relative path.
-
-    A file is taken as it is (whatever its extension; relative path = its name). A folder is searched
-    recursively for :data:`AUDIO_EXTENSIONS` (case-insensitive); hidden files and folders are skipped.
-
-    Raises:
-        UserError: ``path`` does not exist, or the folder holds no audio file.
-    """
-    path = Path(path)
-    if path.is_file():
-        return [(path, Path(path.name))]
-    if not path.is_dir():
-        raise UserError(f"{path}: no such file or folder")
-    found = []
-    for f in path.rglob("*"):
-        rel = f.relative_to(path)
-        if any(part.startswith(".") for part in rel.parts):
-            continue
-        if f.suffix.lower() in AUDIO_EXTENSIONS and f.is_file():
-            found.append((f, rel))
-    if not found:
-        raise UserError(f"{path}: no audio files found (looked for {', '.join(AUDIO_EXTENSIONS)})")
-    return sorted(found, key=lambda fr: fr[1].as_posix())
-
-
-def loudest_window(audio: np.ndarray, samples: int) -> np.ndarray:
-    """The ``samples``-long window of ``audio`` with the most energy: float32 [samples].
-
-    Energy is the sum of squared samples over the window, evaluated at every start offset. Ties
-    (e.g. digital silence) go to the window nearest the centre. Audio shorter than ``samples`` is
-    zero-padded at the end (as :meth:`training.data.dataset.PairDataset.window` does in training).
-
-    Args:
-        audio: float32 [n] mono samples in [-1, 1].
-        samples: window length in samples (e.g. 16 000 for 1 s at 16 kHz).
-    """
-    audio = np.asarray(audio, np.float32).reshape(-1)
-    n = len(audio)
-    if n <= samples:
-        return np.pad(audio, (0, samples - n)).astype(np.float32)
-    csum = np.concatenate([[0.0], np.cumsum(audio.astype(np.float64) ** 2)])
-    energy = csum[samples:] - csum[:-samples]  # [n - samples + 1]
-    best = energy.max()
-    candidates = np.flatnonzero(energy >= best - 1e-9 * max(best, 1.0))
-    centre = (n - samples) / 2
-    start = int(candidates[np.argmin(np.abs(candidates - centre))])
-    return audio[start : start + samples].copy()
-
-
-def file_seed(seed: int, relative: str | Path) -> int:
-    """A 64-bit seed from ``seed`` and a relative path (POSIX form), independent of processing order."""
-    key = f"{int(seed)}:{Path(relative).as_posix()}".encode()
-    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little")
-
-
-def file_noise(seed: int, relative: str | Path, noise_dim: int) -> np.ndarray:
-    """Standard normal noise float32 [noise_dim] for one file (numpy PCG64 seeded by :func:`file_seed`)."""
-    rng = np.random.default_rng(file_seed(seed, relative))
-    return rng.standard_normal(noise_dim, dtype=np.float32)
-
-
 def output_paths(relatives: Sequence[Path], out: Path) -> list[Path]:
     """Output path (without suffix) under ``out`` for each relative audio path: same sub-folder, audio stem
     (``.png`` / ``.wav`` are added per output).

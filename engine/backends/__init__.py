@@ -19,44 +19,18 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
-import numpy as np
+from engine.backends.base import Backend, BackendUnavailable, nvidia_driver_present
+
+__all__ = ["AUTO_ORDER", "Backend", "BackendUnavailable", "create", "nvidia_driver_present", "parse_device"]
 
 if TYPE_CHECKING:
     from engine.bundle import Bundle
 
 
-class BackendUnavailable(RuntimeError):
-    """This backend cannot run here; ``str(exc)`` is a short reason such as ``"not installed"``."""
-
-
-class Backend(Protocol):
-    """What :class:`engine.generator.Generator` needs from a backend."""
-
-    name: str
-    """One of ``tensorrt``, ``onnxruntime-cuda``, ``torch-cuda``, ``onnxruntime-cpu``, ``torch-cpu``."""
-
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """float32 C-contiguous inputs by name (B <= max_batch) -> float32 outputs by name."""
-        ...
-
-    def close(self) -> None:
-        """Release sessions, engines and device memory."""
-        ...
-
-
 AUTO_ORDER: tuple[str, ...] = ("tensorrt", "onnxruntime-cuda", "torch-cuda", "onnxruntime-cpu", "torch-cpu")
 """Order ``backend="auto"`` tries: fastest first."""
-
-
-def nvidia_driver_present() -> bool:
-    """Whether an NVIDIA driver is loaded, without importing torch (whose import alone takes seconds on a CPU
-    machine). On Linux: ``/proc/driver/nvidia/version`` or ``/dev/nvidiactl`` exists; elsewhere assume yes and
-    let the backend find out."""
-    if sys.platform.startswith("linux"):
-        return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl")
-    return True
 
 
 def parse_device(device: str | None) -> tuple[str | None, int]:

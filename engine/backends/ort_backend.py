@@ -32,7 +32,7 @@ import os
 
 import numpy as np
 
-from engine.backends import BackendUnavailable
+from engine.backends.base import BackendUnavailable
 from engine.bundle import Bundle, cache_root
 
 log = logging.getLogger(__name__)

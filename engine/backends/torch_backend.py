@@ -17,7 +17,7 @@ import logging
 
 import numpy as np
 
-from engine.backends import BackendUnavailable
+from engine.backends.base import BackendUnavailable
 from engine.bundle import Bundle
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.backends import BackendUnavailable, nvidia_driver_present
+from engine.backends.base import BackendUnavailable, nvidia_driver_present
 from engine.bundle import Bundle, cache_root
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ Readers:
 * Wav2Pix layout (Duarte et al. 2019, "youtubers" data):
   ``<root>/<identity>/cropped_face_frame_<N>.<ext>`` with ``preprocessed_frame_<N>.<ext>``.
   Images are decoded by content (the ``.png`` files are really JPEG).
-* AVGAN capture layout (:mod:`training.data.capture_format`): identities = participants.
+* AVGAN capture layout (:mod:`datastore.capture_format`): identities = participants.
 
 Audio of any common format, rate and channel count is decoded to mono float32 at
 the model rate (:func:`engine.audio.load_audio`). A corrupt or empty file is
@@ -24,12 +24,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
+from datastore import capture_format
+from datastore.cache import default_cache_dir
+from datastore.images import decode_image
 from engine.audio import AudioDecodeError, load_audio
 from engine.errors import UserError
-from training.data import capture_format
 
 log = logging.getLogger(__name__)
 AUDIO_EXTS = (".flac", ".wav", ".ogg", ".mp3", ".m4a", ".aac", ".opus")
@@ -87,26 +88,6 @@ def discover_pairs(root: str | Path) -> list[PairSource]:
             f"preprocessed_frame_N.* or a capture {capture_format.MANIFEST})"
         )
     return pairs
-
-
-def decode_image(data: bytes, size: int, where: str) -> np.ndarray:
-    """Decode image bytes by content (any format OpenCV reads) to RGB uint8 [size, size, 3].
-
-    Non-square images are centre-cropped to a square first; resizing uses area interpolation.
-
-    Raises:
-        ValueError: empty or undecodable data (message names ``where``).
-    """
-    if not data:
-        raise ValueError(f"{where}: empty image file")
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError(f"{where}: cannot decode image data")
-    h, w = img.shape[:2]
-    s = min(h, w)
-    img = img[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
-    img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA if s > size else cv2.INTER_CUBIC)
-    return np.ascontiguousarray(img[:, :, ::-1])
 
 
 @dataclass
@@ -178,11 +159,6 @@ def _cache_key(pairs: list[PairSource], sample_rate: int, image_size: int) -> st
             st = f.stat()
             h.update(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}:{p.identity}\n".encode())
     return h.hexdigest()[:20]
-
-
-def default_cache_dir() -> Path:
-    """``$AVGAN_CACHE`` or ``~/.cache/avgan``."""
-    return Path(os.environ.get("AVGAN_CACHE", Path.home() / ".cache" / "avgan"))
 
 
 def load_dataset(
@@ -266,37 +242,6 @@ def load_dataset(
     if cache_path is not None:
         _save_cache(cache_path, ds)
     return ds
-
-
-def purge_caches(folder: str | Path, cache_dir: str | Path | None = None) -> list[Path]:
-    """Remove every decoded-pairs cache (``pairs-*.npz``) that holds audio from under ``folder``.
-
-    Used when a participant withdraws (``run.py dataset delete``): the cache keeps decoded faces and sound, so it
-    must go with the files. Unreadable cache files are removed too (they would be rebuilt anyway).
-
-    Args:
-        folder: a participant's folder (or any folder); matched against the cached source paths, resolved.
-        cache_dir: cache folder (default :func:`default_cache_dir`).
-
-    Returns:
-        The cache files removed.
-    """
-    prefix = str(Path(folder).resolve()) + os.sep
-    removed: list[Path] = []
-    for path in sorted(Path(cache_dir or default_cache_dir()).glob("pairs-*.npz")):
-        try:
-            with np.load(path) as z:
-                sources = json.loads(z["meta"].tobytes().decode())["sources"]
-            hit = any(str(Path(s).resolve()).startswith(prefix) for s in sources)
-        except Exception:  # noqa: BLE001 - unreadable: cannot prove it is clean
-            hit = True
-        if hit:
-            try:
-                path.unlink()
-                removed.append(path)
-            except FileNotFoundError:
-                pass
-    return removed
 
 
 def _save_cache(path: Path, ds: PairDataset) -> None:

@@ -18,7 +18,7 @@ What a family provides (subclass :class:`Family`; the methods that raise by defa
                        the generator's optimiser trains and the moving average copies
 ``trainer``            :class:`TrainContext` -> :class:`Trainer` (one alternating D/G update per call)
 ``inference``          (config, generator, labels, :class:`GraphSource`, options) -> :class:`InferenceGraph`
-``evaluate``           (:class:`training.evaluate.Model`, args) -> figures (a JSON-able dict)
+``evaluate``           (:class:`Model`, args) -> figures (a JSON-able dict)
 =====================  ==============================================================================
 
 A bundle's inputs and outputs are named (``docs/CONTRACTS.md``); the runtime (engine, scenes, live, render)
@@ -49,8 +49,6 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
     from torch import nn
-
-    from training.evaluate import Model
 
 Shape = tuple[int | None, ...]
 """A tensor shape with ``None`` for the batch axis, e.g. ``(None, 16000)``."""
@@ -206,6 +204,34 @@ class TrainContext:
     def main(self) -> bool:
         """Whether this is the process that writes files (rank 0)."""
         return self.rank == 0
+
+
+@dataclass
+class Model:
+    """A model to evaluate, as the engine would run it (:func:`training.evaluate.open_model` makes one).
+
+    Attributes:
+        name: the bundle's or run folder's name. kind: ``"bundle"`` or ``"run"``.
+        family, cfg: the model family and its config. labels: class names (index = label).
+        sample_rate: Hz of the ``audio`` input and ``sound`` output.
+        inputs, outputs: name -> shape with ``None`` for the batch axis.
+        run: ``run(**inputs) -> {output name: float32 array}`` (e.g. ``image`` [B, 3, H, W] in [-1, 1]), in
+            batches of at most 64; inputs as the engine's :meth:`engine.generator.Generator.run` takes them.
+        info: facts for the report (bundle path, backend, checkpoint, step, ...).
+        split: a run's ``split.json`` (the recorded split evaluation must use), or None for a bundle.
+    """
+
+    name: str
+    kind: str
+    family: Family
+    cfg: Any
+    labels: list[str]
+    sample_rate: int
+    inputs: dict[str, tuple[int | None, ...]]
+    outputs: dict[str, tuple[int | None, ...]]
+    run: Callable[..., dict[str, np.ndarray]]
+    info: dict[str, Any] = field(default_factory=dict)
+    split: dict[str, Any] | None = None
 
 
 class Trainer(Protocol):

@@ -372,9 +372,9 @@ def calibrate_on_data(
         engine.errors.UserError: no data, identities the model does not know, bank rows that match no training
             pair, or dlib's models missing.
     """
+    from datastore.cache import default_cache_dir
     from engine.errors import UserError
     from training.data import load_dataset, split_by_face
-    from training.data.dataset import default_cache_dir
     from training.face_eval import RealFaceCache
 
     if not data_dirs:

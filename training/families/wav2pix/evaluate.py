@@ -108,8 +108,8 @@ def unseen_voice_images(
     Raises:
         UserError: no decodable audio in ``folder``.
     """
-    from engine.audio import AudioDecodeError, load_audio
-    from training.generate import file_noise, find_audio_files, loudest_window
+    from engine.audio import AudioDecodeError, find_audio_files, load_audio, loudest_window
+    from engine.noise import file_noise
 
     windows, noises, names, failed = [], [], [], []
     for path, rel in find_audio_files(folder):
@@ -152,8 +152,8 @@ def evaluate(model, args: argparse.Namespace) -> dict[str, Any]:
     Raises:
         UserError: the data's faces are of another size, there are no validation pairs, or bad flags.
     """
+    from datastore.cache import default_cache_dir
     from training.data import load_dataset
-    from training.data.dataset import default_cache_dir
 
     n_train_pairs = int(getattr(args, "train_pairs", 0) or 0)
     if n_train_pairs < 0:

@@ -1,6 +1,6 @@
 """Crash-safe writing, checking and participant deletion for AVGAN capture datasets; ``run.py dataset``.
 
-The layout is :mod:`training.data.capture_format`'s. Three rules make a dataset survive a crash, a
+The layout is :mod:`datastore.capture_format`'s. Three rules make a dataset survive a crash, a
 ``SIGKILL`` or a power cut with only whole takes in it:
 
 1. every file of a take is written to a temporary file (``.tmp-*``) in its final folder, flushed,
@@ -8,9 +8,9 @@ The layout is :mod:`training.data.capture_format`'s. Three rules make a dataset 
    renames (one folder ``fsync`` covers all renames before it);
 2. the take's JSON record (with the SHA-256 of every other file of the take) is written the same way,
    last;
-3. only then is the record appended to ``manifest.jsonl``: one ``os.write`` of one line on an
-   ``O_APPEND`` descriptor opened for that append, under an exclusive ``flock`` of ``.lock``, then
-   ``fsync``. A take is *kept* once its manifest line is durable, and only then does
+3. only then is the record appended to ``manifest.jsonl`` (:func:`datastore.jsonl.append_line`: one
+   ``os.write`` of one line on an ``O_APPEND`` descriptor opened for that append, then ``fsync``), under an
+   exclusive ``flock`` of ``.lock``. A take is *kept* once its manifest line is durable, and only then does
    :meth:`DatasetWriter.write_take` return.
 
 A crash before step 3 leaves files that no record references (orphans) or temporary debris; both are
@@ -61,9 +61,11 @@ from typing import Any
 
 import numpy as np
 
+from datastore import capture_format as cf
+from datastore import jsonl
+from datastore.cache import purge_caches
+from datastore.capture_format import TakeRecord
 from engine.errors import UserError
-from training.data import capture_format as cf
-from training.data.capture_format import TakeRecord
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +149,7 @@ def new_participant_id(root: str | Path | None = None) -> str:
     """A new pseudonymous participant id such as ``"P-7K3M9Q"``: the visitor's withdrawal code.
 
     ``P-`` and six characters of :data:`CODE_ALPHABET` (no 0/O/1/I; about 10⁹ codes), safe as a folder
-    name and matching :data:`training.data.capture_format.PARTICIPANT_RE`. Random (``secrets``), so it
+    name and matching :data:`datastore.capture_format.PARTICIPANT_RE`. Random (``secrets``), so it
     carries no information about the visitor.
 
     Args:
@@ -175,24 +177,6 @@ def _check_participant(participant: object) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ durable I/O
-def _write_all(fd: int, data: bytes) -> None:
-    """Write all of ``data`` to ``fd`` (one ``os.write`` for a regular file unless interrupted or out of space)."""
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        if n <= 0:  # pragma: no cover - os.write raises rather than returning 0 for regular files
-            raise OSError(errno.EIO, "short write")
-        view = view[n:]
-
-
-def _fsync_dir(folder: str | os.PathLike[str]) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_durable(final: Path, data: bytes, temps: list[Path] | None = None) -> None:
     """Write ``data`` to a temporary file beside ``final``, fsync it and rename it to ``final``.
 
@@ -209,7 +193,7 @@ def _write_durable(final: Path, data: bytes, temps: list[Path] | None = None) ->
     temps.append(tmp)
     try:
         try:
-            _write_all(fd, data)
+            jsonl.write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -267,68 +251,12 @@ class _Lock:
             self.fd = None
 
 
-def _is_json_object(data: bytes) -> bool:
-    try:
-        return isinstance(json.loads(data.decode("utf-8")), dict)
-    except (UnicodeDecodeError, ValueError):
-        return False
-
-
-def _fix_tail(fd: int, path: Path) -> int:
-    """Make the file behind ``fd`` (opened read-write) end with a newline; returns its size afterwards.
-
-    A last line without ``"\\n"`` that is a whole JSON object only lost its newline, which is appended; anything
-    else is a line torn by a crash and is truncated away (logged as a warning).
-    """
-    size = os.fstat(fd).st_size
-    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
-        return size
-    start = size
-    cut = 0
-    while start > 0:
-        start = max(0, start - 65536)
-        chunk = os.pread(fd, size - start, start)
-        pos = chunk.rfind(b"\n")
-        if pos >= 0:
-            cut = start + pos + 1
-            break
-    fragment = os.pread(fd, size - cut, cut)
-    if _is_json_object(fragment):
-        log.warning("%s: last line had no newline; appended one", path)
-        os.lseek(fd, 0, os.SEEK_END)
-        _write_all(fd, b"\n")
-        os.fsync(fd)
-        return size + 1
-    log.warning(
-        "%s: removed a torn last line (%d bytes, a crash during an append); its take's files are orphans "
-        "until `run.py dataset check --repair`",
-        path,
-        size - cut,
-    )
-    os.ftruncate(fd, cut)
-    os.fsync(fd)
-    return cut
+_TORN_HINT = "; its take's files are orphans until `run.py dataset check --repair`"
 
 
 def _append_line(path: Path, line: bytes) -> None:
-    """Append one ``line`` (ending in ``"\\n"``) to ``path`` durably; the caller holds the exclusive lock.
-
-    The tail is fixed first (:func:`_fix_tail`), so the line is never glued onto a torn one. On failure the
-    file is truncated back to its size before the append (best effort) and the ``OSError`` re-raised.
-    """
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        size = _fix_tail(fd, path)
-        try:
-            _write_all(fd, line)
-            os.fsync(fd)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, size)
-                os.fsync(fd)
-            raise
-    finally:
-        os.close(fd)
+    """Append one ``line`` to ``path`` with :func:`datastore.jsonl.append_line`; the caller holds the exclusive lock."""
+    jsonl.append_line(path, line, _TORN_HINT)
 
 
 def _split_lines(data: bytes) -> list[tuple[bytes, bool]]:
@@ -343,7 +271,7 @@ def _split_lines(data: bytes) -> list[tuple[bytes, bool]]:
 def _rewrite(path: Path, content: bytes) -> None:
     """Replace ``path`` atomically with ``content`` (temporary file, fsync, ``os.replace``, folder fsync)."""
     _write_durable(path, content)
-    _fsync_dir(path.parent)
+    jsonl.fsync_dir(path.parent)
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -446,19 +374,10 @@ class DatasetWriter:
         try:
             if not self.root.is_dir():
                 self.root.mkdir(parents=True, exist_ok=True)
-                _fsync_dir(self.root.parent)
+                jsonl.fsync_dir(self.root.parent)
             self._lock = _Lock(self.root)
             with self._lock.held():
-                existed = self.manifest.exists()
-                fd = os.open(self.manifest, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-                try:
-                    _fix_tail(fd, self.manifest)
-                    if not existed:
-                        os.fsync(fd)
-                finally:
-                    os.close(fd)
-                if not existed:
-                    _fsync_dir(self.root)
+                jsonl.prepare(self.manifest, _TORN_HINT)
         except OSError as exc:
             self.close()
             raise _store_error(exc, getattr(exc, "filename", None) or self.root, "opening the dataset") from exc
@@ -511,7 +430,7 @@ class DatasetWriter:
             frame_jpg: optional encoded JPEG of the whole camera frame.
             audio_format: ``"wav"`` or ``"flac"``.
             meta: JSON-serialisable capture metadata (consent scope, devices, detection box, levels ...);
-                its keys may not be reserved record keys (:data:`~training.data.capture_format.RESERVED_KEYS`).
+                its keys may not be reserved record keys (:data:`~datastore.capture_format.RESERVED_KEYS`).
 
         Returns:
             The kept take's record.
@@ -592,14 +511,14 @@ class DatasetWriter:
         try:
             if not folder.is_dir():
                 folder.mkdir(exist_ok=True)
-                _fsync_dir(self.root)
+                jsonl.fsync_dir(self.root)
             for name, data in files + [(sidecar.name, (line + "\n").encode("utf-8"))]:
                 current, action = folder / name, "writing"
                 _write_durable(current, data, temps)
                 written.append(current)
                 if name == sidecar.name or len(written) == len(files):
                     current, action = folder, "syncing the folder"
-                    _fsync_dir(folder)
+                    jsonl.fsync_dir(folder)
             current, action = self.manifest, "appending to the manifest"
             with self._thread_lock, self._lock.held():
                 for path in written:
@@ -630,7 +549,7 @@ class DatasetWriter:
             with contextlib.suppress(OSError):
                 path.unlink()
         with contextlib.suppress(OSError):
-            _fsync_dir(folder)
+            jsonl.fsync_dir(folder)
 
     def _line_in_manifest(self, line: str) -> bool:
         """True when ``line`` is among the last 1 MiB of the manifest (True too when that cannot be read)."""
@@ -881,7 +800,7 @@ def _scan(root: Path) -> _Scan:
 
     scan.log_lines = _split_lines(_read_bytes(root / cf.DELETIONS))
     for index, (raw, had_newline) in enumerate(scan.log_lines):
-        if raw.strip() and not (had_newline and _is_json_object(raw)):
+        if raw.strip() and not (had_newline and jsonl.is_json_object(raw)):
             scan.log_drop.add(index)
             problems.append(Problem(INVALID_LOG_LINE, f"{cf.DELETIONS}:{index + 1}", "not a JSON object (torn?)"))
     return scan
@@ -971,7 +890,7 @@ def _repair(root: Path, scan: _Scan, report: CheckReport) -> None:
         report.actions.append(f"removed temporary file {rel}")
     if scan.temps:
         for folder in {(root / rel).parent for rel in scan.temps}:
-            _fsync_dir(folder)
+            jsonl.fsync_dir(folder)
 
     qdir: Path | None = None
 
@@ -981,7 +900,7 @@ def _repair(root: Path, scan: _Scan, report: CheckReport) -> None:
             base = root / cf.QUARANTINE
             if not base.is_dir():
                 base.mkdir()
-                _fsync_dir(root)
+                jsonl.fsync_dir(root)
             stamp = _utc_stamp(ms=False)
             qdir = base / stamp
             k = 1
@@ -989,7 +908,7 @@ def _repair(root: Path, scan: _Scan, report: CheckReport) -> None:
                 k += 1
                 qdir = base / f"{stamp}-{k}"
             qdir.mkdir()
-            _fsync_dir(base)
+            jsonl.fsync_dir(base)
             report.quarantine = str(qdir)
         return qdir
 
@@ -1024,7 +943,7 @@ def _repair(root: Path, scan: _Scan, report: CheckReport) -> None:
         touched.update((src.parent, dest.parent))
         report.actions.append(f"moved {rel} to quarantine")
     for folder in touched:
-        _fsync_dir(folder)
+        jsonl.fsync_dir(folder)
 
     for rel, content in scan.sidecars.items():
         _rewrite(root / rel, content)
@@ -1083,19 +1002,19 @@ def _finish_deletion(root: Path, marker: Path) -> str:
                 shutil.rmtree(folder)
             else:
                 folder.unlink()
-            _fsync_dir(folder.parent)
+            jsonl.fsync_dir(folder.parent)
         qbase = root / cf.QUARANTINE
         for removed in sorted(qbase.glob("*/manifest-removed.jsonl")) if qbase.is_dir() else []:
             qlines = _split_lines(removed.read_bytes())
             qdrop = _participant_lines(qlines, participant)
             if len(qdrop) == len(qlines):
                 removed.unlink()
-                _fsync_dir(removed.parent)
+                jsonl.fsync_dir(removed.parent)
             elif qdrop:
                 _rewrite(removed, b"".join(raw + b"\n" for i, (raw, _) in enumerate(qlines) if i not in qdrop))
         log_path = root / cf.DELETIONS
         logged = any(
-            _is_json_object(raw) and json.loads(raw).get("deletion_id") == deletion_id
+            jsonl.is_json_object(raw) and json.loads(raw).get("deletion_id") == deletion_id
             for raw, _ in _split_lines(_read_bytes(log_path))
         )
         if not logged:
@@ -1107,7 +1026,7 @@ def _finish_deletion(root: Path, marker: Path) -> str:
             }
             _append_line(log_path, (json.dumps(entry) + "\n").encode("utf-8"))
         marker.unlink()
-        _fsync_dir(root)
+        jsonl.fsync_dir(root)
     except OSError as exc:
         raise _store_error(exc, getattr(exc, "filename", None) or root, "deleting a participant") from exc
     return f"finished deletion {deletion_id}: {info.get('takes', 0)} take(s), {info.get('files', 0)} file(s)"
@@ -1171,8 +1090,6 @@ def delete_participant(root: str | Path, participant: str) -> dict[str, Any]:
             _finish_deletion(root, marker)
     finally:
         lock.close()
-    from training.data.dataset import purge_caches
-
     caches = purge_caches(root / participant)  # decoded copies in the training cache go too
     log.info(
         "deletion %s: %d take(s), %d file(s), %d training cache(s) removed", deletion_id, len(drop), files, len(caches)

@@ -16,7 +16,7 @@ Layout of a capture dataset folder::
       .tmp-*                    temporary files of a write in progress (debris after a crash)
 
 Identities are participants. A record has at least the keys of :class:`TakeRecord`; records written by
-:mod:`training.data.capture_store` also carry the keys of :data:`RESERVED_KEYS` (``frame`` only when a
+:mod:`datastore.capture_store` also carry the keys of :data:`RESERVED_KEYS` (``frame`` only when a
 frame was kept) and the capture's metadata (time, consent, devices, detection, levels) as top-level keys.
 ``sha256`` maps every file of the take but the ``.json`` sidecar (path relative to the dataset) to its
 hex digest. Paths in records are POSIX, relative to the dataset folder, inside ``<participant>/``.
