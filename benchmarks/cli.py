@@ -50,6 +50,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], list[dict[str, Any]]]] = {
     "live": _module_runner("benchmarks.live"),
     "train": _module_runner("benchmarks.train"),
     "capture": _module_runner("benchmarks.capture"),
+    "startup": _module_runner("benchmarks.startup"),
 }
 """name -> function(args) -> list of row dicts."""
 

@@ -245,7 +245,7 @@ def test_exported_pixel_norm_keeps_its_epsilon(tiny_model, tmp_path: Path) -> No
     import onnxruntime as ort
 
     graph = _graph(tiny_model)
-    graph.module = _ZeroPixels()
+    graph.module = _ZeroPixels().eval()
     used = tex.export_onnx(graph, tmp_path / "z.onnx", max_batch=4)
     assert "dynamo" in used
     session = ort.InferenceSession(str(tmp_path / "z.onnx"), providers=["CPUExecutionProvider"])
