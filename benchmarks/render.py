@@ -10,15 +10,17 @@ repository's ``presets/demo/demo_speech.flac`` repeated.
 
 Cases (``--render-cases``):
 
-* ``default``: the command's defaults (a generated image for every frame, x264 ``ultrafast``);
-* ``gen-10hz``: the live presets' generation rate (``--gen-fps 10``), crossfading in between;
+* ``default``: the command's defaults (generation at 10 Hz within voiced segments, as live, crossfading in
+  between; x264 ``ultrafast``);
+* ``every-frame``: a generated image for every output frame (``--gen-fps 0``);
 * ``veryfast``: x264 ``veryfast`` (smaller files, slower encode);
 * ``silence``: a silent clip of the same length: no generation, the floor set by draw + encode.
 
 Per row: wall seconds, real-time factor, CPU seconds of the whole process (all threads; unlike
 wall time, hardly affected by other processes' load), images generated, and milliseconds per stage
 (generator per image, computed in a worker thread while the main thread draws and encodes;
-main-thread waits for it, scene draw and H.264 encode per frame; other = decode, VAD, AAC audio, loop).
+main-thread waits for it, scene draw, H.264 encode per frame (in the output thread, beside the drawing) and the
+main thread's waits for the output thread; other = decode, VAD, loop).
 With ``--render-repeats R`` the cases take turns R times; each row is the case's median render
 (by real-time factor) and ``rtf_range`` the spread of its R renders.
 """
@@ -40,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "wav2pix" / "train"
 DEMO = ROOT / "presets" / "demo" / "demo_speech.flac"
 SIZE, FPS = 512, 30
-CASES = ("default", "gen-10hz", "veryfast", "silence")
+CASES = ("default", "every-frame", "veryfast", "silence")
 
 COLUMNS = (
     "case",
@@ -55,6 +57,7 @@ COLUMNS = (
     "gen_wait_ms_per_frame",
     "draw_ms_per_frame",
     "encode_ms_per_frame",
+    "encode_wait_ms_per_frame",
     "other_ms_per_frame",
     "backend",
     "note",
@@ -139,10 +142,10 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             for case in [c for _ in range(repeats) for c in cases]:
                 params = PRESETS["default"]
                 kwargs: dict[str, Any] = {}
-                if case == "gen-10hz":  # the live presets' rate: generate at 10 Hz, crossfade in between
+                if case == "every-frame":  # --gen-fps 0: a generated image for every output frame
                     from dataclasses import replace
 
-                    params = replace(params, gen_fps=10.0)
+                    params = replace(params, gen_fps=0.0)
                 elif case == "veryfast":
                     kwargs["x264_preset"] = "veryfast"
                 cpu = time.process_time()
@@ -158,8 +161,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 )
                 cpu = time.process_time() - cpu  # all threads of this process: independent of other processes' load
                 t = stats.timings
-                # Main-thread stages; "generate" runs in a worker thread, overlapped ("generate_wait": main thread waits).
-                other = stats.wall_s - sum(t.get(k, 0.0) for k in ("load", "generate_wait", "draw", "encode"))
+                # Main-thread stages; "generate" and "encode" / "audio" run in worker threads, overlapped (the "_wait"
+                # timings are the main thread's waits for them).
+                other = stats.wall_s - sum(t.get(k, 0.0) for k in ("load", "generate_wait", "draw", "encode_wait"))
                 runs[case].append(
                     {
                         "case": case,
@@ -175,6 +179,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                         "gen_wait_ms_per_frame": round(1000 * t.get("generate_wait", 0.0) / stats.frames, 3),
                         "draw_ms_per_frame": round(1000 * t.get("draw", 0.0) / stats.frames, 3),
                         "encode_ms_per_frame": round(1000 * t.get("encode", 0.0) / stats.frames, 3),
+                        "encode_wait_ms_per_frame": round(1000 * t.get("encode_wait", 0.0) / stats.frames, 3),
                         "other_ms_per_frame": round(1000 * other / stats.frames, 3),
                         "backend": stats.backend,
                     }
