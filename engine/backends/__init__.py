@@ -17,8 +17,6 @@ Names (``Backend.name``): ``tensorrt``, ``onnxruntime-cuda``, ``torch-cuda``,
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import TYPE_CHECKING
 
 from engine.backends.base import Backend, BackendUnavailable, nvidia_driver_present
