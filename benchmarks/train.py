@@ -1,6 +1,6 @@
 """Training throughput: steps/s and images/s of the real training step, fp32 vs bf16, side by side.
 
-Times :class:`training.trainer.GanStep` (the trainer's own step: discriminator on (real, right),
+Times :class:`training.families.wav2pix.trainer.GanStep` (the wav2pix trainer's own step: discriminator on (real, right),
 (fake, right), (real, wrong) + generator with AC, speech-identity and mode-seeking terms, DiffAugment)
 for the model of ``--train-config``, on random tensors of the config's shapes, after two warm-up steps.
 The two precisions alternate step by step in one process, so both see the same machine load.
@@ -9,7 +9,6 @@ The two precisions alternate step by step in one process, so both see the same m
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import time
 from pathlib import Path
@@ -29,27 +28,40 @@ def add_arguments(parser: argparse._ArgumentGroup) -> None:
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     """One row per precision: step time p50 (ms), steps/s, images/s; bf16 also gets its speed-up over fp32."""
+    import contextlib
+
+    import numpy as np
+
+    from training import families
     from training.config import load_config
-    from training.models import get_family
-    from training.trainer import GanStep
+    from training.families.contract import Split, TrainContext
+    from training.families.wav2pix.trainer import GanStep
 
     cfg = load_config(args.train_config)
     threads = args.train_threads or cfg.train.num_threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    net, disc = get_family(cfg.model.family).build(cfg.audio, cfg.model, 2)
+    net, disc = families.get(cfg.family).build(cfg, ["a", "b"])
     opt_g = torch.optim.Adam(net.parameters(), lr=1e-4)
     opt_d = torch.optim.Adam(disc.parameters(), lr=1e-4)
+
+    def context(precision: str) -> TrainContext:
+        def autocast() -> contextlib.AbstractContextManager:
+            return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+        return TrainContext(
+            cfg=cfg, run_dir=Path("."), device=torch.device("cpu"), rank=0, world=1, G=net, D=disc, G_ema=net,
+            opt_g=opt_g, opt_d=opt_d, data=None, split=Split(np.zeros(0, np.int64), np.zeros(0, np.int64)),
+            labels=["a", "b"], step=0, all_reduce=lambda p: None, autocast=autocast, barrier=lambda: None,
+        )  # fmt: skip
+
     b = cfg.train.batch_size
     with torch.no_grad():
         feats = net.encoder.features_of(torch.randn(b, cfg.audio.window_samples) * 0.1)
     images = torch.rand(b, 3, cfg.model.image_size, cfg.model.image_size) * 2 - 1
     labels = torch.arange(b) % 2
     wrong = torch.roll(torch.arange(b), 1)
-    steps = {
-        p: GanStep(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=p)), net, disc, opt_g, opt_d)
-        for p in ("fp32", "bf16")
-    }
+    steps = {p: GanStep(context(p)) for p in ("fp32", "bf16")}
     times: dict[str, list[float]] = {p: [] for p in steps}
     for _ in range(2):
         for step in steps.values():

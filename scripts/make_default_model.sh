@@ -21,15 +21,16 @@
 #            (--resume on a copy), to step 51500
 #   phase 8  presets/training/wav2pix-64v.yaml (no colour augmentation) in RUN8, branched from phase 7's step
 #            51500, to step 54500
-#   then     export a candidate per kept phase-8 checkpoint, evaluate on the validation split, and export the
-#            checkpoint named by CHECKPOINT (the shipped one: step-0053000, EMA weights) with the pose prior named
-#            by POSE_PRIOR (the shipped one: neighbours; until 2026-11-22 quantile) with its figures and the
+#   then     export a candidate per kept phase-8 checkpoint (uncalibrated bank), evaluate on the validation split,
+#            and export the checkpoint named by CHECKPOINT (the shipped one: step-0053000, EMA weights) with the pose
+#            prior named by POSE_PRIOR (the shipped one: neighbours; "normal" is the only other) with its figures and the
 #            unseen-voice detection ratio inside the bundle; with CALIBRATE_BANK=1 (the shipped choice since
 #            2026-11-22) the neighbours bank is calibrated on the training faces first (export --calibrate-bank,
 #            ~20 min).
 # GENERATOR picks the weights of a checkpoint: "ema" (the moving average; the shipped choice) or "raw" (the
 # trained weights; in phase 2 the average blended the two speakers while the identity mapping kept moving).
-# About 9 h on a 2-core CPU (bf16 autocast) for the training (phases 5-6: ~4.5 h, 7-8: ~1 h), plus ~2-5 min per
+# The phase configs state every value where the config defaults (since 2026-12 the shipped recipe) differ from the
+# defaults they were run with, so they replay as run. About 9 h on a 2-core CPU (bf16 autocast) for the training (phases 5-6: ~4.5 h, 7-8: ~1 h), plus ~2-5 min per
 # evaluated checkpoint.
 #
 #   bash scripts/make_default_model.sh                                                # train, evaluate all
@@ -132,13 +133,13 @@ branched_phase "$RUN8" presets/training/wav2pix-64v.yaml "$RUN7" 51500 54500
 if [ -z "$CHECKPOINT" ]; then
   for ckpt in "$RUN"/keep/step-*.safetensors; do
     name=$(basename "$ckpt" .safetensors)
-    "$PY" run.py export "$RUN" --checkpoint "$ckpt" --generator "$GENERATOR" -o "out/candidates/$name" --truncation "$PSI" --pose-prior "$POSE_PRIOR"
+    "$PY" run.py export "$RUN" --checkpoint "$ckpt" --generator "$GENERATOR" -o "out/candidates/$name" --truncation "$PSI" --pose-prior "$POSE_PRIOR" --no-calibrate-bank
     "$PY" run.py evaluate "out/candidates/$name" --data "$DATA" --out "out/candidates/$name.eval"
   done
   echo "pick a checkpoint from out/candidates/*.eval/metrics.json and run again with CHECKPOINT=step-NNNNNNN"
   exit 0
 fi
-CALIBRATE=()
+CALIBRATE=(--no-calibrate-bank)
 if [ "$POSE_PRIOR" = neighbours ] && [ "$CALIBRATE_BANK" = 1 ]; then CALIBRATE=(--calibrate-bank); fi
 "$PY" run.py export "$RUN" --checkpoint "$RUN/keep/$CHECKPOINT.safetensors" --generator "$GENERATOR" -o out/default-candidate --truncation "$PSI" --pose-prior "$POSE_PRIOR" "${CALIBRATE[@]}"
 "$PY" run.py evaluate out/default-candidate --data "$DATA" --unseen-voices out/unseen_voices --train-pairs 555 --out "$RUN/eval"
