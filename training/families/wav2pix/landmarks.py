@@ -141,7 +141,7 @@ def fit_landmark_regressor(
         raise ValueError(f"faces {faces.shape} and landmarks {np.shape(landmarks)}: expected [N,S,S,3] and [N,68,2]")
     ok = np.isfinite(np.asarray(landmarks)).all(axis=(1, 2))
     if ok.sum() < 16:
-        raise ValueError(f"landmark prior: only {int(ok.sum())} faces with landmarks (need at least 16)")
+        raise ValueError(f"landmark CNN: only {int(ok.sum())} faces with landmarks (need at least 16)")
     img, lm = faces[ok], np.asarray(landmarks)[ok]
     img = np.concatenate([img, img[:, :, ::-1]])
     lm = np.concatenate([lm, mirror_landmarks(lm, faces.shape[2])])
