@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,20 @@ def cache_root() -> Path:
     """The engine's cache folder (rewritten graphs, TensorRT plans): ``$AVGAN_CACHE`` or ``~/.cache/avgan``."""
     root = os.environ.get("AVGAN_CACHE")
     return Path(root).expanduser() if root else Path.home() / ".cache" / "avgan"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace`` (creating the
+    folder), so a reader never sees a half-written cache file. Raises OSError."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 class BundleError(UserError, ValueError):

@@ -49,8 +49,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -555,25 +553,15 @@ def cached_optimize_for_cpu(
     data, counts = optimize_for_cpu(onnx_path)
     if not counts:  # the rewrite failed or onnx is missing: nothing to remember
         return data, counts
+    from engine.bundle import atomic_write
+
     try:
-        stem.parent.mkdir(parents=True, exist_ok=True)
         if data is not None:
-            _write_atomic(graph, data)
-        _write_atomic(meta, json.dumps(counts).encode())
+            atomic_write(graph, data)
+        atomic_write(meta, json.dumps(counts).encode())
     except OSError as exc:
         log.debug("cannot cache the rewritten graph in %s (%s)", cache_dir, exc)
     return data, counts
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def optimize_for_cpu(onnx_path: str) -> tuple[bytes | None, dict[str, int]]:

@@ -289,3 +289,27 @@ def test_mirrored_power_mel_leaves_other_front_ends_to_the_plain_fold() -> None:
     assert fold_symmetric_frame_conv(model) == 1  # ... the one-level fold still applies
     got = _run(model, {"audio": audio, "bank_in": bank.astype(np.float32)})
     assert np.abs(got - expected).max() <= 1e-3
+
+
+def test_rewritten_graph_is_cached_by_digest(tiny_bundle, tmp_path, monkeypatch):
+    """The ONNX Runtime CPU backend's rewrite (importing ``onnx`` alone takes over a second) is done once per graph:
+    later loads read the cached bytes and counts without calling the rewriter."""
+    from engine import graph_rewrite as gr
+    from engine.bundle import load_bundle
+
+    bundle = load_bundle(tiny_bundle)
+    data, counts = gr.cached_optimize_for_cpu(str(bundle.onnx_path), bundle.digest, tmp_path)
+    assert data is not None and any(counts.values())
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{bundle.digest}-v{gr.REWRITE_VERSION}.json",
+                                                         f"{bundle.digest}-v{gr.REWRITE_VERSION}.onnx"]  # fmt: skip
+
+    def not_again(path):
+        raise AssertionError("the cached graph should have been used")
+
+    monkeypatch.setattr(gr, "optimize_for_cpu", not_again)
+    assert gr.cached_optimize_for_cpu(str(bundle.onnx_path), bundle.digest, tmp_path) == (data, counts)
+    # a graph nothing matched is remembered too, so its loads skip the rewriter as well
+    monkeypatch.setattr(gr, "optimize_for_cpu", lambda path: (None, {"square_as_mul": 0}))
+    assert gr.cached_optimize_for_cpu(str(bundle.onnx_path), "f" * 64, tmp_path) == (None, {"square_as_mul": 0})
+    monkeypatch.setattr(gr, "optimize_for_cpu", not_again)
+    assert gr.cached_optimize_for_cpu(str(bundle.onnx_path), "f" * 64, tmp_path) == (None, {"square_as_mul": 0})

@@ -23,16 +23,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from engine.backends.base import BackendUnavailable, nvidia_driver_present
-from engine.bundle import Bundle, cache_root
+from engine.bundle import Bundle, atomic_write, cache_root
 
 log = logging.getLogger(__name__)
 
@@ -83,18 +81,6 @@ def timing_cache_name(gpu_name: str, compute_capability: tuple[int, int], trt_ve
     """File name of the timing cache shared by every bundle on this GPU and TensorRT version."""
     gpu = re.sub(r"[^A-Za-z0-9]+", "_", gpu_name).strip("_")[:40] or "gpu"
     return f"timing-{gpu}-sm{compute_capability[0]}{compute_capability[1]}-trt{trt_version}.cache"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class TensorRTBackend:
@@ -183,9 +169,9 @@ class TensorRTBackend:
         if engine is None:
             raise BackendUnavailable("cannot deserialize the freshly built TensorRT plan")
         try:
-            _atomic_write(self.plan_path, plan)
+            atomic_write(self.plan_path, plan)
             sidecar = {"key": key, "bundle": str(bundle.path), "bundle_hash": bundle.digest, "fp16": self.fp16}
-            _atomic_write(self.plan_path.with_suffix(".json"), json.dumps(sidecar, indent=2).encode())
+            atomic_write(self.plan_path.with_suffix(".json"), json.dumps(sidecar, indent=2).encode())
         except OSError as exc:
             log.warning("tensorrt: cannot cache the plan at %s (%s); it will be rebuilt next time", self.plan_path, exc)
         return engine
@@ -215,7 +201,7 @@ class TensorRTBackend:
         if serialized is None:
             raise BackendUnavailable("TensorRT engine build failed (see TensorRT log above)")
         try:
-            _atomic_write(timing_path, bytes(memoryview(config.get_timing_cache().serialize())))
+            atomic_write(timing_path, bytes(memoryview(config.get_timing_cache().serialize())))
         except OSError as exc:
             log.warning("tensorrt: cannot write timing cache %s (%s)", timing_path, exc)
         return bytes(memoryview(serialized))
