@@ -477,15 +477,15 @@ def make_parameters(initial: Mapping[str, Any]) -> Any:
 
 
 def scene_params(snapshot: Mapping[str, Any], scene: str) -> dict[str, Any]:
-    """Scene parameters from the live parameters: ``scene/<x>`` and ``<scene>/<x>`` as ``<x>``.
+    """Scene parameters from the live parameters: ``crossfade_s`` (every scene's) and ``<scene>/<x>`` as ``<x>``.
 
-    E.g. ``{"scene/crossfade_s": 0.1, "grid/n": 3}`` -> ``{"crossfade_s": 0.1, "n": 3}`` for the grid.
+    E.g. ``{"crossfade_s": 0.1, "grid/n": 3}`` -> ``{"crossfade_s": 0.1, "n": 3}`` for the grid.
     """
-    out: dict[str, Any] = {}
-    for prefix in ("scene/", f"{scene}/"):
-        for name, value in snapshot.items():
-            if name.startswith(prefix):
-                out[name[len(prefix) :]] = value
+    out: dict[str, Any] = {"crossfade_s": snapshot["crossfade_s"]} if "crossfade_s" in snapshot else {}
+    prefix = f"{scene}/"
+    for name, value in snapshot.items():
+        if name.startswith(prefix):
+            out[name[len(prefix) :]] = value
     return out
 
 
