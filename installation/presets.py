@@ -52,6 +52,7 @@ from typing import Any, Literal
 from engine.configs import ConfigError, from_mapping, load_yaml
 from engine.errors import UserError
 from installation.params import PARAMS, ParamSpec
+from installation.service import ServiceConfig
 from installation.sound import SoundConfig
 from installation.vad import VadParams
 
@@ -311,8 +312,9 @@ class Preset:
 
     Attributes:
         description: one line shown by ``--help`` / logs.
-        display, input, engine, osc, sound, generation, capture, rating: the sections above (``sound`` is
-            :class:`installation.sound.SoundConfig`, the one the sound engine takes).
+        display, input, engine, osc, sound, generation, capture, rating, service: the sections above (``sound`` is
+            :class:`installation.sound.SoundConfig`, the one the sound engine takes; ``service`` is
+            :class:`installation.service.ServiceConfig`: single instance, log file).
         scenes: per-scene start-up settings, ``{scene name: {parameter: value}}`` (e.g. the portrait's
             ``idle_fade_s``), checked against the scene's parameter dataclass where it has one.
         params: initial live parameter values by OSC name (``sound/level: 0.8``), checked against
@@ -331,6 +333,7 @@ class Preset:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     rating: RatingConfig = field(default_factory=RatingConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
     scenes: dict[str, dict[str, Any]] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
     name: str = field(default="", init=False)
@@ -378,6 +381,7 @@ SECTIONS: dict[str, type] = {
     "generation": GenerationConfig,
     "capture": CaptureConfig,
     "rating": RatingConfig,
+    "service": ServiceConfig,
 }
 """The typed sections of a preset by key."""
 
