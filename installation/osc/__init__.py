@@ -24,7 +24,7 @@ API summary (everything below is importable from ``installation.osc``)::
     decode_packet(data)               # bytes -> [Message | Rejected], pure (OSC 1.0 + 1.1 types)
     server = OscServer(params, host="127.0.0.1", port=0, allowlist=("192.168.1.0/24",))
     server.handle_datagram(data, ("127.0.0.1", 5555))   # -> outcomes; what the server thread does per packet
-    Feedback("127.0.0.1", 9000).send_values(["sound/level"], params.published())
+    Feedback("127.0.0.1", 9000).send_values(["sound/level"], params.published_targets())
     OscQueryServer(PARAMS, params.published, host="127.0.0.1", port=0, osc_port=8000).respond("/avgan?VALUE")
 
 Address space (OSC 1.0: https://opensoundcontrol.stanford.edu/spec-1_0.html): every parameter of
