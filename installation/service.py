@@ -37,7 +37,6 @@ The systemd side (``deploy/avgan-live.service``, a user unit: ``Type=notify``, `
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import logging.handlers
 import os
@@ -122,6 +121,10 @@ class InstanceLock:
             AlreadyRunning: another process holds it (the message names it and how to stop it).
             UserError: the lock file cannot be created (names the path).
         """
+        try:
+            import fcntl  # POSIX (Linux, macOS): the installation PCs this is for
+        except ImportError:
+            raise UserError(f"{self.name}: service.single_instance needs POSIX file locks (Linux, macOS)") from None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
