@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "capture": ("installation.capture", "open-day capture booth: camera + microphone -> consented face+voice dataset"),
     "dataset": ("datastore.capture_store", "check a capture dataset, or delete one participant's takes"),
     "rate": ("installation.rate", "rating station: visitors score generated faces 1-5 (mean opinion score)"),
+    "devices": ("installation.devices", "list audio devices, cameras and displays (as --input and the presets name them)"),
     "bench": ("benchmarks.cli", "run the benchmarks; print a table and write JSON"),
 }
 

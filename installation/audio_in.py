@@ -52,6 +52,11 @@ EventCallback = Callable[[str, str], None]
 detail is a one-line human-readable message."""
 
 
+WAIT_RATE = 48000
+"""Hz: the rate a device that is not there yet will be opened at (``input.sample_rate`` 0 means "the device's
+default", unknown until it appears; 48 kHz is what USB microphones offer)."""
+
+
 class AudioInputError(UserError, OSError):
     """An audio input cannot be opened at all (unknown device, unreadable file); the message names it."""
 
@@ -272,6 +277,10 @@ class SoundDeviceInput:
         device_info: ``device -> {"name", "default_samplerate", "max_input_channels"}`` (default: sounddevice).
         refresh_devices: ``() -> None`` called before each reopen to re-scan devices (default: re-initialise
             PortAudio; ``None`` with an injected factory).
+        wait_for_device: a device that is not there yet (no microphone plugged in at boot, a USB device by name)
+            is waited for instead of raising: :meth:`start` with ``retry`` keeps trying with back-off, re-scanning
+            the devices each time, and the stream opens at ``samplerate`` or, when that is 0,
+            :data:`WAIT_RATE` (the device's default rate is unknown until it appears).
 
     Attributes:
         ring, sample_rate, state, overflows, reconnects, description: see :class:`AudioInput`.
@@ -279,7 +288,8 @@ class SoundDeviceInput:
         reopen_hang_s: a reopen still blocked in the driver after this many seconds is reported (once).
 
     Raises:
-        AudioInputError: the device is unknown or has no input channels (at construction).
+        AudioInputError: the device is unknown (unless ``wait_for_device``) or has too few input channels (at
+            construction).
     """
 
     def __init__(
@@ -297,6 +307,7 @@ class SoundDeviceInput:
         stream_factory: StreamFactory | None = None,
         device_info: Callable[[int | str | None], dict[str, Any]] | None = None,
         refresh_devices: Callable[[], None] | None = None,
+        wait_for_device: bool = False,
     ) -> None:
         self.device = device
         self.channels = max(1, int(channels))
@@ -309,22 +320,31 @@ class SoundDeviceInput:
         self._factory: StreamFactory = stream_factory or _sounddevice_factory
         self._device_info = device_info or _sounddevice_info
         self._refresh = refresh_devices if (refresh_devices is not None or injected) else _refresh_portaudio
+        name = "the default input device" if device is None else f"input device {device!r}"
+        self.missing = ""
+        """Why the device was not found at construction (``wait_for_device``); ``""`` once it opened."""
         try:
-            info = self._device_info(device)
+            info: dict[str, Any] | None = self._device_info(device)
         except Exception as exc:  # noqa: BLE001 - sounddevice raises ValueError / PortAudioError
-            name = "the default input device" if device is None else f"input device {device!r}"
-            raise AudioInputError(
-                f"audio input: {name} not found ({exc}); `python -m sounddevice` lists the devices, "
-                "--input FILE plays an audio file instead"
-            ) from exc
-        if int(info.get("max_input_channels", 0)) < self.channels:
+            if not wait_for_device:
+                raise AudioInputError(
+                    f"audio input: {name} not found ({exc}); `run.py devices` lists the devices, "
+                    "--input FILE plays an audio file instead"
+                ) from exc
+            info = None
+            self.missing = f"{name} not found ({exc}); waiting for it (`run.py devices` lists the devices)"
+        if info is not None and int(info.get("max_input_channels", 0)) < self.channels:
             raise AudioInputError(
                 f"audio input {device!r} ({info.get('name', '?')}): has {info.get('max_input_channels', 0)} input "
                 f"channel(s), {self.channels} requested"
             )
-        self.sample_rate = int(samplerate) if samplerate else int(round(float(info["default_samplerate"])))
+        if samplerate:
+            self.sample_rate = int(samplerate)
+        else:
+            self.sample_rate = int(round(float(info["default_samplerate"]))) if info is not None else WAIT_RATE
         self._scratch = np.zeros(16384, np.float32)  # callback mix-down buffer (blocks up to 16384 frames)
-        self.description = f"{info.get('name', device)} @ {self.sample_rate} Hz"
+        label = info.get("name", device) if info is not None else ("default input" if device is None else device)
+        self.description = f"{label} @ {self.sample_rate} Hz"
         self.ring = AudioRing(max(1, int(ring_seconds * self.sample_rate)))
         self.state = "closed"
         self.overflows = 0
@@ -426,11 +446,8 @@ class SoundDeviceInput:
                 raise AudioInputError(f"audio input {self.description}: cannot open ({exc})") from exc
             self._retry_at = time.monotonic() + self._delay
             self.state = "waiting"
-            self._event(
-                "reopen_failed",
-                f"{self.description}: cannot open ({type(exc).__name__}: {exc}); next try in {self._delay:.1f} s",
-                logging.WARNING,
-            )
+            why = self.missing or f"{self.description}: cannot open ({type(exc).__name__}: {exc})"
+            self._event("reopen_failed", f"{why}; next try in {self._delay:.1f} s", logging.WARNING)
             return
         self._stream_error = False
         now = time.monotonic()
@@ -495,17 +512,29 @@ class SoundDeviceInput:
             if stream is not None:
                 self._stream, self._stream_error = stream, False
                 self._last_written, self._last_progress, self._opened_at = self.ring.written, now, now
-                self.reconnects += 1
                 self.state = "running"
-                self._event("reconnected", f"{self.description} (reconnect {self.reconnects})")
+                if self.missing:  # the device we were waiting for appeared: its first opening, not a reconnect
+                    self.missing = ""
+                    self._describe_found()
+                    self._event("opened", f"{self.description} (found after waiting)")
+                else:
+                    self.reconnects += 1
+                    self._event("reconnected", f"{self.description} (reconnect {self.reconnects})")
                 self._delay = min(self.backoff_max_s, self._delay * 2)  # reset only once samples flow for a while
             else:
                 self._delay = min(self.backoff_max_s, self._delay * 2)
                 self._retry_at = now + self._delay
                 self.state = "waiting"
-                self._event(
-                    "reopen_failed", f"{self.description}: {error}; next try in {self._delay:.1f} s", logging.WARNING
-                )
+                why = self.missing or f"{self.description}: {error}"
+                self._event("reopen_failed", f"{why}; next try in {self._delay:.1f} s", logging.WARNING)
+
+    def _describe_found(self) -> None:
+        """The description of a device that appeared after waiting: its name (the rate stays the one opened)."""
+        try:
+            name = self._device_info(self.device).get("name", self.device)
+        except Exception:  # noqa: BLE001 - keep the old description
+            return
+        self.description = f"{name} @ {self.sample_rate} Hz"
 
     def _reopen_worker(self) -> None:
         try:
@@ -773,6 +802,7 @@ def open_input(
     backoff_s: float = 0.5,
     backoff_max_s: float = 30.0,
     ring_seconds: float = 4.0,
+    wait_for_device: bool = False,
 ) -> AudioInput:
     """An audio input from a ``--input`` / preset ``input.source`` value (not started).
 
@@ -785,9 +815,10 @@ def open_input(
         file_speed, loop: :class:`FileInput` playback speed and looping.
         device_rate, channels, heartbeat_s, backoff_s, backoff_max_s: :class:`SoundDeviceInput` settings.
         ring_seconds: ring capacity in seconds (either kind of input).
+        wait_for_device: a device input that is not there yet is waited for (:class:`SoundDeviceInput`).
 
     Raises:
-        AudioInputError: unknown device, missing or unreadable file.
+        AudioInputError: unknown device (unless ``wait_for_device``), missing or unreadable file.
     """
     device: int | str | None
     if isinstance(spec, Path) or (isinstance(spec, str) and _is_file_spec(spec)):
@@ -807,6 +838,7 @@ def open_input(
         backoff_s=backoff_s,
         backoff_max_s=backoff_max_s,
         ring_seconds=ring_seconds,
+        wait_for_device=wait_for_device,
     )
 
 

@@ -404,6 +404,8 @@ class LiveConfig:
         osc: the preset's :class:`installation.presets.OscConfig` (``None``: OSC off).
         sound: an :class:`installation.sound.SoundConfig` (``None``: sound off).
         preset_name: for logs and the report.
+        service: the preset's :class:`installation.service.ServiceConfig` (single instance, log file), used by
+            :func:`main`.
     """
 
     bundle: Path = DEFAULT_BUNDLE
@@ -443,6 +445,7 @@ class LiveConfig:
     osc: Any = None
     sound: Any = None
     preset_name: str = ""
+    service: Any = None
 
     def __post_init__(self) -> None:
         if not (16 <= self.width <= 16384 and 16 <= self.height <= 16384):
@@ -477,15 +480,15 @@ def make_parameters(initial: Mapping[str, Any]) -> Any:
 
 
 def scene_params(snapshot: Mapping[str, Any], scene: str) -> dict[str, Any]:
-    """Scene parameters from the live parameters: ``scene/<x>`` and ``<scene>/<x>`` as ``<x>``.
+    """Scene parameters from the live parameters: ``crossfade_s`` (every scene's) and ``<scene>/<x>`` as ``<x>``.
 
-    E.g. ``{"scene/crossfade_s": 0.1, "grid/n": 3}`` -> ``{"crossfade_s": 0.1, "n": 3}`` for the grid.
+    E.g. ``{"crossfade_s": 0.1, "grid/n": 3}`` -> ``{"crossfade_s": 0.1, "n": 3}`` for the grid.
     """
-    out: dict[str, Any] = {}
-    for prefix in ("scene/", f"{scene}/"):
-        for name, value in snapshot.items():
-            if name.startswith(prefix):
-                out[name[len(prefix) :]] = value
+    out: dict[str, Any] = {"crossfade_s": snapshot["crossfade_s"]} if "crossfade_s" in snapshot else {}
+    prefix = f"{scene}/"
+    for name, value in snapshot.items():
+        if name.startswith(prefix):
+            out[name[len(prefix) :]] = value
     return out
 
 
@@ -560,6 +563,7 @@ class LiveLoop:
             heartbeat_s=config.heartbeat_s,
             backoff_s=config.reconnect_min_s,
             backoff_max_s=config.reconnect_max_s,
+            wait_for_device=True,  # no microphone yet: idle and retry with back-off, never exit
         )
         if getattr(self.input, "on_event", "absent") is None:
             self.input.on_event = self._input_event  # type: ignore[attr-defined]
@@ -1231,6 +1235,7 @@ def config_from_preset(preset: Any) -> LiveConfig:
         osc=preset.osc if preset.osc.enabled else None,
         sound=sound,
         preset_name=preset.name,
+        service=getattr(preset, "service", None),
     )
 
 
@@ -1281,9 +1286,18 @@ def resolve_config(args: argparse.Namespace) -> LiveConfig:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run ``run.py live``; returns 0 (1 if frames failed). Raises UserError for bad options (run.py prints it)."""
+    """Run ``run.py live``; returns 0. Raises UserError for bad options, or when another instance runs and the
+    preset says ``service.single_instance`` (run.py prints it, exit 2).
+
+    Unattended duties (:class:`installation.service.Service`): the instance lock and the log file before anything
+    starts, systemd's READY/WATCHDOG from the frames, SIGTERM ends the loop cleanly."""
+    from installation.service import Service
+
     config = resolve_config(args)
-    report = LiveLoop(config).run()
+    with Service("live", config.service) as service:
+        loop = LiveLoop(config, on_frame=service.frame)
+        service.on_stop(loop.stop)
+        report = loop.run()
     print(
         f"live: {report['frames']} frames in {report['wall_s']:.1f} s ({report['fps']['mean']} fps), "
         f"p99 frame {report['frame_ms']['p99']} ms, {report['frame_errors']} frame errors, "

@@ -18,6 +18,7 @@ API summary (see ``docs/CONTRACTS.md``, "Live installation")::
     params.fired("quit")                   # True only in the frame the trigger fired
     params.snapshot()                      # read-only {name: current value}; also published to other threads
     params.published()                     # ANY thread: the snapshot of the last apply_pending()/tick()
+    params.published_targets()             # ANY thread: the same for the targets (what controllers are told)
     params.section("grid")                 # {"n": 2}: the "grid/..." parameters without the prefix
     params.stats()                         # {"enqueued", "dropped", "rejected": {reason: n}, "applied", "pending"}
     params.source("scene")                 # who set it last: "osc:10.0.0.7", "keyboard", "preset", ""
@@ -247,9 +248,9 @@ def _num(x: float) -> str:
 
 _DECLARED: tuple[ParamSpec, ...] = (
     ParamSpec("scene", "enum", "portrait", choices=("portrait", "grid", "morph"), doc="current scene"),
-    ParamSpec(
-        "scene/crossfade_s", "float", 0.1, 0.0, 2.0, unit="s", doc="crossfade between successive generated frames"
-    ),
+    # not "scene/crossfade_s": /avgan/scene is a method (the enum), so it cannot also be a container (OSCQuery
+    # clients such as Chataigne would show it as a folder and lose the scene selector)
+    ParamSpec("crossfade_s", "float", 0.1, 0.0, 2.0, unit="s", doc="crossfade between successive generated frames"),
     ParamSpec("grid/n", "int", 2, 1, 4, doc="grid scene: n x n faces from the same voice with different noise"),
     ParamSpec(
         "morph/trail",
@@ -411,6 +412,12 @@ class Parameters:
         """The read-only snapshot published by the last :meth:`apply_pending` / :meth:`tick` (any thread)."""
         return self._published
 
+    def published_targets(self) -> Mapping[str, Any]:
+        """Like :meth:`published`, but the *targets* (what smoothed parameters move to; any thread): what
+        controllers are told (OSC feedback, ``/avgan/query``, OSCQuery VALUE), so a fader is never sent a value
+        from the middle of a glide."""
+        return self._published_targets
+
     def stats(self) -> dict[str, Any]:
         """Counters: ``enqueued``, ``dropped`` (queue full, oldest lost), ``rejected`` {reason: n}, ``applied``."""
         with self._lock:
@@ -494,12 +501,13 @@ class Parameters:
                 items = self._queue
                 self._queue = deque()
         self._fired.clear()
+        released = bool(self._fired_last)
         for name in self._fired_last:
             self._target[name] = self._current[name] = False
         self._fired_last = ()
         if not items:
             self.changed = frozenset()
-            self._publish()
+            self._publish(targets=released)
             return self.changed
         latest: dict[str, tuple[Any, str]] = {}
         pressed: set[str] = set()
@@ -553,7 +561,7 @@ class Parameters:
             self._current[name] = value
             moved = True
         if moved:
-            self._publish()
+            self._publish(targets=False)
 
     def get(self, name: str) -> Any:
         """The current (smoothed) value of ``name`` (main thread). Raises ``KeyError`` for an unknown name."""
@@ -580,8 +588,10 @@ class Parameters:
         prefix = group.rstrip("/") + "/"
         return {name[len(prefix) :]: value for name, value in self._current.items() if name.startswith(prefix)}
 
-    def _publish(self) -> None:
+    def _publish(self, targets: bool = True) -> None:
         self._published: Mapping[str, Any] = MappingProxyType(dict(self._current))
+        if targets:
+            self._published_targets: Mapping[str, Any] = MappingProxyType(dict(self._target))
 
 
 def iter_specs(kinds: Iterable[str] | None = None, specs: Mapping[str, ParamSpec] = PARAMS) -> list[ParamSpec]:

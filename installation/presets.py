@@ -52,6 +52,7 @@ from typing import Any, Literal
 from engine.configs import ConfigError, from_mapping, load_yaml
 from engine.errors import UserError
 from installation.params import PARAMS, ParamSpec
+from installation.service import ServiceConfig
 from installation.sound import SoundConfig
 from installation.vad import VadParams
 
@@ -167,12 +168,16 @@ class OscConfig:
         feedback: send status (fps, level, scene, input state, backend, events) and parameter changes.
         feedback_host: where feedback goes (the controller's IP).
         feedback_port: UDP port of the feedback (9000: TouchOSC's default incoming port).
-        feedback_hz: most status updates per second.
+        feedback_hz: most feedback rounds per second (status values and parameters are sent when they change).
+        heartbeat_s: every status value is re-sent this often even when unchanged, seconds (0: never).
+        feedback_smoothed: parameters whose smoothed value is also sent, to ``/avgan/status/smoothed/<name>``,
+            while it glides (the parameter's own address always gets the value it moves to).
         oscquery: serve the address space over HTTP (OSCQuery) on ``host``.
         oscquery_port: TCP port of the OSCQuery HTTP server (0: any free port).
         mdns: announce ``_oscjson._tcp`` and ``_osc._udp`` over Zeroconf (needs the ``zeroconf`` package;
             only when bound beyond the loopback interface).
         name: service name announced over OSCQuery / Zeroconf.
+        required: when the OSC port cannot be bound, stop with an error (exit 2) instead of running without OSC.
     """
 
     enabled: bool = True
@@ -183,10 +188,13 @@ class OscConfig:
     feedback_host: str = "127.0.0.1"
     feedback_port: int = _range(9000, 1, 65535)
     feedback_hz: float = _range(10.0, 0.1, 100.0, "Hz")
+    heartbeat_s: float = _range(5.0, 0.0, 3600.0, "s")
+    feedback_smoothed: tuple[str, ...] = ()
     oscquery: bool = True
     oscquery_port: int = _range(8080, 0, 65535)
     mdns: bool = False
     name: str = "AVGAN"
+    required: bool = False
 
 
 @dataclass(frozen=True)
@@ -304,8 +312,9 @@ class Preset:
 
     Attributes:
         description: one line shown by ``--help`` / logs.
-        display, input, engine, osc, sound, generation, capture, rating: the sections above (``sound`` is
-            :class:`installation.sound.SoundConfig`, the one the sound engine takes).
+        display, input, engine, osc, sound, generation, capture, rating, service: the sections above (``sound`` is
+            :class:`installation.sound.SoundConfig`, the one the sound engine takes; ``service`` is
+            :class:`installation.service.ServiceConfig`: single instance, log file).
         scenes: per-scene start-up settings, ``{scene name: {parameter: value}}`` (e.g. the portrait's
             ``idle_fade_s``), checked against the scene's parameter dataclass where it has one.
         params: initial live parameter values by OSC name (``sound/level: 0.8``), checked against
@@ -324,6 +333,7 @@ class Preset:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     rating: RatingConfig = field(default_factory=RatingConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
     scenes: dict[str, dict[str, Any]] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
     name: str = field(default="", init=False)
@@ -337,14 +347,14 @@ class Preset:
     def render_params(self, scene: str | None = None) -> RenderParams:
         """The :class:`RenderParams` this preset implies (for ``scene``, default ``params.scene``).
 
-        ``scene_params`` = ``scenes[scene]`` plus ``crossfade_s`` (``scene/crossfade_s``) and the scene's own
+        ``scene_params`` = ``scenes[scene]`` plus ``crossfade_s`` (the live parameter) and the scene's own
         live parameters (``grid/n`` -> ``n``); ``noise_drift_s`` = 1 / ``noise/walk_speed`` (0: hold);
         ``vad.on_min_db`` = ``vad/threshold_db`` and ``vad.off_min_db`` = 5 dB below it.
         """
         values = self.param_values()
         scene = scene or values["scene"]
         scene_params = dict(self.scenes.get(scene, {}))
-        scene_params["crossfade_s"] = values["scene/crossfade_s"]
+        scene_params["crossfade_s"] = values["crossfade_s"]
         prefix = scene + "/"
         for name, value in values.items():
             if name.startswith(prefix):
@@ -371,6 +381,7 @@ SECTIONS: dict[str, type] = {
     "generation": GenerationConfig,
     "capture": CaptureConfig,
     "rating": RatingConfig,
+    "service": ServiceConfig,
 }
 """The typed sections of a preset by key."""
 
@@ -645,7 +656,7 @@ def _check_scenes(scenes: Mapping[str, Any], prov: Mapping, default: str) -> dic
         if not isinstance(settings, Mapping):
             raise _fail(prov, default, key, f"expected a mapping of scene parameters, got {settings!r}")
         for name in settings:
-            live = f"{scene}/{name}" if f"{scene}/{name}" in PARAMS else f"scene/{name}"
+            live = f"{scene}/{name}" if f"{scene}/{name}" in PARAMS else name  # e.g. crossfade_s: every scene's
             if live in PARAMS:
                 raise _fail(prov, default, f"{key}.{name}", f"a live parameter: set params.{live} instead")
         cls = _scene_params_class(scene)
@@ -708,6 +719,10 @@ def _check_semantics(preset: Preset, prov: Mapping, default: str, check_files: b
     for i, entry in enumerate(osc.allowlist):
         if not _check_ip(entry, network=True):
             raise _fail(prov, default, f"osc.allowlist[{i}]", f"{entry!r} is not an IP address or network (a.b.c.d/nn)")
+    for i, name in enumerate(osc.feedback_smoothed):
+        if name not in PARAMS or PARAMS[name].kind != "float":
+            floats = ", ".join(n for n, spec in PARAMS.items() if spec.kind == "float")
+            raise _fail(prov, default, f"osc.feedback_smoothed[{i}]", f"{name!r} is not a float parameter ({floats})")
     if preset.input.reconnect_min_s > preset.input.reconnect_max_s:
         raise _fail(
             prov,

@@ -12,8 +12,12 @@ Files:
 * ``avgan.tosc`` — TouchOSC (the 2021+ "mk2" editor/app) layout: zlib-compressed XML
   (``<lexml version='3'>``, ``node``/``properties``/``values``/``messages``/``children``), one page,
   1024x768. Faders (scaled to the parameter's range) for numbers, toggle buttons for booleans, a
-  momentary button per trigger, one button per choice for enums and per preset for ``preset/load``,
-  and labels that show the ``/avgan/status/...`` feedback. Connection 1 is used: point it at the
+  momentary button per trigger, a radio (one lit step per choice, sending and receiving the choice's index)
+  for enums, one button per preset for ``preset/load``, and labels that show the ``/avgan/status/...``
+  feedback. Faders, toggles and radios receive the installation's feedback (the value each parameter moves
+  to), so they follow changes made elsewhere (keyboard, another controller, a preset load) and scene buttons
+  light up. ``quit`` takes two deliberate steps: its button is locked until the "unlock quit" toggle beside it
+  is on (a Lua script on the toggle), and using it locks it again. Connection 1 is used: point it at the
   installation (host, port 8000; receive port 9000). The schema was written from TouchOSC files seen in
   the field, not from a published specification, and could not be opened in TouchOSC here: if the
   editor refuses it, ``avgan.controls.json`` describes the same layout, and OSCQuery (the installation's
@@ -21,7 +25,8 @@ Files:
 * ``avgan.maxpat`` — Max/MSP patcher (JSON): ``udpsend 127.0.0.1 8000`` fed by one control per parameter
   (slider + number box, number box, toggle, umenu or button) through a message box
   ``/avgan/<name> $1``; ``udpreceive 9000`` -> ``route`` -> status displays and ``set`` messages that move
-  the controls when the installation reports a change (``set`` does not send, so there is no loop).
+  the controls, sliders included, when the installation reports a change (``set`` does not send, so there is
+  no loop). ``quit`` goes through a ``gate`` opened by an "unlock quit" toggle, which the quit closes again.
 * ``avgan.controls.json`` — the layout as plain, documented JSON (address, OSC type, range, default,
   unit, suggested control) for any other controller.
 * ``ADDRESS_SPACE.md`` — the OSC address space as a Markdown table (linked from the README).
@@ -41,7 +46,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from installation.osc import QUERY_ADDRESS, STATUS_DOCS  # noqa: E402
+from installation.osc import QUERY_ADDRESS, SMOOTHED_PREFIX, STATUS_DOCS  # noqa: E402
 from installation.params import PARAMS, ParamSpec  # noqa: E402
 from installation.presets import list_presets  # noqa: E402
 
@@ -106,8 +111,14 @@ def controls_json(specs: Mapping[str, ParamSpec] = PARAMS) -> dict[str, Any]:
         "feedback": [
             {"address": f"/avgan/status/{key}", "osc_type": tag, "doc": doc} for key, (tag, doc) in STATUS_DOCS.items()
         ],
-        "feedback_values": "parameter changes come back on the parameter's own address: "
-        "booleans as int 0/1, enums as their int index, numbers as they are",
+        "feedback_values": "a parameter whose target changed (from any source) comes back once on its own address "
+        "with the value it moves to (never one from the middle of a smoothing glide): booleans as int 0/1, enums "
+        "as their int index, numbers as they are (clamped to the range)",
+        "feedback_status": "status values are sent when they change (fps in whole frames, level in steps of 0.01) "
+        "and all of them every osc.heartbeat_s seconds (5 by default)",
+        "feedback_smoothed": "parameters named in the preset's osc.feedback_smoothed also send their smoothed value "
+        f"to /avgan/{SMOOTHED_PREFIX}<name> while it glides",
+        "two_step": {"quit": "the layouts lock quit until an 'unlock quit' toggle is on; quitting locks it again"},
     }
 
 
@@ -127,7 +138,8 @@ def address_space_md(specs: Mapping[str, ParamSpec] = PARAMS) -> str:
         "Every parameter takes one argument; numbers outside the range are clamped; NaN/inf, wrong types and "
         "unknown addresses are counted and dropped. Smoothed parameters glide to a new value with the given "
         "time constant. Enums take the choice's name (string) or its index (int). Booleans take true/false "
-        "or a number (>= 0.5 is on). Triggers take no argument or a non-zero number (0 = button release, ignored).",
+        "or a number (>= 0.5 is on). Triggers take no argument, nil (`N`, as OSCQuery advertises them), impulse "
+        "(`I`) or a non-zero number (0 = button release, ignored).",
         "",
         "| address | type | range | default | smoothing | what |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -161,7 +173,14 @@ def address_space_md(specs: Mapping[str, ParamSpec] = PARAMS) -> str:
     for key, (tag, doc) in STATUS_DOCS.items():
         lines.append(f"| `/avgan/status/{key}` | `{tag}` | {doc} |")
     lines += [
-        "| `/avgan/<name>` | as the parameter | a parameter changed (booleans as int 0/1, enums as int index) |",
+        "| `/avgan/<name>` | as the parameter | a parameter's target changed (from any source): the value it moves "
+        "to, once (booleans as int 0/1, enums as int index) |",
+        f"| `/avgan/{SMOOTHED_PREFIX}<name>` | `f` | the smoothed value while it glides, for the parameters named "
+        "in `osc.feedback_smoothed` only |",
+        "",
+        "Status values are sent when they change (fps in whole frames per second, level in steps of 0.01) and all "
+        "of them every `osc.heartbeat_s` seconds (5 by default), so a controller that connects later catches up; "
+        "`/avgan/query` asks for parameter values at any time.",
         "",
         "Controllers: `avgan.tosc` (TouchOSC), `avgan.maxpat` (Max/MSP), `avgan.controls.json` (any other).",
         "",
@@ -290,6 +309,8 @@ def _control(spec: ParamSpec, x: int, y: int, w: int, h: int) -> str:
             [_value("x", f"{default:g}"), _value("touch", "false")],
             _osc(spec.address, args, send=True, receive=True),
         )
+    if spec.name == QUIT:
+        return _quit(spec, x, y, h, color)
     if kind in ("toggle", "button"):
         props = _common(spec.name, (x, y, min(w, 160), h), color)
         props += [_prop("i", "buttonType", 1 if kind == "toggle" else 0)]
@@ -302,10 +323,29 @@ def _control(spec: ParamSpec, x: int, y: int, w: int, h: int) -> str:
             [_value("x", default), _value("touch", "false")],
             _osc(spec.address, args, send=True, receive=kind == "toggle"),
         )
-    # one momentary button per choice, sending the choice as a string on press
-    choices = list(spec.choices) if kind == "choice" else string_choices(spec)
-    n = max(1, len(choices))
     gap = 6
+    if kind == "choice":
+        # a radio: x is the index of the lit step (0, 1, ...); with scale 0..1 TouchOSC sends and receives the
+        # index itself (value = min + x * (max - min)), which the installation takes and sends as feedback
+        n = len(spec.choices)
+        props = _common(spec.name, (x, y, w, h), color)
+        props += [_prop("i", "steps", n), _prop("i", "radioType", 0)]
+        nodes = [
+            _node(
+                "RADIO",
+                spec.name,
+                props,
+                [_value("x", str(spec.choices.index(spec.default))), _value("touch", "false")],
+                _osc(spec.address, _partial("VALUE", "INTEGER", "x", 0, 1), send=True, receive=True),
+            )
+        ]
+        bw = w // n
+        for i, choice in enumerate(spec.choices):
+            nodes.append(_label(f"{spec.name}:{choice}:label", choice, (x + i * bw, y, bw, h)))
+        return "".join(nodes)
+    # preset names: one momentary button each, sending the name as a string on press
+    choices = string_choices(spec)
+    n = max(1, len(choices))
     bw = (w - gap * (n - 1)) // n
     nodes = []
     for i, choice in enumerate(choices):
@@ -330,6 +370,44 @@ def _control(spec: ParamSpec, x: int, y: int, w: int, h: int) -> str:
         )
         nodes.append(label)
     return "".join(nodes)
+
+
+QUIT = "quit"
+ARM_SCRIPT = """-- two-step quit: this toggle unlocks the QUIT button beside it
+function onValueChanged(key)
+  if key == 'x' then
+    local quit = self.parent:findByName('quit')
+    if quit then quit.properties.interactive = self.values.x > 0.5 end
+  end
+end
+"""
+QUIT_SCRIPT = """-- after a press, lock QUIT again (turn the unlock toggle off)
+function onValueChanged(key)
+  if key == 'x' and self.values.x < 0.5 then
+    local arm = self.parent:findByName('quit:arm')
+    if arm then arm.values.x = 0 end
+  end
+end
+"""
+
+
+def _quit(spec: ParamSpec, x: int, y: int, h: int, color: tuple[float, float, float, float]) -> str:
+    """``quit`` in two deliberate steps: an "unlock" toggle (no OSC) that makes the quit button interactive."""
+    arm_props = _common("quit:arm", (x, y, 150, h), COLORS["toggle"])
+    arm_props += [_prop("i", "buttonType", 1), _prop("s", "script", ARM_SCRIPT)]
+    arm = _node("BUTTON", "quit:arm", arm_props, [_value("x", "0"), _value("touch", "false")])
+    arm_label = _label("quit:arm:label", "unlock quit", (x, y, 150, h))
+    props = _common(spec.name, (x + 166, y, 160, h), color)
+    props[5] = _prop("b", "interactive", False)  # locked until unlocked
+    props += [_prop("i", "buttonType", 0), _prop("s", "script", QUIT_SCRIPT)]
+    button = _node(
+        "BUTTON",
+        spec.name,
+        props,
+        [_value("x", "0"), _value("touch", "false")],
+        _osc(spec.address, _partial("VALUE", "INTEGER", "x", 0, 1), send=True, receive=False),
+    )
+    return arm + arm_label + button + _label("quit:label2", "QUIT", (x + 166, y, 160, h))
 
 
 def tosc_xml(specs: Mapping[str, ParamSpec] = PARAMS) -> bytes:
@@ -425,6 +503,7 @@ def maxpat(specs: Mapping[str, ParamSpec] = PARAMS) -> dict[str, Any]:
         p.line(route, i, setter)
         p.line(setter, 0, shown)
     feedback_outlet = {spec.name: len(status_keys) + i for i, spec in enumerate(echoed)}
+    sliders: dict[str, str] = {}
     for row, spec in enumerate(specs.values()):
         y = 110 + row * 34
         p.box("comment", (20, y, 190, 20), 1, 0, text=f"{spec.name}: {spec.range_text()}"[:60])
@@ -441,6 +520,7 @@ def maxpat(specs: Mapping[str, ParamSpec] = PARAMS) -> dict[str, Any]:
             )
             if slider is not None:
                 p.line(slider, 0, control)
+                sliders[spec.name] = slider
             out = 0
         elif spec.kind == "bool":
             control = p.box("toggle", (370, y, 22, 22), 1, 1, outlettype=["int"], parameter_enable=0)
@@ -449,6 +529,16 @@ def maxpat(specs: Mapping[str, ParamSpec] = PARAMS) -> dict[str, Any]:
             control = p.box("button", (370, y, 22, 22), 1, 1, outlettype=["bang"], parameter_enable=0)
             message_text = spec.address
             out = 0
+            if spec.name == QUIT:  # two steps: the unlock toggle opens a gate; quitting closes it again
+                arm = p.box("toggle", (230, y, 22, 22), 1, 1, outlettype=["int"], parameter_enable=0)
+                p.box("comment", (256, y, 80, 20), 1, 0, text="unlock quit")
+                gate = p.box("newobj", (400, y, 40, 22), 2, 1, text="gate")
+                close = p.box("message", (450, y, 24, 22), 2, 1, text="0")
+                p.line(arm, 0, gate, 0)
+                p.line(control, 0, gate, 1)
+                p.line(gate, 0, close)
+                p.line(close, 0, arm)
+                control, out = gate, 0
         else:
             items = list(spec.choices) if spec.kind == "enum" else string_choices(spec)
             menu_items: list[str] = []
@@ -465,6 +555,8 @@ def maxpat(specs: Mapping[str, ParamSpec] = PARAMS) -> dict[str, Any]:
             setter = p.box("message", (710, y, 50, 22), 2, 1, text="set $1")
             p.line(route, feedback_outlet[spec.name], setter)
             p.line(setter, 0, control)
+            if spec.name in sliders:  # the slider follows the feedback too
+                p.line(setter, 0, sliders[spec.name])
     height = 140 + len(specs) * 34
     return {
         "patcher": {

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from installation.audio_in import (
+    WAIT_RATE,
     AudioInputError,
     AudioReader,
     AudioRing,
@@ -382,4 +383,45 @@ def test_a_reopen_stuck_in_the_driver_is_reported_and_waited_for() -> None:
     release.set()
     pump(inp, "running")
     assert inp.reconnects == 1
+    inp.close()
+
+
+def test_a_device_missing_at_start_is_waited_for_and_opened_when_it_appears() -> None:
+    """``wait_for_device`` (the live loop): no device at construction is not an error; the input waits with
+    back-off, re-scanning devices before every try, and opens the device once it appears (its first opening:
+    ``opened``, not a reconnect)."""
+    plugged = {"in": False}
+    scans: list[int] = []
+
+    def info(device: Any) -> dict[str, Any]:
+        if not plugged["in"]:
+            raise ValueError("No input device matching 'USB'")
+        return {"name": "USB Audio Device", "default_samplerate": 44100.0, "max_input_channels": 1}
+
+    factory = Factory(fail=10**6)  # every open fails while unplugged
+    events: list[tuple[str, str]] = []
+    inp = SoundDeviceInput(
+        "USB",
+        stream_factory=factory,
+        device_info=info,
+        refresh_devices=lambda: scans.append(1),
+        on_event=lambda kind, detail: events.append((kind, detail)),
+        backoff_s=0.01,
+        backoff_max_s=0.04,
+        wait_for_device=True,
+    )
+    assert inp.sample_rate == WAIT_RATE and inp.description == f"USB @ {WAIT_RATE} Hz"
+    with pytest.raises(AudioInputError, match="cannot open"):
+        inp.start()  # without retry it still says so at once
+    inp.start(retry=True)
+    assert inp.state == "waiting" and events[-1][0] == "reopen_failed"
+    assert events[-1][1].startswith("input device 'USB' not found (No input device matching 'USB'); waiting for it")
+    while len([k for k, _ in events if k == "reopen_failed"]) < 4:
+        pump(inp, "reconnecting", timeout=3.0)
+        pump(inp, "waiting", timeout=3.0)
+    plugged["in"], factory.fail = True, 0  # plugged in
+    pump(inp, "running", timeout=3.0)
+    assert events[-1] == ("opened", f"USB Audio Device @ {WAIT_RATE} Hz (found after waiting)")
+    assert inp.reconnects == 0 and inp.missing == "" and len(scans) >= 4
+    assert factory.streams[-1].kwargs["samplerate"] == WAIT_RATE
     inp.close()

@@ -316,7 +316,7 @@ def test_pitch_walk_histogram_and_scene_params() -> None:
         h.add(ms)
     assert h.percentile(50) == pytest.approx(3.0, abs=0.11) and h.percentile(100) == 5000.0
     assert h.coarse((2.5, 100.0))["counts"] == [2, 2, 1]
-    sp = scene_params({"scene": "grid", "scene/crossfade_s": 0.2, "grid/n": 3, "morph/trail": 0.1}, "grid")
+    sp = scene_params({"scene": "grid", "crossfade_s": 0.2, "grid/n": 3, "morph/trail": 0.1}, "grid")
     assert sp == {"crossfade_s": 0.2, "n": 3}
 
 

@@ -34,6 +34,7 @@ from installation.osc import (
     Rejected,
     decode_packet,
     unix_to_ntp,
+    wire_value,
 )
 from installation.params import PARAMS, Parameters
 from installation.presets import load_preset
@@ -346,7 +347,7 @@ def drain(sock: socket.socket, count: int) -> list[Message]:
 
 def test_feedback_status_changes_events_and_queries(receiver: socket.socket) -> None:
     params = Parameters()
-    feedback = Feedback("127.0.0.1", receiver.getsockname()[1], rate_hz=10.0)
+    feedback = Feedback("127.0.0.1", receiver.getsockname()[1], rate_hz=10.0, heartbeat_s=5.0)
     feedback.status(fps=59.5, level=0.25, scene="portrait", input="ok", backend="onnxruntime-cpu")
     with pytest.raises(KeyError):
         feedback.status(volume=1)
@@ -354,17 +355,23 @@ def test_feedback_status_changes_events_and_queries(receiver: socket.socket) -> 
     params.enqueue("scene", "morph")
     params.enqueue("overlay", True)
     feedback.note_changes(params.apply_pending())
-    sent = feedback.pump(params.published(), now=100.0)
+    sent = feedback.pump(params.published_targets(), now=100.0)
     assert sent == 1 + 5 + 2
     got = {m.address: m.args for m in drain(receiver, sent)}
     assert got["/avgan/status/event"] == ("preset loaded",)
-    assert got["/avgan/status/fps"][0] == pytest.approx(59.5)
+    assert got["/avgan/status/fps"] == (60,)  # whole frames per second
     assert got["/avgan/status/backend"] == ("onnxruntime-cpu",)
     assert got["/avgan/scene"] == (2,) and got["/avgan/overlay"] == (1,)  # enum index, bool as int
-    assert feedback.pump(params.published(), now=100.05) == 0  # rate-limited
-    assert feedback.pump(params.published(), now=100.2) == 5
+    assert feedback.pump(params.published_targets(), now=100.05) == 0  # rate-limited
+    assert feedback.pump(params.published_targets(), now=100.2) == 0  # nothing changed: nothing sent
+    feedback.status(fps=59.7, level=0.253)  # the same after rounding (60 fps, level 0.25)
+    assert feedback.pump(params.published_targets(), now=100.4) == 0
+    feedback.status(level=0.5)
+    assert feedback.pump(params.published_targets(), now=100.6) == 1
+    assert [(m.address, m.args) for m in drain(receiver, 1)] == [("/avgan/status/level", (0.5,))]
+    assert feedback.pump(params.published_targets(), now=105.0) == 5  # heartbeat: every status value again
     drain(receiver, 5)
-    # /avgan/query through the server
+    # /avgan/query through the server: the targets
     server = OscServer(params, port=0, feedback=feedback)
     assert server.handle_datagram(msg("/avgan/query", "sound/level", "/avgan/grid/n"), LOCAL) == ["handled"]
     got = {m.address: m.args for m in drain(receiver, 2)}
@@ -373,6 +380,72 @@ def test_feedback_status_changes_events_and_queries(receiver: socket.socket) -> 
     assert server.handle_datagram(msg("/avgan/query"), LOCAL) == ["handled"]
     states = sum(1 for spec in PARAMS.values() if spec.kind != "trigger")
     assert len(drain(receiver, states)) == states  # every parameter but the triggers
+    feedback.close()
+
+
+def test_a_fader_gets_the_value_it_sent_not_one_from_the_glide(receiver: socket.socket) -> None:
+    """The TouchOSC report: ``/avgan/brightness 0.0`` was answered with 0.764 (mid-glide) and never with 0.0, so the
+    fader jumped back. Through the real server and feedback on loopback, frames at 60 Hz for 5 s: the controller
+    hears exactly the value it sent (clamped where needed), once; the smoothed value only where the preset asks."""
+    config = load_preset(
+        "headless",
+        overrides={
+            "osc": {
+                "port": 0,
+                "oscquery": False,
+                "feedback_port": receiver.getsockname()[1],
+                "feedback_smoothed": ["brightness"],
+                "heartbeat_s": 0,
+            }
+        },
+    ).osc
+    params = Parameters()
+    with OscControl(params, config) as control:
+        assert control.server is not None
+        client = SimpleUDPClient(*control.server.address)
+        client.send_message("/avgan/brightness", 0.0)
+        client.send_message("/avgan/sound/level", 1.5)  # out of range: clamped to 1.0
+        assert wait_for(lambda: control.stats()["osc"]["handled"] == 2)
+        now = 1000.0
+        for _ in range(300):  # 5 s: the 0.3 s glide arrives (snaps within 1e-6 after ~4.1 s)
+            params.apply_pending()
+            params.tick(1 / 60)
+            feedback = control.feedback
+            assert feedback is not None
+            feedback.note_changes(params.changed)  # what control.pump(params) does, on the test's clock
+            feedback.pump(params.published_targets(), now=now, current=params.published())
+            now += 1 / 60
+        received = []
+        receiver.settimeout(0.5)
+        try:
+            while True:
+                data, _ = receiver.recvfrom(65535)
+                received.extend(m for m in decode_packet(data) if isinstance(m, Message))
+        except TimeoutError:
+            pass
+    on_fader = [m.args[0] for m in received if m.address == "/avgan/brightness"]
+    assert on_fader == [0.0]  # the target, once: no value from the glide ever reaches the fader
+    assert [m.args[0] for m in received if m.address == "/avgan/sound/level"] == [1.0]
+    glide = [m.args[0] for m in received if m.address == "/avgan/status/smoothed/brightness"]
+    assert len(glide) > 5 and glide == sorted(glide, reverse=True)  # the glide, where asked for
+    assert glide[0] > 0.5 and glide[-1] == pytest.approx(0.0, abs=1e-6) and params.get("brightness") == 0.0
+    assert not any(m.address.startswith("/avgan/status/smoothed/sound") for m in received)  # not asked for
+
+
+def test_steady_status_is_sent_on_change_and_by_heartbeat_only(receiver: socket.socket) -> None:
+    """A minute of a steady installation at 60 frames/s (fps jittering between 59.6 and 60.4, silence): the
+    status went out ten times a second (~3 000 messages a minute); now only changes and a 5 s heartbeat."""
+    feedback = Feedback("127.0.0.1", receiver.getsockname()[1], rate_hz=10.0, heartbeat_s=5.0)
+    rng = random.Random(0)
+    sent = 0
+    for frame in range(60 * 60):
+        now = frame / 60
+        fps = 60.0 + rng.uniform(-0.4, 0.4)
+        scene = "grid" if frame >= 30 * 60 else "portrait"  # one change in the middle
+        feedback.status(fps=fps, level=0.0, scene=scene, input="ok", backend="onnxruntime-cpu")
+        sent += feedback.pump({}, now=now)
+    assert sent == 5 * 12 + 1  # 12 heartbeats (t = 0, 5, ..., 55 s) of 5 values + the scene change
+    assert feedback.stats()["sent"] == sent
     feedback.close()
 
 
@@ -404,22 +477,25 @@ def get_json(url: str) -> tuple[int, Any]:
         return exc.code, None
 
 
+def walk(node: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every node of an OSCQuery tree by FULL_PATH."""
+    found = {node["FULL_PATH"]: node}
+    for child in node.get("CONTENTS", {}).values():
+        found.update(walk(child))
+    return found
+
+
 def test_oscquery_over_http() -> None:
     params = Parameters(initial={"sound/level": 0.5})
     with OscServer(params, port=0) as server:
-        query = OscQueryServer(PARAMS, params.published, host="127.0.0.1", port=0, osc_port=server.address[1]).start()
+        query = OscQueryServer(
+            PARAMS, params.published_targets, host="127.0.0.1", port=0, osc_port=server.address[1]
+        ).start()
         try:
             base = query.url
             assert base is not None
             code, tree = get_json(base)
             assert code == 200 and tree["FULL_PATH"] == "/"
-
-            def walk(node: dict[str, Any]) -> dict[str, dict[str, Any]]:
-                found = {node["FULL_PATH"]: node}
-                for child in node.get("CONTENTS", {}).values():
-                    found.update(walk(child))
-                return found
-
             nodes = walk(tree)
             for spec in PARAMS.values():
                 node = nodes[spec.address]
@@ -428,22 +504,135 @@ def test_oscquery_over_http() -> None:
                     assert node["RANGE"] == [{"MIN": spec.min, "MAX": spec.max}]
                 if spec.kind == "enum":
                     assert node["RANGE"] == [{"VALS": list(spec.choices)}]
+            # a method is a leaf, a container has no TYPE: Chataigne shows a node with both as a folder
+            both = [path for path, node in nodes.items() if "TYPE" in node and "CONTENTS" in node]
+            assert both == []
+            assert nodes["/avgan/scene"]["VALUE"] == ["portrait"] and "CONTENTS" not in nodes["/avgan/scene"]
             assert nodes["/avgan/sound/level"]["VALUE"] == [0.5]
             assert "/avgan/status/fps" in nodes and "/avgan/query" in nodes
-            assert "CONTENTS" in nodes["/avgan/scene"] and nodes["/avgan/scene"]["VALUE"] == ["portrait"]
             code, info = get_json(base + "?HOST_INFO")
             assert code == 200 and info["OSC_PORT"] == server.address[1] and info["OSC_TRANSPORT"] == "UDP"
             assert info["OSC_IP"] == "127.0.0.1" and info["EXTENSIONS"]["RANGE"] is True
             params.enqueue("sound/level", 0.75)
-            params.set("sound/level", 0.75, immediate=True)
+            params.apply_pending()  # the target is 0.75 at once; the value glides there
+            assert params.get("sound/level") < 0.75
             assert get_json(base + "avgan/sound/level?VALUE") == (200, {"VALUE": [0.75]})
             assert get_json(base + "avgan/scene?RANGE") == (200, {"RANGE": [{"VALS": ["portrait", "grid", "morph"]}]})
+            assert get_json(base + "avgan/quit?VALUE") == (200, {})  # a trigger has no value: {}
+            assert get_json(base + "avgan/quit?TYPE") == (200, {"TYPE": "N"})
             assert get_json(base + "avgan/nope")[0] == 404
             assert get_json(base + "avgan?BOGUS")[0] == 400
             assert get_json(base + "avgan?VALUE")[0] == 204  # a container has no value
         finally:
             query.stop()
     assert query.url is None
+
+
+def test_oscquery_http11_keep_alive_and_curl() -> None:
+    """HTTP/1.1 with persistent connections (as the proposal asks; TouchOSC, Max and Chataigne poll over one
+    connection): several requests on one connection, concurrent connections, idle ones closed after the timeout,
+    and curl as a user would run it."""
+    import http.client
+    import shutil
+    import subprocess
+
+    params = Parameters()
+    query = OscQueryServer(PARAMS, params.published_targets, port=0, osc_port=8000, idle_timeout_s=0.5).start()
+    try:
+        host, port = query.address
+        first = http.client.HTTPConnection(host, port, timeout=5)
+        second = http.client.HTTPConnection(host, port, timeout=5)
+        for path in ("/?HOST_INFO", "/avgan/scene", "/avgan/quit?VALUE", "/avgan?VALUE", "/avgan/brightness?VALUE"):
+            for conn in (first, second):  # interleaved on two open connections
+                conn.request("GET", path)
+                response = conn.getresponse()
+                body = response.read()
+                assert response.version == 11 and not response.will_close, path
+                if response.status == 204:
+                    assert body == b"" and response.getheader("Content-Length") is None
+                else:
+                    assert response.status == 200 and json.loads(body) is not None
+        assert first.sock is not None and first.sock.getsockname() != second.sock.getsockname()
+        time.sleep(1.0)  # idle for longer than the timeout: the server closed the connection
+        assert first.sock.recv(1) == b""
+        first.close()
+        second.close()
+        curl = shutil.which("curl")
+        if curl is None:
+            pytest.skip("curl is not installed")
+        out = subprocess.run(
+            [curl, "-sS", "-v", f"http://{host}:{port}/avgan/scene?VALUE", f"http://{host}:{port}/avgan/quit?VALUE"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        assert out.stdout == '{"VALUE": ["portrait"]}{}'
+        assert "HTTP/1.1 200 OK" in out.stderr and "Re-using existing connection" in out.stderr
+    finally:
+        query.stop()
+
+
+def test_triggers_accept_what_oscquery_advertises() -> None:
+    """Triggers are TYPE "N": a ``,N`` message (and ``,I``, ``,T``, no argument, a non-zero number) presses them."""
+    params = Parameters()
+    server = OscServer(params)
+    for datagram in (
+        raw_message(b"/avgan/rate/skip", b",N"),
+        raw_message(b"/avgan/rate/skip", b",I"),
+        raw_message(b"/avgan/rate/skip", b",T"),
+        raw_message(b"/avgan/rate/skip"),
+        msg("/avgan/rate/skip", 1.0),
+    ):
+        assert server.handle_datagram(datagram, LOCAL) == ["handled"], datagram
+        params.apply_pending()
+        assert params.fired("rate/skip")
+    assert server.handle_datagram(msg("/avgan/rate/skip", 0), LOCAL) == ["ignored"]  # a release
+    assert server.handle_datagram(raw_message(b"/avgan/rate/skip", b",NN"), LOCAL) == ["wrong_count"]
+    assert server.handle_datagram(raw_message(b"/avgan/brightness", b",N"), LOCAL) == ["wrong_type"]
+
+
+def test_zeroconf_announces_oscjson_and_osc_on_the_lan() -> None:
+    """The gallery preset's LAN example (host 0.0.0.0, mdns on) announces ``_oscjson._tcp`` and ``_osc._udp``;
+    zeroconf's own browser on this machine finds both with the right ports."""
+    zeroconf = pytest.importorskip("zeroconf")
+    preset = load_preset(
+        "gallery",
+        overrides={"osc": {"host": "0.0.0.0", "port": 0, "oscquery_port": 0, "feedback_port": 9, "name": "AVGAN-test"}},
+    )
+    assert preset.osc.mdns
+    control = OscControl(Parameters(), preset.osc).start()
+    try:
+        assert control.oscquery is not None and control.server is not None
+        if not control.oscquery._lan_addresses():
+            pytest.skip("this machine has no non-loopback IPv4 address to announce on")
+        assert wait_for(lambda: bool(control.oscquery.announced), 10.0), "not announced"  # type: ignore[union-attr]
+        zc = zeroconf.Zeroconf()
+        try:
+            found = {}
+            for kind in ("_oscjson._tcp.local.", "_osc._udp.local."):
+                names: list[str] = []
+
+                def seen(zeroconf: Any, service_type: str, name: str, state_change: Any, names: list = names) -> None:
+                    names.append(name)
+
+                browser = zeroconf.ServiceBrowser(zc, kind, handlers=[seen])
+                if not wait_for(lambda names=names: any(n.startswith("AVGAN-test") for n in names), 10.0):
+                    browser.cancel()
+                    pytest.skip(f"multicast DNS does not loop back on this machine (no {kind} seen)")
+                info = zc.get_service_info(kind, next(n for n in names if n.startswith("AVGAN-test")), timeout=3000)
+                browser.cancel()
+                assert info is not None
+                found[kind] = (info.port, info.parsed_addresses())
+        finally:
+            zc.close()
+        assert found["_oscjson._tcp.local."][0] == control.oscquery.address[1]
+        assert found["_osc._udp.local."][0] == control.server.address[1]
+        assert set(found["_osc._udp.local."][1]) == set(control.oscquery.announced)
+        code, info = get_json(f"http://{control.oscquery.announced[0]}:{control.oscquery.address[1]}/?HOST_INFO")
+        assert code == 200 and "OSC_IP" not in info  # bound to every interface: clients use the address they used
+    finally:
+        control.stop()
 
 
 def test_control_from_a_preset() -> None:
@@ -521,3 +710,55 @@ def test_controller_files_are_up_to_date_and_cover_every_parameter() -> None:
     assert [c["address"] for c in layout["controls"]] == [s.address for s in PARAMS.values()]
     doc = (folder / "ADDRESS_SPACE.md").read_text()
     assert all(f"`{s.address}`" in doc for s in PARAMS.values())
+
+
+def test_controllers_follow_feedback_and_quit_takes_two_steps() -> None:
+    """TouchOSC: enums are radios that send and receive the choice's index (the scene buttons light from
+    feedback), faders and toggles receive too; quit is locked until the unlock toggle's script opens it. Max: every
+    slider is moved by the feedback's ``set``; quit passes through a gate that only the unlock toggle opens."""
+    folder = ROOT / "presets" / "controllers"
+    root = ElementTree.fromstring(zlib.decompress((folder / "avgan.tosc").read_bytes()))
+
+    def props(node: ElementTree.Element) -> dict[str, str]:
+        return {p.findtext("key"): p.findtext("value") or "" for p in node.find("properties").iter("property")}
+
+    nodes = {props(n)["name"]: n for n in root.iter("node")}
+    for spec in PARAMS.values():
+        if spec.kind not in ("enum", "float", "int", "bool"):
+            continue
+        node = nodes[spec.name]
+        osc = node.find("messages/osc")
+        assert osc.findtext("receive") == "1" and osc.findtext("send") == "1", spec.name  # follows feedback
+        if spec.kind == "enum":
+            assert node.get("type") == "RADIO" and props(node)["steps"] == str(len(spec.choices))
+            argument = osc.find("arguments/partial")
+            # value = min + x * (max - min) with 0..1: the index, both ways (what the feedback sends for enums)
+            assert argument.findtext("value") == "x" and argument.findtext("conversion") == "INTEGER"
+            assert (argument.findtext("scaleMin"), argument.findtext("scaleMax")) == ("0", "1")
+            assert wire_value(spec, spec.choices[-1]) == len(spec.choices) - 1
+    quit_node, arm = nodes["quit"], nodes["quit:arm"]
+    assert props(quit_node)["interactive"] == "0" and quit_node.find("messages/osc/send").text == "1"
+    assert props(arm)["interactive"] == "1" and arm.find("messages") is None  # the unlock toggle sends nothing
+    assert "findByName('quit')" in props(arm)["script"] and "properties.interactive" in props(arm)["script"]
+    assert "findByName('quit:arm')" in props(quit_node)["script"]
+
+    patcher = json.loads((folder / "avgan.maxpat").read_text())["patcher"]
+    boxes = {b["box"]["id"]: b["box"] for b in patcher["boxes"]}
+    lines = [(ln["patchline"]["source"], ln["patchline"]["destination"]) for ln in patcher["lines"]]
+    into = {}
+    for (src, _), (dst, inlet) in lines:
+        into.setdefault(dst, []).append((src, inlet))
+    setters = {i for i, b in boxes.items() if b.get("text") == "set $1"}
+    sliders = [i for i, b in boxes.items() if b["maxclass"] == "slider"]
+    assert len(sliders) == sum(1 for s in PARAMS.values() if s.kind == "float")
+    for slider in sliders:
+        assert any(src in setters for src, _ in into[slider]), "a slider that does not follow the feedback"
+    quit_message = next(i for i, b in boxes.items() if b.get("text") == "/avgan/quit")
+    ((gate, _),) = into[quit_message]
+    assert boxes[gate]["text"] == "gate"
+    sources = {inlet: boxes[src]["maxclass"] for src, inlet in into[gate]}
+    assert sources == {0: "toggle", 1: "button"}  # the toggle opens the gate, the button's bang passes it
+    closer = next(dst for (src, _), (dst, _) in lines if src == gate and dst != quit_message)
+    assert boxes[closer]["text"] == "0" and any(
+        boxes[d]["maxclass"] == "toggle" for (s, _), (d, _) in lines if s == closer
+    )

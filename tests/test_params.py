@@ -12,7 +12,7 @@ from installation.params import PARAMS, ParamError, Parameters, ParamSpec, spec_
 
 CONTRACT_NAMES = [  # docs/CONTRACTS.md, "Live installation"
     "scene",
-    "scene/crossfade_s",
+    "crossfade_s",
     "grid/n",
     "morph/trail",
     "noise/seed",
@@ -166,9 +166,9 @@ def test_tick_smooths_exponentially() -> None:
         params.tick(0.05)
     assert params.get("brightness") == 0.0  # snapped exactly
     # non-smoothed floats jump at apply time
-    params.enqueue("scene/crossfade_s", 1.5)
+    params.enqueue("crossfade_s", 1.5)
     params.apply_pending()
-    assert params.get("scene/crossfade_s") == 1.5
+    assert params.get("crossfade_s") == 1.5
     assert params.published()["brightness"] == 0.0
 
 

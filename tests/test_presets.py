@@ -175,7 +175,7 @@ def test_out_of_range_names_file_key_and_range(tmp_path: Path, body: str, key: s
         ("osc: 3", "osc", "expected a mapping"),
         ("generation: {vad: {frame_s: 0.5}}", "generation.vad", "frame_s"),
         ("generation: {vad: {on_min_db: -40}}", "generation.vad.on_min_db", "params.vad/threshold_db"),
-        ("scenes: {portrait: {crossfade_s: 1}}", "scenes.portrait.crossfade_s", "params.scene/crossfade_s"),
+        ("scenes: {portrait: {crossfade_s: 1}}", "scenes.portrait.crossfade_s", "params.crossfade_s"),
         ("scenes: {portrait: {idle_zoom: 0.5}}", "scenes.portrait", "idle_zoom"),
         ("input: {reconnect_min_s: 50, reconnect_max_s: 10}", "input.reconnect_min_s", "<= input.reconnect_max_s"),
         ("input: {source: missing/clip.wav}", "input.source", "file not found"),

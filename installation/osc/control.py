@@ -44,7 +44,14 @@ class OscControl:
             return self
         if cfg.feedback:
             try:
-                self.feedback = Feedback(cfg.feedback_host, cfg.feedback_port, cfg.feedback_hz, self.specs)
+                self.feedback = Feedback(
+                    cfg.feedback_host,
+                    cfg.feedback_port,
+                    cfg.feedback_hz,
+                    self.specs,
+                    heartbeat_s=getattr(cfg, "heartbeat_s", 5.0),
+                    smoothed=getattr(cfg, "feedback_smoothed", ()),
+                )
             except OSError as exc:
                 log.error("osc: no feedback: cannot resolve %s (%s)", cfg.feedback_host, exc)
         try:
@@ -59,13 +66,14 @@ class OscControl:
         if cfg.oscquery:
             query = OscQueryServer(
                 self.specs,
-                self.params.published,
+                self.params.published_targets,
                 self.feedback.status_values if self.feedback else None,
                 host=cfg.host,
                 port=cfg.oscquery_port,
                 osc_port=self.server.address[1],
                 name=cfg.name,
                 mdns=cfg.mdns,
+                smoothed=getattr(cfg, "feedback_smoothed", ()) if self.feedback else (),
             )
             try:
                 self.oscquery = query.start()
@@ -85,12 +93,13 @@ class OscControl:
             self.feedback.event(text)
 
     def pump(self, params: Parameters | None = None) -> int:
-        """Per frame, after ``apply_pending``: send feedback that is due. Returns messages sent."""
+        """Per frame, after ``apply_pending``: send feedback that is due (targets of changed parameters, changed
+        status, smoothed values where the preset asks). Returns messages sent."""
         if self.feedback is None:
             return 0
         params = params or self.params
         self.feedback.note_changes(params.changed)
-        return self.feedback.pump(params.published())
+        return self.feedback.pump(params.published_targets(), current=params.published())
 
     def stats(self) -> dict[str, Any]:
         """``{"osc": server counters, "feedback": sender counters, "params": queue counters}``."""
@@ -117,13 +126,26 @@ class OscControl:
 
 
 def start_or_log(params: Parameters, config: Any) -> tuple[OscControl | None, str | None]:
-    """Start OSC for a loop that must come up without it: ``(control, None)``, or ``(None, error)`` after logging
+    """Start OSC for a loop that can come up without it: ``(control, None)``, or ``(None, error)`` after logging
     ``OSC disabled: ...`` when the port is taken or anything else fails (live, the booth, the rating station).
-    ``config`` ``None`` or not ``enabled``: ``(None, None)``."""
+    ``config`` ``None`` or not ``enabled``: ``(None, None)``.
+
+    Raises:
+        OscError: the OSC port cannot be bound and the preset says ``osc.required: true`` (the gallery: an
+            installation nobody can steer must not start quietly; the message names the port and the fix).
+    """
     if config is None or not getattr(config, "enabled", True):
         return None, None
     try:
         return OscControl(params, config).start(), None
+    except OscError as exc:
+        if getattr(config, "required", False):
+            raise OscError(
+                f"{exc} (osc.required is true in the preset: the installation does not start without OSC)"
+            ) from None
+        error = f"{type(exc).__name__}: {exc}"
+        log.error("OSC disabled: %s", error)
+        return None, error
     except Exception as exc:  # noqa: BLE001 - the picture must come up even if the port is taken
         error = f"{type(exc).__name__}: {exc}"
         log.error("OSC disabled: %s", error)

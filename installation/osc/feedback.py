@@ -1,9 +1,22 @@
 """OSC out: status, events and parameter values sent to the controller (TouchOSC, Max) -- :class:`Feedback`.
 
-Feedback (to the preset's ``feedback_host:feedback_port``): ``/avgan/status/{fps,level,scene,input,backend,event}``
-and ``/avgan/<name> value`` for every parameter that changed (rate-limited; booleans as int 0/1 and enums as their
-int index, which TouchOSC toggles/radios and Max toggles/umenus take directly), and the answers to
-``/avgan/query``.
+Feedback (to the preset's ``feedback_host:feedback_port``), designed so that controllers can follow it:
+
+* ``/avgan/<name> value`` once for every parameter whose *target* changed (from OSC, the keyboard, a preset
+  load), at the next round (at most ``rate_hz`` rounds per second): the value the parameter is moving to, never
+  one from the middle of a smoothing glide, so a TouchOSC fader or a Max slider stays where the operator put it
+  (and shows the clamped value when it was sent one out of range). Booleans go as int 0/1 and enums as their
+  int index, which TouchOSC toggles/radios and Max toggles/umenus take directly.
+* ``/avgan/status/smoothed/<name> value``: the smoothed (current) value of the parameters named in
+  ``smoothed`` (preset key ``osc.feedback_smoothed``; none by default), while it moves and once it arrives.
+* ``/avgan/status/{fps,level,scene,input,backend}`` only when the value changed (after rounding to
+  :data:`STATUS_RESOLUTION`: whole frames per second, level to 0.01), plus all of them every ``heartbeat_s``
+  (a controller that connects later, or lost a datagram, catches up); ``/avgan/status/event`` per event.
+* the answers to ``/avgan/query`` (the targets too).
+
+Measured (``tests/test_osc.py``): a minute at 60 frames/s with steady status (fps jittering by +-0.4) and one
+scene change sends 61 status messages (12 heartbeats of 5 values, and the change) instead of the ~3 000 of a
+status re-sent every round.
 """
 
 from __future__ import annotations
@@ -22,9 +35,15 @@ from installation.params import PARAMS, PREFIX, ParamSpec
 from installation.telemetry import RateLimitedLog
 
 log = logging.getLogger(__name__)
+_UNSET = object()
 
 STATUS_KEYS: tuple[str, ...] = ("fps", "level", "scene", "input", "backend")
 """Status values sent as ``/avgan/status/<key>`` (plus ``/avgan/status/event`` for events)."""
+STATUS_RESOLUTION: dict[str, float] = {"fps": 1.0, "level": 0.01}
+"""Status values are rounded to these steps before they are compared and sent (fps jitters by fractions of a frame;
+the level meter needs no more than 1 %)."""
+SMOOTHED_PREFIX = "status/smoothed/"
+"""Smoothed values of ``osc.feedback_smoothed`` parameters go to ``/avgan/status/smoothed/<name>``."""
 STATUS_DOCS: dict[str, tuple[str, str]] = {
     "fps": ("f", "frames per second drawn (last second)"),
     "level": ("f", "input level, 0-1 (the fast loudness envelope)"),
@@ -49,6 +68,15 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def _rounded(key: str, value: Any) -> Any:
+    step = STATUS_RESOLUTION.get(key)
+    if step is None or not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        return value
+    digits = max(0, -math.floor(math.log10(step)))
+    rounded = round(round(value / step) * step, digits)
+    return int(rounded) if step >= 1 else float(rounded)
+
+
 def wire_value(spec: ParamSpec, value: Any) -> Any:
     """A parameter value as sent in feedback: bool -> int 0/1, enum -> int index, others unchanged."""
     if spec.kind in ("bool", "trigger"):
@@ -66,13 +94,17 @@ class Feedback:
 
     Args:
         host, port: the feedback target (TouchOSC's incoming port is 9000 by default).
-        rate_hz: most status rounds (and changed-parameter rounds) per second in :meth:`pump`.
+        rate_hz: most feedback rounds (changed status values, changed parameters, smoothed values) per second.
         specs: the parameter declaration (for wire formats).
         query_rate: most messages per second answering ``/avgan/query`` (token bucket, burst = 2 s worth);
             bounds what a flood of queries can make us send.
+        max_events: events queued before the oldest is dropped.
+        heartbeat_s: every status value is re-sent this often even when unchanged, seconds (0: never).
+        smoothed: parameters whose smoothed value is also sent (``/avgan/status/smoothed/<name>``).
 
     Raises:
         OSError: ``host`` cannot be resolved.
+        KeyError: ``smoothed`` names an unknown parameter.
     """
 
     def __init__(
@@ -83,17 +115,27 @@ class Feedback:
         specs: Mapping[str, ParamSpec] = PARAMS,
         query_rate: float = 100.0,
         max_events: int = 32,
+        heartbeat_s: float = 5.0,
+        smoothed: Iterable[str] = (),
     ) -> None:
         self.host, self.port = host, int(port)
         self.interval_s = 1.0 / float(rate_hz)
+        self.heartbeat_s = float(heartbeat_s)
         self.specs = specs
+        self.smoothed = tuple(smoothed)
+        for name in self.smoothed:
+            if name not in specs:
+                raise KeyError(f"osc.feedback_smoothed: unknown parameter {name!r}")
         self._client = SimpleUDPClient(host, self.port)
         self._lock = threading.Lock()
         self._status: dict[str, Any] = {}
+        self._status_sent: dict[str, Any] = {}
+        self._smoothed_sent: dict[str, Any] = {}
         self._events: deque[str] = deque()
         self._max_events = int(max_events)
         self._changed: set[str] = set()
         self._last = -math.inf
+        self._last_heartbeat = -math.inf
         self._rate = float(query_rate)
         self._tokens = 2.0 * self._rate
         self._token_time = time.monotonic()
@@ -104,7 +146,7 @@ class Feedback:
         self._log = RateLimitedLog(log, f"osc feedback to {host}:{port}")
 
     def status(self, **values: Any) -> None:
-        """Set status values (keys from :data:`STATUS_KEYS`; floats/ints/strings); sent by :meth:`pump`.
+        """Set status values (keys from :data:`STATUS_KEYS`; floats/ints/strings); sent by :meth:`pump` when changed.
 
         Raises:
             KeyError: an unknown key.
@@ -113,10 +155,10 @@ class Feedback:
             if key not in STATUS_KEYS:
                 raise KeyError(f"unknown status key {key!r} (known: {', '.join(STATUS_KEYS)})")
         with self._lock:
-            self._status.update({key: _plain(value) for key, value in values.items()})
+            self._status.update({key: _rounded(key, _plain(value)) for key, value in values.items()})
 
     def status_values(self) -> dict[str, Any]:
-        """The last status values set (any thread)."""
+        """The last status values set, rounded as sent (any thread)."""
         with self._lock:
             return dict(self._status)
 
@@ -129,14 +171,25 @@ class Feedback:
             self._events.append(str(text)[:200])
 
     def note_changes(self, names: Iterable[str]) -> None:
-        """Remember parameters that changed this frame; their values go out at the next status round."""
+        """Remember parameters whose target changed this frame; their targets go out at the next round."""
         self._changed.update(n for n in names if n in self.specs and self.specs[n].kind != "trigger")
 
-    def pump(self, values: Mapping[str, Any] | None = None, now: float | None = None) -> int:
+    def pump(
+        self,
+        targets: Mapping[str, Any] | None = None,
+        now: float | None = None,
+        current: Mapping[str, Any] | None = None,
+    ) -> int:
         """Send what is due (main thread, once per frame). Returns the number of messages sent.
 
-        Events go out at once (up to 8 per call); status values and the changed parameters (their
-        ``values``) at most ``rate_hz`` times per second.
+        Events go out at once (up to 8 per call). At most ``rate_hz`` times per second: the parameters noted by
+        :meth:`note_changes` with their value in ``targets`` (``Parameters.published_targets()``), the status
+        values that changed since they were last sent (all of them every ``heartbeat_s``), and the smoothed
+        values of :attr:`smoothed` from ``current`` (``Parameters.published()``) that changed.
+
+        Args:
+            targets: parameter targets by name. now: ``time.monotonic()`` seconds (tests pass their own clock).
+            current: current (smoothed) parameter values by name.
         """
         now = time.monotonic() if now is None else now
         sent = 0
@@ -147,18 +200,31 @@ class Feedback:
         if now - self._last < self.interval_s:
             return sent
         self._last = now
+        heartbeat = self.heartbeat_s > 0 and now - self._last_heartbeat >= self.heartbeat_s
+        if heartbeat:
+            self._last_heartbeat = now
         for key, value in self.status_values().items():
-            sent += self._send(f"{PREFIX}status/{key}", value)
-        if values is not None and self._changed:
+            if heartbeat or self._status_sent.get(key, _UNSET) != value:
+                self._status_sent[key] = value
+                sent += self._send(f"{PREFIX}status/{key}", value)
+        if targets is not None and self._changed:
             changed, self._changed = self._changed, set()
-            for name in changed:
-                if name in values:
-                    sent += self._send(self.specs[name].address, wire_value(self.specs[name], values[name]))
+            for name in sorted(changed):
+                if name in targets:
+                    sent += self._send(self.specs[name].address, wire_value(self.specs[name], targets[name]))
+        if current is not None:
+            for name in self.smoothed:
+                value = current.get(name, _UNSET)
+                if value is not _UNSET and self._smoothed_sent.get(name, _UNSET) != value:
+                    self._smoothed_sent[name] = value
+                    sent += self._send(PREFIX + SMOOTHED_PREFIX + name, wire_value(self.specs[name], value))
         self._log.flush()
         return sent
 
     def send_values(self, names: Iterable[str], values: Mapping[str, Any]) -> int:
-        """Send ``/avgan/<name> value`` for each of ``names`` now (any thread; rate-limited by ``query_rate``)."""
+        """Send ``/avgan/<name> value`` for each of ``names`` now (any thread; rate-limited by ``query_rate``).
+
+        ``values``: the values to send by name (the server answers ``/avgan/query`` with the targets)."""
         sent = 0
         for name in names:
             spec = self.specs.get(name)

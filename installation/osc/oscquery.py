@@ -2,15 +2,23 @@
 
 The HTTP JSON tree (FULL_PATH, CONTENTS, TYPE, VALUE, RANGE, ACCESS, CLIPMODE, DESCRIPTION; ``?HOST_INFO`` with
 NAME, OSC_IP, OSC_PORT, OSC_TRANSPORT, EXTENSIONS; ``?ATTRIBUTE`` for one attribute) is served by a small
-``http.server.HTTPServer`` (one thread, one request at a time, 2 s socket timeout, bound to the OSC host). We do
-not use python-oscquery 0.4.0 (checked): its HTTP server always binds every interface (it would expose a
-localhost-only installation), uses a thread per request, starts Zeroconf unconditionally, serves the VALUE given
-at start-up (not the live one), and cannot express RANGE, enum choices (VALS) or argument-less triggers.
-Zeroconf/mDNS announcement of ``_oscjson._tcp`` and ``_osc._udp`` is done with the ``zeroconf`` package when
-``mdns`` is on, the package is importable and the server is bound beyond loopback; otherwise skipped.
-Note: ``/avgan/scene`` is both a method (the scene) and a container (``/avgan/scene/crossfade_s``), as the
-contract names them; OSC 1.0 calls methods leaves, so the OSCQuery node carries both TYPE and CONTENTS
-(ossia/Chataigne/Max accept that).
+``http.server`` HTTP/1.1 server with persistent connections (the proposal asks for HTTP/1.1; Max, TouchOSC and
+Chataigne keep one connection open and poll over it): a thread per connection, at most
+:data:`MAX_CONNECTIONS` at once (more are closed at once), each closed after ``idle_timeout_s`` without a
+request, bound to the OSC host. We do not use python-oscquery 0.4.0 (checked): its HTTP server always binds
+every interface (it would expose a localhost-only installation), starts Zeroconf unconditionally, serves the
+VALUE given at start-up (not the live one), and cannot express RANGE, enum choices (VALS) or argument-less
+triggers.
+
+What clients rely on (each checked in ``tests/test_osc.py``): every OSC method is a leaf (TYPE, no CONTENTS;
+every container has CONTENTS and no TYPE: a node with both is shown as a folder by Chataigne, which then loses
+the control); triggers are TYPE ``N`` and the server accepts a ``,N`` message (and ``,I``, no argument or a
+non-zero number) as a press; ``?VALUE`` of a method without a value (triggers, commands, status not reported
+yet) is ``200 {}`` as the proposal says, while attributes a node does not have otherwise answer 204.
+
+Zeroconf/mDNS announcement of ``_oscjson._tcp`` (this HTTP server) and ``_osc._udp`` (the OSC port) is done
+with the ``zeroconf`` package when ``mdns`` is on and the server is bound beyond loopback (an interface
+address, or ``0.0.0.0``: every non-loopback IPv4 address of the machine, as ``ifaddr`` lists them).
 """
 
 from __future__ import annotations
@@ -20,12 +28,13 @@ import ipaddress
 import json
 import logging
 import math
+import socket
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from installation.osc.feedback import STATUS_DOCS
+from installation.osc.feedback import SMOOTHED_PREFIX, STATUS_DOCS
 from installation.osc.server import QUERY_ADDRESS, OscError, normalise_host
 from installation.params import PREFIX, ParamSpec
 
@@ -33,6 +42,8 @@ log = logging.getLogger(__name__)
 
 
 OSCQUERY_ATTRIBUTES = ("FULL_PATH", "CONTENTS", "TYPE", "VALUE", "RANGE", "ACCESS", "CLIPMODE", "DESCRIPTION")
+MAX_CONNECTIONS = 16
+"""Most HTTP connections served at once (each has its own thread); more are closed at once."""
 OSCQUERY_EXTENSIONS = {
     "ACCESS": True,
     "VALUE": True,
@@ -59,13 +70,20 @@ class OscQueryServer:
 
     Args:
         specs: the parameters to describe.
-        values: returns the current values (``Parameters.published``; any thread).
+        values: returns the values to report (``Parameters.published_targets``: what the parameters move to; any
+            thread).
         status: returns the current status values (``Feedback.status_values``), or ``None``.
         host: address to bind (the OSC server's host, so a localhost-only installation stays local).
         port: TCP port (0: any free one; see :attr:`address`).
         osc_port: the OSC UDP port to announce (HOST_INFO OSC_PORT).
         name: service name (HOST_INFO NAME, Zeroconf).
         mdns: announce over Zeroconf when possible (see the module docstring).
+        idle_timeout_s: an open connection without a request for this long is closed, seconds.
+        smoothed: parameters whose smoothed values the feedback sends (``/avgan/status/smoothed/<name>``).
+
+    Attributes:
+        refused: connections closed at once because :data:`MAX_CONNECTIONS` were open.
+        announced: the addresses announced over mDNS (empty until announced).
     """
 
     def __init__(
@@ -79,6 +97,8 @@ class OscQueryServer:
         osc_port: int = 8000,
         name: str = "AVGAN",
         mdns: bool = False,
+        idle_timeout_s: float = 10.0,
+        smoothed: tuple[str, ...] = (),
     ) -> None:
         self.specs = specs
         self.values = values
@@ -91,6 +111,13 @@ class OscQueryServer:
         self._server: http.server.HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._zeroconf: Any = None
+        self.idle_timeout_s = float(idle_timeout_s)
+        self.smoothed = tuple(smoothed)
+        self.refused = 0
+        self.announced: list[str] = []
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._lock = threading.Lock()
+        self._open: set[Any] = set()
 
     # -- the tree (pure) ------------------------------------------------------------------------------
 
@@ -132,6 +159,10 @@ class OscQueryServer:
             node.update({"TYPE": tag, "ACCESS": 1, "DESCRIPTION": doc})
             if key in status:
                 node["VALUE"] = [status[key]]
+        for name in self.smoothed:
+            spec = self.specs[name]
+            node = container(PREFIX + SMOOTHED_PREFIX + name)
+            node.update({"TYPE": spec.osc_type, "ACCESS": 1, "DESCRIPTION": f"smoothed value of {spec.address}"})
         query = container(QUERY_ADDRESS)
         query["DESCRIPTION"] = "send parameter values to the feedback target: no argument = all, or names"
         return root
@@ -167,8 +198,9 @@ class OscQueryServer:
     def respond(self, target: str) -> tuple[int, Any]:
         """The reply to ``GET target`` (path + query string): ``(status code, JSON-able body or None)``.
 
-        ``?HOST_INFO`` -> host info; ``?ATTR`` -> ``{ATTR: ...}`` of that node (204 when the node has no
-        such attribute, 400 for an unknown attribute); unknown path -> 404.
+        ``?HOST_INFO`` -> host info; ``?ATTR`` -> ``{ATTR: ...}`` of that node; ``?VALUE`` of a method without
+        a value -> ``{}`` (the proposal: "the query should return an empty JSON object"); another attribute the
+        node does not have, or ``VALUE`` of a container -> 204; an unknown attribute -> 400; unknown path -> 404.
         """
         parts = urlsplit(target)
         query = unquote(parts.query).strip()
@@ -183,20 +215,26 @@ class OscQueryServer:
         if attribute not in OSCQUERY_ATTRIBUTES:
             return 400, {"error": f"unknown attribute {attribute}"}
         if attribute not in node:
+            if attribute == "VALUE" and "TYPE" in node:
+                return 200, {}  # a method without a value (trigger, command, status not reported yet)
             return 204, None
         return 200, {attribute: node[attribute]}
 
     # -- network --------------------------------------------------------------------------------------
 
     def start(self) -> OscQueryServer:
-        """Bind and serve in one daemon thread (idempotent). Raises ``OscError`` if the port cannot be bound."""
+        """Bind and serve (a daemon thread accepting, one per open connection; idempotent).
+
+        Raises:
+            OscError: the port cannot be bound.
+        """
         if self._server is not None:
             return self
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            timeout = 2.0  # a slow client cannot hold the single thread for long
-            protocol_version = "HTTP/1.0"  # one request per connection: nothing lingers
+            timeout = owner.idle_timeout_s  # an idle keep-alive connection is closed after this
+            protocol_version = "HTTP/1.1"  # persistent connections, as the OSCQuery proposal asks
             server_version = "AVGAN-OSCQuery"
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
@@ -207,18 +245,45 @@ class OscQueryServer:
                     code, body = 500, {"error": "internal error"}
                 payload = b"" if body is None else json.dumps(body).encode("utf-8")
                 self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
                 self.send_header("Access-Control-Allow-Origin", "*")
+                if code != 204:  # RFC 9110 15.3.5: no Content-Length (and no body) in a 204
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
-                if payload and code != 204:
+                if code != 204:
                     self.wfile.write(payload)
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
                 log.debug("oscquery: %s - %s", self.address_string(), format % args)
 
-        class Server(http.server.HTTPServer):
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+            block_on_close = False
             request_queue_size = 16
+
+            def process_request(self, request: Any, client_address: Any) -> None:
+                if not owner._slots.acquire(blocking=False):  # MAX_CONNECTIONS open already
+                    owner.refused += 1
+                    self.shutdown_request(request)
+                    return
+                with owner._lock:
+                    owner._open.add(request)
+                try:
+                    super().process_request(request, client_address)
+                except BaseException:
+                    self._release(request)
+                    raise
+
+            def process_request_thread(self, request: Any, client_address: Any) -> None:
+                try:
+                    super().process_request_thread(request, client_address)
+                finally:
+                    self._release(request)
+
+            def _release(self, request: Any) -> None:
+                with owner._lock:
+                    owner._open.discard(request)
+                owner._slots.release()
 
             def handle_error(self, request: Any, client_address: Any) -> None:
                 log.debug("oscquery: error serving %s", client_address, exc_info=True)
@@ -257,33 +322,49 @@ class OscQueryServer:
 
     def stop(self) -> None:
         """Stop serving, withdraw the Zeroconf announcement (idempotent)."""
-        if self._zeroconf is not None:
+        with self._lock:  # (the announcing thread checks _server under the same lock)
             zc, self._zeroconf = self._zeroconf, None
+            server, self._server = self._server, None
+            self.announced = []
+        if zc is not None:
             try:
                 zc.unregister_all_services()
                 zc.close()
             except Exception:  # pragma: no cover
                 log.debug("oscquery: zeroconf shutdown failed", exc_info=True)
-        if self._server is not None:
-            server, self._server = self._server, None
+        if server is not None:
             server.shutdown()
             server.server_close()
+            with self._lock:
+                still_open = list(self._open)
+            for request in still_open:  # idle keep-alive connections: end their threads now
+                try:
+                    request.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
             if self._thread is not None:
                 self._thread.join(2.0)
 
     def _announce(self) -> None:
-        """Zeroconf: ``_oscjson._tcp`` (this HTTP server) and ``_osc._udp`` (the OSC port); logs, never raises."""
+        """Zeroconf: ``_oscjson._tcp`` (this HTTP server) and ``_osc._udp`` (the OSC port); logs, never raises.
+
+        A name already taken on the network (a second installation) is announced as ``NAME (2)``.
+        """
         try:
-            addresses = self._lan_addresses()
-            if not addresses:
-                log.info("oscquery: not announced over mDNS (bound to %s, loopback only)", self.host)
-                return
             from zeroconf import ServiceInfo, Zeroconf
         except ImportError:
-            log.info("oscquery: not announced over mDNS (the zeroconf package is not installed)")
+            log.warning("oscquery: not announced over mDNS: the zeroconf package is missing (pip install zeroconf)")
+            return
+        addresses = self._lan_addresses()
+        if not addresses:
+            if self.host in ("0.0.0.0", "::", ""):
+                why = f"bound to {self.host}, but this machine has no non-loopback IPv4 address (no network?)"
+            else:
+                why = f"bound to {self.host}, a loopback address: set osc.host to 0.0.0.0 or a LAN address"
+            log.info("oscquery: not announced over mDNS (%s)", why)
             return
         try:
-            zc = Zeroconf()
+            zc = Zeroconf() if self.host in ("0.0.0.0", "::", "") else Zeroconf(interfaces=addresses)
             _, http_port = self.address
             for kind, port, server in (("_oscjson._tcp", http_port, "oscjson"), ("_osc._udp", self.osc_port, "osc")):
                 zc.register_service(
@@ -294,21 +375,33 @@ class OscQueryServer:
                         properties={"txtvers": "1"},
                         server=f"{self.name.lower()}-{server}.local.",
                         parsed_addresses=addresses,
-                    )
+                    ),
+                    allow_name_change=True,
                 )
-            self._zeroconf = zc
-            log.info("oscquery: announced %s over mDNS on %s", self.name, ", ".join(addresses))
         except Exception as exc:
             log.warning("oscquery: mDNS announcement failed (%s); discovery needs the address typed in", exc)
+            return
+        with self._lock:
+            if self._server is None:  # stopped while announcing
+                zc.close()
+                return
+            self._zeroconf = zc
+            self.announced = list(addresses)
+        log.info(
+            "oscquery: announced _oscjson._tcp (port %d) and _osc._udp (port %d) as %s over mDNS on %s",
+            http_port,
+            self.osc_port,
+            self.name,
+            ", ".join(addresses),
+        )
 
     def _lan_addresses(self) -> list[str]:
+        """The IPv4 addresses to announce: the bound one, or every non-loopback one for ``0.0.0.0`` (ifaddr)."""
         host = self.host
         if host not in ("0.0.0.0", "::", ""):
             return [] if ipaddress.ip_address(host).is_loopback else [host]
-        try:
-            import ifaddr
-        except ImportError:
-            return []
+        import ifaddr  # a dependency of zeroconf
+
         found = []
         for adapter in ifaddr.get_adapters():
             for ip in adapter.ips:

@@ -156,7 +156,7 @@ class OscServer:
     """Receives OSC on UDP in one daemon thread and turns valid messages into ``Parameters.enqueue`` calls.
 
     Args:
-        params: where accepted values go (``enqueue``; ``published`` for ``/avgan/query``).
+        params: where accepted values go (``enqueue``; ``published_targets`` answers ``/avgan/query``).
         host: address to bind (``127.0.0.1``: this machine; ``0.0.0.0``: all interfaces).
         port: UDP port (0: any free one; see :attr:`address`).
         allowlist: sender IPs / networks allowed; empty: everyone.
@@ -341,7 +341,8 @@ class OscServer:
         if spec.kind == "trigger":
             if len(args) > 1:
                 return "wrong_count"
-            value = args[0] if args else True
+            # no argument, or OSCQuery's advertised TYPE "N" (nil) / OSC 1.1's impulse "I": a press
+            value = args[0] if args and args[0] is not None else True
         else:
             if len(args) != 1:
                 return "wrong_count"
@@ -371,5 +372,5 @@ class OscServer:
             if name not in self.specs:
                 return "unknown_param"
             names.append(name)
-        self.feedback.send_values(names or list(self.specs), self.params.published())
+        self.feedback.send_values(names or list(self.specs), self.params.published_targets())
         return "handled"

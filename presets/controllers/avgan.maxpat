@@ -111,7 +111,7 @@
             "",
             ""
           ],
-          "text": "route /avgan/status/fps /avgan/status/level /avgan/status/scene /avgan/status/input /avgan/status/backend /avgan/status/event /avgan/scene /avgan/scene/crossfade_s /avgan/grid/n /avgan/morph/trail /avgan/noise/seed /avgan/noise/walk_speed /avgan/sound/on /avgan/sound/level /avgan/sound/mix /avgan/sound/pitch /avgan/sound/density /avgan/overlay /avgan/blackout /avgan/brightness /avgan/vad/threshold_db"
+          "text": "route /avgan/status/fps /avgan/status/level /avgan/status/scene /avgan/status/input /avgan/status/backend /avgan/status/event /avgan/scene /avgan/crossfade_s /avgan/grid/n /avgan/morph/trail /avgan/noise/seed /avgan/noise/walk_speed /avgan/sound/on /avgan/sound/level /avgan/sound/mix /avgan/sound/pitch /avgan/sound/density /avgan/overlay /avgan/blackout /avgan/brightness /avgan/vad/threshold_db"
         }
       },
       {
@@ -510,7 +510,7 @@
             190,
             20
           ],
-          "text": "scene/crossfade_s: float 0 to 2 s"
+          "text": "crossfade_s: float 0 to 2 s"
         }
       },
       {
@@ -570,7 +570,7 @@
           "outlettype": [
             ""
           ],
-          "text": "/avgan/scene/crossfade_s $1"
+          "text": "/avgan/crossfade_s $1"
         }
       },
       {
@@ -1786,6 +1786,75 @@
       {
         "box": {
           "id": "obj-97",
+          "maxclass": "toggle",
+          "numinlets": 1,
+          "numoutlets": 1,
+          "patching_rect": [
+            230,
+            654,
+            22,
+            22
+          ],
+          "outlettype": [
+            "int"
+          ],
+          "parameter_enable": 0
+        }
+      },
+      {
+        "box": {
+          "id": "obj-98",
+          "maxclass": "comment",
+          "numinlets": 1,
+          "numoutlets": 0,
+          "patching_rect": [
+            256,
+            654,
+            80,
+            20
+          ],
+          "text": "unlock quit"
+        }
+      },
+      {
+        "box": {
+          "id": "obj-99",
+          "maxclass": "newobj",
+          "numinlets": 2,
+          "numoutlets": 1,
+          "patching_rect": [
+            400,
+            654,
+            40,
+            22
+          ],
+          "outlettype": [
+            ""
+          ],
+          "text": "gate"
+        }
+      },
+      {
+        "box": {
+          "id": "obj-100",
+          "maxclass": "message",
+          "numinlets": 2,
+          "numoutlets": 1,
+          "patching_rect": [
+            450,
+            654,
+            24,
+            22
+          ],
+          "outlettype": [
+            ""
+          ],
+          "text": "0"
+        }
+      },
+      {
+        "box": {
+          "id": "obj-101",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
@@ -1803,7 +1872,7 @@
       },
       {
         "box": {
-          "id": "obj-98",
+          "id": "obj-102",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
@@ -1818,7 +1887,7 @@
       },
       {
         "box": {
-          "id": "obj-99",
+          "id": "obj-103",
           "maxclass": "button",
           "numinlets": 1,
           "numoutlets": 1,
@@ -1836,7 +1905,7 @@
       },
       {
         "box": {
-          "id": "obj-100",
+          "id": "obj-104",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
@@ -1854,7 +1923,7 @@
       },
       {
         "box": {
-          "id": "obj-101",
+          "id": "obj-105",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
@@ -1869,7 +1938,7 @@
       },
       {
         "box": {
-          "id": "obj-102",
+          "id": "obj-106",
           "maxclass": "button",
           "numinlets": 1,
           "numoutlets": 1,
@@ -1887,7 +1956,7 @@
       },
       {
         "box": {
-          "id": "obj-103",
+          "id": "obj-107",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
@@ -1905,7 +1974,7 @@
       },
       {
         "box": {
-          "id": "obj-104",
+          "id": "obj-108",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
@@ -1920,7 +1989,7 @@
       },
       {
         "box": {
-          "id": "obj-105",
+          "id": "obj-109",
           "maxclass": "button",
           "numinlets": 1,
           "numoutlets": 1,
@@ -1938,7 +2007,7 @@
       },
       {
         "box": {
-          "id": "obj-106",
+          "id": "obj-110",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
@@ -1956,7 +2025,7 @@
       },
       {
         "box": {
-          "id": "obj-107",
+          "id": "obj-111",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
@@ -1971,7 +2040,7 @@
       },
       {
         "box": {
-          "id": "obj-108",
+          "id": "obj-112",
           "maxclass": "button",
           "numinlets": 1,
           "numoutlets": 1,
@@ -1989,7 +2058,7 @@
       },
       {
         "box": {
-          "id": "obj-109",
+          "id": "obj-113",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
@@ -2007,7 +2076,7 @@
       },
       {
         "box": {
-          "id": "obj-110",
+          "id": "obj-114",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
@@ -2022,7 +2091,7 @@
       },
       {
         "box": {
-          "id": "obj-111",
+          "id": "obj-115",
           "maxclass": "button",
           "numinlets": 1,
           "numoutlets": 1,
@@ -2040,7 +2109,7 @@
       },
       {
         "box": {
-          "id": "obj-112",
+          "id": "obj-116",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
@@ -2058,7 +2127,7 @@
       },
       {
         "box": {
-          "id": "obj-113",
+          "id": "obj-117",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
@@ -2073,7 +2142,7 @@
       },
       {
         "box": {
-          "id": "obj-114",
+          "id": "obj-118",
           "maxclass": "button",
           "numinlets": 1,
           "numoutlets": 1,
@@ -2091,7 +2160,7 @@
       },
       {
         "box": {
-          "id": "obj-115",
+          "id": "obj-119",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
@@ -2109,7 +2178,7 @@
       },
       {
         "box": {
-          "id": "obj-116",
+          "id": "obj-120",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
@@ -2124,7 +2193,7 @@
       },
       {
         "box": {
-          "id": "obj-117",
+          "id": "obj-121",
           "maxclass": "button",
           "numinlets": 1,
           "numoutlets": 1,
@@ -2142,7 +2211,7 @@
       },
       {
         "box": {
-          "id": "obj-118",
+          "id": "obj-122",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
@@ -2160,7 +2229,7 @@
       },
       {
         "box": {
-          "id": "obj-119",
+          "id": "obj-123",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
@@ -2175,7 +2244,7 @@
       },
       {
         "box": {
-          "id": "obj-120",
+          "id": "obj-124",
           "maxclass": "button",
           "numinlets": 1,
           "numoutlets": 1,
@@ -2193,7 +2262,7 @@
       },
       {
         "box": {
-          "id": "obj-121",
+          "id": "obj-125",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
@@ -2211,7 +2280,7 @@
       },
       {
         "box": {
-          "id": "obj-122",
+          "id": "obj-126",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
@@ -2226,7 +2295,7 @@
       },
       {
         "box": {
-          "id": "obj-123",
+          "id": "obj-127",
           "maxclass": "button",
           "numinlets": 1,
           "numoutlets": 1,
@@ -2244,7 +2313,7 @@
       },
       {
         "box": {
-          "id": "obj-124",
+          "id": "obj-128",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
@@ -2262,7 +2331,7 @@
       },
       {
         "box": {
-          "id": "obj-125",
+          "id": "obj-129",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
@@ -2277,7 +2346,7 @@
       },
       {
         "box": {
-          "id": "obj-126",
+          "id": "obj-130",
           "maxclass": "button",
           "numinlets": 1,
           "numoutlets": 1,
@@ -2295,7 +2364,7 @@
       },
       {
         "box": {
-          "id": "obj-127",
+          "id": "obj-131",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
@@ -2313,7 +2382,7 @@
       },
       {
         "box": {
-          "id": "obj-128",
+          "id": "obj-132",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
@@ -2328,7 +2397,7 @@
       },
       {
         "box": {
-          "id": "obj-129",
+          "id": "obj-133",
           "maxclass": "button",
           "numinlets": 1,
           "numoutlets": 1,
@@ -2346,7 +2415,7 @@
       },
       {
         "box": {
-          "id": "obj-130",
+          "id": "obj-134",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
@@ -2631,6 +2700,18 @@
       {
         "patchline": {
           "source": [
+            "obj-31",
+            0
+          ],
+          "destination": [
+            "obj-28",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
             "obj-33",
             0
           ],
@@ -2732,6 +2813,18 @@
           ],
           "destination": [
             "obj-38",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-40",
+            0
+          ],
+          "destination": [
+            "obj-37",
             0
           ]
         }
@@ -2847,6 +2940,18 @@
       {
         "patchline": {
           "source": [
+            "obj-49",
+            0
+          ],
+          "destination": [
+            "obj-46",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
             "obj-51",
             0
           ],
@@ -2955,6 +3060,18 @@
       {
         "patchline": {
           "source": [
+            "obj-58",
+            0
+          ],
+          "destination": [
+            "obj-55",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
             "obj-60",
             0
           ],
@@ -3008,6 +3125,18 @@
           ],
           "destination": [
             "obj-61",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-63",
+            0
+          ],
+          "destination": [
+            "obj-60",
             0
           ]
         }
@@ -3075,6 +3204,18 @@
       {
         "patchline": {
           "source": [
+            "obj-68",
+            0
+          ],
+          "destination": [
+            "obj-65",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
             "obj-70",
             0
           ],
@@ -3128,6 +3269,18 @@
           ],
           "destination": [
             "obj-71",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-73",
+            0
+          ],
+          "destination": [
+            "obj-70",
             0
           ]
         }
@@ -3291,6 +3444,18 @@
       {
         "patchline": {
           "source": [
+            "obj-86",
+            0
+          ],
+          "destination": [
+            "obj-83",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
             "obj-88",
             0
           ],
@@ -3351,6 +3516,18 @@
       {
         "patchline": {
           "source": [
+            "obj-91",
+            0
+          ],
+          "destination": [
+            "obj-88",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
             "obj-93",
             1
           ],
@@ -3375,11 +3552,11 @@
       {
         "patchline": {
           "source": [
-            "obj-96",
+            "obj-97",
             0
           ],
           "destination": [
-            "obj-97",
+            "obj-99",
             0
           ]
         }
@@ -3387,12 +3564,12 @@
       {
         "patchline": {
           "source": [
-            "obj-97",
+            "obj-96",
             0
           ],
           "destination": [
-            "obj-2",
-            0
+            "obj-99",
+            1
           ]
         }
       },
@@ -3415,6 +3592,30 @@
             0
           ],
           "destination": [
+            "obj-97",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-99",
+            0
+          ],
+          "destination": [
+            "obj-101",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-101",
+            0
+          ],
+          "destination": [
             "obj-2",
             0
           ]
@@ -3423,35 +3624,23 @@
       {
         "patchline": {
           "source": [
-            "obj-102",
-            0
-          ],
-          "destination": [
             "obj-103",
             0
+          ],
+          "destination": [
+            "obj-104",
+            0
           ]
         }
       },
       {
         "patchline": {
           "source": [
-            "obj-103",
+            "obj-104",
             0
           ],
           "destination": [
             "obj-2",
-            0
-          ]
-        }
-      },
-      {
-        "patchline": {
-          "source": [
-            "obj-105",
-            0
-          ],
-          "destination": [
-            "obj-106",
             0
           ]
         }
@@ -3463,6 +3652,18 @@
             0
           ],
           "destination": [
+            "obj-107",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-107",
+            0
+          ],
+          "destination": [
             "obj-2",
             0
           ]
@@ -3471,35 +3672,23 @@
       {
         "patchline": {
           "source": [
-            "obj-108",
-            0
-          ],
-          "destination": [
             "obj-109",
             0
+          ],
+          "destination": [
+            "obj-110",
+            0
           ]
         }
       },
       {
         "patchline": {
           "source": [
-            "obj-109",
+            "obj-110",
             0
           ],
           "destination": [
             "obj-2",
-            0
-          ]
-        }
-      },
-      {
-        "patchline": {
-          "source": [
-            "obj-111",
-            0
-          ],
-          "destination": [
-            "obj-112",
             0
           ]
         }
@@ -3511,6 +3700,18 @@
             0
           ],
           "destination": [
+            "obj-113",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-113",
+            0
+          ],
+          "destination": [
             "obj-2",
             0
           ]
@@ -3519,35 +3720,23 @@
       {
         "patchline": {
           "source": [
-            "obj-114",
-            0
-          ],
-          "destination": [
             "obj-115",
             0
+          ],
+          "destination": [
+            "obj-116",
+            0
           ]
         }
       },
       {
         "patchline": {
           "source": [
-            "obj-115",
+            "obj-116",
             0
           ],
           "destination": [
             "obj-2",
-            0
-          ]
-        }
-      },
-      {
-        "patchline": {
-          "source": [
-            "obj-117",
-            0
-          ],
-          "destination": [
-            "obj-118",
             0
           ]
         }
@@ -3559,6 +3748,18 @@
             0
           ],
           "destination": [
+            "obj-119",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-119",
+            0
+          ],
+          "destination": [
             "obj-2",
             0
           ]
@@ -3567,35 +3768,23 @@
       {
         "patchline": {
           "source": [
-            "obj-120",
-            0
-          ],
-          "destination": [
             "obj-121",
             0
+          ],
+          "destination": [
+            "obj-122",
+            0
           ]
         }
       },
       {
         "patchline": {
           "source": [
-            "obj-121",
+            "obj-122",
             0
           ],
           "destination": [
             "obj-2",
-            0
-          ]
-        }
-      },
-      {
-        "patchline": {
-          "source": [
-            "obj-123",
-            0
-          ],
-          "destination": [
-            "obj-124",
             0
           ]
         }
@@ -3607,7 +3796,7 @@
             0
           ],
           "destination": [
-            "obj-2",
+            "obj-125",
             0
           ]
         }
@@ -3615,19 +3804,7 @@
       {
         "patchline": {
           "source": [
-            "obj-126",
-            0
-          ],
-          "destination": [
-            "obj-127",
-            0
-          ]
-        }
-      },
-      {
-        "patchline": {
-          "source": [
-            "obj-127",
+            "obj-125",
             0
           ],
           "destination": [
@@ -3639,11 +3816,23 @@
       {
         "patchline": {
           "source": [
-            "obj-129",
+            "obj-127",
             0
           ],
           "destination": [
-            "obj-130",
+            "obj-128",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-128",
+            0
+          ],
+          "destination": [
+            "obj-2",
             0
           ]
         }
@@ -3652,6 +3841,42 @@
         "patchline": {
           "source": [
             "obj-130",
+            0
+          ],
+          "destination": [
+            "obj-131",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-131",
+            0
+          ],
+          "destination": [
+            "obj-2",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-133",
+            0
+          ],
+          "destination": [
+            "obj-134",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-134",
             0
           ],
           "destination": [
