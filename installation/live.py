@@ -75,6 +75,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import UserError
+from installation.attract import Attract, AttractConfig
 from installation.audio_in import AudioInput, AudioReader, open_input
 from installation.params import PARAMS
 from installation.presets import RenderParams
@@ -245,7 +246,8 @@ def cell_seed(seed: int, cell: int) -> int:
 
 @dataclass
 class GenRequest:
-    """One generation: ``audio`` float32 [S] (one window, repeated for every face), ``noise`` float32 [B, Z]."""
+    """One generation: ``audio`` float32 [S] (one window, repeated for every face), ``noise`` float32 [B, Z];
+    ``attract``: a face of the idle/attract state (:mod:`installation.attract`), not of the live scene."""
 
     seq: int
     t: float
@@ -253,6 +255,7 @@ class GenRequest:
     noise: np.ndarray
     segment: int
     new_segment: bool
+    attract: bool = False
 
 
 @dataclass
@@ -396,6 +399,7 @@ class LiveConfig:
         fps: frame pacing target (0: unpaced; vsync paces).
         picture: generation rate, image EMA, VAD thresholds (:class:`installation.presets.RenderParams`).
         scene_settings: per-scene start-up settings ``{scene: {parameter: value}}`` (the preset's ``scenes``).
+        attract: the idle/attract state (:class:`installation.attract.AttractConfig`, the preset's ``attract``).
         params: initial live parameter values by name (:data:`installation.params.PARAMS`).
         onset_hold_s, envelope_window_s, envelope_release_s: the fast path (see the module docstring).
         duration_s: stop after this many seconds (``None``: run until quit).
@@ -432,6 +436,7 @@ class LiveConfig:
     fps: float = 60.0
     picture: RenderParams = field(default_factory=RenderParams)
     scene_settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    attract: AttractConfig = field(default_factory=AttractConfig)
     params: Mapping[str, Any] = field(default_factory=dict)
     onset_hold_s: float = 0.3
     envelope_window_s: float = 0.01
@@ -592,6 +597,7 @@ class LiveLoop:
         gen_fps = config.picture.gen_fps
         self.conditioner = Conditioner(self._drift(0), 0.0 if gen_fps <= 0 else 1.0 / gen_fps)
         self.ema = ImageEMA(config.picture.image_ema_s)
+        self.attract = Attract(config.attract, generator.make_noise, self.window_samples, seed=self._seed)
         self.images: tuple[np.ndarray, ...] = ()
         self.image_index = -1
         self._last_result_t: float | None = None
@@ -606,6 +612,7 @@ class LiveLoop:
         self.draw_times = Histogram()  # scene draw, ms
         self.rss = RssSeries()
         self.gate = False
+        self.gate_open_s = 0.0  # run time with the gate open (VAD or onset)
         self.level = 0.0
         self.running = False
         self.quit_reason = ""
@@ -759,6 +766,8 @@ class LiveLoop:
         level, onset_gate = self.fast.update(t, dt, floor, on_db, fresh)
         self.level = max(level, self.vad.envelope if fresh else 0.0)
         self.gate = fresh and (self.vad.active or onset_gate)
+        if self.gate:
+            self.gate_open_s += dt
         if fresh and self.gate:
             self.reader.latest_raw(self._pitch_buf.shape[0], self._pitch_buf)
             self.pitch_hz = estimate_pitch(self._pitch_buf, self.input.sample_rate)
@@ -771,6 +780,10 @@ class LiveLoop:
         speed = float(self.params.get("noise/walk_speed"))
         if self.gate:
             self._noise_clock += dt * speed
+        face = self.attract.update(t, self.gate, self.image_index)
+        if face is not None:
+            self._seq += 1
+            self.worker.submit(GenRequest(self._seq, t, face.audio, face.noise, -1, False, attract=True))
         request = self.conditioner.step(t, self.gate)
         if request is None:
             return
@@ -786,9 +799,9 @@ class LiveLoop:
         else:
             noise = np.stack([self._drift(k).at(request.segment, self._noise_clock) for k in range(faces)])
         self._seq += 1
-        self.worker.submit(
-            GenRequest(self._seq, t, self.reader.window().copy(), noise, request.segment, request.new_segment)
-        )
+        window = self.reader.window().copy()
+        self.attract.remember(request.segment, window)
+        self.worker.submit(GenRequest(self._seq, t, window, noise, request.segment, request.new_segment))
 
     def _collect(self) -> None:
         """Take the newest finished images (EMA-smoothed) for the scene."""
@@ -799,6 +812,9 @@ class LiveLoop:
             self._gen_errors.error("generator failed: %s", result.error, exc_info=False)
             return
         req = result.request
+        if req.attract:
+            self.attract.push(result.images[0])
+            return
         if req.new_segment:
             self.ema.reset()
         dt = 0.0 if self._last_result_t is None or req.new_segment else max(0.0, req.t - self._last_result_t)
@@ -808,6 +824,15 @@ class LiveLoop:
         self.image_index += 1
 
     def _draw(self, t: float, sp: Mapping[str, Any]) -> None:
+        if self.attract.showing:
+            started = time.perf_counter()
+            portrait = {
+                **self.config.scene_settings.get("portrait", {}),
+                **scene_params(self.params.snapshot(), "portrait"),
+            }
+            self.attract.draw(self.canvas, t, portrait)
+            self.draw_times.add((time.perf_counter() - started) * 1000.0)
+            return
         state = FrameState(
             time=t,
             gate=1.0 if self.gate else 0.0,
@@ -845,7 +870,7 @@ class LiveLoop:
         self._overlay_next = now_t + 0.5
         fps = self.current_fps()
         lines = [
-            f"{fps:5.1f} fps   {self.scene_name}   {self.backend}",
+            f"{fps:5.1f} fps   {self.scene_name}{' (attract)' if self.attract.showing else ''}   {self.backend}",
             f"input {getattr(self.input, 'state', '?')}: {self.fast.db:6.1f} dBFS  level {self.level:.2f}  "
             f"gate {'open' if self.gate else 'closed'}",
             f"gen p50 {self.worker.times.percentile(50) or 0:.1f} ms   errors {self.frame_errors}/"
@@ -1057,6 +1082,9 @@ class LiveLoop:
         requests, discarded results, ``ms`` p50/p99 of one call), ``frame_errors``, ``audio`` (input, state,
         rate, overflows, reconnects, stalls, onsets, gaps, events), ``osc`` (``enabled``; the server's packets,
         handled, ignored, rejected {reason: n}, rejected_total; feedback counters; or why it is off),
+        ``vad`` (``open_s``: seconds of audio the voice gate was open; ``gate_open_s``: run seconds the loop's gate --
+        VAD or fast onset -- was open; ``noise_floor_dbfs``: the noise floor at the end; ``analysed_s``: seconds of
+        audio analysed), ``attract`` (:meth:`installation.attract.Attract.stats`),
         ``params`` (queue counters: enqueued, dropped, rejected, applied), ``sound``, ``rss_mb`` (start, end, peak from getrusage,
         growth %, series [[t, MiB], ...]), ``scenes`` (frames per scene), ``quit_reason``.
         """
@@ -1113,6 +1141,13 @@ class LiveLoop:
                 "reader_gaps": self.reader.gaps,
                 "events": [list(e) for e in self.events[-50:]],
             },
+            "vad": {
+                "open_s": round(self.vad.open_s, 2),
+                "gate_open_s": round(self.gate_open_s, 2),
+                "noise_floor_dbfs": round(float(self.vad.floor_db), 1),
+                "analysed_s": round(self.vad.frames * self.vad.frame_seconds, 2),
+            },
+            "attract": self.attract.stats(),
             "osc": osc_stats,
             "params": params_stats,
             "sound": {"enabled": self.sound is not None or False, "error": self.sound_error},
@@ -1227,6 +1262,7 @@ def config_from_preset(preset: Any) -> LiveConfig:
         fps=float(d.fps),
         picture=preset.render_params(),
         scene_settings={k: dict(v) for k, v in preset.scenes.items()},
+        attract=getattr(preset, "attract", AttractConfig()),
         params=dict(preset.params),
         osc=preset.osc if preset.osc.enabled else None,
         sound=sound,

@@ -51,6 +51,7 @@ from typing import Any, Literal
 
 from engine.configs import ConfigError, from_mapping, load_yaml
 from engine.errors import UserError
+from installation.attract import AttractConfig
 from installation.params import PARAMS, ParamSpec
 from installation.sound import SoundConfig
 from installation.vad import VadParams
@@ -306,6 +307,7 @@ class Preset:
         description: one line shown by ``--help`` / logs.
         display, input, engine, osc, sound, generation, capture, rating: the sections above (``sound`` is
             :class:`installation.sound.SoundConfig`, the one the sound engine takes).
+        attract: the live installation's idle/attract state (:class:`installation.attract.AttractConfig`).
         scenes: per-scene start-up settings, ``{scene name: {parameter: value}}`` (e.g. the portrait's
             ``idle_fade_s``), checked against the scene's parameter dataclass where it has one.
         params: initial live parameter values by OSC name (``sound/level: 0.8``), checked against
@@ -324,6 +326,7 @@ class Preset:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     rating: RatingConfig = field(default_factory=RatingConfig)
+    attract: AttractConfig = field(default_factory=AttractConfig)
     scenes: dict[str, dict[str, Any]] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
     name: str = field(default="", init=False)
@@ -371,6 +374,7 @@ SECTIONS: dict[str, type] = {
     "generation": GenerationConfig,
     "capture": CaptureConfig,
     "rating": RatingConfig,
+    "attract": AttractConfig,
 }
 """The typed sections of a preset by key."""
 
