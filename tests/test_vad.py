@@ -131,15 +131,9 @@ DEMO = Path(__file__).resolve().parents[1] / "presets" / "demo" / "demo_speech.f
 
 
 def pink_noise(seconds: float, dbfs: float, seed: int = 0) -> np.ndarray:
-    """Seeded pink noise (power spectral density ~ 1/f, from white noise shaped in the frequency domain), scaled to
-    ``dbfs`` RMS: float32 [seconds * SR]."""
-    n = int(seconds * SR)
-    spectrum = np.fft.rfft(np.random.default_rng(seed).standard_normal(n))
-    f = np.fft.rfftfreq(n, 1 / SR)
-    f[0] = f[1]
-    x = np.fft.irfft(spectrum / np.sqrt(f), n)
-    x -= x.mean()
-    return (x / np.sqrt(np.mean(x**2)) * 10 ** (dbfs / 20)).astype(np.float32)
+    from benchmarks.live import pink_noise as make
+
+    return make(seconds, dbfs, SR, seed)
 
 
 def stream(signal: np.ndarray, block: int = 441) -> tuple[np.ndarray, VoiceActivityDetector]:
@@ -150,16 +144,9 @@ def stream(signal: np.ndarray, block: int = 441) -> tuple[np.ndarray, VoiceActiv
 
 
 def voiced(x: np.ndarray, hop: int = 160) -> np.ndarray:
-    """bool [len(x) // hop]: frames of clean speech ``x`` with a pitch (the live loop's autocorrelation pitch on
-    the 40 ms around the frame's centre): the voiced time, found independently of the gate."""
-    from installation.live import estimate_pitch
+    from benchmarks.live import voiced_frames
 
-    out = np.zeros(len(x) // hop, bool)
-    for j in range(out.shape[0]):
-        c = j * hop + hop // 2
-        if c >= 320 and c + 320 <= len(x):
-            out[j] = estimate_pitch(x[c - 320 : c + 320], SR) > 0
-    return out
+    return voiced_frames(x, SR, hop)
 
 
 def test_pink_noise_pipeline_is_pink() -> None:
@@ -202,10 +189,9 @@ def _speech(source: str) -> np.ndarray:
 @pytest.mark.parametrize("source", ["demo", "wav2pix"])
 def test_speech_at_minus_28_over_the_noise_keeps_the_gate_open(source: str) -> None:
     """Speech at -28 dBFS active level over the same noise: open >= 80 % of the voiced time."""
-    clean = _speech(source)
-    reference = detect(clean, SR)
-    active = 10 * np.log10(np.mean(10 ** (reference.level_db[reference.gate] / 10)))
-    clean = (clean * 10 ** ((-28.0 - active) / 20)).astype(np.float32)
+    from benchmarks.live import at_active_level
+
+    clean = at_active_level(_speech(source), SR, -28.0)
     lead = 5.0
     signal = pink_noise(lead + len(clean) / SR + 2.0, -34.0, seed=7)
     start = int(lead * SR)
