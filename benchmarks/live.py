@@ -542,7 +542,7 @@ def bench_gate(generator: Any) -> list[dict[str, Any]]:
         )
         process = loop.vad.process
 
-        def recording(samples: np.ndarray, process: Any = process) -> Any:
+        def recording(samples: np.ndarray, process: Any = process, gates: list = gates) -> Any:
             frames = process(samples)
             gates.append(frames.gate)
             return frames
