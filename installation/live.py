@@ -104,6 +104,31 @@ def level_db(x: np.ndarray) -> float:
     return 10.0 * math.log10(max(power, 0.0) + 1e-12)
 
 
+METER_DB = (-60.0, 0.0)
+"""Range of the overlay's level meter, dBFS (speech close to a microphone: about -35 to -15)."""
+
+
+def meter_bar(
+    db: float,
+    marks: Mapping[str, float] | None = None,
+    width: int = 30,
+    lo: float = METER_DB[0],
+    hi: float = METER_DB[1],
+) -> str:
+    """A text level meter: ``#`` up to ``db`` (dBFS) on a ``lo`` .. ``hi`` dBFS scale of ``width`` characters,
+    ``-`` beyond; ``marks`` put a character at a level (e.g. ``{"|": on threshold}``). E.g. -28 dBFS on the
+    default -60..0 scale: 16 of 30 filled."""
+
+    def cell(level: float) -> int:
+        return min(width, max(0, round((level - lo) / (hi - lo) * width)))
+
+    chars = ["#" if i < cell(db) else "-" for i in range(width)]
+    for mark, level in (marks or {}).items():
+        if math.isfinite(level):
+            chars[min(width - 1, cell(level))] = mark
+    return "".join(chars)
+
+
 def estimate_pitch(x: np.ndarray, rate: int, fmin: float = 70.0, fmax: float = 500.0, threshold: float = 0.45) -> float:
     """Fundamental frequency of mono samples ``x`` [n] (~40 ms) in Hz, by normalised autocorrelation; 0 if unvoiced.
 
@@ -624,6 +649,10 @@ class LiveLoop:
         self._frame_failed = False
         self._no_samples = np.zeros(0, np.float32)
         self._overlay_next = 0.0
+        self._meter_power = 0.0  # sum of 10 ms frame powers since the overlay's last refresh
+        self._meter_peak = -120.0  # loudest 10 ms frame since then, dBFS
+        self._meter_frames = 0
+        self.overlay_lines: list[str] = []
         self._report_next = 0.0
         self._fps_window: list[float] = []
         self.sound_error: str | None = None
@@ -756,7 +785,11 @@ class LiveLoop:
         new = self.reader.update()
         if new.shape[0]:
             self._last_audio = t
-            self.vad.process(new)
+            frames = self.vad.process(new)
+            if len(frames):
+                self._meter_power += float(np.sum(np.power(10.0, frames.level_db.astype(np.float64) / 10.0)))
+                self._meter_peak = max(self._meter_peak, float(frames.level_db.max()))
+                self._meter_frames += len(frames)
         fresh = t - self._last_audio < 0.25  # a stalled input reads as silence: the picture goes idle
         vp = self.vad.params
         floor = self.vad.floor_db
@@ -869,13 +902,23 @@ class LiveLoop:
             return
         self._overlay_next = now_t + 0.5
         fps = self.current_fps()
+        # input level over the last 0.5 s: RMS and the loudest 10 ms, dBFS, on a -60..0 dBFS meter with the
+        # VAD's noise floor (:) and on threshold (|)
+        n = self._meter_frames
+        rms = 10.0 * math.log10(self._meter_power / n) if n and self._meter_power > 0 else -120.0
+        peak = self._meter_peak if n else -120.0
+        self._meter_power, self._meter_peak, self._meter_frames = 0.0, -120.0, 0
+        vp, floor = self.vad.params, self.vad.floor_db
+        on = max(floor + vp.on_margin_db, vp.on_min_db)
+        bar = meter_bar(rms, {":": floor, "|": on})
         lines = [
             f"{fps:5.1f} fps   {self.scene_name}{' (attract)' if self.attract.showing else ''}   {self.backend}",
-            f"input {getattr(self.input, 'state', '?')}: {self.fast.db:6.1f} dBFS  level {self.level:.2f}  "
-            f"gate {'open' if self.gate else 'closed'}",
+            f"input {getattr(self.input, 'state', '?')}: {rms:6.1f} dBFS rms {peak:6.1f} peak  [{bar}] "
+            f"-60..0 dBFS  floor {floor:.0f}  gate {'open' if self.gate else 'closed'}",
             f"gen p50 {self.worker.times.percentile(50) or 0:.1f} ms   errors {self.frame_errors}/"
             f"{self.worker.errors}   overflows {getattr(self.input, 'overflows', 0)}",
         ]
+        self.overlay_lines = lines
         self.window.overlay_text(lines, self.config.overlay_font_px)
 
     def _status(self) -> None:

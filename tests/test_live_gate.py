@@ -69,3 +69,57 @@ def test_speech_over_room_noise_opens_it(tmp_path: Path) -> None:
     assert voiced.sum() > 300
     assert gate[voiced].mean() >= 0.8
     assert report["vad"]["open_s"] >= 0.8 * voiced.sum() * 0.01
+
+
+def overlay_readings(tmp_path: Path, audio: np.ndarray, seconds: float) -> list[str]:
+    cfg = LiveConfig(
+        fullscreen=False, width=320, height=180, vsync=False, fps=60.0, duration_s=seconds, params={"overlay": True},
+    )  # fmt: skip
+    lines: list[str] = []
+    seen: list[object] = [None]
+
+    def on_frame(loop: LiveLoop, t: float, canvas: np.ndarray) -> None:
+        if loop.overlay_lines and loop.overlay_lines is not seen[0]:  # a new list every refresh (0.5 s)
+            seen[0] = loop.overlay_lines
+            lines.append(loop.overlay_lines[1])
+
+    LiveLoop(cfg, generator=FaceGenerator(), audio_input=FileInput(audio, RATE), on_frame=on_frame).run()
+    return lines
+
+
+def meter(line: str) -> str:
+    import re
+
+    found = re.search(r"\[([-#:|]{30})\]", line)
+    assert found, line
+    return found.group(1)
+
+
+def filled(bar: str) -> int:
+    """Cells of the meter up to its level (marks for the floor and threshold may stand on filled cells)."""
+    return bar.index("-") if "-" in bar else len(bar)
+
+
+def test_overlay_meter_reads_dbfs_on_a_scale_with_headroom(tmp_path: Path) -> None:
+    """Issue 24: the meter sat at 1.00 during normal speech (-28 dBFS). It shows dBFS on a -60..0 scale."""
+    import re
+
+    from installation.live import meter_bar
+
+    bar = meter_bar(-28.0, {":": -62.0, "|": -50.0})
+    assert filled(bar) == 16 and len(bar) == 30 and bar[0] == ":" and bar[5] == "|"
+    t = np.arange(3 * RATE) / RATE
+    tone = (np.sqrt(2) * 10 ** (-28 / 20) * np.sin(2 * np.pi * 220 * t)).astype(np.float32)  # -28 dBFS RMS
+    lines = overlay_readings(tmp_path, tone, 2.5)
+    rms = [float(re.search(r"(-?\d+\.\d) dBFS rms", line).group(1)) for line in lines]  # type: ignore[union-attr]
+    assert len(rms) >= 3 and all(abs(v + 28.0) < 0.3 for v in rms[1:])
+    assert all(filled(meter(line)) == 16 for line in lines[1:])  # about half the meter, not pinned at the top
+    assert "level 1.00" not in " ".join(lines)
+
+    from engine.audio import load_audio
+
+    speech = at_active_level(load_audio(DEMO, RATE), RATE, -28.0)
+    lines = overlay_readings(tmp_path, speech, 3.0)
+    rms = [float(re.search(r"(-?\d+\.\d) dBFS rms", line).group(1)) for line in lines]  # type: ignore[union-attr]
+    assert max(rms) < -20.0 and max(rms) > -34.0  # normal speech reads about -28, with room above it
+    assert all(filled(meter(line)) < 25 for line in lines)
