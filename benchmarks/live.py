@@ -68,6 +68,8 @@ from typing import Any
 
 import numpy as np
 
+from engine.configs import finite_float
+
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,7 +113,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Live-benchmark options (``--bundle`` is shared, added by :mod:`benchmarks.cli`)."""
     parser.add_argument(
         "--live-seconds",
-        type=float,
+        type=finite_float,
         default=20.0,
         help="seconds per sustained-fps run (1800 for the 30-minute memory run; default %(default)s)",
     )

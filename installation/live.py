@@ -74,6 +74,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.configs import finite_float
 from engine.errors import UserError
 from installation.attract import Attract, AttractConfig
 from installation.audio_in import AudioInput, AudioReader, open_input
@@ -1078,15 +1079,18 @@ class LiveLoop:
                         deadline = now
                     elif deadline > now:
                         time.sleep(deadline - now)
+        except BaseException as exc:  # Ctrl-C, SIGTERM (run.py), a bug: the report below still says what happened
+            self.quit_reason = self.quit_reason or f"interrupted ({type(exc).__name__})"
+            raise
         finally:
             self.running = False
             self.wall_s = time.perf_counter() - self._t0
             self.rss.sample(self.wall_s, force=True)
             gc.unfreeze()
             self.close()
-        report = self.report()
-        if cfg.report is not None:
-            self.write_report(cfg.report, report)
+            report = self.report()
+            if cfg.report is not None:
+                self.write_report(cfg.report, report)
         return report
 
     def close(self) -> None:
@@ -1326,7 +1330,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--display", type=int, default=None, help="display index for fullscreen (default: the preset's)"
     )
-    parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    parser.add_argument("--duration", type=finite_float, default=None, help="stop after this many seconds")
     parser.add_argument("--report", type=Path, default=None, help="write a JSON report here (also during the run)")
     parser.add_argument("--bundle", default=None, help="model bundle directory (default: the preset's)")
     parser.add_argument("--backend", default=None, help="engine backend (default: the preset's, auto)")

@@ -42,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import ipaddress
+import math
 import re
 import typing
 from collections.abc import Mapping
@@ -211,6 +212,13 @@ class RenderParams:
     noise_drift_s: float = 4.0
     image_ema_s: float = 0.1
     vad: VadParams = field(default_factory=VadParams)
+
+    def __post_init__(self) -> None:
+        for name in ("gen_fps", "noise_drift_s", "image_ema_s"):
+            value = getattr(self, name)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not (number and math.isfinite(value) and value >= 0):
+                raise ValueError(f"render parameter {name}: expected a finite number >= 0, got {value!r}")
 
 
 @dataclass(frozen=True)

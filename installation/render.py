@@ -59,6 +59,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from engine.configs import finite_float
 from engine.errors import UserError
 from installation.presets import RenderParams, load_preset
 from installation.sound import SoundSettings, StateTrack, render_offline
@@ -617,6 +618,8 @@ def render(
         raise RenderError(f"--sound-mix: expected 0..1, got {sound_mix}")
     if not source.is_file():
         raise RenderError(f"{source}: no such file")
+    if output.resolve() == source.resolve() or (output.exists() and os.path.samefile(source, output)):
+        raise RenderError(f"{output}: is the input file; write the video to another file (-o)")
     stats = RenderStats()
     timer = _timer(stats.timings)
 
@@ -838,7 +841,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--gen-fps",
-        type=float,
+        type=finite_float,
         default=None,
         help="generation rate while the voice is active, Hz; the scene crossfades in between; "
         "0 = every frame (default: the preset's; the built-in 'default' preset: 0)",
@@ -860,7 +863,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--sound-mix",
-        type=float,
+        type=finite_float,
         default=0.5,
         help="with --sound: balance of input and generated sound: 0 = input only, 0.5 = the input at its own level "
         "plus the generated sound, 1 = generated only (default: %(default)s)",
