@@ -24,6 +24,12 @@ DEMO = ROOT / "presets" / "demo" / "demo_speech.flac"
 ENV = {**os.environ, "SDL_VIDEODRIVER": "dummy", "SDL_AUDIODRIVER": "dummy"}
 
 
+def default_sigint() -> None:
+    """In the child before exec: SIGINT back to its default, so Python installs its Ctrl-C handler even when
+    the test runs in a background job (which starts with SIGINT ignored, as a shell's ``cmd &`` does)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def one_line_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
     """Run ``run.py argv``; it must exit 2 with one ``error:`` line (or argparse's usage + error line)."""
     try:
@@ -155,7 +161,9 @@ def test_render_killed_mid_way_leaves_no_partial_file(
     out.parent.mkdir()
     argv = [sys.executable, "run.py", "render", str(clip), "-o", str(out), "--bundle", str(tiny_bundle), "--size",
             "256", "--gen-fps", "0", "--no-progress"]  # fmt: skip
-    proc = subprocess.Popen(argv, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
+    )
     deadline = time.monotonic() + 120.0
     while time.monotonic() < deadline and proc.poll() is None:
         parts = list(out.parent.glob(".video.mp4.*.part"))
@@ -180,7 +188,9 @@ def test_live_report_is_final_after_ctrl_c_and_sigterm(sig: int, code: int, tiny
     )
     report = tmp_path / "live.json"
     argv = [sys.executable, "run.py", "live", "--preset", str(preset), "--report", str(report)]
-    proc = subprocess.Popen(argv, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
+    )
     deadline = time.monotonic() + 60.0
     while not report.exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
