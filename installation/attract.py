@@ -3,7 +3,7 @@
 Without it, a few seconds of silence fade the last face to the dark background and the screen stays
 black, with nothing telling a visitor that the installation is alive or what to do. With it
 (:class:`AttractConfig`, the preset's ``attract:`` section), once the voice gate has been closed for
-``after_s`` seconds (and from the start, before anyone spoke):
+``after_s`` seconds (counted from start-up, too):
 
 * a slow drift through generated faces: a new face every ``face_s`` seconds, dissolving into the next over
   ``crossfade_s``, at ``brightness`` (0 = background, 1 = full) so the picture stays calm and dim. Each face
@@ -117,7 +117,7 @@ class Attract:
         self._silence = np.zeros(int(window_samples), np.float32)
         self._voices: OrderedDict[int, np.ndarray] = OrderedDict()
         self._portrait = Portrait()
-        self._idle_since = -math.inf  # run time the gate closed; from the start: at once
+        self._idle_since = 0.0  # run time the gate closed (start-up counts as a close)
         self._leaving_at: int | None = None  # live image index when the gate opened while showing
         self._next_face = 0.0
         self._last_t: float | None = None

@@ -93,9 +93,10 @@ FAST = AttractConfig(after_s=0.8, face_s=0.5, crossfade_s=0.2, fade_s=0.1, brigh
 
 
 def test_silence_shows_dim_faces_and_the_prompt(tmp_path: Path) -> None:
-    report, frames = run_loop(tmp_path, np.zeros(3 * RATE, np.float32), FAST, 2.5)
-    late = [c for t, showing, c in frames if t > 1.0]
-    assert all(showing for t, showing, _ in frames if t > 0.1)  # from the start: nobody has spoken yet
+    report, frames = run_loop(tmp_path, np.zeros(4 * RATE, np.float32), FAST, 3.3)
+    late = [c for t, showing, c in frames if t > 1.8]
+    assert not any(showing for t, showing, _ in frames if t < FAST.after_s - 0.05)  # start-up counts as silence
+    assert all(showing for t, showing, _ in frames if t > FAST.after_s + 0.05)
     canvas = late[-1]
     mean = float(canvas.mean())
     # dim: 40 % of the way from the background to the face, plus the prompt
@@ -117,15 +118,15 @@ def test_disabled_attract_is_the_old_black_screen(tmp_path: Path) -> None:
 
 
 def test_voice_ends_the_attract_state_and_silence_brings_it_back(tmp_path: Path) -> None:
-    # 0-0.6 s silence (attract), 0.6-2.4 s voice (live face), then silence (attract again after after_s)
-    signal = bursts(5.0, 0.6, 2.4)
-    report, frames = run_loop(tmp_path, signal, FAST, 4.6)
+    # 0-1.4 s silence (attract from 0.8 s), 1.4-3.2 s voice (live face), then silence (attract after after_s)
+    signal = bursts(6.0, 1.4, 3.2)
+    report, frames = run_loop(tmp_path, signal, FAST, 5.4)
     showing = np.array([s for _, s, _ in frames])
     times = np.array([t for t, _, _ in frames])
-    assert showing[times < 0.5].all()
-    voice = (times > 1.0) & (times < 2.3)
+    assert showing[(times > 0.9) & (times < 1.3)].all()
+    voice = (times > 1.8) & (times < 3.1)
     assert not showing[voice].any()
-    assert showing[times > 4.0].all()
+    assert showing[times > 4.8].all()
     assert report["attract"]["starts"] == 2
     live = frames[int(np.flatnonzero(voice)[-1])][2]
     attract = frames[-1][2]
@@ -136,6 +137,7 @@ def test_voice_ends_the_attract_state_and_silence_brings_it_back(tmp_path: Path)
 def test_attract_faces_reuse_the_voices_heard() -> None:
     gen = FaceGenerator()
     a = Attract(AttractConfig(after_s=0.0, face_s=1.0), gen.make_noise, RATE, seed=3)
+    assert Attract(AttractConfig(after_s=2.0), gen.make_noise, RATE).update(1.9, False, -1) is None  # not yet
     first = a.update(0.0, False, -1)
     assert first is not None and not first.audio.any()  # nobody spoke yet: silence
     assert a.update(0.5, False, -1) is None  # face_s apart
