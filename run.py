@@ -10,7 +10,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
+from typing import Any
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training.loop", "train a model family (named in the config) on one or more dataset folders"),
@@ -25,6 +28,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "devices": ("installation.devices", "list audio devices, cameras and displays (as --input and the presets name them)"),
     "bench": ("benchmarks.cli", "run the benchmarks; print a table and write JSON"),
 }
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill PID``, ``systemctl stop``), raised in the main thread by :func:`main`'s handler.
+
+    A :class:`KeyboardInterrupt`, so every command cleans up on SIGTERM exactly as on Ctrl-C: ``render``
+    deletes its partial output, ``live`` and ``capture`` close their devices and finalise their reports.
+    ``run.py`` then exits 143 (128 + SIGTERM), as a process killed by the signal would.
+    """
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second SIGTERM must not interrupt the clean-up
+    raise Terminated()
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -59,14 +76,22 @@ def main(argv: list[str] | None = None) -> int:
     from engine.errors import UserError
 
     module = importlib.import_module(args._module)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         return int(module.main(args) or 0)
     except (UserError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from engine.configs import finite_float
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "wav2pix" / "train"
 KEPT = re.compile(rb"^kept take (\S+) participant (\S+)$", re.M)
@@ -58,7 +60,7 @@ DAMAGE = {
 
 def add_arguments(parser: argparse._ArgumentGroup) -> None:
     """Options of the capture benchmark."""
-    parser.add_argument("--capture-seconds", type=float, default=45.0, help="length of each timed session, s")
+    parser.add_argument("--capture-seconds", type=finite_float, default=45.0, help="length of each timed session, s")
     parser.add_argument("--crash-kills", type=int, default=60, help="SIGKILLs in the crash test")
 
 

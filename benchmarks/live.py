@@ -41,6 +41,14 @@ Cases:
   the last valid values took effect, no crash. (Cycling n up to 4 instead measures the 16-face generator
   calls, ~90 ms each on 2 cores, rather than the flood.)
 
+* ``gate``: the voice gate in a noisy room (issue 24), portrait scene, real time: 20 s of seeded pink noise at
+  -34 dBFS RMS (nobody speaking), then the same noise with real speech (``speech_clip``, 12 s, scaled to an
+  active speech level of -28 dBFS: the RMS over the frames the VAD finds voiced in the clean speech) starting
+  after 5 s. Rows: seconds the gate was open in all and after the first 3 s of audio (noise row; target
+  <= 1 s), live generator calls (attract faces not counted), and the share of the speech's *voiced* time
+  (10 ms frames of the clean speech with a pitch: :func:`voiced_frames`, independent of the gate) with the
+  gate open (speech row; target >= 80 %), and the noise floor the VAD settled on.
+
 Targets (issue 4, this machine: 2 CPU cores): >= 55 fps sustained, p99 frame time <= 25 ms, onset-to-frame
 <= 45 ms, RSS growth < 5 % over 30 minutes. The rows record the load average: the development machine is
 shared, and frame-time tails follow its load.
@@ -60,13 +68,15 @@ from typing import Any
 
 import numpy as np
 
+from engine.configs import finite_float
+
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "wav2pix" / "train"
 DEMO = ROOT / "presets" / "demo" / "demo_speech.flac"
 DEFAULT_BUNDLE = ROOT / "presets" / "models" / "wav2pix-64"
-CASES = ("fps", "onset", "speaker", "osc")
+CASES = ("fps", "onset", "speaker", "osc", "gate")
 SCENES = ("portrait", "grid", "morph")
 WIDTH, HEIGHT = 1920, 1080
 REACT_LEVELS = 2.0
@@ -103,7 +113,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Live-benchmark options (``--bundle`` is shared, added by :mod:`benchmarks.cli`)."""
     parser.add_argument(
         "--live-seconds",
-        type=float,
+        type=finite_float,
         default=20.0,
         help="seconds per sustained-fps run (1800 for the 30-minute memory run; default %(default)s)",
     )
@@ -190,6 +200,41 @@ class FixedNoise:
 
     def __call__(self, audio: np.ndarray, noise: np.ndarray | None = None, seed: int | None = None) -> np.ndarray:
         return self.generator(audio, noise=np.repeat(self.fixed, audio.shape[0], axis=0))
+
+
+def pink_noise(seconds: float, dbfs: float, rate: int, seed: int = 0) -> np.ndarray:
+    """Seeded pink noise (power spectral density ~ 1/f: white Gaussian noise shaped in the frequency domain),
+    ``dbfs`` RMS: float32 [seconds * rate]."""
+    n = int(seconds * rate)
+    spectrum = np.fft.rfft(np.random.default_rng(seed).standard_normal(n))
+    f = np.fft.rfftfreq(n, 1 / rate)
+    f[0] = f[1]
+    x = np.fft.irfft(spectrum / np.sqrt(f), n)
+    x -= x.mean()
+    return (x / np.sqrt(np.mean(x**2)) * 10 ** (dbfs / 20)).astype(np.float32)
+
+
+def voiced_frames(x: np.ndarray, rate: int, hop: int) -> np.ndarray:
+    """bool [len(x) // hop]: frames of clean speech ``x`` with a pitch (:func:`installation.live.estimate_pitch` on
+    the 40 ms around the frame's centre): the voiced time, found independently of the gate."""
+    from installation.live import estimate_pitch
+
+    half = round(0.02 * rate)
+    out = np.zeros(len(x) // hop, bool)
+    for j in range(out.shape[0]):
+        c = j * hop + hop // 2
+        if c >= half and c + half <= len(x):
+            out[j] = estimate_pitch(x[c - half : c + half], rate) > 0
+    return out
+
+
+def at_active_level(speech: np.ndarray, rate: int, dbfs: float) -> np.ndarray:
+    """``speech`` scaled so its active speech level (RMS over the frames the VAD finds voiced) is ``dbfs``."""
+    from installation.vad import detect
+
+    track = detect(speech, rate)
+    active = 10 * np.log10(np.mean(10 ** (track.level_db[track.gate].astype(np.float64) / 10)))
+    return (speech * 10 ** ((dbfs - active) / 20)).astype(np.float32)
 
 
 # -- running --------------------------------------------------------------------------------------------------
@@ -481,6 +526,61 @@ def bench_osc(generator: Any, seconds: float) -> list[dict[str, Any]]:
     return [_row("osc", "grid", report, events=osc.get("packets"), note=note, osc_took_effect=took)]
 
 
+def bench_gate(generator: Any) -> list[dict[str, Any]]:
+    from installation.audio_in import FileInput
+    from installation.live import LiveLoop
+
+    rate = int(generator.sample_rate)
+    speech, source = speech_clip(12.0, rate)
+    speech = at_active_level(speech, rate, -28.0)
+    lead = 5.0
+    mixed = pink_noise(lead + len(speech) / rate + 3.0, -34.0, rate, seed=2)
+    mixed[int(lead * rate) : int(lead * rate) + len(speech)] += speech
+    rows = []
+    for name, audio in (("noise", pink_noise(20.0, -34.0, rate, seed=1)), ("speech+noise", mixed)):
+        gates: list[np.ndarray] = []
+        loop = LiveLoop(
+            _config(len(audio) / rate, "portrait"), generator=generator, audio_input=FileInput(audio, rate, loop=False)
+        )
+        process = loop.vad.process
+
+        def recording(samples: np.ndarray, process: Any = process, gates: list = gates) -> Any:
+            frames = process(samples)
+            gates.append(frames.gate)
+            return frames
+
+        loop.vad.process = recording  # type: ignore[method-assign]
+        cpu = time.process_time()
+        report = loop.run()
+        report["cpu_pct"] = round(100.0 * (time.process_time() - cpu) / max(report["wall_s"], 1e-9), 1)
+        gate = np.concatenate(gates) if gates else np.zeros(0, bool)
+        frame_s = loop.vad.frame_seconds
+        vad = report["vad"]
+        live_calls = loop.worker.submitted - loop.attract.faces
+        extra: dict[str, Any] = {
+            "gate_open_s": vad["open_s"],
+            "gate_open_after_3s_s": round(float(gate[int(3.0 / frame_s) :].sum() * frame_s), 2),
+            "noise_floor_dbfs": vad["noise_floor_dbfs"],
+            "live_generator_calls": live_calls,
+        }
+        note = f"pink noise -34 dBFS, {len(audio) / rate:.0f} s; gate open {extra['gate_open_s']} s in all, "
+        note += f"{extra['gate_open_after_3s_s']} s after the first 3 s; {live_calls} live generator calls"
+        if name == "speech+noise":
+            voiced = np.zeros(len(gate), bool)
+            v = voiced_frames(speech, rate, loop.vad.hop)
+            start = int(lead * rate) // loop.vad.hop
+            voiced[start : start + len(v)] = v[: max(0, len(gate) - start)]
+            share = float(gate[voiced].mean()) if voiced.any() else float("nan")
+            extra["voiced_open_pct"] = round(100.0 * share, 1)
+            extra["voiced_s"] = round(float(voiced.sum() * frame_s), 2)
+            note = (
+                f"speech ({source}) at -28 dBFS active level over the noise from {lead:.0f} s: gate open for "
+                f"{extra['voiced_open_pct']} % of {extra['voiced_s']} s voiced; {live_calls} live generator calls"
+            )
+        rows.append(_row("gate", name, report, note=note, **extra))
+    return rows
+
+
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Run the selected live cases; one row per case and scene (see :data:`COLUMNS`).
 
@@ -512,6 +612,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             rows += bench_speaker(generator)
         if "osc" in cases:
             rows += bench_osc(generator, min(seconds, 20.0))
+        if "gate" in cases:
+            rows += bench_gate(generator)
     finally:
         generator.close()
     for row in rows:

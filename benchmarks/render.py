@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from engine.configs import finite_float
+
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +69,7 @@ COLUMNS = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Render-benchmark options (``--bundle`` is shared, added by :mod:`benchmarks.cli`)."""
     parser.add_argument(
-        "--render-seconds", type=float, default=30.0, help="length of the speech clip, s (default %(default)s)"
+        "--render-seconds", type=finite_float, default=30.0, help="length of the speech clip, s (default %(default)s)"
     )
     parser.add_argument(
         "--render-cases", default=",".join(CASES), help=f"comma-separated, from {', '.join(CASES)} (default: all)"

@@ -60,6 +60,23 @@ def check_range(field: dataclasses.Field, value: Any, key: str, source: str) -> 
             raise ConfigError(f"{source}: key '{key}': {value!r} out of range {allowed}")
 
 
+def finite_float(text: str) -> float:
+    """``argparse`` type for a number flag: a finite float, else ``argparse.ArgumentTypeError`` (argparse then
+    exits 2 with ``argument --flag: expected a finite number, got 'nan'``: one line naming the flag).
+
+    ``float()`` alone accepts ``nan``, ``inf`` and ``1e999``, which then pass every ``x < lo`` range check.
+    """
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def _describe(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is Literal:

@@ -52,6 +52,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from engine.configs import finite_float
 from engine.errors import UserError
 from installation.audio_in import AudioInput, open_input
 from installation.capture_screen import PAUSES, REASONS, CaptureScreen
@@ -777,7 +778,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", default=None, help="microphone: 'mic', a device index or name, or an audio file")
     parser.add_argument("--windowed", action="store_true", help="a window instead of fullscreen")
     parser.add_argument("--script", type=Path, default=None, help="visitor script (a stand-in pressing the buttons)")
-    parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    parser.add_argument("--duration", type=finite_float, default=None, help="stop after this many seconds")
     parser.add_argument("--max-takes", type=int, default=0, help="stop after this many kept takes")
     parser.add_argument("--report", type=Path, default=None, help="write a JSON report of the session here")
 

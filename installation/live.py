@@ -74,7 +74,9 @@ from typing import Any
 
 import numpy as np
 
+from engine.configs import finite_float
 from engine.errors import UserError
+from installation.attract import Attract, AttractConfig
 from installation.audio_in import AudioInput, AudioReader, open_input
 from installation.params import PARAMS
 from installation.presets import RenderParams
@@ -101,6 +103,31 @@ def level_db(x: np.ndarray) -> float:
     m = float(x.mean())
     power = float(np.dot(x, x)) / x.shape[0] - m * m
     return 10.0 * math.log10(max(power, 0.0) + 1e-12)
+
+
+METER_DB = (-60.0, 0.0)
+"""Range of the overlay's level meter, dBFS (speech close to a microphone: about -35 to -15)."""
+
+
+def meter_bar(
+    db: float,
+    marks: Mapping[str, float] | None = None,
+    width: int = 30,
+    lo: float = METER_DB[0],
+    hi: float = METER_DB[1],
+) -> str:
+    """A text level meter: ``#`` up to ``db`` (dBFS) on a ``lo`` .. ``hi`` dBFS scale of ``width`` characters,
+    ``-`` beyond; ``marks`` put a character at a level (e.g. ``{"|": on threshold}``). E.g. -28 dBFS on the
+    default -60..0 scale: 16 of 30 filled."""
+
+    def cell(level: float) -> int:
+        return min(width, max(0, round((level - lo) / (hi - lo) * width)))
+
+    chars = ["#" if i < cell(db) else "-" for i in range(width)]
+    for mark, level in (marks or {}).items():
+        if math.isfinite(level):
+            chars[min(width - 1, cell(level))] = mark
+    return "".join(chars)
 
 
 def estimate_pitch(x: np.ndarray, rate: int, fmin: float = 70.0, fmax: float = 500.0, threshold: float = 0.45) -> float:
@@ -245,7 +272,8 @@ def cell_seed(seed: int, cell: int) -> int:
 
 @dataclass
 class GenRequest:
-    """One generation: ``audio`` float32 [S] (one window, repeated for every face), ``noise`` float32 [B, Z]."""
+    """One generation: ``audio`` float32 [S] (one window, repeated for every face), ``noise`` float32 [B, Z];
+    ``attract``: a face of the idle/attract state (:mod:`installation.attract`), not of the live scene."""
 
     seq: int
     t: float
@@ -253,6 +281,7 @@ class GenRequest:
     noise: np.ndarray
     segment: int
     new_segment: bool
+    attract: bool = False
 
 
 @dataclass
@@ -396,6 +425,7 @@ class LiveConfig:
         fps: frame pacing target (0: unpaced; vsync paces).
         picture: generation rate, image EMA, VAD thresholds (:class:`installation.presets.RenderParams`).
         scene_settings: per-scene start-up settings ``{scene: {parameter: value}}`` (the preset's ``scenes``).
+        attract: the idle/attract state (:class:`installation.attract.AttractConfig`, the preset's ``attract``).
         params: initial live parameter values by name (:data:`installation.params.PARAMS`).
         onset_hold_s, envelope_window_s, envelope_release_s: the fast path (see the module docstring).
         duration_s: stop after this many seconds (``None``: run until quit).
@@ -434,6 +464,7 @@ class LiveConfig:
     fps: float = 60.0
     picture: RenderParams = field(default_factory=RenderParams)
     scene_settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    attract: AttractConfig = field(default_factory=AttractConfig)
     params: Mapping[str, Any] = field(default_factory=dict)
     onset_hold_s: float = 0.3
     envelope_window_s: float = 0.01
@@ -596,6 +627,7 @@ class LiveLoop:
         gen_fps = config.picture.gen_fps
         self.conditioner = Conditioner(self._drift(0), 0.0 if gen_fps <= 0 else 1.0 / gen_fps)
         self.ema = ImageEMA(config.picture.image_ema_s)
+        self.attract = Attract(config.attract, generator.make_noise, self.window_samples, seed=self._seed)
         self.images: tuple[np.ndarray, ...] = ()
         self.image_index = -1
         self._last_result_t: float | None = None
@@ -610,6 +642,7 @@ class LiveLoop:
         self.draw_times = Histogram()  # scene draw, ms
         self.rss = RssSeries()
         self.gate = False
+        self.gate_open_s = 0.0  # run time with the gate open (VAD or onset)
         self.level = 0.0
         self.running = False
         self.quit_reason = ""
@@ -621,6 +654,10 @@ class LiveLoop:
         self._frame_failed = False
         self._no_samples = np.zeros(0, np.float32)
         self._overlay_next = 0.0
+        self._meter_power = 0.0  # sum of 10 ms frame powers since the overlay's last refresh
+        self._meter_peak = -120.0  # loudest 10 ms frame since then, dBFS
+        self._meter_frames = 0
+        self.overlay_lines: list[str] = []
         self._report_next = 0.0
         self._fps_window: list[float] = []
         self.sound_error: str | None = None
@@ -753,7 +790,11 @@ class LiveLoop:
         new = self.reader.update()
         if new.shape[0]:
             self._last_audio = t
-            self.vad.process(new)
+            frames = self.vad.process(new)
+            if len(frames):
+                self._meter_power += float(np.sum(np.power(10.0, frames.level_db.astype(np.float64) / 10.0)))
+                self._meter_peak = max(self._meter_peak, float(frames.level_db.max()))
+                self._meter_frames += len(frames)
         fresh = t - self._last_audio < 0.25  # a stalled input reads as silence: the picture goes idle
         vp = self.vad.params
         floor = self.vad.floor_db
@@ -763,6 +804,8 @@ class LiveLoop:
         level, onset_gate = self.fast.update(t, dt, floor, on_db, fresh)
         self.level = max(level, self.vad.envelope if fresh else 0.0)
         self.gate = fresh and (self.vad.active or onset_gate)
+        if self.gate:
+            self.gate_open_s += dt
         if fresh and self.gate:
             self.reader.latest_raw(self._pitch_buf.shape[0], self._pitch_buf)
             self.pitch_hz = estimate_pitch(self._pitch_buf, self.input.sample_rate)
@@ -775,6 +818,10 @@ class LiveLoop:
         speed = float(self.params.get("noise/walk_speed"))
         if self.gate:
             self._noise_clock += dt * speed
+        face = self.attract.update(t, self.gate, self.image_index)
+        if face is not None:
+            self._seq += 1
+            self.worker.submit(GenRequest(self._seq, t, face.audio, face.noise, -1, False, attract=True))
         request = self.conditioner.step(t, self.gate)
         if request is None:
             return
@@ -790,9 +837,9 @@ class LiveLoop:
         else:
             noise = np.stack([self._drift(k).at(request.segment, self._noise_clock) for k in range(faces)])
         self._seq += 1
-        self.worker.submit(
-            GenRequest(self._seq, t, self.reader.window().copy(), noise, request.segment, request.new_segment)
-        )
+        window = self.reader.window().copy()
+        self.attract.remember(request.segment, window)
+        self.worker.submit(GenRequest(self._seq, t, window, noise, request.segment, request.new_segment))
 
     def _collect(self) -> None:
         """Take the newest finished images (EMA-smoothed) for the scene."""
@@ -803,6 +850,9 @@ class LiveLoop:
             self._gen_errors.error("generator failed: %s", result.error, exc_info=False)
             return
         req = result.request
+        if req.attract:
+            self.attract.push(result.images[0])
+            return
         if req.new_segment:
             self.ema.reset()
         dt = 0.0 if self._last_result_t is None or req.new_segment else max(0.0, req.t - self._last_result_t)
@@ -812,6 +862,15 @@ class LiveLoop:
         self.image_index += 1
 
     def _draw(self, t: float, sp: Mapping[str, Any]) -> None:
+        if self.attract.showing:
+            started = time.perf_counter()
+            portrait = {
+                **self.config.scene_settings.get("portrait", {}),
+                **scene_params(self.params.snapshot(), "portrait"),
+            }
+            self.attract.draw(self.canvas, t, portrait)
+            self.draw_times.add((time.perf_counter() - started) * 1000.0)
+            return
         state = FrameState(
             time=t,
             gate=1.0 if self.gate else 0.0,
@@ -848,13 +907,23 @@ class LiveLoop:
             return
         self._overlay_next = now_t + 0.5
         fps = self.current_fps()
+        # input level over the last 0.5 s: RMS and the loudest 10 ms, dBFS, on a -60..0 dBFS meter with the
+        # VAD's noise floor (:) and on threshold (|)
+        n = self._meter_frames
+        rms = 10.0 * math.log10(self._meter_power / n) if n and self._meter_power > 0 else -120.0
+        peak = self._meter_peak if n else -120.0
+        self._meter_power, self._meter_peak, self._meter_frames = 0.0, -120.0, 0
+        vp, floor = self.vad.params, self.vad.floor_db
+        on = max(floor + vp.on_margin_db, vp.on_min_db)
+        bar = meter_bar(rms, {":": floor, "|": on})
         lines = [
-            f"{fps:5.1f} fps   {self.scene_name}   {self.backend}",
-            f"input {getattr(self.input, 'state', '?')}: {self.fast.db:6.1f} dBFS  level {self.level:.2f}  "
-            f"gate {'open' if self.gate else 'closed'}",
+            f"{fps:5.1f} fps   {self.scene_name}{' (attract)' if self.attract.showing else ''}   {self.backend}",
+            f"input {getattr(self.input, 'state', '?')}: {rms:6.1f} dBFS rms {peak:6.1f} peak  [{bar}] "
+            f"-60..0 dBFS  floor {floor:.0f}  gate {'open' if self.gate else 'closed'}",
             f"gen p50 {self.worker.times.percentile(50) or 0:.1f} ms   errors {self.frame_errors}/"
             f"{self.worker.errors}   overflows {getattr(self.input, 'overflows', 0)}",
         ]
+        self.overlay_lines = lines
         self.window.overlay_text(lines, self.config.overlay_font_px)
 
     def _status(self) -> None:
@@ -1014,15 +1083,18 @@ class LiveLoop:
                         deadline = now
                     elif deadline > now:
                         time.sleep(deadline - now)
+        except BaseException as exc:  # Ctrl-C, SIGTERM (run.py), a bug: the report below still says what happened
+            self.quit_reason = self.quit_reason or f"interrupted ({type(exc).__name__})"
+            raise
         finally:
             self.running = False
             self.wall_s = time.perf_counter() - self._t0
             self.rss.sample(self.wall_s, force=True)
             gc.unfreeze()
             self.close()
-        report = self.report()
-        if cfg.report is not None:
-            self.write_report(cfg.report, report)
+            report = self.report()
+            if cfg.report is not None:
+                self.write_report(cfg.report, report)
         return report
 
     def close(self) -> None:
@@ -1061,6 +1133,9 @@ class LiveLoop:
         requests, discarded results, ``ms`` p50/p99 of one call), ``frame_errors``, ``audio`` (input, state,
         rate, overflows, reconnects, stalls, onsets, gaps, events), ``osc`` (``enabled``; the server's packets,
         handled, ignored, rejected {reason: n}, rejected_total; feedback counters; or why it is off),
+        ``vad`` (``open_s``: seconds of audio the voice gate was open; ``gate_open_s``: run seconds the loop's gate --
+        VAD or fast onset -- was open; ``noise_floor_dbfs``: the noise floor at the end; ``analysed_s``: seconds of
+        audio analysed), ``attract`` (:meth:`installation.attract.Attract.stats`),
         ``params`` (queue counters: enqueued, dropped, rejected, applied), ``sound``, ``rss_mb`` (start, end, peak from getrusage,
         growth %, series [[t, MiB], ...]), ``scenes`` (frames per scene), ``quit_reason``.
         """
@@ -1117,6 +1192,13 @@ class LiveLoop:
                 "reader_gaps": self.reader.gaps,
                 "events": [list(e) for e in self.events[-50:]],
             },
+            "vad": {
+                "open_s": round(self.vad.open_s, 2),
+                "gate_open_s": round(self.gate_open_s, 2),
+                "noise_floor_dbfs": round(float(self.vad.floor_db), 1),
+                "analysed_s": round(self.vad.frames * self.vad.frame_seconds, 2),
+            },
+            "attract": self.attract.stats(),
             "osc": osc_stats,
             "params": params_stats,
             "sound": {"enabled": self.sound is not None or False, "error": self.sound_error},
@@ -1231,6 +1313,7 @@ def config_from_preset(preset: Any) -> LiveConfig:
         fps=float(d.fps),
         picture=preset.render_params(),
         scene_settings={k: dict(v) for k, v in preset.scenes.items()},
+        attract=getattr(preset, "attract", AttractConfig()),
         params=dict(preset.params),
         osc=preset.osc if preset.osc.enabled else None,
         sound=sound,
@@ -1252,7 +1335,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--display", type=int, default=None, help="display index for fullscreen (default: the preset's)"
     )
-    parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    parser.add_argument("--duration", type=finite_float, default=None, help="stop after this many seconds")
     parser.add_argument("--report", type=Path, default=None, help="write a JSON report here (also during the run)")
     parser.add_argument("--bundle", default=None, help="model bundle directory (default: the preset's)")
     parser.add_argument("--backend", default=None, help="engine backend (default: the preset's, auto)")

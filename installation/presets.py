@@ -42,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import ipaddress
+import math
 import re
 import typing
 from collections.abc import Mapping
@@ -51,6 +52,7 @@ from typing import Any, Literal
 
 from engine.configs import ConfigError, from_mapping, load_yaml
 from engine.errors import UserError
+from installation.attract import AttractConfig
 from installation.params import PARAMS, ParamSpec
 from installation.service import ServiceConfig
 from installation.sound import SoundConfig
@@ -219,6 +221,13 @@ class RenderParams:
     image_ema_s: float = 0.1
     vad: VadParams = field(default_factory=VadParams)
 
+    def __post_init__(self) -> None:
+        for name in ("gen_fps", "noise_drift_s", "image_ema_s"):
+            value = getattr(self, name)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not (number and math.isfinite(value) and value >= 0):
+                raise ValueError(f"render parameter {name}: expected a finite number >= 0, got {value!r}")
+
 
 @dataclass(frozen=True)
 class GenerationConfig:
@@ -315,6 +324,7 @@ class Preset:
         display, input, engine, osc, sound, generation, capture, rating, service: the sections above (``sound`` is
             :class:`installation.sound.SoundConfig`, the one the sound engine takes; ``service`` is
             :class:`installation.service.ServiceConfig`: single instance, log file).
+        attract: the live installation's idle/attract state (:class:`installation.attract.AttractConfig`).
         scenes: per-scene start-up settings, ``{scene name: {parameter: value}}`` (e.g. the portrait's
             ``idle_fade_s``), checked against the scene's parameter dataclass where it has one.
         params: initial live parameter values by OSC name (``sound/level: 0.8``), checked against
@@ -334,6 +344,7 @@ class Preset:
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     rating: RatingConfig = field(default_factory=RatingConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    attract: AttractConfig = field(default_factory=AttractConfig)
     scenes: dict[str, dict[str, Any]] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
     name: str = field(default="", init=False)
@@ -382,6 +393,7 @@ SECTIONS: dict[str, type] = {
     "capture": CaptureConfig,
     "rating": RatingConfig,
     "service": ServiceConfig,
+    "attract": AttractConfig,
 }
 """The typed sections of a preset by key."""
 

@@ -59,6 +59,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from engine.configs import finite_float
 from engine.errors import UserError
 from installation.presets import RenderParams, load_preset
 from installation.sound import SoundSettings, StateTrack, render_offline
@@ -398,16 +399,18 @@ class _AudioMuxer:
 
     def mix_in(self, sound: np.ndarray, amount: float) -> None:
         """Mix ``sound`` (float32 [n, channels] at ``self.rate``, from output sample 0) into the audio still to
-        be muxed: ``(1 - amount) * input + amount * sound``; past the end of ``sound`` the input is only scaled."""
+        be muxed, with :func:`mix_gains` ``(input_gain, sound_gain)`` of ``amount`` and :func:`soft_limit` on the
+        sum; past the end of ``sound`` the input alone (times its gain)."""
         self._mix = (sound, float(amount))
 
     def _mixed(self, frame: Any) -> Any:
         sound, amount = self._mix  # type: ignore[misc]
+        dry, wet = mix_gains(amount)
         x = frame.to_ndarray().reshape(self.channels, -1)  # fltp: [channels, n]
         part = sound[self.samples : self.samples + x.shape[1]].T
-        y = (1.0 - amount) * x
-        y[:, : part.shape[1]] += amount * part
-        y = np.ascontiguousarray(y, dtype=np.float32)
+        y = dry * x if dry != 1.0 else x.astype(np.float32, copy=True)
+        y[:, : part.shape[1]] += wet * part
+        y = np.ascontiguousarray(soft_limit(y), dtype=np.float32)
         out = self._av.AudioFrame.from_ndarray(y, format="fltp", layout=self.layout)
         out.sample_rate = self.rate
         return out
@@ -445,6 +448,28 @@ class _AudioMuxer:
     def abort(self) -> None:
         """Close the input after an error."""
         self.input.close()
+
+
+def mix_gains(amount: float) -> tuple[float, float]:
+    """``(input_gain, sound_gain)`` of ``render --sound-mix amount`` (0-1): a DJ-style crossfade whose middle keeps
+    both at unity, ``(min(1, 2 (1 - amount)), min(1, 2 amount))``: 0 = the input alone, 0.5 (the default) = the
+    visitor's voice at its own level with the generated sound added at its own, 1 = the generated sound alone.
+    (A linear crossfade, ``(1 - amount, amount)``, made the whole track 6 dB quieter at 0.5.)"""
+    a = min(1.0, max(0.0, float(amount)))
+    return min(1.0, 2.0 * (1.0 - a)), min(1.0, 2.0 * a)
+
+
+def soft_limit(x: np.ndarray, knee: float = 0.891) -> np.ndarray:
+    """Samples with ``|x| <= knee`` (default -1 dBFS) unchanged; above it ``knee + (1 - knee) tanh((|x| - knee) /
+    (1 - knee))`` with the sign kept: continuous with slope 1 at the knee, never above full scale, so a mix
+    that adds up past 0 dBFS is rounded off instead of clipped. float [...] in, float32 out (a new array)."""
+    y = np.asarray(x, dtype=np.float32).copy()
+    over = np.abs(y) > knee
+    if over.any():
+        head = 1.0 - knee
+        v = y[over]
+        y[over] = np.sign(v) * (knee + head * np.tanh((np.abs(v) - knee) / head))
+    return y
 
 
 # -- the render --------------------------------------------------------------------------------------
@@ -567,8 +592,9 @@ def render(
         sound: the installation's generated sound (:mod:`installation.sound`, rendered with pyo's offline
             server from the same voice, VAD level and faces) is mixed into the output audio with these
             settings; None: the input's audio only.
-        sound_mix: share of the generated sound in the output audio: ``(1 - sound_mix) * input +
-            sound_mix * generated`` (0-1; 1: generated only). Same duration as without sound.
+        sound_mix: balance of the output audio, 0-1 (:func:`mix_gains`): 0 the input only, 0.5 the input at
+            its own level plus the generated sound, 1 the generated sound only; peaks above -1 dBFS are rounded
+            off (:func:`soft_limit`). Same duration as without sound.
 
     Returns:
         :class:`RenderStats`.
@@ -592,6 +618,8 @@ def render(
         raise RenderError(f"--sound-mix: expected 0..1, got {sound_mix}")
     if not source.is_file():
         raise RenderError(f"{source}: no such file")
+    if output.resolve() == source.resolve() or (output.exists() and os.path.samefile(source, output)):
+        raise RenderError(f"{output}: is the input file; write the video to another file (-o)")
     stats = RenderStats()
     timer = _timer(stats.timings)
 
@@ -813,7 +841,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--gen-fps",
-        type=float,
+        type=finite_float,
         default=None,
         help="generation rate while the voice is active, Hz; the scene crossfades in between; "
         "0 = every frame (default: the preset's; the built-in 'default' preset: 0)",
@@ -835,9 +863,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--sound-mix",
-        type=float,
+        type=finite_float,
         default=0.5,
-        help="with --sound: share of the generated sound, 0 (input only) .. 1 (generated only) (default: %(default)s)",
+        help="with --sound: balance of input and generated sound: 0 = input only, 0.5 = the input at its own level "
+        "plus the generated sound, 1 = generated only (default: %(default)s)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

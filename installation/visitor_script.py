@@ -24,6 +24,7 @@ the script is loaded, naming the file and line.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -78,7 +79,7 @@ def parse_script(
                 seconds = float(words[1]) if len(words) == 2 else float("nan")
             except ValueError:
                 seconds = float("nan")
-            if not seconds >= 0:
+            if not (math.isfinite(seconds) and seconds >= 0):
                 raise ScriptError(f"{where}:{number}: expected 'wait SECONDS' with SECONDS >= 0, got {line!r}")
             steps.append(Step("", seconds))
             continue

@@ -419,3 +419,48 @@ def test_render_with_sound(tiny_bundle: Path, tmp_path: Path) -> None:
     assert plain.shape[1] == pytest.approx(voice.size, abs=2048)  # AAC priming/padding at most
     difference = rms(mixed - plain)
     assert difference > 0.01 and difference > 0.1 * rms(plain)
+
+
+def test_render_with_sound_keeps_the_voice_level(tiny_bundle: Path, tmp_path: Path) -> None:
+    """Issue 24: ``render --sound`` made the whole track 5 dB quieter (RMS -30.1 against -24.8 dBFS for the demo
+    clip). At the default mix the visitor's voice keeps its level (the least-squares gain of the output on the
+    input is 1) and the generated sound is added; ``--sound-mix`` 0 is the input alone, 1 the generated alone."""
+    import run
+
+    demo = Path(__file__).resolve().parents[1] / "presets" / "demo" / "demo_speech.flac"
+    common = ["--bundle", str(tiny_bundle), "--size", "32", "--fps", "10", "--backend", "onnxruntime", "--no-progress"]
+    tracks = {}
+    for name, extra in (("plain", []), ("mix0.5", ["--sound"]), ("mix0", ["--sound", "--sound-mix", "0"]),
+                        ("mix1", ["--sound", "--sound-mix", "1"])):  # fmt: skip
+        out = tmp_path / f"{name}.mp4"
+        assert run.main(["render", str(demo), "-o", str(out), *common, *extra]) == 0
+        tracks[name] = _audio_track(out)[0][0].astype(np.float64)
+    plain = tracks["plain"]
+
+    def db(x: np.ndarray) -> float:
+        return 20 * math.log10(rms(x))
+
+    def voice_gain_db(x: np.ndarray) -> float:
+        return 20 * math.log10(abs(float(np.dot(x, plain) / np.dot(plain, plain))) + 1e-9)
+
+    assert db(plain) == pytest.approx(-24.8, abs=0.5)  # the demo clip's own level
+    mixed = tracks["mix0.5"]
+    assert abs(voice_gain_db(mixed)) < 0.5  # the voice at its own level ...
+    assert db(mixed) >= db(plain) - 0.5  # ... so the track is not quieter than the input
+    assert rms(mixed - plain) > 0.1 * rms(plain)  # and the generated sound is in it
+    assert np.abs(mixed).max() < 1.0
+    assert rms(tracks["mix0"] - plain) < 0.01 * rms(plain)
+    assert voice_gain_db(tracks["mix1"]) < -10.0
+
+
+def test_mix_gains_and_soft_limit() -> None:
+    from installation.render import mix_gains, soft_limit
+
+    assert mix_gains(0.0) == (1.0, 0.0) and mix_gains(0.5) == (1.0, 1.0) and mix_gains(1.0) == (0.0, 1.0)
+    assert mix_gains(0.25) == (1.0, 0.5) and mix_gains(0.75) == (0.5, 1.0)
+    x = np.linspace(-3.0, 3.0, 6001, dtype=np.float32)
+    y = soft_limit(x)
+    quiet = np.abs(x) <= 0.891
+    assert np.array_equal(y[quiet], x[quiet])  # below -1 dBFS: untouched
+    assert np.abs(y).max() <= 1.0 and np.abs(y[np.abs(x) <= 1.0]).max() < 0.98 and (np.diff(y) >= 0).all()
+    assert np.abs(np.diff(y)).max() <= np.abs(np.diff(x)).max() + 1e-6  # slope <= 1: no corner at the knee

@@ -89,11 +89,11 @@ def test_hysteresis_attack_and_hangover_timing() -> None:
     assert track.gate[(t > on.min()) & (t < on.max())].all()  # one segment
     # Between the off and on thresholds an open gate stays open, a closed one stays closed.
     mid = np.concatenate([noise(1.0, -60.0), tone(0.5, -30.0), tone(1.0, -50.0), noise(1.0, -60.0, 1)])
-    track = detect(mid, SR, VadParams(on_min_db=-45.0, off_min_db=-55.0, floor_rise_db_per_s=0.0))
+    track = detect(mid, SR, VadParams(on_min_db=-45.0, off_min_db=-55.0, floor_window_s=10.0))
     t = (np.arange(len(track)) + 1) * track.hop / SR
     assert track.gate[(t > 1.1) & (t < 2.4)].all()  # -50 dBFS: below "on" but above "off"
     only_mid = np.concatenate([noise(1.0, -60.0), tone(1.0, -50.0)])
-    assert not detect(only_mid, SR, VadParams(on_min_db=-45.0, floor_rise_db_per_s=0.0)).gate.any()
+    assert not detect(only_mid, SR, VadParams(on_min_db=-45.0, floor_window_s=10.0)).gate.any()
 
 
 def test_streaming_equals_offline(speech: np.ndarray) -> None:
@@ -123,3 +123,93 @@ def test_bad_params() -> None:
         VadParams(frame_s=0.5)
     with pytest.raises(ValueError, match="hysteresis"):
         VadParams(off_margin_db=20.0)
+
+
+# -- steady room noise (issue 24, item 4) -------------------------------------------------------------------
+
+DEMO = Path(__file__).resolve().parents[1] / "presets" / "demo" / "demo_speech.flac"
+
+
+def pink_noise(seconds: float, dbfs: float, seed: int = 0) -> np.ndarray:
+    from benchmarks.live import pink_noise as make
+
+    return make(seconds, dbfs, SR, seed)
+
+
+def stream(signal: np.ndarray, block: int = 441) -> tuple[np.ndarray, VoiceActivityDetector]:
+    """Gate per frame of a streaming detector as the live loop runs it (default start floor, odd block sizes)."""
+    vad = VoiceActivityDetector(SR)
+    gates = [vad.process(signal[i : i + block]).gate for i in range(0, len(signal), block)]
+    return np.concatenate(gates), vad
+
+
+def voiced(x: np.ndarray, hop: int = 160) -> np.ndarray:
+    from benchmarks.live import voiced_frames
+
+    return voiced_frames(x, SR, hop)
+
+
+def test_pink_noise_pipeline_is_pink() -> None:
+    x = pink_noise(4.0, -34.0)
+    assert 10 * np.log10(np.mean(x**2)) == pytest.approx(-34.0, abs=0.01)
+    power = np.abs(np.fft.rfft(x)) ** 2
+    f = np.fft.rfftfreq(len(x), 1 / SR)
+    octave = [power[(f >= lo) & (f < 2 * lo)].sum() for lo in (125, 250, 500, 1000, 2000)]
+    assert np.ptp(10 * np.log10(octave)) < 1.5  # pink: equal power per octave
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_steady_pink_noise_does_not_hold_the_gate_open(seed: int) -> None:
+    """20 s of pink noise at -34 dBFS: open <= 1 s in total after the first 3 s (issue 24: it was 66 generator
+    calls in 15 s); the floor settles a few dB under the noise's RMS."""
+    gate, vad = stream(pink_noise(20.0, -34.0, seed))
+    t = np.arange(len(gate)) * vad.frame_seconds
+    assert gate[t >= 3.0].sum() * vad.frame_seconds <= 1.0
+    assert not gate[t >= 5.0].any()
+    assert -44.0 < vad.floor_db < -36.0
+    assert vad.open_s == pytest.approx(gate.sum() * vad.frame_seconds)
+    assert vad.frames == len(gate)
+
+
+def _speech(source: str) -> np.ndarray:
+    if source == "demo":
+        import soundfile as sf
+
+        x, rate = sf.read(str(DEMO), dtype="float32")
+        assert rate == SR
+        return np.tile(x, 2)  # ~16 s
+    files = sorted(DATA.glob("*/preprocessed_frame_*.flac"))
+    if not files:
+        pytest.skip(f"real speech data not found under {DATA}")
+    import soundfile as sf
+
+    return np.concatenate([sf.read(str(f), dtype="float32")[0] for f in files[:: max(1, len(files) // 12)][:12]])
+
+
+@pytest.mark.parametrize("source", ["demo", "wav2pix"])
+def test_speech_at_minus_28_over_the_noise_keeps_the_gate_open(source: str) -> None:
+    """Speech at -28 dBFS active level over the same noise: open >= 80 % of the voiced time."""
+    from benchmarks.live import at_active_level
+
+    clean = at_active_level(_speech(source), SR, -28.0)
+    lead = 5.0
+    signal = pink_noise(lead + len(clean) / SR + 2.0, -34.0, seed=7)
+    start = int(lead * SR)
+    signal[start : start + len(clean)] += clean
+    gate, vad = stream(signal)
+    mask = np.zeros(len(gate), bool)
+    v = voiced(clean)
+    mask[start // vad.hop : start // vad.hop + len(v)] = v
+    assert v.mean() > 0.3  # a sane amount of voiced speech
+    assert gate[mask].mean() >= 0.8
+    after = np.zeros(len(gate), bool)
+    after[(start + len(clean)) // vad.hop + 60 :] = True  # 0.6 s after the speech: the hangover has passed
+    assert not gate[after].any()
+
+
+def test_non_finite_params_are_refused() -> None:
+    for name in ("hangover_s", "on_margin_db", "floor_window_s"):
+        with pytest.raises(ValueError, match=f"{name} must be a finite number"):
+            VadParams(**{name: float("nan")})
+    with pytest.raises(ValueError, match="floor_window_s"):
+        VadParams(floor_window_s=0.01)

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from engine.configs import finite_float
 from engine.errors import UserError
 from training.families.contract import Family, GraphSource, InferenceGraph, Split, TensorSpec, TrainContext
 from training.families.wav2pix.config import Wav2PixConfig
@@ -141,7 +142,7 @@ class Wav2Pix(Family):
     def add_export_arguments(self, group: argparse._ArgumentGroup) -> None:
         """``--truncation``, ``--pose-prior``, ``--calibrate-bank``."""
         group.add_argument(
-            "--truncation", type=float, default=1.0, metavar="PSI",
+            "--truncation", type=finite_float, default=1.0, metavar="PSI",
             help="noise scale inside the graph (truncation trick, Brock et al. 2019; default 1.0 = none)",
         )  # fmt: skip
         group.add_argument(
