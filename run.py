@@ -17,7 +17,10 @@ from typing import Any
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training.loop", "train a model family (named in the config) on one or more dataset folders"),
-    "evaluate": ("training.evaluate", "evaluate a bundle or run folder with its family's metrics, or rating-station files"),
+    "evaluate": (
+        "training.evaluate",
+        "evaluate a bundle or run folder with its family's metrics, or rating-station files",
+    ),
     "generate": ("training.generate", "one image (and sound) per audio file, or N samples, with a bundle"),
     "export": ("training.export", "export a run folder to a model bundle (ONNX + torch.export)"),
     "render": ("installation.render", "render an audio or video file to a generated video"),
@@ -25,7 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "capture": ("installation.capture", "open-day capture booth: camera + microphone -> consented face+voice dataset"),
     "dataset": ("datastore.capture_store", "check a capture dataset, or delete one participant's takes"),
     "rate": ("installation.rate", "rating station: visitors score generated faces 1-5 (mean opinion score)"),
-    "devices": ("installation.devices", "list audio devices, cameras and displays (as --input and the presets name them)"),
+    "devices": (
+        "installation.devices",
+        "list audio devices, cameras and displays (as --input and the presets name them)",
+    ),
     "bench": ("benchmarks.cli", "run the benchmarks; print a table and write JSON"),
 }
 
@@ -35,7 +41,9 @@ class Terminated(KeyboardInterrupt):
 
     A :class:`KeyboardInterrupt`, so every command cleans up on SIGTERM exactly as on Ctrl-C: ``render``
     deletes its partial output, ``live`` and ``capture`` close their devices and finalise their reports.
-    ``run.py`` then exits 143 (128 + SIGTERM), as a process killed by the signal would.
+    ``run.py`` then exits 143 (128 + SIGTERM), as a process killed by the signal would. ``live`` is the
+    exception: its :class:`installation.service.Service` takes SIGTERM once the loop runs (``systemctl stop``),
+    ends the loop after its frame and exits 0.
     """
 
 
