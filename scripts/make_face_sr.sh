@@ -21,5 +21,5 @@ OUT=${OUT:-presets/models/face-sr-4x}
 "$PY" run.py evaluate out/face-sr-4x --data "$DATA" --generated-by presets/models/wav2pix-64 --out out/face-sr-4x.eval
 "$PY" run.py export out/face-sr-4x -o "$OUT" --metrics out/face-sr-4x.eval/metrics.json
 mkdir -p docs/face_sr
-cp out/face-sr-4x.eval/metrics.json out/face-sr-4x.eval/psnr.md out/face-sr-4x.eval/samples.png docs/face_sr/
+cp out/face-sr-4x.eval/metrics.json out/face-sr-4x.eval/psnr.md out/face-sr-4x.eval/samples.jpg docs/face_sr/
 cp "$RUN/config.yaml" "$RUN/command.txt" "$RUN/log.jsonl" "$RUN/loss.png" docs/face_sr/

@@ -152,7 +152,7 @@ def test_evaluate_reports_psnr_against_the_filters_and_detection_on_generated_fa
     table = (out / "psnr.md").read_text()
     assert "| face_sr (this model) |" in table and "Gain over bicubic" in table and "Face detection" in table
     assert "PSNR on 2 validation face crops" in capsys.readouterr().out
-    assert (out / "samples.png").is_file()
+    assert (out / "samples.jpg").is_file()
 
 
 def test_superresolved_upscales_single_faces_through_the_engine(tiny_bundle: Path, sr_bundle: Path) -> None:

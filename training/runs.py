@@ -306,7 +306,7 @@ def save_loss_plot(log_path: Path, out: Path) -> None:
 
 
 def save_image(path: Path, image: np.ndarray) -> None:
-    """Write uint8 [H, W, 3] RGB as PNG (creating folders)."""
+    """Write uint8 [H, W, 3] RGB as PNG, or JPEG (quality 95) for a ``.jpg`` path (creating folders)."""
     import cv2
 
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ mean over faces, and the paired gain over bicubic with a 95 % confidence interva
 dlib's detector (:class:`training.face_metrics.FaceAnalyzer`, which upscales small images to 256 px with
 Lanczos-4 first) scores them as they are, after bicubic upscaling to the target size, and after this model.
 
-Writes ``metrics.json``, ``psnr.md`` (the table) and ``samples.png`` (rows: bicubic, this model, the real crop;
+Writes ``metrics.json``, ``psnr.md`` (the table) and ``samples.jpg`` (rows: bicubic, this model, the real crop;
 with ``--generated-by`` also generated faces: 64 px nearest, bicubic, this model) to ``--out``.
 """
 
@@ -271,7 +271,7 @@ def evaluate(model, args: argparse.Namespace) -> dict[str, Any]:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     table = format_markdown(metrics)
     (out / "psnr.md").write_text(table)
-    runs.save_image(out / "samples.png", _sheet(sheet_rows, int(high.shape[1])))
+    runs.save_image(out / "samples.jpg", _sheet(sheet_rows, int(high.shape[1])))  # JPEG (quality 95): a photo sheet
     print(table)
-    print(f"wrote {out / 'metrics.json'}, {out / 'psnr.md'} and {out / 'samples.png'}")
+    print(f"wrote {out / 'metrics.json'}, {out / 'psnr.md'} and {out / 'samples.jpg'}")
     return metrics
