@@ -276,7 +276,7 @@ def bench_sr(generator: Any, sr_bundle: Path, seconds: float, scenes: list[str])
     from engine.superres import SuperResolved
 
     audio, source = speech_clip(60.0, int(generator.sample_rate))
-    upscaler = Generator(sr_bundle, backend="auto", max_batch=1)
+    upscaler = Generator(sr_bundle, backend="auto", max_batch=1, threads=1)  # as the live loop runs it
     both = SuperResolved(generator, upscaler, max_faces=1)
     rows = []
     try:

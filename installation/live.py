@@ -1196,7 +1196,10 @@ def sound_config(section: Any) -> Any:
 
 def _super_resolved(generator: Any, config: LiveConfig) -> Any:
     """``generator`` followed by the super-resolution bundle ``config.super_resolution`` on single faces, on the
-    same backend request and threads (:class:`engine.superres.SuperResolved`); closes ``generator`` on failure.
+    same backend request (:class:`engine.superres.SuperResolved`); closes ``generator`` on failure. The stage gets
+    one CPU thread: ONNX Runtime then runs it on the calling thread, the generator thread, whose raised nice value
+    (``gen_nice``) lets the frame loop win under contention; a second intra-op thread would be a pool thread at
+    the main thread's priority.
 
     Raises:
         UserError: the bundle is missing, corrupt or does not take the generator's images.
@@ -1206,7 +1209,7 @@ def _super_resolved(generator: Any, config: LiveConfig) -> Any:
 
     try:
         upscaler = Generator(config.super_resolution, backend=config.backend, device=config.device, max_batch=1,
-                             threads=config.gen_threads, ort_spin=config.gen_spin)  # fmt: skip
+                             threads=1, ort_spin=config.gen_spin)  # fmt: skip
         try:
             return SuperResolved(generator, upscaler, max_faces=1)
         except SuperResolutionError as exc:

@@ -9,7 +9,8 @@ every ``--every`` seconds and keeps the frame showing the face best (the largest
 middle of the screen). Without arguments beyond ``--out`` it makes the before/after pair of issue 24 from the
 gallery preset: ``before.png`` (``fill`` mode, no super-resolution: the 64 px face scaled to cover 16:9) and
 ``after.png`` (the gallery preset as shipped: ``fit`` mode, the 4x face super-resolution stage), each saved at
-half size, plus ``after-full.png`` at full size. :func:`capture` is what the tests use.
+half size, and ``before-detail.png`` / ``after-detail.png``: the middle 480 x 480 screen pixels at full size.
+:func:`capture` is what the tests use.
 """
 
 from __future__ import annotations
@@ -177,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
             bgr = cv2.cvtColor(best, cv2.COLOR_RGB2BGR)
             half = cv2.resize(bgr, (args.width // 2, args.height // 2), interpolation=cv2.INTER_AREA)
             cv2.imwrite(str(args.out / f"{name}.png"), half)
-            if name == "after":
-                cv2.imwrite(str(args.out / f"{name}-full.png"), bgr)
+            y, x = (args.height - 480) // 2, (args.width - 480) // 2
+            cv2.imwrite(str(args.out / f"{name}-detail.png"), bgr[y : y + 480, x : x + 480])
             print(f"{name}: fps {report['fps']['mean']}, frame p99 {report['frame_ms']['p99']} ms, "
                   f"[{report['generator']['backend']}] -> {args.out / (name + '.png')}")  # fmt: skip
     return 0
