@@ -74,7 +74,7 @@ def standins(data: Path = DATA, visitors: int = 4) -> Path:
         raise FileNotFoundError(f"{data}: the Wav2Pix material the stand-ins are made from is missing")
     from datastore.cache import default_cache_dir
 
-    folder = default_cache_dir() / f"standins-v2-{visitors}"
+    folder = default_cache_dir() / f"standins-v3-{visitors}"  # v3: faces in true colours
     if not (folder / "timeline.json").is_file():
         sys.path.insert(0, str(ROOT / "scripts"))
         import make_capture_standins

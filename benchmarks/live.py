@@ -17,6 +17,10 @@ Cases:
   per frame p50/p99 (wall) and p99 in main-thread CPU time (the difference is time spent waiting for a
   core: other processes' load), generator call p50/p99, process CPU, RSS at start/after warm-up/end and its growth.
   ``--live-seconds 1800`` is the 30-minute memory run.
+* ``sr``: the gallery's picture: portrait and morph in ``fit`` mode with the face super-resolution stage
+  (``presets/models/face-sr-4x``, else ``--sr-bundle``: 64 -> 256 px after every single-face generation, in the
+  generator thread, :class:`engine.superres.SuperResolved`), ``--live-seconds`` each, the same speech as ``fps``;
+  compare with the ``fps`` rows of the same run (``fill``, the 64 px face upscaled by OpenCV).
 * ``onset``: a synthetic file, 1.6 s of near-silence (-70 dBFS noise) then a clap (a 30 ms burst of
   exponentially decaying white noise peaking at -3 dBFS), looping; per scene, the time from each clap
   (its first sample, on the FileInput's real-time clock: :meth:`FileInput.file_time`) to the first
@@ -76,7 +80,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "wav2pix" / "train"
 DEMO = ROOT / "presets" / "demo" / "demo_speech.flac"
 DEFAULT_BUNDLE = ROOT / "presets" / "models" / "wav2pix-64"
-CASES = ("fps", "onset", "speaker", "osc", "gate")
+DEFAULT_SR_BUNDLE = ROOT / "presets" / "models" / "face-sr-4x"
+CASES = ("fps", "sr", "onset", "speaker", "osc", "gate")
 SCENES = ("portrait", "grid", "morph")
 WIDTH, HEIGHT = 1920, 1080
 REACT_LEVELS = 2.0
@@ -122,6 +127,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--live-scenes", default=",".join(SCENES), help="scenes for the fps and onset cases (default: all)"
+    )
+    parser.add_argument(
+        "--sr-bundle", default=str(DEFAULT_SR_BUNDLE), help="super-resolution bundle of the sr case (default: %(default)s)"
     )
 
 
@@ -240,7 +248,7 @@ def at_active_level(speech: np.ndarray, rate: int, dbfs: float) -> np.ndarray:
 # -- running --------------------------------------------------------------------------------------------------
 
 
-def _config(seconds: float, scene: str, **params: Any) -> Any:
+def _config(seconds: float, scene: str, scene_settings: dict | None = None, **params: Any) -> Any:
     from installation.live import LiveConfig
 
     return LiveConfig(
@@ -251,6 +259,7 @@ def _config(seconds: float, scene: str, **params: Any) -> Any:
         fps=60.0,
         duration_s=seconds,
         report=None,
+        scene_settings=scene_settings or {},
         params={"scene": scene, "overlay": False, **params},
     )
 
@@ -303,6 +312,25 @@ def bench_fps(generator: Any, seconds: float, scenes: list[str]) -> list[dict[st
         _, report = _run(_config(seconds, scene, **({"grid/n": 2} if scene == "grid" else {})), generator, audio)
         series = report["rss_mb"]["series"]
         rows.append(_row("fps", scene, report, note=f"speech: {source}", rss_series_mb=series))
+    return rows
+
+
+def bench_sr(generator: Any, sr_bundle: Path, seconds: float, scenes: list[str]) -> list[dict[str, Any]]:
+    """The ``sr`` case: portrait and morph (of ``scenes``) in fit mode with the super-resolution stage."""
+    from engine.generator import Generator
+    from engine.superres import SuperResolved
+
+    audio, source = speech_clip(60.0, int(generator.sample_rate))
+    upscaler = Generator(sr_bundle, backend="auto", max_batch=1, threads=1)  # as the live loop runs it
+    both = SuperResolved(generator, upscaler, max_faces=1)
+    rows = []
+    try:
+        for scene in [s for s in scenes if s in ("portrait", "morph")]:
+            _, report = _run(_config(seconds, scene, {scene: {"fit": "fit"}}), both, audio)
+            rows.append(_row("sr", scene, report, note=f"fit + {sr_bundle.name}; speech: {source}",
+                             rss_series_mb=report["rss_mb"]["series"]))  # fmt: skip
+    finally:
+        upscaler.close()
     return rows
 
 
@@ -606,6 +634,11 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     try:
         if "fps" in cases:
             rows += bench_fps(generator, seconds, scenes)
+        if "sr" in cases:
+            sr_bundle = Path(getattr(args, "sr_bundle", None) or DEFAULT_SR_BUNDLE)
+            if not sr_bundle.exists():
+                raise UserError(f"super-resolution bundle {sr_bundle} does not exist; pass --sr-bundle")
+            rows += bench_sr(generator, sr_bundle, seconds, scenes)
         if "onset" in cases:
             rows += bench_onset(generator, scenes)
         if "speaker" in cases:

@@ -204,10 +204,12 @@ def _validate(m: dict[str, Any], source: str) -> tuple[dict[str, IOSpec], dict[s
         if isinstance(value, bool) or not isinstance(value, tp):
             name = tp.__name__ if isinstance(tp, type) else "/".join(t.__name__ for t in tp)
             raise BundleError(f"{source}: key '{key}' must be {name}, got {value!r}")
-    if m["sample_rate"] <= 0:
-        raise BundleError(f"{source}: key 'sample_rate' must be positive, got {m['sample_rate']!r}")
     inputs = _io_specs(m["inputs"], "inputs", source, True)
     outputs = _io_specs(m["outputs"], "outputs", source, False)
+    sounds = "audio" in inputs or "sound" in outputs
+    if m["sample_rate"] < 0 or (sounds and m["sample_rate"] == 0):
+        need = "positive" if sounds else ">= 0 (0: a bundle without audio input or sound output)"
+        raise BundleError(f"{source}: key 'sample_rate' must be {need}, got {m['sample_rate']!r}")
     image = outputs.get("image")
     if image is not None and (len(image.shape) != 4 or image.shape[1] != 3):
         raise BundleError(f"{source}: 'outputs.image' must be [null, 3, H, W], got {list(image.shape)}")
@@ -233,7 +235,8 @@ class Bundle:
         path: the bundle directory.
         manifest: the upgraded manifest (``format_version == FORMAT_VERSION``).
         family: model family name, e.g. ``"wav2pix"``.
-        sample_rate: Hz of the ``audio`` input and of a ``sound`` output.
+        sample_rate: Hz of the ``audio`` input and of a ``sound`` output (0 for a bundle with neither, e.g. a
+            super-resolution stage: ``image`` in, ``image`` out).
         inputs, outputs: name -> :class:`IOSpec`, in the graph's order.
         labels: class names the model was trained with (speakers, scene classes; index = label).
         family_info: the family's own manifest keys (e.g. wav2pix's pose prior).

@@ -299,12 +299,15 @@ class Generator:
         return to_uint8(self.run(seed=seed, **inputs)["image"])
 
     def warmup(self, calls: int = 3) -> None:
-        """Run ``calls`` batch-1 and ``max(1, calls - 1)`` max-batch calls on quiet noise (other inputs filled)."""
+        """Run ``calls`` batch-1 and ``max(1, calls - 1)`` max-batch calls: required inputs (``audio``, a
+        super-resolution stage's ``image``) get quiet noise (0.1 x standard normal), the others are filled."""
         rng = np.random.default_rng(0)
         for batch, n in ((1, calls), (self.max_batch, max(1, calls - 1))):
-            inputs = {}
-            if "audio" in self.bundle.inputs:
-                inputs["audio"] = (0.1 * rng.standard_normal((batch, self.window_samples))).astype(np.float32)
+            inputs = {
+                name: (0.1 * rng.standard_normal((batch, *spec.item_shape))).astype(np.float32)
+                for name, spec in self.bundle.inputs.items()
+                if spec.fill == "required"
+            }
             for _ in range(n):
                 self.run(seed=0, batch=batch, **inputs)
 

@@ -414,6 +414,8 @@ class LiveConfig:
         gen_nice: added to the generator thread's nice value (5: under CPU contention the frame deadline wins;
             measured on the 2-core machine: frame-time p99 ~27 ms instead of ~30 ms with other load running).
         max_batch: largest generator batch (the grid's n x n <= 16).
+        super_resolution: a super-resolution bundle run after the generator on single faces (portrait, morph,
+            grid n = 1) in the generator thread (:class:`engine.superres.SuperResolved`); ``None``: none.
         input: ``"mic"``, a device index or name, or a file :class:`~pathlib.Path` (played in real time).
         input_rate: device rate to open, Hz (0: the device's default). input_channels: channels to open (mixed
             to mono). input_loop: loop a file input. heartbeat_s, reconnect_min_s, reconnect_max_s: stall timeout
@@ -445,6 +447,7 @@ class LiveConfig:
     gen_spin: str = "never"
     gen_nice: int = 5
     max_batch: int = 16
+    super_resolution: Path | None = None
     input: str | int | Path = "mic"
     input_rate: int = 0
     input_channels: int = 1
@@ -574,6 +577,8 @@ class LiveLoop:
                 threads=config.gen_threads,
                 ort_spin=config.gen_spin,
             )
+            if config.super_resolution is not None:
+                generator = _super_resolved(generator, config)
         self.generator = generator
         self.backend = str(getattr(generator, "backend_name", type(generator).__name__))
         self.sample_rate = int(generator.sample_rate)
@@ -1275,6 +1280,32 @@ def sound_config(section: Any) -> Any:
         return None
 
 
+def _super_resolved(generator: Any, config: LiveConfig) -> Any:
+    """``generator`` followed by the super-resolution bundle ``config.super_resolution`` on single faces, on the
+    same backend request (:class:`engine.superres.SuperResolved`); closes ``generator`` on failure. The stage gets
+    one CPU thread: ONNX Runtime then runs it on the calling thread, the generator thread, whose raised nice value
+    (``gen_nice``) lets the frame loop win under contention; a second intra-op thread would be a pool thread at
+    the main thread's priority.
+
+    Raises:
+        UserError: the bundle is missing, corrupt or does not take the generator's images.
+    """
+    from engine.generator import Generator
+    from engine.superres import SuperResolutionError, SuperResolved
+
+    try:
+        upscaler = Generator(config.super_resolution, backend=config.backend, device=config.device, max_batch=1,
+                             threads=1, ort_spin=config.gen_spin)  # fmt: skip
+        try:
+            return SuperResolved(generator, upscaler, max_faces=1)
+        except SuperResolutionError as exc:
+            upscaler.close()
+            raise LiveError(f"engine.super_resolution: {exc} (set engine.super_resolution: '' to turn it off)") from None
+    except BaseException:
+        generator.close()
+        raise
+
+
 def config_from_preset(preset: Any) -> LiveConfig:
     """Map an :class:`installation.presets.Preset` onto :class:`LiveConfig`.
 
@@ -1295,6 +1326,7 @@ def config_from_preset(preset: Any) -> LiveConfig:
         gen_threads=int(e.threads) or None,
         gen_spin=str(e.ort_spin),
         max_batch=int(e.max_batch),
+        super_resolution=e.super_resolution_path,
         input=input_spec(i.source),
         input_rate=int(i.sample_rate),
         input_channels=int(i.channels),

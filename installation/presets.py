@@ -143,6 +143,9 @@ class EngineConfig:
         ort_spin: thread spinning of ONNX Runtime's CPU backend: ``never`` (workers sleep whenever idle; the default) or
             ``in-call`` (they spin between the kernels of one call and stop when it returns: ~20 % lower
             latency on 2 cores, no CPU burnt between calls); see :mod:`engine.backends.ort_backend`.
+        super_resolution: a face super-resolution bundle the live loop runs on single generated faces (portrait,
+            morph, grid of 1), e.g. ``presets/models/face-sr-4x`` (64 -> 256 px); ``""``: none (the scenes
+            upscale the generated pixels with OpenCV).
     """
 
     bundle: str = "presets/models/wav2pix-64"
@@ -151,11 +154,17 @@ class EngineConfig:
     max_batch: int = _range(32, 1, 4096)
     threads: int = _range(0, 0, 256)
     ort_spin: Literal["never", "in-call"] = "never"
+    super_resolution: str = ""
 
     @property
     def bundle_path(self) -> Path:
         """``bundle`` as an absolute path."""
         return resolve_path(self.bundle)
+
+    @property
+    def super_resolution_path(self) -> Path | None:
+        """``super_resolution`` as an absolute path, or ``None`` when it is empty."""
+        return resolve_path(self.super_resolution) if self.super_resolution.strip() else None
 
 
 @dataclass(frozen=True)

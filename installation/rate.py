@@ -290,15 +290,16 @@ class RealFaces:
         return None
 
     def load(self, audio: Path, side: int) -> np.ndarray | None:
-        """The real face of ``audio`` as uint8 [side, side, 3] RGB (centre square, decoded by content), or ``None``
-        (none found, or unreadable: logged)."""
+        """The real face of ``audio`` as uint8 [side, side, 3] RGB (centre square, decoded by content, in the
+        channel order of its dataset folder: :func:`datastore.images.channel_order`), or ``None`` (none found, or
+        unreadable: logged)."""
         path = self.find(audio)
         if path is None:
             return None
-        from datastore.images import decode_image
+        from datastore.images import channel_order, decode_image
 
-        try:
-            return decode_image(path.read_bytes(), side, str(path))
+        try:  # both layouts keep faces one folder below the dataset folder (<identity>/, <participant>/)
+            return decode_image(path.read_bytes(), side, str(path), channel_order(path.parent.parent))
         except (OSError, ValueError) as exc:
             log.warning("real face %s not shown: %s", path, exc)
             return None

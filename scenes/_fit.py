@@ -53,6 +53,39 @@ def upscale_into(small: np.ndarray, canvas: np.ndarray, interpolation: int) -> N
         canvas[...] = cv2.resize(small, (width, height), interpolation=interpolation)
 
 
+FITS: tuple[str, ...] = ("fill", "fit")
+"""How a picture meets a canvas of another shape: ``fill`` covers it (cropping the picture), ``fit`` shows all of it
+(letterboxed on the scene's background)."""
+
+
+def contain_into(
+    small: np.ndarray, canvas: np.ndarray, zoom: float, interpolation: int, background: np.ndarray
+) -> tuple[int, int, int, int]:
+    """Scale uint8 ``small`` [h, w, 3] to fit inside ``canvas`` [H, W, 3] times ``zoom``, centred, and fill the rest
+    from ``background`` (uint8, the canvas's shape), in place: the whole picture, letterboxed (a ``zoom`` above 1
+    lets it grow past the canvas, which then crops it). Only the bars are copied from ``background``.
+
+    Returns:
+        (x0, y0, x1, y1): the picture's rectangle on the canvas, px (clipped to the canvas).
+    """
+    height, width = canvas.shape[:2]
+    h, w = small.shape[:2]
+    scale = min(height / h, width / w) * zoom
+    rw, rh = max(1, round(w * scale)), max(1, round(h * scale))
+    x0, y0 = (width - rw) // 2, (height - rh) // 2
+    cx0, cy0, cx1, cy1 = max(0, x0), max(0, y0), min(width, x0 + rw), min(height, y0 + rh)
+    for ys, xs in ((slice(0, cy0), slice(None)), (slice(cy1, None), slice(None)),
+                   (slice(cy0, cy1), slice(0, cx0)), (slice(cy0, cy1), slice(cx1, None))):  # fmt: skip
+        canvas[ys, xs] = background[ys, xs]
+    if (rw, rh) == (cx1 - cx0, cy1 - cy0):
+        region = canvas[cy0:cy1, cx0:cx1]
+        region[...] = cv2.resize(small, (rw, rh), interpolation=interpolation)
+    else:  # grown past the canvas: the visible part of the scaled picture
+        big = cv2.resize(small, (rw, rh), interpolation=interpolation)
+        canvas[cy0:cy1, cx0:cx1] = big[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
+    return cx0, cy0, cx1, cy1
+
+
 def validate_image(image: np.ndarray) -> None:
     """Raise ``ValueError`` unless ``image`` is uint8 [h, w, 3] with h, w > 0."""
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:

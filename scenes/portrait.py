@@ -12,8 +12,10 @@ Drawing, per frame (all at the generated image's resolution, then one upscale):
   (time constant ``idle_zoom_s``). Before the first generated image the canvas is plain
   background: the scene never invents a face.
 
-The face is scaled to *cover* the canvas (non-square canvases crop the face's top/bottom or
-sides) with OpenCV (``interpolation``: cubic by default, ~0.3 ms for 64 -> 512 px).
+``fit`` says how the square face meets a canvas of another shape: ``"fill"`` scales it to *cover* the canvas
+(a 16:9 canvas crops the face's top and bottom: eyebrows to upper lip show), ``"fit"`` scales it to fit inside
+(the whole face, letterboxed on ``background``). Scaling is OpenCV's (``interpolation``: cubic by default,
+~0.3 ms for 64 -> 512 px).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from scenes._fit import FrameClock, ParamCache, replace_known, validate_image
+from scenes._fit import FITS, FrameClock, ParamCache, contain_into, replace_known, validate_image
 from scenes.base import FrameState, check_canvas
 
 INTERPOLATIONS: dict[str, int] = {
@@ -48,8 +50,9 @@ class PortraitParams:
         idle_zoom: zoom factor (>= 1) the idle face drifts towards.
         idle_zoom_s: time constant of the idle zoom.
         zoom_return_s: time constant of the zoom's return to 1 when the voice is active again.
-        background: RGB of the empty / faded canvas.
+        background: RGB of the empty / faded canvas, and of the bars beside the face in ``fit`` mode.
         interpolation: upscaling filter, one of :data:`INTERPOLATIONS`.
+        fit: ``"fill"`` (cover the canvas, cropping the face) or ``"fit"`` (the whole face, letterboxed).
     """
 
     crossfade_s: float = 0.1
@@ -60,6 +63,7 @@ class PortraitParams:
     zoom_return_s: float = 0.6
     background: tuple[int, int, int] = (8, 8, 12)
     interpolation: str = "cubic"
+    fit: str = "fill"
 
     def __post_init__(self) -> None:
         for name in ("crossfade_s", "fade_in_s", "idle_fade_s", "idle_zoom_s", "zoom_return_s"):
@@ -71,6 +75,8 @@ class PortraitParams:
             raise ValueError(
                 f"portrait parameter interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}"
             )
+        if self.fit not in FITS:
+            raise ValueError(f"portrait parameter fit must be one of {', '.join(FITS)}, got {self.fit!r}")
         if len(self.background) != 3 or not all(0 <= int(c) <= 255 for c in self.background):
             raise ValueError(f"portrait parameter background must be 3 values in 0..255, got {self.background!r}")
 
@@ -181,7 +187,11 @@ class Portrait:
         if self._brightness < 1.0:
             picture = background + (picture - background) * np.float32(self._brightness)
         small = np.clip(picture + 0.5, 0, 255).astype(np.uint8)  # convex mixes stay in range; clip guards rounding
-        _cover(small, canvas, self._zoom, INTERPOLATIONS[p.interpolation])
+        if p.fit == "fit":
+            contain_into(small, canvas, self._zoom, INTERPOLATIONS[p.interpolation],
+                         self._background(canvas.shape, p.background))  # fmt: skip
+        else:
+            _cover(small, canvas, self._zoom, INTERPOLATIONS[p.interpolation])
 
 
 def _cover(small: np.ndarray, canvas: np.ndarray, zoom: float, interpolation: int) -> None:

@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from datastore.images import channel_order  # noqa: E402
 from engine.audio import load_audio  # noqa: E402
 
 W, H, FPS, RATE = 960, 540, 25, 48_000
@@ -55,11 +56,13 @@ def _frames_of(identity_dir: Path) -> list[tuple[int, Path, Path]]:
     return sorted(out)
 
 
-def _read_image(path: Path) -> np.ndarray:
+def _read_image(path: Path, order: str) -> np.ndarray:
+    """The face as OpenCV's BGR array in true colours (``order``: the folder's channel order, see
+    :func:`datastore.images.channel_order`; the Wav2Pix crops are stored with red and blue swapped)."""
     img = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise SystemExit(f"{path}: cannot decode image")
-    return img
+    return np.ascontiguousarray(img[:, :, ::-1]) if order == "bgr" else img
 
 
 def _paste(frame: np.ndarray, face: np.ndarray, cx: float, cy: float, scale: float) -> None:
@@ -73,6 +76,7 @@ def _paste(frame: np.ndarray, face: np.ndarray, cx: float, cy: float, scale: flo
 def make(data: Path, out: Path, visitors: int, seed: int = 0) -> dict:
     """Write the stand-ins; returns the timeline. Raises SystemExit when ``data`` has no Wav2Pix identities."""
     rng = np.random.default_rng(seed)
+    order = channel_order(data) if data.is_dir() else "rgb"
     identities = sorted(p for p in data.iterdir() if p.is_dir()) if data.is_dir() else []
     runs = {p.name: _frames_of(p) for p in identities}
     runs = {k: v for k, v in runs.items() if len(v) >= 100}
@@ -112,7 +116,7 @@ def make(data: Path, out: Path, visitors: int, seed: int = 0) -> dict:
         start = offsets[who]
         offsets[who] = (start + 9 * FPS + 2 * FPS + 37) % max(1, len(run) - 12 * FPS)
         clip = run[start : start + 11 * FPS]
-        faces = [_read_image(img) for _, img, _ in clip]
+        faces = [_read_image(img, order) for _, img, _ in clip]
         background = cv2.GaussianBlur(cv2.resize(faces[0], (W, H)), (0, 0), 25)
         speech = np.concatenate([load_audio(a, RATE) for _, _, a in clip[:9]]).astype(np.float32)
         speech /= max(1e-3, float(np.abs(speech).max())) / 0.5  # a normal speaking level, peaks at -6 dBFS
@@ -127,7 +131,7 @@ def make(data: Path, out: Path, visitors: int, seed: int = 0) -> dict:
         frames = []
         audio = np.concatenate([load_audio(a, RATE) for _, _, a in clip[9:11]]).astype(np.float32)
         audio /= max(1e-3, float(np.abs(audio).max())) / 0.5
-        friend = _read_image(runs[other][(start + 500) % len(runs[other])][1])
+        friend = _read_image(runs[other][(start + 500) % len(runs[other])][1], order)
         for k in range(2 * FPS):
             f = background.copy()
             face = faces[(9 * FPS + k) % len(faces)]

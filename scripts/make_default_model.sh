@@ -27,6 +27,10 @@
 #            unseen-voice detection ratio inside the bundle; with CALIBRATE_BANK=1 (the shipped choice since
 #            2026-11-22) the neighbours bank is calibrated on the training faces first (export --calibrate-bank,
 #            ~20 min).
+# Colour: the shipped weights were trained before the loader read each data folder's channel order, on the Wav2Pix
+# crops as stored (red and blue swapped); the shipped bundle was exported again with --swap-red-blue (2026-12-03,
+# docs/default_model/command.txt), so its graph exchanges them. A replay trains on faces in true RGB order and
+# exports without it.
 # GENERATOR picks the weights of a checkpoint: "ema" (the moving average; the shipped choice) or "raw" (the
 # trained weights; in phase 2 the average blended the two speakers while the identity mapping kept moving).
 # The phase configs state every value where the config defaults (since 2026-12 the shipped recipe) differ from the

@@ -52,7 +52,9 @@ def test_bundle_files_and_manifest(tiny_bundle: Path, tiny_model) -> None:
     }
     assert {k: v["shape"] for k, v in m["outputs"].items()} == {"image": [None, 3, 64, 64]}
     assert m["labels"] == tiny_model.identities
-    assert m["family_info"] == {"truncation": 1.0, "pose_code_dim": 0, "pose_prior": "normal", "pose_prior_fit": None}
+    assert m["family_info"] == {
+        "truncation": 1.0, "pose_code_dim": 0, "pose_prior": "normal", "pose_prior_fit": None, "swap_red_blue": False,
+    }  # fmt: skip
     assert set(m["files"]) == FILES
     for name, digest in m["files"].items():
         assert sha256_file(tiny_bundle / name) == digest

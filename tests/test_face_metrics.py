@@ -37,8 +37,9 @@ def analyzer() -> fm.FaceAnalyzer:
 
 def real_faces(per_identity: int = 10, size: int = 64) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """``per_identity`` distinct real face crops per identity, uint8 [N, size, size, 3], labels, names."""
-    from datastore.images import decode_image
+    from datastore.images import channel_order, decode_image
 
+    order = channel_order(W2P)  # the published crops: red and blue swapped, undone here
     identities = sorted(p.name for p in W2P.iterdir() if p.is_dir())
     images, labels = [], []
     for k, ident in enumerate(identities):
@@ -51,7 +52,7 @@ def real_faces(per_identity: int = 10, size: int = 64) -> tuple[np.ndarray, np.n
             if digest in seen:
                 continue
             seen.add(digest)
-            images.append(decode_image(data, size, str(f)))
+            images.append(decode_image(data, size, str(f), order))
             labels.append(k)
             if len(seen) == per_identity:
                 break

@@ -203,7 +203,8 @@ def test_items_and_real_faces_in_both_dataset_layouts(tmp_path: Path) -> None:
 
     red = np.zeros((40, 30, 3), np.uint8)
     red[..., 2] = 255  # BGR: a red image, not square (centre-cropped)
-    jpeg = cv2.imencode(".jpg", red)[1].tobytes()
+    # the Wav2Pix layout stores red and blue swapped (as the published crops do): the same red face, swapped
+    jpeg = cv2.imencode(".jpg", np.ascontiguousarray(red[..., ::-1]))[1].tobytes()
     tone = (0.1 * np.sin(np.arange(8000) / 5.0)).astype(np.float32)
     # Wav2Pix layout: the ".png" is JPEG bytes, decoded by content
     w2p = tmp_path / "w2p" / "speaker"
@@ -228,7 +229,7 @@ def test_items_and_real_faces_in_both_dataset_layouts(tmp_path: Path) -> None:
     for audio in (w2p / "preprocessed_frame_7.flac", cap / "P-1" / "take1.wav"):
         face = faces.load(audio, 24)
         assert face is not None and face.shape == (24, 24, 3) and face.dtype == np.uint8
-        assert face[..., 0].mean() > 200 and face[..., 2].mean() < 40  # RGB: red
+        assert face[..., 0].mean() > 200 and face[..., 2].mean() < 40  # RGB: red, from either layout
     assert faces.find(w2p / "preprocessed_frame_8.flac") is None
 
 

@@ -148,3 +148,74 @@ def test_params_dict_updated_in_place_takes_effect() -> None:
     params["background"] = (20, 30, 40)  # e.g. an OSC handler updating the live parameters
     scene.draw(out, FrameState(time=0.1, params=params))
     assert (out == np.array([20, 30, 40], np.uint8)).all()
+
+
+def _framed_face(size: int = 64) -> np.ndarray:
+    """A face stand-in whose border rows and columns are marked: a white square with a red frame."""
+    face = np.full((size, size, 3), 230, np.uint8)
+    face[:2], face[-2:], face[:, :2], face[:, -2:] = (255, 0, 0), (255, 0, 0), (255, 0, 0), (255, 0, 0)
+    return face
+
+
+def _not_background(out: np.ndarray, bg: tuple[int, int, int]) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of the pixels that differ from ``bg`` by more than 8 levels."""
+    ys, xs = np.nonzero(np.abs(out.astype(int) - np.array(bg)).max(axis=2) > 8)
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+@pytest.mark.parametrize("zoom_state", ["active", "idle"])
+def test_portrait_fit_shows_the_whole_face_letterboxed_and_fill_crops_it(zoom_state: str) -> None:
+    bg = (20, 90, 40)
+    face = _framed_face()
+    for fit in ("fit", "fill"):
+        scene, out = Portrait(PortraitParams(fade_in_s=0.0, idle_fade_s=1e6, background=bg, fit=fit)), canvas(90, 160)
+        scene.draw(out, FrameState(time=0.0, gate=1.0, images=(face,), image_index=0))
+        if zoom_state == "idle":  # the idle zoom (1.12) grows the face past the frame: cropped, even in fit mode
+            scene.draw(out, FrameState(time=100.0, gate=0.0, images=(face,), image_index=0))
+        red = (out[..., 0] > 200) & (out[..., 1] < 80)
+        if fit == "fill":  # 16:9 covered: the face's top and bottom rows are cut off
+            assert not red[0, 10:150].any() and not red[89, 10:150].any()
+            assert not (np.abs(out.astype(int) - np.array(bg)).max(axis=2) <= 8).any()
+            continue
+        x0, y0, x1, y1 = _not_background(out, bg)
+        if zoom_state == "active":  # the whole face, centred, 90 x 90 on a 160 x 90 canvas; bars left and right
+            assert (x0, y0, x1, y1) == (35, 0, 125, 90)
+            assert red[:, 36].all() and red[:, 123].all() and red[1, 40:120].all() and red[88, 40:120].all()
+            assert (out[:, :35] == np.array(bg, np.uint8)).all() and (out[:, 125:] == np.array(bg, np.uint8)).all()
+        else:
+            assert x0 > 25 and x1 < 135 and not red[0, 40:120].any()  # bars remain; top and bottom crop a little
+
+
+def test_morph_fit_keeps_the_whole_face_inside_the_frame_through_sway_and_zoom() -> None:
+    from scenes import Morph, MorphParams
+
+    bg = (30, 30, 120)
+    face = _framed_face()
+    scene = Morph(MorphParams(fit="fit", background=bg, glow=(0, 0, 0), trail=0.0, fade_in_s=0.0, sway=0.05,
+                              zoom_pulse=0.2))  # fmt: skip
+    out = canvas(270, 480)
+    boxes = []
+    for k in range(200):  # 20 s of sway (periods ~7.7 and ~9.1 s), the envelope from 0 to 1
+        t = k * 0.1
+        scene.draw(out, FrameState(time=t, gate=1.0, level=(k % 10) / 9, images=(face,), image_index=0))
+        red = (out[..., 0] > 150) & (out[..., 2] < 110)
+        ys, xs = np.nonzero(red)
+        boxes.append((xs.min(), ys.min(), xs.max(), ys.max()))
+        assert ys.min() > 0 and ys.max() < 269 and xs.min() > 0 and xs.max() < 479  # never touches an edge
+    boxes = np.array(boxes)
+    assert np.ptp(boxes[:, 0]) > 5 and np.ptp(boxes[:, 1]) > 5  # it does sway
+    fill = Morph(MorphParams(fit="fill", trail=0.0, fade_in_s=0.0))
+    fill.draw(out, FrameState(time=0.0, gate=1.0, images=(face,), image_index=0))
+    fill.draw(out, FrameState(time=0.1, gate=1.0, images=(face,), image_index=0))
+    assert not ((out[..., 0] > 150) & (out[..., 2] < 110))[:, 100:380].any()  # covered: no face edge in view
+
+
+def test_fit_must_be_a_known_mode() -> None:
+    from scenes import MorphParams
+
+    with pytest.raises(ValueError, match="portrait parameter fit must be one of fill, fit, got 'stretch'"):
+        PortraitParams(fit="stretch")
+    with pytest.raises(ValueError, match="morph parameter fit must be one of fill, fit"):
+        MorphParams(fit="contain")
+    with pytest.raises(ValueError, match="max_work_px"):
+        MorphParams(max_work_px=8)

@@ -82,13 +82,17 @@ def _resume(path: Path, G, G_ema, D, opt_g, opt_d, tc) -> int:
     try:
         G.load_state_dict(runs.sub_state(tensors, "G"))
         G_ema.load_state_dict(runs.sub_state(tensors, "G_ema"))
-        D.load_state_dict(runs.sub_state(tensors, "D"))
+        if D is not None:
+            D.load_state_dict(runs.sub_state(tensors, "D"))
     except RuntimeError as exc:
         raise UserError(f"{path}: does not match the config ({str(exc).splitlines()[0]})") from exc
     opt_g.load_state_dict(runs.unflatten_optimizer("opt_g", tensors, meta["opt_g_groups"]))
-    opt_d.load_state_dict(runs.unflatten_optimizer("opt_d", tensors, meta["opt_d_groups"]))
+    if opt_d is not None:
+        opt_d.load_state_dict(runs.unflatten_optimizer("opt_d", tensors, meta["opt_d_groups"]))
     # load_state_dict restores the saved hyper-parameters; the resumed run's config must win.
     for opt, lr in ((opt_g, tc.lr_g), (opt_d, tc.lr_d)):
+        if opt is None:
+            continue
         for group in opt.param_groups:
             group["lr"], group["betas"] = lr, tuple(tc.betas)
     return int(meta["step"])
@@ -154,12 +158,11 @@ def train(
             **split.record,
         }
         (out / runs.SPLIT_FILE).write_text(json.dumps(record, indent=1))
-    G, D = family.build(cfg, labels)
+    G, D = family.build(cfg, labels)  # D is None for a family trained without a discriminator
     G.to(dev)
-    D.to(dev)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     opt_g = torch.optim.Adam(G.parameters(), lr=tc.lr_g, betas=tc.betas)
-    opt_d = torch.optim.Adam(D.parameters(), lr=tc.lr_d, betas=tc.betas)
+    opt_d = None if D is None else torch.optim.Adam(D.to(dev).parameters(), lr=tc.lr_d, betas=tc.betas)
 
     def barrier() -> None:
         if world > 1:
@@ -184,12 +187,12 @@ def train(
     elif init_from is not None:
         tensors, meta = runs.read_checkpoint(Path(init_from))
         ctx.step = family.init_from_checkpoint(ctx, tensors, meta)
-        for group in opt_d.param_groups:
+        for group in opt_d.param_groups if opt_d is not None else ():
             group["lr"], group["betas"] = tc.lr_d, tuple(tc.betas)
         if main:
             log.info("initialised from %s at step %d", init_from, ctx.step)
     if world > 1:  # identical start on every rank
-        for module in (G, D, G_ema):
+        for module in (m for m in (G, D, G_ema) if m is not None):
             for t in list(module.parameters()) + list(module.buffers()):
                 dist.broadcast(t.data, 0)
 
@@ -214,7 +217,8 @@ def train(
             t_last, imgs_since = now, 0
             with log_path.open("a") as fh:
                 fh.write(json.dumps(rec) + "\n")
-            bar.set_postfix(d=f"{rec['loss_d']:.3f}", g=f"{rec['loss_g']:.3f}", ips=f"{rec['images_per_s']:.0f}")
+            bar.set_postfix(d=f"{rec.get('loss_d', math.nan):.3f}", g=f"{rec['loss_g']:.3f}",
+                            ips=f"{rec['images_per_s']:.0f}")  # fmt: skip
         if main and (step % tc.sample_every == 0 or step == tc.steps):
             grid = trainer.sample_grid()
             if grid is not None:
@@ -227,8 +231,9 @@ def train(
                 runs.prune_checkpoints(out, tc.keep_checkpoints)
             trainer.on_checkpoint()
             barrier()
-        if not (math.isfinite(stats["loss_d"]) and (math.isfinite(stats["loss_g"]) or warm)):
-            raise RuntimeError(f"training diverged at step {step} (loss_d={stats['loss_d']}, loss_g={stats['loss_g']})")
+        loss_d = stats.get("loss_d", 0.0)  # absent: a family without a discriminator
+        if not (math.isfinite(loss_d) and (math.isfinite(stats["loss_g"]) or warm)):
+            raise RuntimeError(f"training diverged at step {step} (loss_d={loss_d}, loss_g={stats['loss_g']})")
     bar.close()
     if world > 1:
         dist.barrier()

@@ -79,24 +79,26 @@ def save_checkpoint(
     labels: list[str],
     G: torch.nn.Module,
     G_ema: torch.nn.Module,
-    D: torch.nn.Module,
+    D: torch.nn.Module | None,
     opt_g: torch.optim.Optimizer,
-    opt_d: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer | None,
 ) -> None:
-    """Write a resumable safetensors checkpoint atomically (temp file + ``os.replace``)."""
-    tensors = {**module_state("G", G), **module_state("G_ema", G_ema), **module_state("D", D)}
+    """Write a resumable safetensors checkpoint atomically (temp file + ``os.replace``). ``D`` and ``opt_d`` are
+    ``None`` for a family trained without a discriminator (nothing of theirs is written)."""
+    tensors = {**module_state("G", G), **module_state("G_ema", G_ema)}
     og, og_groups = _flatten_optimizer("opt_g", opt_g)
-    od, od_groups = _flatten_optimizer("opt_d", opt_d)
     tensors.update(og)
-    tensors.update(od)
     meta = {
         "format_version": str(FORMAT_VERSION),
         "step": str(step),
         "config": json.dumps(to_dict(cfg)),
         "identities": json.dumps(labels),
         "opt_g_groups": og_groups,
-        "opt_d_groups": od_groups,
     }
+    if D is not None and opt_d is not None:
+        tensors.update(module_state("D", D))
+        od, meta["opt_d_groups"] = _flatten_optimizer("opt_d", opt_d)
+        tensors.update(od)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata=meta)
@@ -304,7 +306,7 @@ def save_loss_plot(log_path: Path, out: Path) -> None:
 
 
 def save_image(path: Path, image: np.ndarray) -> None:
-    """Write uint8 [H, W, 3] RGB as PNG (creating folders)."""
+    """Write uint8 [H, W, 3] RGB as PNG, or JPEG (quality 95) for a ``.jpg`` path (creating folders)."""
     import cv2
 
     path.parent.mkdir(parents=True, exist_ok=True)

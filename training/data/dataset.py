@@ -7,6 +7,11 @@ Readers:
   Images are decoded by content (the ``.png`` files are really JPEG).
 * AVGAN capture layout (:mod:`datastore.capture_format`): identities = participants.
 
+Colour channel order is a property of each folder (:func:`datastore.images.channel_order`): Wav2Pix-layout
+folders are read as the published crops are stored, red and blue swapped, and swapped back; capture datasets
+are RGB; a folder's ``avgan-data.json`` (``{"channel_order": "rgb"}``) overrides either. Faces leave the
+loader in true RGB order whatever the source.
+
 Audio of any common format, rate and channel count is decoded to mono float32 at
 the model rate (:func:`engine.audio.load_audio`). A corrupt or empty file is
 skipped with a warning naming it and counted in :attr:`PairDataset.skipped`.
@@ -28,7 +33,7 @@ import numpy as np
 
 from datastore import capture_format
 from datastore.cache import default_cache_dir
-from datastore.images import decode_image
+from datastore.images import ChannelOrder, channel_order, decode_image
 from engine.audio import AudioDecodeError, load_audio
 from engine.errors import UserError
 
@@ -36,16 +41,18 @@ log = logging.getLogger(__name__)
 AUDIO_EXTS = (".flac", ".wav", ".ogg", ".mp3", ".m4a", ".aac", ".opus")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 _W2P_IMAGE = re.compile(r"^cropped_face_frame_(\d+)$")
-_CACHE_VERSION = 2
+_CACHE_VERSION = 3  # 3: faces in true RGB order (channel order per folder)
 
 
 @dataclass(frozen=True)
 class PairSource:
-    """One (image file, audio file, identity) pair found on disk."""
+    """One (image file, audio file, identity) pair found on disk, and how its image file stores colour
+    (:data:`datastore.images.CHANNEL_ORDERS`)."""
 
     image: Path
     audio: Path
     identity: str
+    channel_order: ChannelOrder = "rgb"
 
 
 def _find_with_stem(folder: Path, stem: str, exts: Sequence[str]) -> Path | None:
@@ -59,17 +66,23 @@ def _find_with_stem(folder: Path, stem: str, exts: Sequence[str]) -> Path | None
 def discover_pairs(root: str | Path) -> list[PairSource]:
     """List the pairs in one dataset folder (Wav2Pix or capture layout).
 
+    Each pair carries the folder's channel order (:func:`datastore.images.channel_order`).
+
     Raises:
-        UserError: the folder does not exist or holds no recognisable pairs.
+        UserError: the folder does not exist, holds no recognisable pairs, or has a bad ``avgan-data.json``.
     """
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root}: dataset folder not found")
+    try:
+        order = channel_order(root)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     if capture_format.is_capture_dataset(root):
         records, problems = capture_format.read_manifest(root)
         for problem in problems:
             log.warning("skipping manifest line: %s", problem)
-        pairs = [PairSource(root / r.image, root / r.audio, r.participant) for r in records]
+        pairs = [PairSource(root / r.image, root / r.audio, r.participant, order) for r in records]
     else:
         pairs = []
         for ident_dir in sorted(p for p in root.iterdir() if p.is_dir()):
@@ -81,7 +94,7 @@ def discover_pairs(root: str | Path) -> list[PairSource]:
                 if audio is None:
                     log.warning("%s: no matching preprocessed_frame_%s audio; skipped", img, m.group(1))
                     continue
-                pairs.append(PairSource(img, audio, ident_dir.name))
+                pairs.append(PairSource(img, audio, ident_dir.name, order))
     if not pairs:
         raise UserError(
             f"{root}: no speech/face pairs found (expected <identity>/cropped_face_frame_N.* + "
@@ -157,7 +170,7 @@ def _cache_key(pairs: list[PairSource], sample_rate: int, image_size: int) -> st
     for p in pairs:
         for f in (p.image, p.audio):
             st = f.stat()
-            h.update(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}:{p.identity}\n".encode())
+            h.update(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}:{p.identity}:{p.channel_order}\n".encode())
     return h.hexdigest()[:20]
 
 
@@ -171,8 +184,9 @@ def load_dataset(
 ) -> PairDataset:
     """Discover, decode and (optionally) cache the pairs of one or more dataset folders.
 
-    Identities with the same name in different folders are merged. Decoded arrays are cached as
-    ``.npz`` under ``cache_dir`` keyed by file names, sizes, mtimes, rate and image size.
+    Identities with the same name in different folders are merged. Faces are RGB whatever the folder's channel
+    order (see the module docstring). Decoded arrays are cached as ``.npz`` under ``cache_dir`` keyed by file
+    names, sizes, mtimes, channel orders, rate and image size.
 
     Args:
         dirs: dataset folders (Wav2Pix or capture layout).
@@ -198,7 +212,7 @@ def load_dataset(
         try:
             data = pair.image.read_bytes()
             digest = hashlib.sha1(data).hexdigest()
-            img = decode_image(data, image_size, str(pair.image))
+            img = decode_image(data, image_size, str(pair.image), pair.channel_order)
             audio = load_audio(pair.audio, sample_rate)
             return digest, img, audio
         except (OSError, ValueError, AudioDecodeError) as exc:
@@ -288,24 +302,43 @@ def _load_cache(path: Path) -> PairDataset:
     return ds
 
 
+def validation_faces(
+    face_hashes: Sequence[str], face_labels: np.ndarray, val_fraction: float, seed: int = 0
+) -> np.ndarray:
+    """Which distinct faces are held out for validation: bool [F], stratified per label.
+
+    Per label, the faces are ordered by ``sha1(f"{seed}:{hash}")`` and the first ``round(n * val_fraction)`` are
+    validation faces: the choice depends only on the content hashes, the labels and ``seed`` (stable across
+    machines, and the same for any loader that hashes the same files: :func:`split_by_face` and the face
+    super-resolution family's).
+
+    Args:
+        face_hashes: F content hashes (sha1 of each image file's bytes). face_labels: int [F] label of each face.
+
+    Raises:
+        UserError: ``val_fraction`` outside [0, 1).
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise UserError(f"train.val_fraction: expected 0 <= value < 1, got {val_fraction}")
+    face_labels = np.asarray(face_labels)
+    is_val = np.zeros(len(face_hashes), bool)
+    for label in np.unique(face_labels):
+        members = [f for f in range(len(face_hashes)) if face_labels[f] == label]
+        members.sort(key=lambda f: hashlib.sha1(f"{seed}:{face_hashes[f]}".encode()).hexdigest())
+        is_val[members[: int(round(len(members) * val_fraction))]] = True
+    return is_val
+
+
 def split_by_face(ds: PairDataset, val_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Split pair indices into train/validation by *distinct face crop* (content hash), never by pair.
 
     All pairs that share a face image land on the same side, so validation faces are never seen in
     training. The assignment depends only on the hashes and ``seed`` (stable across machines).
-    Stratified per identity so each identity keeps about ``val_fraction`` of its faces for validation.
+    Stratified per identity so each identity keeps about ``val_fraction`` of its faces for validation
+    (:func:`validation_faces`).
 
     Returns:
         (train_indices, val_indices): int64 arrays of pair indices.
     """
-    if not 0.0 <= val_fraction < 1.0:
-        raise UserError(f"train.val_fraction: expected 0 <= value < 1, got {val_fraction}")
-    face_label = ds.face_labels
-    val_faces: set[int] = set()
-    for label in range(len(ds.identities)):
-        members = [f for f in range(len(ds.faces)) if face_label[f] == label]
-        members.sort(key=lambda f: hashlib.sha1(f"{seed}:{ds.face_hashes[f]}".encode()).hexdigest())
-        n_val = int(round(len(members) * val_fraction))
-        val_faces.update(members[:n_val])
-    is_val = np.isin(ds.face_index, np.fromiter(val_faces, np.int64, len(val_faces)))
+    is_val = validation_faces(ds.face_hashes, ds.face_labels, val_fraction, seed)[ds.face_index]
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)

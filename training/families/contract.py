@@ -15,7 +15,8 @@ What a family provides (subclass :class:`Family`; the methods that raise by defa
 ``split``              dataset -> :class:`Split` (train / validation indices, a JSON record for split.json)
 ``labels``             dataset -> class names (speakers, scene classes; index = label)
 ``build``              (config, labels) -> (generator side, discriminator): the generator side is everything
-                       the generator's optimiser trains and the moving average copies
+                       the generator's optimiser trains and the moving average copies; the discriminator is
+                       ``None`` for a family trained without one (face_sr: a pixel loss)
 ``trainer``            :class:`TrainContext` -> :class:`Trainer` (one alternating D/G update per call)
 ``inference``          (config, generator, labels, :class:`GraphSource`, options) -> :class:`InferenceGraph`
 ``evaluate``           (:class:`Model`, args) -> figures (a JSON-able dict)
@@ -172,8 +173,9 @@ class TrainContext:
     Attributes:
         cfg: the family config. run_dir: the run folder. device: torch device of this process.
         rank, world: torchrun's process rank and count (0, 1 without torchrun). main: ``rank == 0``.
-        G, D, G_ema: generator side, discriminator, and the generator's moving average (eval mode).
-        opt_g, opt_d: their Adam optimisers.
+        G, D, G_ema: generator side, discriminator (``None`` for a family without one), and the generator's
+            moving average (eval mode).
+        opt_g, opt_d: their Adam optimisers (``opt_d`` ``None`` without a discriminator).
         data: the family's dataset. split: its :class:`Split`. labels: class names.
         step: the generator step training starts at (0, or the resumed one).
         all_reduce: ``all_reduce(params)`` averages the gradients of ``params`` over the processes (no-op
@@ -188,10 +190,10 @@ class TrainContext:
     rank: int
     world: int
     G: nn.Module
-    D: nn.Module
+    D: nn.Module | None
     G_ema: nn.Module
     opt_g: torch.optim.Optimizer
-    opt_d: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer | None
     data: Any
     split: Split
     labels: list[str]
@@ -240,8 +242,8 @@ class Trainer(Protocol):
     def step(self, step: int, update_g: bool) -> dict[str, float]:
         """One discriminator update and, with ``update_g``, one generator update, on a batch the trainer draws.
 
-        Returns floats for the log; ``loss_d`` and ``loss_g`` are required (``loss_g`` NaN without
-        ``update_g``); every ``loss_*`` key is plotted.
+        Returns floats for the log; ``loss_g`` is required (NaN without ``update_g``), and ``loss_d`` for a family
+        with a discriminator; every ``loss_*`` key is plotted.
         """
         ...
 
@@ -278,8 +280,9 @@ class Family:
         raise NotImplementedError
 
     # -- networks and training ------------------------------------------------------------------------------
-    def build(self, cfg: Any, labels: Sequence[str]) -> tuple[nn.Module, nn.Module]:
-        """Fresh (generator side, discriminator) for ``labels``."""
+    def build(self, cfg: Any, labels: Sequence[str]) -> tuple[nn.Module, nn.Module | None]:
+        """Fresh (generator side, discriminator) for ``labels``; the discriminator is ``None`` for a family trained
+        without one."""
         raise NotImplementedError
 
     def trainer(self, ctx: TrainContext) -> Trainer:

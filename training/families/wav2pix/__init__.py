@@ -2,9 +2,18 @@
 Generative Adversarial Networks", ICASSP 2019), the shipped default model.
 
 Bundle inputs ``audio`` float32 [B, S] (raw samples in [-1, 1] at the bundle's sample rate) and ``noise``
-float32 [B, Z]; output ``image`` float32 [B, 3, H, W] in [-1, 1]. ``family_info`` in ``bundle.json``:
-``truncation`` (psi), ``pose_code_dim`` (K), ``pose_prior`` ("neighbours" or "normal") and ``pose_prior_fit``
-(the neighbours bank's figures and calibration, or null).
+float32 [B, Z]; output ``image`` float32 [B, 3, H, W] in [-1, 1], RGB. ``family_info`` in ``bundle.json``:
+``truncation`` (psi), ``pose_code_dim`` (K), ``pose_prior`` ("neighbours" or "normal"), ``pose_prior_fit``
+(the neighbours bank's figures and calibration, or null) and ``swap_red_blue`` (true: the generator's weights
+draw blue, green, red, having been trained on faces read with red and blue swapped, and the graph exchanges them;
+absent or false: the weights draw RGB).
+
+Colour order: the data loader gives true RGB faces (each folder's channel order, :mod:`datastore.images`), so a
+model trained now draws RGB and exports with ``swap_red_blue`` false. Models trained before the loader read the
+channel order (the shipped default among them) learnt the Wav2Pix crops as stored, red and blue swapped; they are
+exported with ``--swap-red-blue`` (a bundle exported again keeps its setting), and a fine-tuning run started from
+such a bundle swaps the weights first (:func:`.networks.swap_red_blue`), so ``generator.safetensors`` always holds
+the weights as trained.
 
 Modules: :mod:`.config` (the config), :mod:`.networks` (encoder, generator, discriminator, Net2WiderNet growth),
 :mod:`.landmarks` (pose code, landmark CNN and its teacher), :mod:`.prior` (the neighbours pose prior),
@@ -128,6 +137,10 @@ class Wav2Pix(Family):
         if source.family.name != self.name:
             raise UserError(f"{bundle_dir}: cannot initialise a {self.name} model from a {source.family.name} one")
         old = source.G
+        if (source.manifest.get("family_info") or {}).get("swap_red_blue"):
+            from training.families.wav2pix.networks import swap_red_blue
+
+            swap_red_blue(old)  # trained on red and blue swapped: the data now comes in true RGB order
         if list(source.labels) != list(ctx.labels):
             log.warning("%s: trained on identities %s, the data has %s; the speech identity head starts afresh",
                         bundle_dir, list(source.labels), list(ctx.labels))  # fmt: skip
@@ -140,7 +153,7 @@ class Wav2Pix(Family):
 
     # -- export and evaluation ------------------------------------------------------------------------------
     def add_export_arguments(self, group: argparse._ArgumentGroup) -> None:
-        """``--truncation``, ``--pose-prior``, ``--calibrate-bank``."""
+        """``--truncation``, ``--pose-prior``, ``--calibrate-bank``, ``--swap-red-blue``."""
         group.add_argument(
             "--truncation", type=finite_float, default=1.0, metavar="PSI",
             help="noise scale inside the graph (truncation trick, Brock et al. 2019; default 1.0 = none)",
@@ -158,6 +171,12 @@ class Wav2Pix(Family):
             "faces (training data only; ~0.13 s per bank row and gain on a CPU). Default: on for `export` of a run "
             "(the shipped recipe), off for `evaluate` of a run and for a bundle exported again",
         )  # fmt: skip
+        group.add_argument(
+            "--swap-red-blue", action=argparse.BooleanOptionalAction, default=None,
+            help="for a generator trained on faces read with red and blue swapped (Wav2Pix data before the loader "
+            "read each folder's channel order): exchange its red and blue outputs inside the graph (exact), so the "
+            "bundle draws RGB. Default: off for a run, the bundle's own setting for a bundle exported again",
+        )  # fmt: skip
 
     def inference(
         self, cfg: Wav2PixConfig, G, labels: Sequence[str], source: GraphSource, options: argparse.Namespace
@@ -168,6 +187,11 @@ class Wav2Pix(Family):
         from training.families.wav2pix.prior import NeighbourPosePrior
 
         truncation = float(getattr(options, "truncation", 1.0))
+        swap = bool(getattr(options, "swap_red_blue", None))
+        if swap:  # G is the exporter's baked copy: swapping it in place changes nothing the caller holds
+            from training.families.wav2pix.networks import swap_red_blue
+
+            swap_red_blue(G)
         kind = getattr(options, "pose_prior", "neighbours")
         calibrate = getattr(options, "calibrate_bank", None)
         prior = None
@@ -212,6 +236,8 @@ class Wav2Pix(Family):
                 "pose_prior": "neighbours" if prior is not None else "normal",
                 # the neighbours bank: pairs, faces, neighbours k, search dimensions, calibration (null: none)
                 "pose_prior_fit": None if prior is None else prior.fit_report,
+                # true: the weights draw B, G, R (trained on red and blue swapped); the graph exchanges them
+                "swap_red_blue": swap,
             },
             extra_tensors={}
             if prior is None

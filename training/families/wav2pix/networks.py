@@ -13,6 +13,7 @@ After Duarte et al., "Wav2Pix: Speech-conditioned Face Generation using Generati
 * :class:`Wav2PixGenerator` — encoder + generator + speech identity head: everything the generator's
   optimiser trains, and what the moving average copies.
 * :func:`widen_from` — Net2WiderNet growth of a trained generator into a wider one.
+* :func:`swap_red_blue` — exchange the generator's red and blue outputs (exactly) in place.
 """
 
 from __future__ import annotations
@@ -188,6 +189,19 @@ class Wav2PixGenerator(nn.Module):
 
     def forward(self, audio: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         return self.generator(self.encoder(audio), noise)
+
+
+@torch.no_grad()
+def swap_red_blue(net: Wav2PixGenerator) -> Wav2PixGenerator:
+    """Reverse the order of the generator's output channels in place (R, G, B <-> B, G, R): the to-RGB
+    convolution's filters and biases are permuted, so the images are exactly those of before with red and blue
+    exchanged (``tanh`` acts per channel). For generators trained on faces read with red and blue swapped (the
+    Wav2Pix crops before the loader read each folder's channel order, ``datastore.images``). Returns ``net``."""
+    conv = net.generator.to_rgb
+    order = torch.tensor([2, 1, 0], device=conv.weight.device)
+    conv.weight.copy_(conv.weight[order])
+    conv.bias.copy_(conv.bias[order])
+    return net
 
 
 def _layer_chain(gen: Generator) -> list[nn.Module]:
