@@ -13,7 +13,7 @@
       50.0,
       80.0,
       1140.0,
-      1092.0
+      1126.0
     ],
     "bglocked": 0,
     "openinpresentation": 0,
@@ -80,7 +80,7 @@
           "id": "obj-4",
           "maxclass": "newobj",
           "numinlets": 2,
-          "numoutlets": 22,
+          "numoutlets": 23,
           "patching_rect": [
             520,
             70,
@@ -109,9 +109,10 @@
             "",
             "",
             "",
+            "",
             ""
           ],
-          "text": "route /avgan/status/fps /avgan/status/level /avgan/status/scene /avgan/status/input /avgan/status/backend /avgan/status/event /avgan/scene /avgan/scene/crossfade_s /avgan/grid/n /avgan/morph/trail /avgan/noise/seed /avgan/noise/walk_speed /avgan/sound/on /avgan/sound/level /avgan/sound/mix /avgan/sound/pitch /avgan/sound/density /avgan/overlay /avgan/blackout /avgan/brightness /avgan/vad/threshold_db"
+          "text": "route /avgan/status/fps /avgan/status/level /avgan/status/scene /avgan/status/input /avgan/status/backend /avgan/status/event /avgan/scene /avgan/scene/crossfade_s /avgan/grid/n /avgan/morph/trail /avgan/noise/seed /avgan/noise/walk_speed /avgan/sound/on /avgan/sound/level /avgan/sound/mix /avgan/sound/pitch /avgan/sound/density /avgan/sound/answer /avgan/overlay /avgan/blackout /avgan/brightness /avgan/vad/threshold_db"
         }
       },
       {
@@ -1374,23 +1375,32 @@
             190,
             20
           ],
-          "text": "overlay: true/false"
+          "text": "sound/answer: one of answer, loop, echo"
         }
       },
       {
         "box": {
           "id": "obj-75",
-          "maxclass": "toggle",
+          "maxclass": "umenu",
           "numinlets": 1,
-          "numoutlets": 1,
+          "numoutlets": 3,
           "patching_rect": [
             370,
             484,
-            22,
+            120,
             22
           ],
           "outlettype": [
-            "int"
+            "int",
+            "",
+            ""
+          ],
+          "items": [
+            "answer",
+            ",",
+            "loop",
+            ",",
+            "echo"
           ],
           "parameter_enable": 0
         }
@@ -1410,7 +1420,7 @@
           "outlettype": [
             ""
           ],
-          "text": "/avgan/overlay $1"
+          "text": "/avgan/sound/answer $1"
         }
       },
       {
@@ -1443,7 +1453,7 @@
             190,
             20
           ],
-          "text": "blackout: true/false"
+          "text": "overlay: true/false"
         }
       },
       {
@@ -1479,7 +1489,7 @@
           "outlettype": [
             ""
           ],
-          "text": "/avgan/blackout $1"
+          "text": "/avgan/overlay $1"
         }
       },
       {
@@ -1512,18 +1522,87 @@
             190,
             20
           ],
-          "text": "brightness: float 0 to 1"
+          "text": "blackout: true/false"
         }
       },
       {
         "box": {
           "id": "obj-83",
+          "maxclass": "toggle",
+          "numinlets": 1,
+          "numoutlets": 1,
+          "patching_rect": [
+            370,
+            552,
+            22,
+            22
+          ],
+          "outlettype": [
+            "int"
+          ],
+          "parameter_enable": 0
+        }
+      },
+      {
+        "box": {
+          "id": "obj-84",
+          "maxclass": "message",
+          "numinlets": 2,
+          "numoutlets": 1,
+          "patching_rect": [
+            500,
+            552,
+            200,
+            22
+          ],
+          "outlettype": [
+            ""
+          ],
+          "text": "/avgan/blackout $1"
+        }
+      },
+      {
+        "box": {
+          "id": "obj-85",
+          "maxclass": "message",
+          "numinlets": 2,
+          "numoutlets": 1,
+          "patching_rect": [
+            710,
+            552,
+            50,
+            22
+          ],
+          "outlettype": [
+            ""
+          ],
+          "text": "set $1"
+        }
+      },
+      {
+        "box": {
+          "id": "obj-86",
+          "maxclass": "comment",
+          "numinlets": 1,
+          "numoutlets": 0,
+          "patching_rect": [
+            20,
+            586,
+            190,
+            20
+          ],
+          "text": "brightness: float 0 to 1"
+        }
+      },
+      {
+        "box": {
+          "id": "obj-87",
           "maxclass": "slider",
           "numinlets": 1,
           "numoutlets": 1,
           "patching_rect": [
             220,
-            552,
+            586,
             140,
             20
           ],
@@ -1538,13 +1617,13 @@
       },
       {
         "box": {
-          "id": "obj-84",
+          "id": "obj-88",
           "maxclass": "flonum",
           "numinlets": 1,
           "numoutlets": 2,
           "patching_rect": [
             370,
-            552,
+            586,
             60,
             22
           ],
@@ -1559,13 +1638,13 @@
       },
       {
         "box": {
-          "id": "obj-85",
+          "id": "obj-89",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
           "patching_rect": [
             500,
-            552,
+            586,
             200,
             22
           ],
@@ -1577,13 +1656,13 @@
       },
       {
         "box": {
-          "id": "obj-86",
+          "id": "obj-90",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
           "patching_rect": [
             710,
-            552,
+            586,
             50,
             22
           ],
@@ -1595,13 +1674,13 @@
       },
       {
         "box": {
-          "id": "obj-87",
+          "id": "obj-91",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
           "patching_rect": [
             20,
-            586,
+            620,
             190,
             20
           ],
@@ -1610,13 +1689,13 @@
       },
       {
         "box": {
-          "id": "obj-88",
+          "id": "obj-92",
           "maxclass": "slider",
           "numinlets": 1,
           "numoutlets": 1,
           "patching_rect": [
             220,
-            586,
+            620,
             140,
             20
           ],
@@ -1631,13 +1710,13 @@
       },
       {
         "box": {
-          "id": "obj-89",
+          "id": "obj-93",
           "maxclass": "flonum",
           "numinlets": 1,
           "numoutlets": 2,
           "patching_rect": [
             370,
-            586,
+            620,
             60,
             22
           ],
@@ -1652,13 +1731,13 @@
       },
       {
         "box": {
-          "id": "obj-90",
+          "id": "obj-94",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
           "patching_rect": [
             500,
-            586,
+            620,
             200,
             22
           ],
@@ -1670,13 +1749,13 @@
       },
       {
         "box": {
-          "id": "obj-91",
+          "id": "obj-95",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
           "patching_rect": [
             710,
-            586,
+            620,
             50,
             22
           ],
@@ -1688,13 +1767,13 @@
       },
       {
         "box": {
-          "id": "obj-92",
+          "id": "obj-96",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
           "patching_rect": [
             20,
-            620,
+            654,
             190,
             20
           ],
@@ -1703,13 +1782,13 @@
       },
       {
         "box": {
-          "id": "obj-93",
+          "id": "obj-97",
           "maxclass": "umenu",
           "numinlets": 1,
           "numoutlets": 3,
           "patching_rect": [
             370,
-            620,
+            654,
             120,
             22
           ],
@@ -1734,13 +1813,13 @@
       },
       {
         "box": {
-          "id": "obj-94",
+          "id": "obj-98",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
           "patching_rect": [
             500,
-            620,
+            654,
             200,
             22
           ],
@@ -1752,13 +1831,13 @@
       },
       {
         "box": {
-          "id": "obj-95",
+          "id": "obj-99",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
           "patching_rect": [
             20,
-            654,
+            688,
             190,
             20
           ],
@@ -1767,13 +1846,13 @@
       },
       {
         "box": {
-          "id": "obj-96",
+          "id": "obj-100",
           "maxclass": "button",
           "numinlets": 1,
           "numoutlets": 1,
           "patching_rect": [
             370,
-            654,
+            688,
             22,
             22
           ],
@@ -1785,13 +1864,13 @@
       },
       {
         "box": {
-          "id": "obj-97",
+          "id": "obj-101",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
           "patching_rect": [
             500,
-            654,
+            688,
             200,
             22
           ],
@@ -1803,13 +1882,13 @@
       },
       {
         "box": {
-          "id": "obj-98",
+          "id": "obj-102",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
           "patching_rect": [
             20,
-            688,
+            722,
             190,
             20
           ],
@@ -1818,13 +1897,13 @@
       },
       {
         "box": {
-          "id": "obj-99",
+          "id": "obj-103",
           "maxclass": "button",
           "numinlets": 1,
           "numoutlets": 1,
           "patching_rect": [
             370,
-            688,
+            722,
             22,
             22
           ],
@@ -1836,13 +1915,13 @@
       },
       {
         "box": {
-          "id": "obj-100",
+          "id": "obj-104",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
           "patching_rect": [
             500,
-            688,
+            722,
             200,
             22
           ],
@@ -1854,13 +1933,13 @@
       },
       {
         "box": {
-          "id": "obj-101",
+          "id": "obj-105",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
           "patching_rect": [
             20,
-            722,
+            756,
             190,
             20
           ],
@@ -1869,13 +1948,13 @@
       },
       {
         "box": {
-          "id": "obj-102",
+          "id": "obj-106",
           "maxclass": "button",
           "numinlets": 1,
           "numoutlets": 1,
           "patching_rect": [
             370,
-            722,
+            756,
             22,
             22
           ],
@@ -1887,13 +1966,13 @@
       },
       {
         "box": {
-          "id": "obj-103",
+          "id": "obj-107",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
           "patching_rect": [
             500,
-            722,
+            756,
             200,
             22
           ],
@@ -1905,13 +1984,13 @@
       },
       {
         "box": {
-          "id": "obj-104",
+          "id": "obj-108",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
           "patching_rect": [
             20,
-            756,
+            790,
             190,
             20
           ],
@@ -1920,13 +1999,13 @@
       },
       {
         "box": {
-          "id": "obj-105",
+          "id": "obj-109",
           "maxclass": "button",
           "numinlets": 1,
           "numoutlets": 1,
           "patching_rect": [
             370,
-            756,
+            790,
             22,
             22
           ],
@@ -1938,13 +2017,13 @@
       },
       {
         "box": {
-          "id": "obj-106",
+          "id": "obj-110",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
           "patching_rect": [
             500,
-            756,
+            790,
             200,
             22
           ],
@@ -1956,13 +2035,13 @@
       },
       {
         "box": {
-          "id": "obj-107",
+          "id": "obj-111",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
           "patching_rect": [
             20,
-            790,
+            824,
             190,
             20
           ],
@@ -1971,13 +2050,13 @@
       },
       {
         "box": {
-          "id": "obj-108",
+          "id": "obj-112",
           "maxclass": "button",
           "numinlets": 1,
           "numoutlets": 1,
           "patching_rect": [
             370,
-            790,
+            824,
             22,
             22
           ],
@@ -1989,13 +2068,13 @@
       },
       {
         "box": {
-          "id": "obj-109",
+          "id": "obj-113",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
           "patching_rect": [
             500,
-            790,
+            824,
             200,
             22
           ],
@@ -2007,13 +2086,13 @@
       },
       {
         "box": {
-          "id": "obj-110",
+          "id": "obj-114",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
           "patching_rect": [
             20,
-            824,
+            858,
             190,
             20
           ],
@@ -2022,13 +2101,13 @@
       },
       {
         "box": {
-          "id": "obj-111",
+          "id": "obj-115",
           "maxclass": "button",
           "numinlets": 1,
           "numoutlets": 1,
           "patching_rect": [
             370,
-            824,
+            858,
             22,
             22
           ],
@@ -2040,13 +2119,13 @@
       },
       {
         "box": {
-          "id": "obj-112",
+          "id": "obj-116",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
           "patching_rect": [
             500,
-            824,
+            858,
             200,
             22
           ],
@@ -2058,13 +2137,13 @@
       },
       {
         "box": {
-          "id": "obj-113",
+          "id": "obj-117",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
           "patching_rect": [
             20,
-            858,
+            892,
             190,
             20
           ],
@@ -2073,13 +2152,13 @@
       },
       {
         "box": {
-          "id": "obj-114",
+          "id": "obj-118",
           "maxclass": "button",
           "numinlets": 1,
           "numoutlets": 1,
           "patching_rect": [
             370,
-            858,
+            892,
             22,
             22
           ],
@@ -2091,13 +2170,13 @@
       },
       {
         "box": {
-          "id": "obj-115",
+          "id": "obj-119",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
           "patching_rect": [
             500,
-            858,
+            892,
             200,
             22
           ],
@@ -2109,13 +2188,13 @@
       },
       {
         "box": {
-          "id": "obj-116",
+          "id": "obj-120",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
           "patching_rect": [
             20,
-            892,
+            926,
             190,
             20
           ],
@@ -2124,13 +2203,13 @@
       },
       {
         "box": {
-          "id": "obj-117",
+          "id": "obj-121",
           "maxclass": "button",
           "numinlets": 1,
           "numoutlets": 1,
           "patching_rect": [
             370,
-            892,
+            926,
             22,
             22
           ],
@@ -2142,13 +2221,13 @@
       },
       {
         "box": {
-          "id": "obj-118",
+          "id": "obj-122",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
           "patching_rect": [
             500,
-            892,
+            926,
             200,
             22
           ],
@@ -2160,13 +2239,13 @@
       },
       {
         "box": {
-          "id": "obj-119",
+          "id": "obj-123",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
           "patching_rect": [
             20,
-            926,
+            960,
             190,
             20
           ],
@@ -2175,13 +2254,13 @@
       },
       {
         "box": {
-          "id": "obj-120",
+          "id": "obj-124",
           "maxclass": "button",
           "numinlets": 1,
           "numoutlets": 1,
           "patching_rect": [
             370,
-            926,
+            960,
             22,
             22
           ],
@@ -2193,13 +2272,13 @@
       },
       {
         "box": {
-          "id": "obj-121",
+          "id": "obj-125",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
           "patching_rect": [
             500,
-            926,
+            960,
             200,
             22
           ],
@@ -2211,13 +2290,13 @@
       },
       {
         "box": {
-          "id": "obj-122",
+          "id": "obj-126",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
           "patching_rect": [
             20,
-            960,
+            994,
             190,
             20
           ],
@@ -2226,13 +2305,13 @@
       },
       {
         "box": {
-          "id": "obj-123",
+          "id": "obj-127",
           "maxclass": "button",
           "numinlets": 1,
           "numoutlets": 1,
           "patching_rect": [
             370,
-            960,
+            994,
             22,
             22
           ],
@@ -2244,13 +2323,13 @@
       },
       {
         "box": {
-          "id": "obj-124",
+          "id": "obj-128",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
           "patching_rect": [
             500,
-            960,
+            994,
             200,
             22
           ],
@@ -2262,13 +2341,13 @@
       },
       {
         "box": {
-          "id": "obj-125",
+          "id": "obj-129",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
           "patching_rect": [
             20,
-            994,
+            1028,
             190,
             20
           ],
@@ -2277,13 +2356,13 @@
       },
       {
         "box": {
-          "id": "obj-126",
+          "id": "obj-130",
           "maxclass": "button",
           "numinlets": 1,
           "numoutlets": 1,
           "patching_rect": [
             370,
-            994,
+            1028,
             22,
             22
           ],
@@ -2295,13 +2374,13 @@
       },
       {
         "box": {
-          "id": "obj-127",
+          "id": "obj-131",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
           "patching_rect": [
             500,
-            994,
+            1028,
             200,
             22
           ],
@@ -2313,13 +2392,13 @@
       },
       {
         "box": {
-          "id": "obj-128",
+          "id": "obj-132",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
           "patching_rect": [
             20,
-            1028,
+            1062,
             190,
             20
           ],
@@ -2328,13 +2407,13 @@
       },
       {
         "box": {
-          "id": "obj-129",
+          "id": "obj-133",
           "maxclass": "button",
           "numinlets": 1,
           "numoutlets": 1,
           "patching_rect": [
             370,
-            1028,
+            1062,
             22,
             22
           ],
@@ -2346,13 +2425,13 @@
       },
       {
         "box": {
-          "id": "obj-130",
+          "id": "obj-134",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
           "patching_rect": [
             500,
-            1028,
+            1062,
             200,
             22
           ],
@@ -3136,7 +3215,7 @@
         "patchline": {
           "source": [
             "obj-75",
-            0
+            1
           ],
           "destination": [
             "obj-76",
@@ -3247,18 +3326,6 @@
             0
           ],
           "destination": [
-            "obj-85",
-            0
-          ]
-        }
-      },
-      {
-        "patchline": {
-          "source": [
-            "obj-85",
-            0
-          ],
-          "destination": [
             "obj-2",
             0
           ]
@@ -3271,7 +3338,7 @@
             19
           ],
           "destination": [
-            "obj-86",
+            "obj-85",
             0
           ]
         }
@@ -3279,11 +3346,23 @@
       {
         "patchline": {
           "source": [
-            "obj-86",
+            "obj-85",
             0
           ],
           "destination": [
-            "obj-84",
+            "obj-83",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-87",
+            0
+          ],
+          "destination": [
+            "obj-88",
             0
           ]
         }
@@ -3307,18 +3386,6 @@
             0
           ],
           "destination": [
-            "obj-90",
-            0
-          ]
-        }
-      },
-      {
-        "patchline": {
-          "source": [
-            "obj-90",
-            0
-          ],
-          "destination": [
             "obj-2",
             0
           ]
@@ -3331,7 +3398,7 @@
             20
           ],
           "destination": [
-            "obj-91",
+            "obj-90",
             0
           ]
         }
@@ -3339,11 +3406,23 @@
       {
         "patchline": {
           "source": [
-            "obj-91",
+            "obj-90",
             0
           ],
           "destination": [
-            "obj-89",
+            "obj-88",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-92",
+            0
+          ],
+          "destination": [
+            "obj-93",
             0
           ]
         }
@@ -3352,10 +3431,58 @@
         "patchline": {
           "source": [
             "obj-93",
+            0
+          ],
+          "destination": [
+            "obj-94",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-94",
+            0
+          ],
+          "destination": [
+            "obj-2",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-4",
+            21
+          ],
+          "destination": [
+            "obj-95",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-95",
+            0
+          ],
+          "destination": [
+            "obj-93",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-97",
             1
           ],
           "destination": [
-            "obj-94",
+            "obj-98",
             0
           ]
         }
@@ -3363,47 +3490,11 @@
       {
         "patchline": {
           "source": [
-            "obj-94",
+            "obj-98",
             0
           ],
           "destination": [
             "obj-2",
-            0
-          ]
-        }
-      },
-      {
-        "patchline": {
-          "source": [
-            "obj-96",
-            0
-          ],
-          "destination": [
-            "obj-97",
-            0
-          ]
-        }
-      },
-      {
-        "patchline": {
-          "source": [
-            "obj-97",
-            0
-          ],
-          "destination": [
-            "obj-2",
-            0
-          ]
-        }
-      },
-      {
-        "patchline": {
-          "source": [
-            "obj-99",
-            0
-          ],
-          "destination": [
-            "obj-100",
             0
           ]
         }
@@ -3415,6 +3506,18 @@
             0
           ],
           "destination": [
+            "obj-101",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-101",
+            0
+          ],
+          "destination": [
             "obj-2",
             0
           ]
@@ -3423,35 +3526,23 @@
       {
         "patchline": {
           "source": [
-            "obj-102",
-            0
-          ],
-          "destination": [
             "obj-103",
             0
+          ],
+          "destination": [
+            "obj-104",
+            0
           ]
         }
       },
       {
         "patchline": {
           "source": [
-            "obj-103",
+            "obj-104",
             0
           ],
           "destination": [
             "obj-2",
-            0
-          ]
-        }
-      },
-      {
-        "patchline": {
-          "source": [
-            "obj-105",
-            0
-          ],
-          "destination": [
-            "obj-106",
             0
           ]
         }
@@ -3463,6 +3554,18 @@
             0
           ],
           "destination": [
+            "obj-107",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-107",
+            0
+          ],
+          "destination": [
             "obj-2",
             0
           ]
@@ -3471,35 +3574,23 @@
       {
         "patchline": {
           "source": [
-            "obj-108",
-            0
-          ],
-          "destination": [
             "obj-109",
             0
+          ],
+          "destination": [
+            "obj-110",
+            0
           ]
         }
       },
       {
         "patchline": {
           "source": [
-            "obj-109",
+            "obj-110",
             0
           ],
           "destination": [
             "obj-2",
-            0
-          ]
-        }
-      },
-      {
-        "patchline": {
-          "source": [
-            "obj-111",
-            0
-          ],
-          "destination": [
-            "obj-112",
             0
           ]
         }
@@ -3511,6 +3602,18 @@
             0
           ],
           "destination": [
+            "obj-113",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-113",
+            0
+          ],
+          "destination": [
             "obj-2",
             0
           ]
@@ -3519,35 +3622,23 @@
       {
         "patchline": {
           "source": [
-            "obj-114",
-            0
-          ],
-          "destination": [
             "obj-115",
             0
+          ],
+          "destination": [
+            "obj-116",
+            0
           ]
         }
       },
       {
         "patchline": {
           "source": [
-            "obj-115",
+            "obj-116",
             0
           ],
           "destination": [
             "obj-2",
-            0
-          ]
-        }
-      },
-      {
-        "patchline": {
-          "source": [
-            "obj-117",
-            0
-          ],
-          "destination": [
-            "obj-118",
             0
           ]
         }
@@ -3559,6 +3650,18 @@
             0
           ],
           "destination": [
+            "obj-119",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-119",
+            0
+          ],
+          "destination": [
             "obj-2",
             0
           ]
@@ -3567,35 +3670,23 @@
       {
         "patchline": {
           "source": [
-            "obj-120",
-            0
-          ],
-          "destination": [
             "obj-121",
             0
+          ],
+          "destination": [
+            "obj-122",
+            0
           ]
         }
       },
       {
         "patchline": {
           "source": [
-            "obj-121",
+            "obj-122",
             0
           ],
           "destination": [
             "obj-2",
-            0
-          ]
-        }
-      },
-      {
-        "patchline": {
-          "source": [
-            "obj-123",
-            0
-          ],
-          "destination": [
-            "obj-124",
             0
           ]
         }
@@ -3607,7 +3698,7 @@
             0
           ],
           "destination": [
-            "obj-2",
+            "obj-125",
             0
           ]
         }
@@ -3615,19 +3706,7 @@
       {
         "patchline": {
           "source": [
-            "obj-126",
-            0
-          ],
-          "destination": [
-            "obj-127",
-            0
-          ]
-        }
-      },
-      {
-        "patchline": {
-          "source": [
-            "obj-127",
+            "obj-125",
             0
           ],
           "destination": [
@@ -3639,11 +3718,23 @@
       {
         "patchline": {
           "source": [
-            "obj-129",
+            "obj-127",
             0
           ],
           "destination": [
-            "obj-130",
+            "obj-128",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-128",
+            0
+          ],
+          "destination": [
+            "obj-2",
             0
           ]
         }
@@ -3652,6 +3743,42 @@
         "patchline": {
           "source": [
             "obj-130",
+            0
+          ],
+          "destination": [
+            "obj-131",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-131",
+            0
+          ],
+          "destination": [
+            "obj-2",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-133",
+            0
+          ],
+          "destination": [
+            "obj-134",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-134",
             0
           ],
           "destination": [
