@@ -111,6 +111,19 @@ def face_split(model, pairs) -> tuple[np.ndarray, np.ndarray, str]:
     return np.flatnonzero(~is_val), np.flatnonzero(is_val), "split.json"
 
 
+def _frechet_terms(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """:func:`training.face_metrics.frechet_terms`, or NaNs where the sets are too small for the 256-d covariance
+    (fewer samples than dimensions: the matrix square root is not real)."""
+    from training import face_metrics as fm
+
+    try:
+        return fm.frechet_terms(a, b)
+    except ValueError as exc:
+        log.warning("voice Fréchet distance not defined here (%d and %d samples of %d-d): %s", len(a), len(b),
+                    a.shape[1], exc)  # fmt: skip
+        return float("nan"), float("nan")
+
+
 def agreement_figures(face_pred: np.ndarray, voice_pred: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
     """Agreement of per-sample face and voice identities (int [G] each; ``labels`` int [G] the condition's
     identity, or None): ``agreement`` = share with face == voice, ``agreement_correct`` = share with both ==
@@ -202,7 +215,7 @@ def evaluate_faces(model, args: argparse.Namespace) -> dict[str, Any]:
     cent = voices.centroids(train_v.embeddings, pairs.labels[tr_pick], k)
     voice_pred = voices.nearest_centroid(gen_v.embeddings, cent)
     val_pred = voices.nearest_centroid(val_v.embeddings, cent)
-    v_terms = fm.frechet_terms(gen_v.embeddings, val_v.embeddings)
+    v_terms = _frechet_terms(gen_v.embeddings, val_v.embeddings)
     voice = {
         "speaker_accuracy": float((voice_pred == gen_labels).mean()) if conditional else None,
         "speaker_accuracy_per_identity": {pairs.identities[i]: float((voice_pred[gen_labels == i] == i).mean())
@@ -214,7 +227,7 @@ def evaluate_faces(model, args: argparse.Namespace) -> dict[str, Any]:
         "reference": {
             "speaker_accuracy": float((val_pred == labels).mean()),
             "voiced_ratio": float(val_v.voiced.mean()),
-            "frechet_distance_train_vs_val": fm.frechet_distance(train_v.embeddings, val_v.embeddings),
+            "frechet_distance_train_vs_val": float(sum(_frechet_terms(train_v.embeddings, val_v.embeddings))),
             "n_train_clips": int(n_tr),
             "n_val_clips": int(len(val_idx)),
         },
