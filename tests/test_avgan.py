@@ -122,12 +122,22 @@ def _backends_agree(bundle: Path, inputs: dict[str, np.ndarray]) -> dict[str, np
     return a
 
 
-@needs_w2p
-def test_voice_conditioned_faces_train_export_and_run(tmp_path, monkeypatch) -> None:
+@pytest.fixture(scope="module")
+def faces_bundle(tmp_path_factory) -> Path:
+    """A voice-conditioned avgan bundle trained for 3 steps on 24 real Wav2Pix pairs (shared by the tests below)."""
+    if not W2P.is_dir():
+        pytest.skip(f"{W2P} absent (the Wav2Pix pairs)")
+    tmp_path = tmp_path_factory.mktemp("avgan-faces")
     data = _link_pairs(tmp_path / "pairs", 12)
     cfg = {"family": "avgan", "data": {"kind": "faces"}, "model": {"conditioning": "voice", **TINY_MODEL},
            "train": TINY_TRAIN}  # fmt: skip
-    bundle = _train_export(tmp_path, cfg, [data], monkeypatch)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        return _train_export(tmp_path, cfg, [data], monkeypatch)
+
+
+@needs_w2p
+def test_voice_conditioned_faces_train_export_and_run(faces_bundle) -> None:
+    bundle = faces_bundle
     manifest = json.loads((bundle / "bundle.json").read_text())
     assert manifest["family"] == "avgan" and list(manifest["inputs"]) == ["audio", "noise"]
     assert manifest["outputs"]["sound"]["shape"] == [None, 16000] and manifest["sample_rate"] == 16000
@@ -163,7 +173,7 @@ def test_unconditional_digits_train_export_and_generate_count(tmp_path, monkeypa
 
 # ------------------------------------------------------------------------------------ render --sound
 @needs_w2p
-def test_render_sound_contains_the_generated_voice(tmp_path, monkeypatch) -> None:
+def test_render_sound_contains_the_generated_voice(faces_bundle, tmp_path, monkeypatch) -> None:
     import av
     import soundfile as sf
     import soxr
@@ -173,9 +183,7 @@ def test_render_sound_contains_the_generated_voice(tmp_path, monkeypatch) -> Non
     from installation.render import render
     from installation.sound import SoundSettings
 
-    data = _link_pairs(tmp_path / "pairs", 12)
-    cfg = {"family": "avgan", "model": {"conditioning": "voice", **TINY_MODEL}, "train": TINY_TRAIN}
-    bundle = _train_export(tmp_path, cfg, [data], monkeypatch)
+    bundle = faces_bundle
     speech = np.concatenate([load_audio(f, 16000) for f in sorted(W2P.glob("*/preprocessed_frame_*"))[:2]])
     clip = np.concatenate([np.zeros(4000, np.float32), speech, np.zeros(40000, np.float32)])
     source = tmp_path / "voice.wav"
@@ -217,6 +225,53 @@ def test_render_sound_contains_the_generated_voice(tmp_path, monkeypatch) -> Non
     matched = best_corr(seg, expected)
     assert matched > 0.5, matched  # the generated voice is in the video's audio track (AAC-coded)
     assert best_corr(seg, soxr.resample(other, rate, out_rate).astype(np.float32)) < matched - 0.2
+
+
+@needs_w2p
+def test_live_answers_in_the_generated_voice_when_the_visitor_stops(faces_bundle, tmp_path) -> None:
+    from dataclasses import replace
+
+    from engine.audio import load_audio
+    from installation.audio_in import FileInput
+    from installation.live import LiveConfig, LiveLoop
+
+    class RecordingSound:
+        """installation.sound.SoundEngine-shaped: records the voice actions."""
+
+        def __init__(self) -> None:
+            self.answers: list[tuple[np.ndarray, int]] = []
+            self.loops = 0
+
+        def feed(self, samples, rate) -> None:
+            pass
+
+        def set_state(self, level, pitch_hz=0.0, identity=None) -> None:
+            pass
+
+        def set_param(self, name, value) -> None:
+            pass
+
+        def answer(self, samples, rate) -> None:
+            self.answers.append((np.asarray(samples), rate))
+
+        def play_generated(self, samples, rate) -> None:
+            self.loops += 1
+
+        def stop(self) -> None:
+            pass
+
+    speech = np.concatenate([load_audio(f, 16000) for f in sorted(W2P.glob("*/preprocessed_frame_*"))[:2]])
+    clip = np.concatenate([np.zeros(3200, np.float32), speech, np.zeros(24000, np.float32)])
+    cfg = replace(LiveConfig(bundle=faces_bundle, fullscreen=False, width=160, height=90, vsync=False, fps=30.0,
+                             duration_s=3.6), params={"sound/answer": "answer"})  # fmt: skip
+    sound = RecordingSound()
+    loop = LiveLoop(cfg, audio_input=FileInput(clip, 16000, loop=False), sound=sound)
+    assert loop.voice is not None  # the bundle has a sound output
+    report = loop.run()
+    assert report["frame_errors"] == 0 and report["generator"]["calls"] >= 2
+    assert len(sound.answers) >= 1 and sound.loops == 0
+    voice, rate = sound.answers[0]
+    assert rate == 16000 and voice.shape == (16000,) and voice.dtype == np.float32 and np.abs(voice).max() > 0
 
 
 # ------------------------------------------------------------------------------------ the agreement metric
