@@ -1,7 +1,8 @@
 """The avgan training step: one discriminator and one generator update on (image, sound) pairs.
 
 Discriminator (hinge or LSGAN; DiffAugment on the image stream, Zhao et al. 2020): real (image, sound) pairs are
-real; fake (image, sound) pairs of the generator are fake; and, weighted by ``loss.mismatch_weight``, a real image
+real; the negatives, averaged with their weights, are: fake (image, sound) pairs of the generator (weight 1) and,
+weighted by ``loss.mismatch_weight``, a real image
 with the real sound of another item of another identity (another speaker, another digit) is fake, so that the
 discriminator learns that image and sound must belong together (matching-aware negatives, Reed et al. 2016). For
 ``voice`` models the condition's embedding is projected into the score and a real pair with another identity's
@@ -39,6 +40,11 @@ def wrong_indices(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         others = np.flatnonzero(labels != labels[i])
         out[i] = others[rng.integers(len(others))] if len(others) else (i + 1) % b
     return out
+
+
+def real_term(kind: str, scores: torch.Tensor) -> torch.Tensor:
+    """The discriminator's loss on scores [B] that should be high: mean relu(1 - s) (hinge) or mean (s - 1)^2."""
+    return F.relu(1.0 - scores).mean() if kind == "hinge" else ((scores - 1.0) ** 2).mean()
 
 
 def to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -141,11 +147,16 @@ class AvganTrainer:
             s_mis = D.score(D.joint(h_img_r, h_spec_r[wrong]), e) if lc.mismatch_weight > 0 else None
             s_wc = D.score(j_real, e[wrong]) if e is not None and lc.wrong_condition_weight > 0 else None
         s_real, s_fake, logits = s_real.float(), s_fake.float(), logits.float()
-        loss_d = losses.d_loss(lc.kind, s_real, [s_fake])
+        # negatives averaged with their weights (GAN-CLS, Reed et al. 2016: (fake + wrong) / 2), so that the real
+        # pairs weigh as much as all negatives together; adding them instead drove every score down and the
+        # generator collapsed to one sample (the first digits run, step 500-1000)
+        negatives = [(1.0, s_fake)]
         if s_mis is not None:
-            loss_d = loss_d + lc.mismatch_weight * losses.d_negative(lc.kind, s_mis.float())
+            negatives.append((lc.mismatch_weight, s_mis.float()))
         if s_wc is not None:
-            loss_d = loss_d + lc.wrong_condition_weight * losses.d_negative(lc.kind, s_wc.float())
+            negatives.append((lc.wrong_condition_weight, s_wc.float()))
+        total_w = sum(w for w, _ in negatives)
+        loss_d = real_term(lc.kind, s_real) + sum(w * losses.d_negative(lc.kind, s) for w, s in negatives) / total_w
         loss_aux = F.cross_entropy(logits, y)
         ctx.opt_d.zero_grad(set_to_none=True)
         (loss_d + lc.aux_weight * loss_aux).backward()
