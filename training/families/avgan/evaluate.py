@@ -22,8 +22,10 @@ drawing classifier and a spoken-digit classifier (:mod:`.digits`, trained on the
 the held-out drawings and FSDD test takes, the reference) read each image and sound: the share classified with
 confidence >= 0.9, and the share whose image and sound name the same digit (chance 0.1).
 
-Writes ``metrics.json``, ``samples.png`` and ``samples/*.wav`` (the sample sheet's sounds) to ``--out`` and prints a
-table.
+Writes ``metrics.json``, ``samples.png`` (faces: per row the real face, then one generated face per seed; digits:
+generated drawings captioned with both classifiers' digits), ``samples-generated.png`` (faces: the generated ones
+only) and ``samples/*.wav`` (the sheet's sounds; faces: ``rowJ-NAME-real.wav`` is the row's real clip) to ``--out``
+and prints a table.
 """
 
 from __future__ import annotations
@@ -63,6 +65,14 @@ def run_batched(model, n: int, batch: int = 64, **inputs: np.ndarray) -> dict[st
     """``model.run`` over ``n`` items in chunks of ``batch``; float32 outputs by name."""
     parts = [model.run(**{k: v[i : i + batch] for k, v in inputs.items()}) for i in range(0, n, batch)]
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def save_image(path: Path, image: np.ndarray) -> None:
+    """PNG of uint8 [H, W, 3] RGB."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
 
 
 def write_wav(path: Path, sound: np.ndarray, rate: int) -> None:
@@ -241,6 +251,9 @@ def evaluate_faces(model, args: argparse.Namespace) -> dict[str, Any]:
     rows = pick_sample_voices(labels, pairs.face_index[val_idx])
     save_sample_sheet(out / "samples.png", pairs.images(val_idx[rows]), fakes[:, rows].transpose(1, 0, 2, 3, 4),
                       [pairs.identities[labels[r]] for r in rows])  # fmt: skip
+    # the same rows without the real faces (a figure that holds no dataset material)
+    grid = fakes[:, rows].transpose(1, 0, 2, 3, 4)  # [rows, seeds, H, W, 3]
+    save_image(out / "samples-generated.png", np.concatenate([np.concatenate(list(r), axis=1) for r in grid], axis=0))
     seed_sounds = np.stack(sounds)  # [seeds, P, N]
     for j, r in enumerate(rows):
         name = pairs.identities[labels[r]]
