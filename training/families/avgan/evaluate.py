@@ -12,7 +12,9 @@
   training vs real validation clips;
 * **agreement**: the share of samples whose face identity (dlib, nearest face centroid) and voice identity
   (Resemblyzer, nearest voice centroid) are the same person (``agreement``), and the share where both are the
-  identity of the condition (``agreement_correct``, conditioned models).
+  identity of the condition (``agreement_correct``, conditioned models), next to ``agreement_if_independent``: what
+  the face and voice identities' frequencies alone give (a model whose every face and voice reads as one person
+  agrees fully without anything belonging together).
 
 Conditioned models generate ``--seeds`` samples per validation pair from its speech (noise of seed index ``s`` =
 ``default_rng([seed, s])`` rows); unconditional ones the same number from noise alone.
@@ -20,7 +22,8 @@ Conditioned models generate ``--seeds`` samples per validation pair from its spe
 **digits** (``data.kind: digits``): ``--samples`` unconditional samples (noise ``default_rng([seed, 0])``); a
 drawing classifier and a spoken-digit classifier (:mod:`.digits`, trained on the real training split and scored on
 the held-out drawings and FSDD test takes, the reference) read each image and sound: the share classified with
-confidence >= 0.9, and the share whose image and sound name the same digit (chance 0.1).
+confidence >= 0.9, and the share whose image and sound name the same digit (chance 0.1 for uniform digits; next to
+it ``agreement_if_independent``, what the two digit frequencies alone give).
 
 Writes ``metrics.json``, ``samples.png`` (faces: per row the real face, then one generated face per seed; digits:
 generated drawings captioned with both classifiers' digits), ``samples-generated.png`` (faces: the generated ones
@@ -134,12 +137,24 @@ def _frechet_terms(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
         return float("nan"), float("nan")
 
 
+def independent_agreement(a: np.ndarray, b: np.ndarray, k: int) -> float:
+    """The agreement two label sequences (int [G] each, labels < k) would have by chance alone, given how often each
+    names each label: ``sum_i P(a = i) P(b = i)``. A model whose outputs all read as one class scores high on
+    agreement without its image and sound belonging together; this is the figure to read agreement against."""
+    if len(a) == 0:
+        return float("nan")
+    pa, pb = np.bincount(a, minlength=k) / len(a), np.bincount(b, minlength=k) / len(b)
+    return float((pa * pb).sum())
+
+
 def agreement_figures(face_pred: np.ndarray, voice_pred: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
     """Agreement of per-sample face and voice identities (int [G] each; ``labels`` int [G] the condition's
     identity, or None): ``agreement`` = share with face == voice, ``agreement_correct`` = share with both ==
     label (None without labels)."""
     agree = face_pred == voice_pred
-    out: dict[str, Any] = {"agreement": float(agree.mean()) if len(agree) else float("nan"), "agreement_correct": None}
+    k = int(max(face_pred.max(initial=0), voice_pred.max(initial=0))) + 1
+    out: dict[str, Any] = {"agreement": float(agree.mean()) if len(agree) else float("nan"), "agreement_correct": None,
+                           "agreement_if_independent": independent_agreement(face_pred, voice_pred, k)}
     if labels is not None and len(agree):
         out["agreement_correct"] = float((agree & (face_pred == labels)).mean())
     return out
@@ -322,6 +337,8 @@ def evaluate_digits(model, args: argparse.Namespace) -> dict[str, Any]:
         "agreement": float(agree.mean()),
         "agreement_confident": float((agree & c_img & c_snd).mean()),
         "agreement_chance": 0.1,
+        # what the two classifiers' digit frequencies alone give if image and sound were independent
+        "agreement_if_independent": independent_agreement(d_img, d_snd, 10),
         "image_digits": np.bincount(d_img, minlength=10).tolist(),
         "sound_digits": np.bincount(d_snd, minlength=10).tolist(),
         "reference": {
@@ -380,6 +397,7 @@ def format_table(m: dict[str, Any]) -> str:
             ("sound classified with confidence >= 0.9", f(m["sound_confident"]), f(ref["real_sound_confident"])),
             ("image and sound name the same digit (chance 0.1)", f(m["agreement"]), f(ref["real_pairs_agreement"])),
             ("  ... both confident and the same", f(m["agreement_confident"]), ""),
+            ("  ... expected from the digit frequencies alone", f(m.get("agreement_if_independent")), ""),
             ("drawing classifier, held-out accuracy", "", f(ref["drawing_classifier"]["held_out_accuracy"])),
             ("spoken-digit classifier, held-out accuracy", "", f(ref["spoken_digit_classifier"]["held_out_accuracy"])),
             ("image digits 0-9", " ".join(map(str, m["image_digits"])), ""),
@@ -400,6 +418,7 @@ def format_table(m: dict[str, Any]) -> str:
              f(vr.get("frechet_distance_train_vs_val"), 4) + " (train vs val)"),
             ("face-voice agreement (same person)", f(m.get("agreement")), ""),
             ("  ... and the condition's identity", f(m.get("agreement_correct")), ""),
+            ("  ... expected from the identity frequencies alone", f(m.get("agreement_if_independent")), ""),
             ("generated samples", str(m.get("n_generated")), ""),
         ]  # fmt: skip
     w0 = max(len(r[0]) for r in rows)
