@@ -51,6 +51,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], list[dict[str, Any]]]] = {
     "train": _module_runner("benchmarks.train"),
     "capture": _module_runner("benchmarks.capture"),
     "startup": _module_runner("benchmarks.startup"),
+    "answer": _module_runner("benchmarks.answer"),
 }
 """name -> function(args) -> list of row dicts."""
 

@@ -83,6 +83,7 @@ from installation.presets import RenderParams
 from installation.render import DEFAULT_BUNDLE, Conditioner, ImageEMA, NoiseDrift
 from installation.telemetry import Histogram, RateLimitedLog, RssSeries, peak_rss_mb, rss_mb
 from installation.vad import VadParams, VoiceActivityDetector
+from installation.voice_stage import VoiceStage, has_sound, run_generator
 from installation.window import Window
 from scenes import SCENES, FrameState, Scene, make_scene
 
@@ -293,6 +294,7 @@ class GenResult:
     error: str | None
     seconds: float
     exc: BaseException | None = None
+    sound: np.ndarray | None = None  # float32 [B, N]: the bundle's generated voices, if it makes them
 
 
 class GenWorker:
@@ -369,13 +371,11 @@ class GenWorker:
                 self._busy = True
             started = time.perf_counter()
             images: np.ndarray | None = None
+            sound: np.ndarray | None = None
             error: str | None = None
             exc: BaseException | None = None
             try:
-                b = request.noise.shape[0]
-                images = np.asarray(
-                    self.generator(np.broadcast_to(request.audio, (b, request.audio.shape[0])), noise=request.noise)
-                )
+                images, sound = run_generator(self.generator, request.audio, request.noise)
             except Exception as e:  # noqa: BLE001 - a backend failure is one bad frame, not the end
                 error, exc = f"{type(e).__name__}: {e}", e
             seconds = time.perf_counter() - started
@@ -388,7 +388,7 @@ class GenWorker:
                     self.times.add(seconds * 1000.0)
                 if self._result is not None:
                     self.discarded += 1
-                self._result = GenResult(request, images, error, seconds, exc)
+                self._result = GenResult(request, images, error, seconds, exc, sound)
                 self._cond.notify_all()
 
     def close(self, timeout: float = 5.0) -> None:
@@ -622,6 +622,8 @@ class LiveLoop:
         self.worker = GenWorker(generator, nice=config.gen_nice)
         self.osc = osc
         self.sound = sound
+        # a bundle with a `sound` output: its voice answers the visitor (installation.voice_stage)
+        self.voice = VoiceStage(self.sample_rate) if has_sound(generator) else None
         self.window: Window | None = None
 
         # generation state
@@ -862,6 +864,8 @@ class LiveLoop:
             self.ema.reset()
         dt = 0.0 if self._last_result_t is None or req.new_segment else max(0.0, req.t - self._last_result_t)
         self._last_result_t = req.t
+        if self.voice is not None and result.sound is not None and len(result.sound):
+            self.voice.offer(result.sound[0])
         smoothed = self.ema.update(result.images, dt)
         self.images = tuple(smoothed[k] for k in range(smoothed.shape[0]))
         self.image_index += 1
@@ -904,6 +908,10 @@ class LiveLoop:
             if new.shape[0]:
                 self.sound.feed(new, self.input.sample_rate)
             self.sound.set_state(self.level, self.pitch_hz, self.conditioner.segment if self.gate else None)
+            if self.voice is not None:
+                action = self.voice.step(time.perf_counter() - self._t0, self.gate, str(self.params.get("sound/answer")))
+                if action is not None:
+                    action.apply(self.sound)
         except Exception:  # noqa: BLE001 - sound problems must not stop the picture
             self._errors.error("sound feed failed")
 

@@ -288,6 +288,14 @@ _DECLARED: tuple[ParamSpec, ...] = (
         unit="grains/s",
         doc="grain density of the granular echo",
     ),
+    ParamSpec(
+        "sound/answer",
+        "enum",
+        "answer",
+        choices=("answer", "loop", "echo"),
+        doc="with a bundle that makes a voice: answer when the visitor stops, loop it while its face shows, or "
+        "the echo only",
+    ),
     ParamSpec("overlay", "bool", False, doc="show the overlay (fps, input level, backend)"),
     ParamSpec("blackout", "bool", False, doc="black screen (the installation keeps running)"),
     ParamSpec("brightness", "float", 1.0, 0.0, 1.0, smoothing_s=0.3, doc="picture brightness"),

@@ -64,6 +64,7 @@ from engine.errors import UserError
 from installation.presets import RenderParams, load_preset
 from installation.sound import SoundSettings, StateTrack, render_offline
 from installation.vad import detect
+from installation.voice_stage import images_for, plan_voice_actions
 from scenes import FrameState, Scene, make_scene
 
 log = logging.getLogger(__name__)
@@ -661,7 +662,7 @@ def render(
         def run_block(idx: list[int]) -> np.ndarray:
             noise = np.stack([requests[i].noise for i in idx])
             with timer("generate"):
-                return generator(_windows(padded, ends[idx], window), noise=noise)
+                return images_for(generator, _windows(padded, ends[idx], window), noise)
 
         def generated() -> Iterator[tuple[int, np.ndarray]]:
             """(frame index, uint8 [h, w, 3]) in frame order; the next block is generated in a worker thread
@@ -704,6 +705,9 @@ def render(
             if sound is not None:
                 with timer("sound"):
                     track = _sound_state(requests, level, clock, n_frames)
+                    actions = plan_voice_actions(  # a bundle with a `sound` output answers in its voice
+                        generator, requests, gate, track.times, lambda idx: _windows(padded, ends[idx], window)
+                    )
                     seconds = audio.shape[0] / rate + 0.05  # a little past the end: the mixer never runs short
                     generated = render_offline(
                         audio,
@@ -715,6 +719,7 @@ def render(
                         channels=muxer.channels,
                         control_rate_hz=float(fps),
                         seed=seed,
+                        voice_actions=actions,
                     )
                 muxer.mix_in(generated, sound_mix)
             for i in range(n_frames):
@@ -859,7 +864,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sound",
         action="store_true",
-        help="mix the installation's generated sound (pyo offline: a granular echo of the voice) into the audio",
+        help="mix the installation's generated sound (pyo offline: a granular echo of the voice, and the "
+        "bundle's own generated voice answering each utterance when it makes one) into the audio",
     )
     parser.add_argument(
         "--sound-mix",

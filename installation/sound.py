@@ -19,8 +19,10 @@ Signal graph (built once, in :meth:`SoundEngine._build`)::
                 transposition = sound/pitch + an interval chosen by the generated identity,
                 grain duration = pitch-synchronous (periods_per_grain / pitch_hz) or default_grain_s,
                 each grain starts echo_min_s .. echo_min_s + echo_spread_s behind the head (random)
-      generated sound (future AVGAN bundles): DataTable at the server rate -> Looper (replaces the cloud)
-    out[c] = on_fade x level x ((1 - mix) dry + mix x norm x wet[c]),   wet[c] = cloud[c] or the generated loop
+      generated voice (bundles with a ``sound`` output, :mod:`installation.voice_stage`): a DataTable at the
+      server rate -> Looper (``loop`` mode: replaces the cloud), and an answer table -> TableRead played once
+      from its start by :meth:`SoundEngine.answer` (``answer`` mode: when the visitor stops speaking)
+    out[c] = on_fade x level x ((1 - mix) dry + mix x norm x wet[c] + answer),   wet[c] = cloud[c] or the loop
     (norm = 1.6 / sqrt(max(1, density x grain_s)) keeps the cloud near unity loudness at any density)
 
 Granular synthesis after Roads, *Microsound* (MIT Press, 2001): asynchronous granular synthesis (ch. 3)
@@ -69,7 +71,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -533,6 +535,8 @@ def _child_main() -> None:
                     engine.set_state(message[1], message[2], message[3])
                 elif kind == "generated":
                     engine.play_generated(message[1], message[2])
+                elif kind == "answer":
+                    engine.answer(message[1], message[2])
             written = int(header[0])
             if written - read > capacity // 2:  # fell behind (stalled): resume at the newest samples
                 read = written - capacity // 4
@@ -835,6 +839,9 @@ class SoundEngine:
         o["gen_table"] = gen_table = pyo.DataTable(max(1, round(d.generated_max_s * self.config.sample_rate)))
         o["gen_dur"] = gen_dur = pyo.Sig(1.0)
         o["looper"] = looper = pyo.Looper(gen_table, pitch=1.0, start=0.0, dur=gen_dur, xfade=5, mode=1)
+        # the answer: a generated voice played once from its start (TableRead without looping; play() restarts it)
+        o["answer_table"] = answer_table = pyo.DataTable(max(1, round(d.generated_max_s * self.config.sample_rate)))
+        o["answer"] = answer = pyo.TableRead(answer_table, freq=answer_table.getRate(), loop=0)
         o["cloud_gain"] = cloud_gain = pyo.SigTo(1.0, time=d.mix_ramp_s, init=1.0)
         o["gen_gain"] = gen_gain = pyo.SigTo(0.0, time=d.mix_ramp_s, init=0.0)
         # operator gains; master starts at 0 and fades in (no click at start-up)
@@ -843,7 +850,7 @@ class SoundEngine:
         outs = []
         for c in range(2):
             wet = clouds[c] * cloud_gain + looper * gen_gain
-            outs.append((dry * dry_gain + wet * wet_gain) * level * master)
+            outs.append((dry * dry_gain + wet * wet_gain + answer) * level * master)
         if self.config.channels == 1:
             o["out"] = [((outs[0] + outs[1]) * 0.5).out(0)]  # the dry copy is in both: keep it at unity
         else:
@@ -1016,11 +1023,44 @@ class SoundEngine:
             self._resampler = (rate, soxr.ResampleStream(rate, self.voice_rate, 1, dtype="float32"))
         return self._resampler[1].resample_chunk(x)
 
+    def answer(self, samples: np.ndarray, sample_rate: int) -> None:
+        """Play a generated voice (float32 [n] in [-1, 1] at ``sample_rate`` Hz) once, from its start, on top of
+        the echo (scaled by ``sound/level`` and the on/off fade, not by the mix): the installation answering.
+
+        The clip is resampled to the server rate, truncated to ``design.generated_max_s`` and written into the
+        answer table (the rest of the table is zeroed); the reader restarts at the next pyo buffer, so the first
+        sample is out within one buffer (``buffer_size / sample_rate``) plus the device's own latency (in a
+        sound process, plus the pipe: ``benchmarks`` measures it). An answer still playing is cut and replaced.
+
+        Raises:
+            SoundError: before :meth:`start`. ValueError: not a 1-D array.
+        """
+        x = np.asarray(samples, dtype=np.float32)
+        if x.ndim != 1:
+            raise ValueError(f"answer: expected mono samples [n], got shape {x.shape}")
+        if self._remote is not None:
+            self._remote.send(("answer", x, int(sample_rate)))
+            return
+        if not self._objs:
+            raise SoundError("answer: the engine is not started")
+        sr = self.config.sample_rate
+        if int(sample_rate) != sr and x.size:
+            import soxr
+
+            x = soxr.resample(x, int(sample_rate), sr).astype(np.float32)
+        o = self._objs
+        table = np.asarray(o["answer_table"].getBuffer())
+        n = min(x.size, table.size)
+        table[:n] = x[:n]
+        table[n:] = 0.0
+        del table
+        o["answer"].play()
+
     def play_generated(self, samples: np.ndarray, sample_rate: int) -> None:
         """Loop a generated sound (float32 [n] at ``sample_rate`` Hz) instead of the granular cloud.
 
-        For bundles that generate sound (the AVGAN family). **Untested with a real bundle**: none exists yet;
-        the tests only check that it plays. The clip is resampled to the server rate, truncated to
+        For bundles that generate sound (the avgan family; ``sound/answer`` = ``loop``, see
+        :mod:`installation.voice_stage`). The clip is resampled to the server rate, truncated to
         ``design.generated_max_s`` and written over the looper's table in place (a click is possible if the
         looper is reading the overwritten part); an empty array returns to the cloud.
 
@@ -1071,6 +1111,7 @@ def render_offline(
     seed: int = 0,
     design: EchoDesign | None = None,
     buffer_size: int = 256,
+    voice_actions: Sequence[tuple[float, str, np.ndarray, int]] = (),
 ) -> np.ndarray:
     """Render the engine's sound for a voice recording with pyo's offline server (the ``render --sound`` path).
 
@@ -1087,6 +1128,10 @@ def render_offline(
         state_track: the generator's state over time; None: level 1, no pitch, no identity throughout.
         sample_rate: output rate, Hz. channels: 1 or 2. control_rate_hz: feed/state rate, Hz.
         seed: grain randomness (same seed, same output). design: echo shape. buffer_size: pyo buffer, samples.
+        voice_actions: generated-voice actions ``(time_s, action, samples float32 [n], rate_hz)`` in time order,
+            ``action`` ``"answer"`` (:meth:`SoundEngine.answer`) or ``"loop"`` (:meth:`SoundEngine.play_generated`;
+            an empty clip returns to the cloud), applied at the first control tick at or after ``time_s``
+            (:class:`installation.voice_stage.VoiceStage` makes them, as it does live).
 
     Returns:
         float32 [round(duration_s x sample_rate), channels].
@@ -1106,15 +1151,24 @@ def render_offline(
         settings, extra = SoundSettings(), params
     n_out = max(1, round(duration_s * sample_rate))
     fed = 0
+    actions = sorted(voice_actions, key=lambda a: a[0])
+    for _, action, _, _ in actions:
+        if action not in ("answer", "loop"):
+            raise ValueError(f"render_offline: unknown voice action {action!r} (expected answer or loop)")
+    done = 0
 
     def driver(engine: SoundEngine, t: float) -> None:
-        nonlocal fed
+        nonlocal fed, done
         upto = min(voice.size, round(t * voice_rate))
         if upto > fed:
             engine.feed(voice[fed:upto])
             fed = upto
         if state_track is not None:
             engine.set_state(*state_track.at(t))
+        while done < len(actions) and actions[done][0] <= t + 1e-9:
+            _, action, clip, rate = actions[done]
+            (engine.answer if action == "answer" else engine.play_generated)(clip, rate)
+            done += 1
 
     with tempfile.TemporaryDirectory(prefix="avgan-sound-") as folder:
         path = Path(folder) / "sound.wav"

@@ -126,6 +126,18 @@ else
     echo "$want_stamp" >"$STAMP"
 fi
 
+# ---------------------------------------------------------------- resemblyzer, without its metadata's deps
+# The avgan evaluation's speaker embeddings (weights inside the wheel). Its metadata asks for `typing` (the
+# Python < 3.5 backport) and `webrtcvad` (source only: needs a compiler); what it really needs, librosa and the
+# same `webrtcvad` module as prebuilt wheels (webrtcvad-wheels), are in pyproject.toml. So: --no-deps.
+RESEMBLYZER_SPEC="resemblyzer==0.1.4"
+if "$VPY" -c 'from importlib.metadata import version; assert version("resemblyzer") == "0.1.4"' 2>/dev/null; then
+    log "resemblyzer: already installed"
+else
+    log "resemblyzer: pip install --no-deps $RESEMBLYZER_SPEC"
+    "${PIP[@]}" -q --no-deps "$RESEMBLYZER_SPEC"
+fi
+
 now_torch="$("$VPY" -c 'from importlib.metadata import version; print(version("torch"))')"
 if [[ "${now_torch%%+*}" != "${TORCH_VERSION%%+*}" ]]; then
     die "torch is $now_torch after installing the project, expected $TORCH_VERSION: a dependency pulled another torch"

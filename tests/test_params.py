@@ -22,6 +22,7 @@ CONTRACT_NAMES = [  # docs/CONTRACTS.md, "Live installation"
     "sound/mix",
     "sound/pitch",
     "sound/density",
+    "sound/answer",
     "overlay",
     "blackout",
     "brightness",
@@ -220,7 +221,7 @@ def test_initial_values_snapshot_and_sections() -> None:
     with pytest.raises(TypeError):
         snap["scene"] = "morph"  # type: ignore[index]
     assert params.section("grid") == {"n": 4}
-    assert params.section("sound") == {"on": True, "level": 1.0, "mix": 0.5, "pitch": 0.0, "density": 12.0}
+    assert params.section("sound") == {"on": True, "level": 1.0, "mix": 0.5, "pitch": 0.0, "density": 12.0, "answer": "answer"}
     assert params.set("sound/mix", 0.2, immediate=True) and params.get("sound/mix") == 0.2
     with pytest.raises(ParamError, match="unknown parameter"):
         Parameters(initial={"volume": 1})

@@ -13,7 +13,7 @@
       50.0,
       80.0,
       1140.0,
-      1092.0
+      1126.0
     ],
     "bglocked": 0,
     "openinpresentation": 0,
@@ -80,7 +80,7 @@
           "id": "obj-4",
           "maxclass": "newobj",
           "numinlets": 2,
-          "numoutlets": 22,
+          "numoutlets": 23,
           "patching_rect": [
             520,
             70,
@@ -109,9 +109,10 @@
             "",
             "",
             "",
+            "",
             ""
           ],
-          "text": "route /avgan/status/fps /avgan/status/level /avgan/status/scene /avgan/status/input /avgan/status/backend /avgan/status/event /avgan/scene /avgan/crossfade_s /avgan/grid/n /avgan/morph/trail /avgan/noise/seed /avgan/noise/walk_speed /avgan/sound/on /avgan/sound/level /avgan/sound/mix /avgan/sound/pitch /avgan/sound/density /avgan/overlay /avgan/blackout /avgan/brightness /avgan/vad/threshold_db"
+          "text": "route /avgan/status/fps /avgan/status/level /avgan/status/scene /avgan/status/input /avgan/status/backend /avgan/status/event /avgan/scene /avgan/crossfade_s /avgan/grid/n /avgan/morph/trail /avgan/noise/seed /avgan/noise/walk_speed /avgan/sound/on /avgan/sound/level /avgan/sound/mix /avgan/sound/pitch /avgan/sound/density /avgan/sound/answer /avgan/overlay /avgan/blackout /avgan/brightness /avgan/vad/threshold_db"
         }
       },
       {
@@ -1374,23 +1375,32 @@
             190,
             20
           ],
-          "text": "overlay: true/false"
+          "text": "sound/answer: one of answer, loop, echo"
         }
       },
       {
         "box": {
           "id": "obj-75",
-          "maxclass": "toggle",
+          "maxclass": "umenu",
           "numinlets": 1,
-          "numoutlets": 1,
+          "numoutlets": 3,
           "patching_rect": [
             370,
             484,
-            22,
+            120,
             22
           ],
           "outlettype": [
-            "int"
+            "int",
+            "",
+            ""
+          ],
+          "items": [
+            "answer",
+            ",",
+            "loop",
+            ",",
+            "echo"
           ],
           "parameter_enable": 0
         }
@@ -1410,7 +1420,7 @@
           "outlettype": [
             ""
           ],
-          "text": "/avgan/overlay $1"
+          "text": "/avgan/sound/answer $1"
         }
       },
       {
@@ -1443,7 +1453,7 @@
             190,
             20
           ],
-          "text": "blackout: true/false"
+          "text": "overlay: true/false"
         }
       },
       {
@@ -1479,7 +1489,7 @@
           "outlettype": [
             ""
           ],
-          "text": "/avgan/blackout $1"
+          "text": "/avgan/overlay $1"
         }
       },
       {
@@ -1512,18 +1522,87 @@
             190,
             20
           ],
-          "text": "brightness: float 0 to 1"
+          "text": "blackout: true/false"
         }
       },
       {
         "box": {
           "id": "obj-83",
+          "maxclass": "toggle",
+          "numinlets": 1,
+          "numoutlets": 1,
+          "patching_rect": [
+            370,
+            552,
+            22,
+            22
+          ],
+          "outlettype": [
+            "int"
+          ],
+          "parameter_enable": 0
+        }
+      },
+      {
+        "box": {
+          "id": "obj-84",
+          "maxclass": "message",
+          "numinlets": 2,
+          "numoutlets": 1,
+          "patching_rect": [
+            500,
+            552,
+            200,
+            22
+          ],
+          "outlettype": [
+            ""
+          ],
+          "text": "/avgan/blackout $1"
+        }
+      },
+      {
+        "box": {
+          "id": "obj-85",
+          "maxclass": "message",
+          "numinlets": 2,
+          "numoutlets": 1,
+          "patching_rect": [
+            710,
+            552,
+            50,
+            22
+          ],
+          "outlettype": [
+            ""
+          ],
+          "text": "set $1"
+        }
+      },
+      {
+        "box": {
+          "id": "obj-86",
+          "maxclass": "comment",
+          "numinlets": 1,
+          "numoutlets": 0,
+          "patching_rect": [
+            20,
+            586,
+            190,
+            20
+          ],
+          "text": "brightness: float 0 to 1"
+        }
+      },
+      {
+        "box": {
+          "id": "obj-87",
           "maxclass": "slider",
           "numinlets": 1,
           "numoutlets": 1,
           "patching_rect": [
             220,
-            552,
+            586,
             140,
             20
           ],
@@ -1538,13 +1617,13 @@
       },
       {
         "box": {
-          "id": "obj-84",
+          "id": "obj-88",
           "maxclass": "flonum",
           "numinlets": 1,
           "numoutlets": 2,
           "patching_rect": [
             370,
-            552,
+            586,
             60,
             22
           ],
@@ -1559,13 +1638,13 @@
       },
       {
         "box": {
-          "id": "obj-85",
+          "id": "obj-89",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
           "patching_rect": [
             500,
-            552,
+            586,
             200,
             22
           ],
@@ -1577,13 +1656,13 @@
       },
       {
         "box": {
-          "id": "obj-86",
+          "id": "obj-90",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
           "patching_rect": [
             710,
-            552,
+            586,
             50,
             22
           ],
@@ -1595,13 +1674,13 @@
       },
       {
         "box": {
-          "id": "obj-87",
+          "id": "obj-91",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
           "patching_rect": [
             20,
-            586,
+            620,
             190,
             20
           ],
@@ -1610,13 +1689,13 @@
       },
       {
         "box": {
-          "id": "obj-88",
+          "id": "obj-92",
           "maxclass": "slider",
           "numinlets": 1,
           "numoutlets": 1,
           "patching_rect": [
             220,
-            586,
+            620,
             140,
             20
           ],
@@ -1631,13 +1710,13 @@
       },
       {
         "box": {
-          "id": "obj-89",
+          "id": "obj-93",
           "maxclass": "flonum",
           "numinlets": 1,
           "numoutlets": 2,
           "patching_rect": [
             370,
-            586,
+            620,
             60,
             22
           ],
@@ -1652,13 +1731,13 @@
       },
       {
         "box": {
-          "id": "obj-90",
+          "id": "obj-94",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
           "patching_rect": [
             500,
-            586,
+            620,
             200,
             22
           ],
@@ -1670,13 +1749,13 @@
       },
       {
         "box": {
-          "id": "obj-91",
+          "id": "obj-95",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
           "patching_rect": [
             710,
-            586,
+            620,
             50,
             22
           ],
@@ -1688,13 +1767,13 @@
       },
       {
         "box": {
-          "id": "obj-92",
+          "id": "obj-96",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
           "patching_rect": [
             20,
-            620,
+            654,
             190,
             20
           ],
@@ -1703,13 +1782,13 @@
       },
       {
         "box": {
-          "id": "obj-93",
+          "id": "obj-97",
           "maxclass": "umenu",
           "numinlets": 1,
           "numoutlets": 3,
           "patching_rect": [
             370,
-            620,
+            654,
             120,
             22
           ],
@@ -1734,13 +1813,13 @@
       },
       {
         "box": {
-          "id": "obj-94",
+          "id": "obj-98",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
           "patching_rect": [
             500,
-            620,
+            654,
             200,
             22
           ],
@@ -1752,13 +1831,13 @@
       },
       {
         "box": {
-          "id": "obj-95",
+          "id": "obj-99",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
           "patching_rect": [
             20,
-            654,
+            688,
             190,
             20
           ],
@@ -1767,13 +1846,13 @@
       },
       {
         "box": {
-          "id": "obj-96",
+          "id": "obj-100",
           "maxclass": "button",
           "numinlets": 1,
           "numoutlets": 1,
           "patching_rect": [
             370,
-            654,
+            688,
             22,
             22
           ],
@@ -1785,13 +1864,13 @@
       },
       {
         "box": {
-          "id": "obj-97",
+          "id": "obj-101",
           "maxclass": "toggle",
           "numinlets": 1,
           "numoutlets": 1,
           "patching_rect": [
             230,
-            654,
+            688,
             22,
             22
           ],
@@ -1803,13 +1882,13 @@
       },
       {
         "box": {
-          "id": "obj-98",
+          "id": "obj-102",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
           "patching_rect": [
             256,
-            654,
+            688,
             80,
             20
           ],
@@ -1818,13 +1897,13 @@
       },
       {
         "box": {
-          "id": "obj-99",
+          "id": "obj-103",
           "maxclass": "newobj",
           "numinlets": 2,
           "numoutlets": 1,
           "patching_rect": [
             400,
-            654,
+            688,
             40,
             22
           ],
@@ -1836,13 +1915,13 @@
       },
       {
         "box": {
-          "id": "obj-100",
+          "id": "obj-104",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
           "patching_rect": [
             450,
-            654,
+            688,
             24,
             22
           ],
@@ -1854,13 +1933,13 @@
       },
       {
         "box": {
-          "id": "obj-101",
+          "id": "obj-105",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
           "patching_rect": [
             500,
-            654,
+            688,
             200,
             22
           ],
@@ -1872,13 +1951,13 @@
       },
       {
         "box": {
-          "id": "obj-102",
+          "id": "obj-106",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
           "patching_rect": [
             20,
-            688,
+            722,
             190,
             20
           ],
@@ -1887,13 +1966,13 @@
       },
       {
         "box": {
-          "id": "obj-103",
+          "id": "obj-107",
           "maxclass": "button",
           "numinlets": 1,
           "numoutlets": 1,
           "patching_rect": [
             370,
-            688,
+            722,
             22,
             22
           ],
@@ -1905,13 +1984,13 @@
       },
       {
         "box": {
-          "id": "obj-104",
+          "id": "obj-108",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
           "patching_rect": [
             500,
-            688,
+            722,
             200,
             22
           ],
@@ -1923,13 +2002,13 @@
       },
       {
         "box": {
-          "id": "obj-105",
+          "id": "obj-109",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
           "patching_rect": [
             20,
-            722,
+            756,
             190,
             20
           ],
@@ -1938,13 +2017,13 @@
       },
       {
         "box": {
-          "id": "obj-106",
+          "id": "obj-110",
           "maxclass": "button",
           "numinlets": 1,
           "numoutlets": 1,
           "patching_rect": [
             370,
-            722,
+            756,
             22,
             22
           ],
@@ -1956,13 +2035,13 @@
       },
       {
         "box": {
-          "id": "obj-107",
+          "id": "obj-111",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
           "patching_rect": [
             500,
-            722,
+            756,
             200,
             22
           ],
@@ -1974,13 +2053,13 @@
       },
       {
         "box": {
-          "id": "obj-108",
+          "id": "obj-112",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
           "patching_rect": [
             20,
-            756,
+            790,
             190,
             20
           ],
@@ -1989,13 +2068,13 @@
       },
       {
         "box": {
-          "id": "obj-109",
+          "id": "obj-113",
           "maxclass": "button",
           "numinlets": 1,
           "numoutlets": 1,
           "patching_rect": [
             370,
-            756,
+            790,
             22,
             22
           ],
@@ -2007,13 +2086,13 @@
       },
       {
         "box": {
-          "id": "obj-110",
+          "id": "obj-114",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
           "patching_rect": [
             500,
-            756,
+            790,
             200,
             22
           ],
@@ -2025,13 +2104,13 @@
       },
       {
         "box": {
-          "id": "obj-111",
+          "id": "obj-115",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
           "patching_rect": [
             20,
-            790,
+            824,
             190,
             20
           ],
@@ -2040,13 +2119,13 @@
       },
       {
         "box": {
-          "id": "obj-112",
+          "id": "obj-116",
           "maxclass": "button",
           "numinlets": 1,
           "numoutlets": 1,
           "patching_rect": [
             370,
-            790,
+            824,
             22,
             22
           ],
@@ -2058,13 +2137,13 @@
       },
       {
         "box": {
-          "id": "obj-113",
+          "id": "obj-117",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
           "patching_rect": [
             500,
-            790,
+            824,
             200,
             22
           ],
@@ -2076,13 +2155,13 @@
       },
       {
         "box": {
-          "id": "obj-114",
+          "id": "obj-118",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
           "patching_rect": [
             20,
-            824,
+            858,
             190,
             20
           ],
@@ -2091,13 +2170,13 @@
       },
       {
         "box": {
-          "id": "obj-115",
+          "id": "obj-119",
           "maxclass": "button",
           "numinlets": 1,
           "numoutlets": 1,
           "patching_rect": [
             370,
-            824,
+            858,
             22,
             22
           ],
@@ -2109,13 +2188,13 @@
       },
       {
         "box": {
-          "id": "obj-116",
+          "id": "obj-120",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
           "patching_rect": [
             500,
-            824,
+            858,
             200,
             22
           ],
@@ -2127,13 +2206,13 @@
       },
       {
         "box": {
-          "id": "obj-117",
+          "id": "obj-121",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
           "patching_rect": [
             20,
-            858,
+            892,
             190,
             20
           ],
@@ -2142,13 +2221,13 @@
       },
       {
         "box": {
-          "id": "obj-118",
+          "id": "obj-122",
           "maxclass": "button",
           "numinlets": 1,
           "numoutlets": 1,
           "patching_rect": [
             370,
-            858,
+            892,
             22,
             22
           ],
@@ -2160,13 +2239,13 @@
       },
       {
         "box": {
-          "id": "obj-119",
+          "id": "obj-123",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
           "patching_rect": [
             500,
-            858,
+            892,
             200,
             22
           ],
@@ -2178,13 +2257,13 @@
       },
       {
         "box": {
-          "id": "obj-120",
+          "id": "obj-124",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
           "patching_rect": [
             20,
-            892,
+            926,
             190,
             20
           ],
@@ -2193,13 +2272,13 @@
       },
       {
         "box": {
-          "id": "obj-121",
+          "id": "obj-125",
           "maxclass": "button",
           "numinlets": 1,
           "numoutlets": 1,
           "patching_rect": [
             370,
-            892,
+            926,
             22,
             22
           ],
@@ -2211,13 +2290,13 @@
       },
       {
         "box": {
-          "id": "obj-122",
+          "id": "obj-126",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
           "patching_rect": [
             500,
-            892,
+            926,
             200,
             22
           ],
@@ -2229,13 +2308,13 @@
       },
       {
         "box": {
-          "id": "obj-123",
+          "id": "obj-127",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
           "patching_rect": [
             20,
-            926,
+            960,
             190,
             20
           ],
@@ -2244,13 +2323,13 @@
       },
       {
         "box": {
-          "id": "obj-124",
+          "id": "obj-128",
           "maxclass": "button",
           "numinlets": 1,
           "numoutlets": 1,
           "patching_rect": [
             370,
-            926,
+            960,
             22,
             22
           ],
@@ -2262,13 +2341,13 @@
       },
       {
         "box": {
-          "id": "obj-125",
+          "id": "obj-129",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
           "patching_rect": [
             500,
-            926,
+            960,
             200,
             22
           ],
@@ -2280,13 +2359,13 @@
       },
       {
         "box": {
-          "id": "obj-126",
+          "id": "obj-130",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
           "patching_rect": [
             20,
-            960,
+            994,
             190,
             20
           ],
@@ -2295,13 +2374,13 @@
       },
       {
         "box": {
-          "id": "obj-127",
+          "id": "obj-131",
           "maxclass": "button",
           "numinlets": 1,
           "numoutlets": 1,
           "patching_rect": [
             370,
-            960,
+            994,
             22,
             22
           ],
@@ -2313,13 +2392,13 @@
       },
       {
         "box": {
-          "id": "obj-128",
+          "id": "obj-132",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
           "patching_rect": [
             500,
-            960,
+            994,
             200,
             22
           ],
@@ -2331,13 +2410,13 @@
       },
       {
         "box": {
-          "id": "obj-129",
+          "id": "obj-133",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
           "patching_rect": [
             20,
-            994,
+            1028,
             190,
             20
           ],
@@ -2346,13 +2425,13 @@
       },
       {
         "box": {
-          "id": "obj-130",
+          "id": "obj-134",
           "maxclass": "button",
           "numinlets": 1,
           "numoutlets": 1,
           "patching_rect": [
             370,
-            994,
+            1028,
             22,
             22
           ],
@@ -2364,13 +2443,13 @@
       },
       {
         "box": {
-          "id": "obj-131",
+          "id": "obj-135",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
           "patching_rect": [
             500,
-            994,
+            1028,
             200,
             22
           ],
@@ -2382,13 +2461,13 @@
       },
       {
         "box": {
-          "id": "obj-132",
+          "id": "obj-136",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
           "patching_rect": [
             20,
-            1028,
+            1062,
             190,
             20
           ],
@@ -2397,13 +2476,13 @@
       },
       {
         "box": {
-          "id": "obj-133",
+          "id": "obj-137",
           "maxclass": "button",
           "numinlets": 1,
           "numoutlets": 1,
           "patching_rect": [
             370,
-            1028,
+            1062,
             22,
             22
           ],
@@ -2415,13 +2494,13 @@
       },
       {
         "box": {
-          "id": "obj-134",
+          "id": "obj-138",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
           "patching_rect": [
             500,
-            1028,
+            1062,
             200,
             22
           ],
@@ -3289,7 +3368,7 @@
         "patchline": {
           "source": [
             "obj-75",
-            0
+            1
           ],
           "destination": [
             "obj-76",
@@ -3400,18 +3479,6 @@
             0
           ],
           "destination": [
-            "obj-85",
-            0
-          ]
-        }
-      },
-      {
-        "patchline": {
-          "source": [
-            "obj-85",
-            0
-          ],
-          "destination": [
             "obj-2",
             0
           ]
@@ -3424,7 +3491,7 @@
             19
           ],
           "destination": [
-            "obj-86",
+            "obj-85",
             0
           ]
         }
@@ -3432,23 +3499,23 @@
       {
         "patchline": {
           "source": [
-            "obj-86",
-            0
-          ],
-          "destination": [
-            "obj-84",
-            0
-          ]
-        }
-      },
-      {
-        "patchline": {
-          "source": [
-            "obj-86",
+            "obj-85",
             0
           ],
           "destination": [
             "obj-83",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-87",
+            0
+          ],
+          "destination": [
+            "obj-88",
             0
           ]
         }
@@ -3469,18 +3536,6 @@
         "patchline": {
           "source": [
             "obj-89",
-            0
-          ],
-          "destination": [
-            "obj-90",
-            0
-          ]
-        }
-      },
-      {
-        "patchline": {
-          "source": [
-            "obj-90",
             0
           ],
           "destination": [
@@ -3496,7 +3551,7 @@
             20
           ],
           "destination": [
-            "obj-91",
+            "obj-90",
             0
           ]
         }
@@ -3504,19 +3559,7 @@
       {
         "patchline": {
           "source": [
-            "obj-91",
-            0
-          ],
-          "destination": [
-            "obj-89",
-            0
-          ]
-        }
-      },
-      {
-        "patchline": {
-          "source": [
-            "obj-91",
+            "obj-90",
             0
           ],
           "destination": [
@@ -3528,8 +3571,32 @@
       {
         "patchline": {
           "source": [
+            "obj-90",
+            0
+          ],
+          "destination": [
+            "obj-87",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-92",
+            0
+          ],
+          "destination": [
             "obj-93",
-            1
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-93",
+            0
           ],
           "destination": [
             "obj-94",
@@ -3552,11 +3619,11 @@
       {
         "patchline": {
           "source": [
-            "obj-97",
-            0
+            "obj-4",
+            21
           ],
           "destination": [
-            "obj-99",
+            "obj-95",
             0
           ]
         }
@@ -3564,23 +3631,35 @@
       {
         "patchline": {
           "source": [
-            "obj-96",
+            "obj-95",
             0
           ],
           "destination": [
-            "obj-99",
+            "obj-93",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-95",
+            0
+          ],
+          "destination": [
+            "obj-92",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-97",
             1
-          ]
-        }
-      },
-      {
-        "patchline": {
-          "source": [
-            "obj-99",
-            0
           ],
           "destination": [
-            "obj-100",
+            "obj-98",
             0
           ]
         }
@@ -3588,36 +3667,36 @@
       {
         "patchline": {
           "source": [
-            "obj-100",
-            0
-          ],
-          "destination": [
-            "obj-97",
-            0
-          ]
-        }
-      },
-      {
-        "patchline": {
-          "source": [
-            "obj-99",
-            0
-          ],
-          "destination": [
-            "obj-101",
-            0
-          ]
-        }
-      },
-      {
-        "patchline": {
-          "source": [
-            "obj-101",
+            "obj-98",
             0
           ],
           "destination": [
             "obj-2",
             0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-101",
+            0
+          ],
+          "destination": [
+            "obj-103",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-100",
+            0
+          ],
+          "destination": [
+            "obj-103",
+            1
           ]
         }
       },
@@ -3640,6 +3719,30 @@
             0
           ],
           "destination": [
+            "obj-101",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-103",
+            0
+          ],
+          "destination": [
+            "obj-105",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-105",
+            0
+          ],
+          "destination": [
             "obj-2",
             0
           ]
@@ -3648,35 +3751,23 @@
       {
         "patchline": {
           "source": [
-            "obj-106",
-            0
-          ],
-          "destination": [
             "obj-107",
             0
+          ],
+          "destination": [
+            "obj-108",
+            0
           ]
         }
       },
       {
         "patchline": {
           "source": [
-            "obj-107",
+            "obj-108",
             0
           ],
           "destination": [
             "obj-2",
-            0
-          ]
-        }
-      },
-      {
-        "patchline": {
-          "source": [
-            "obj-109",
-            0
-          ],
-          "destination": [
-            "obj-110",
             0
           ]
         }
@@ -3688,6 +3779,18 @@
             0
           ],
           "destination": [
+            "obj-111",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-111",
+            0
+          ],
+          "destination": [
             "obj-2",
             0
           ]
@@ -3696,35 +3799,23 @@
       {
         "patchline": {
           "source": [
-            "obj-112",
-            0
-          ],
-          "destination": [
             "obj-113",
             0
+          ],
+          "destination": [
+            "obj-114",
+            0
           ]
         }
       },
       {
         "patchline": {
           "source": [
-            "obj-113",
+            "obj-114",
             0
           ],
           "destination": [
             "obj-2",
-            0
-          ]
-        }
-      },
-      {
-        "patchline": {
-          "source": [
-            "obj-115",
-            0
-          ],
-          "destination": [
-            "obj-116",
             0
           ]
         }
@@ -3736,6 +3827,18 @@
             0
           ],
           "destination": [
+            "obj-117",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-117",
+            0
+          ],
+          "destination": [
             "obj-2",
             0
           ]
@@ -3744,35 +3847,23 @@
       {
         "patchline": {
           "source": [
-            "obj-118",
-            0
-          ],
-          "destination": [
             "obj-119",
             0
+          ],
+          "destination": [
+            "obj-120",
+            0
           ]
         }
       },
       {
         "patchline": {
           "source": [
-            "obj-119",
+            "obj-120",
             0
           ],
           "destination": [
             "obj-2",
-            0
-          ]
-        }
-      },
-      {
-        "patchline": {
-          "source": [
-            "obj-121",
-            0
-          ],
-          "destination": [
-            "obj-122",
             0
           ]
         }
@@ -3784,6 +3875,18 @@
             0
           ],
           "destination": [
+            "obj-123",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-123",
+            0
+          ],
+          "destination": [
             "obj-2",
             0
           ]
@@ -3792,35 +3895,23 @@
       {
         "patchline": {
           "source": [
-            "obj-124",
-            0
-          ],
-          "destination": [
             "obj-125",
             0
+          ],
+          "destination": [
+            "obj-126",
+            0
           ]
         }
       },
       {
         "patchline": {
           "source": [
-            "obj-125",
+            "obj-126",
             0
           ],
           "destination": [
             "obj-2",
-            0
-          ]
-        }
-      },
-      {
-        "patchline": {
-          "source": [
-            "obj-127",
-            0
-          ],
-          "destination": [
-            "obj-128",
             0
           ]
         }
@@ -3832,7 +3923,7 @@
             0
           ],
           "destination": [
-            "obj-2",
+            "obj-129",
             0
           ]
         }
@@ -3840,19 +3931,7 @@
       {
         "patchline": {
           "source": [
-            "obj-130",
-            0
-          ],
-          "destination": [
-            "obj-131",
-            0
-          ]
-        }
-      },
-      {
-        "patchline": {
-          "source": [
-            "obj-131",
+            "obj-129",
             0
           ],
           "destination": [
@@ -3864,11 +3943,23 @@
       {
         "patchline": {
           "source": [
-            "obj-133",
+            "obj-131",
             0
           ],
           "destination": [
-            "obj-134",
+            "obj-132",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-132",
+            0
+          ],
+          "destination": [
+            "obj-2",
             0
           ]
         }
@@ -3877,6 +3968,42 @@
         "patchline": {
           "source": [
             "obj-134",
+            0
+          ],
+          "destination": [
+            "obj-135",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-135",
+            0
+          ],
+          "destination": [
+            "obj-2",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-137",
+            0
+          ],
+          "destination": [
+            "obj-138",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-138",
             0
           ],
           "destination": [

@@ -1,0 +1,325 @@
+"""The avgan family: the sound representation's round trip on real speech, a few training steps of each mode,
+export with both outputs checked across backends, generate, the generated voice in ``render --sound``, and the
+agreement metric telling a mismatched model from a matched one. Real data is read in place (tiny slices linked
+into temporary folders); tests that need it skip with the reason when ``../shared/data`` is absent."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import run
+from training.families.avgan.spectral import SpectrogramCodec, log_spectral_distance, snr_db
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+W2P = DATA / "wav2pix" / "train"
+FSDD = DATA / "fsdd" / "recordings"
+MNIST = DATA / "mnist"
+needs_w2p = pytest.mark.skipif(not W2P.is_dir(), reason=f"{W2P} absent (the Wav2Pix pairs)")
+needs_digits = pytest.mark.skipif(not (FSDD.is_dir() and MNIST.is_dir()), reason=f"{FSDD} or {MNIST} absent")
+
+
+def _link_pairs(dst: Path, per_identity: int) -> Path:
+    """A Wav2Pix-layout folder of symlinks to the first ``per_identity`` pairs of each identity (read in place)."""
+    for ident in sorted(p for p in W2P.iterdir() if p.is_dir()):
+        (dst / ident.name).mkdir(parents=True)
+        for img in sorted(ident.glob("cropped_face_frame_*"))[:per_identity]:
+            n = img.stem.rsplit("_", 1)[1]
+            audio = next(ident.glob(f"preprocessed_frame_{n}.*"))
+            (dst / ident.name / img.name).symlink_to(img)
+            (dst / ident.name / audio.name).symlink_to(audio)
+    return dst
+
+
+def _link_fsdd(dst: Path, per_digit: int) -> Path:
+    (dst / "recordings").mkdir(parents=True)
+    for d in range(10):
+        for f in sorted(FSDD.glob(f"{d}_*.wav"))[:per_digit]:
+            (dst / "recordings" / f.name).symlink_to(f)
+    return dst
+
+
+# ------------------------------------------------------------------------------------ sound representation
+@needs_w2p
+def test_spectrogram_round_trip_on_real_speech_is_close() -> None:
+    from engine.audio import load_audio
+
+    files = sorted(W2P.glob("*/preprocessed_frame_*"))[:: 1500][:4]
+    clips = torch.from_numpy(np.stack([load_audio(f, 16000)[:16000] for f in files]))
+    codec = SpectrogramCodec(512, 256, 64, 16000)
+    codec.fit_statistics(clips)
+    image = codec.encode(clips)
+    assert image.shape == (4, 2, 256, 64)
+    assert float(image[:, 1].abs().max()) <= 1.0  # IF / pi
+    back = codec.decode(image).numpy()
+    for a, b in zip(clips.numpy(), back):
+        assert log_spectral_distance(a, b) < 1.0  # dB (measured 0.33-0.53)
+        assert snr_db(a, b) > 40.0  # dB (measured 50-56): only the dropped Nyquist bin and float32 rounding
+
+
+@needs_digits
+def test_spectrogram_round_trip_on_spoken_digits_at_8k() -> None:
+    from engine.audio import load_audio
+    from training.families.avgan.data import place
+
+    clips = np.stack([place(load_audio(f, 8000), 8000) for f in sorted(FSDD.glob("*_theo_1*.wav"))[:4]])
+    codec = SpectrogramCodec(256, 128, 64, 8000)
+    back = codec.decode(codec.encode(torch.from_numpy(clips))).numpy()
+    for a, b in zip(clips, back):
+        assert log_spectral_distance(a, b, 256, 64) < 1.0 and snr_db(a, b) > 40.0
+
+
+def test_codec_refuses_frames_that_do_not_cover_the_clip() -> None:
+    with pytest.raises(ValueError, match="raise spectrogram.frames"):
+        SpectrogramCodec(512, 256, 32, 16000)
+    from engine.configs import ConfigError
+    from training.config import config_from_dict
+
+    with pytest.raises(ConfigError, match="spectrogram"):
+        config_from_dict({"family": "avgan", "spectrogram": {"n_fft": 512, "hop": 256, "frames": 48}})
+
+
+# ------------------------------------------------------------------------------------ training and export
+TINY_MODEL = {"noise_dim": 8, "trunk_width": 32, "g_channels": 16, "g_min_channels": 8, "d_channels": 8,
+              "joint_width": 32, "encoder_channels": 16, "embedding_dim": 8}  # fmt: skip
+TINY_TRAIN = {"steps": 3, "batch_size": 4, "log_every": 1, "sample_every": 3, "checkpoint_every": 3, "ema_start": 0,
+              "num_threads": 1, "val_fraction": 0.2}  # fmt: skip
+
+
+def _train_export(tmp_path: Path, config: dict, data: list[Path], monkeypatch) -> Path:
+    monkeypatch.setenv("AVGAN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(sys, "argv", ["run.py"])
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run_dir, bundle = tmp_path / "run", tmp_path / "bundle"
+    args = ["train", "--config", str(path), "--out", str(run_dir)]
+    for d in data:
+        args += ["--data", str(d)]
+    assert run.main(args) == 0
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 3 and all(np.isfinite(r["loss_d"]) and np.isfinite(r["loss_g"]) for r in log)
+    assert (run_dir / "samples" / "step-0000003.png").is_file()
+    assert run.main(["export", str(run_dir), "-o", str(bundle)]) == 0  # self-check: ORT and torch vs eager
+    return bundle
+
+
+def _backends_agree(bundle: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    from engine.generator import Generator
+
+    ort = Generator(bundle, backend="onnxruntime-cpu", fallback=False, warmup=False, max_batch=4)
+    pt = Generator(bundle, backend="torch-cpu", fallback=False, warmup=False, max_batch=4)
+    a, b = ort.run(**inputs), pt.run(**inputs)
+    assert set(a) == {"image", "sound"}
+    for name in a:
+        assert np.abs(a[name] - b[name]).max() < 1e-3, name
+    return a
+
+
+@pytest.fixture(scope="module")
+def faces_bundle(tmp_path_factory) -> Path:
+    """A voice-conditioned avgan bundle trained for 3 steps on 24 real Wav2Pix pairs (shared by the tests below)."""
+    if not W2P.is_dir():
+        pytest.skip(f"{W2P} absent (the Wav2Pix pairs)")
+    tmp_path = tmp_path_factory.mktemp("avgan-faces")
+    data = _link_pairs(tmp_path / "pairs", 12)
+    cfg = {"family": "avgan", "data": {"kind": "faces"}, "model": {"conditioning": "voice", **TINY_MODEL},
+           "train": TINY_TRAIN}  # fmt: skip
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        return _train_export(tmp_path, cfg, [data], monkeypatch)
+
+
+@needs_w2p
+def test_voice_conditioned_faces_train_export_and_run(faces_bundle) -> None:
+    bundle = faces_bundle
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    assert manifest["family"] == "avgan" and list(manifest["inputs"]) == ["audio", "noise"]
+    assert manifest["outputs"]["sound"]["shape"] == [None, 16000] and manifest["sample_rate"] == 16000
+    assert manifest["family_info"]["conditioning"] == "voice"
+    rng = np.random.default_rng(0)
+    out = _backends_agree(bundle, {"audio": (0.3 * rng.standard_normal((3, 16000))).astype(np.float32),
+                                   "noise": rng.standard_normal((3, 8)).astype(np.float32)})  # fmt: skip
+    assert out["image"].shape == (3, 3, 64, 64) and out["sound"].shape == (3, 16000)
+    assert np.abs(out["sound"]).max() <= 1.0 and np.abs(out["sound"]).max() > 0
+
+
+@needs_digits
+def test_unconditional_digits_train_export_and_generate_count(tmp_path, monkeypatch) -> None:
+    fsdd = _link_fsdd(tmp_path / "fsdd", 8)
+    cfg = {"family": "avgan", "data": {"kind": "digits", "val_takes": 1},
+           "audio": {"sample_rate": 8000, "window_seconds": 1.0},
+           "spectrogram": {"n_fft": 256, "hop": 128, "frames": 64},
+           "model": {"conditioning": "none", "image_size": 32, "image_channels": 1, **TINY_MODEL},
+           "train": TINY_TRAIN}  # fmt: skip
+    bundle = _train_export(tmp_path, cfg, [fsdd, MNIST], monkeypatch)
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    assert list(manifest["inputs"]) == ["noise"] and manifest["sample_rate"] == 8000
+    out = _backends_agree(bundle, {"noise": np.random.default_rng(1).standard_normal((2, 8)).astype(np.float32)})
+    assert out["image"].shape == (2, 3, 32, 32) and out["sound"].shape == (2, 8000)
+    assert np.array_equal(out["image"][:, 0], out["image"][:, 2])  # grey, repeated to RGB
+    import soundfile as sf
+
+    gen_dir = tmp_path / "generated"
+    assert run.main(["generate", "--bundle", str(bundle), "--count", "3", "--out", str(gen_dir)]) == 0
+    wav, rate = sf.read(gen_dir / "sample-0002.wav")
+    assert rate == 8000 and wav.shape == (8000,) and (gen_dir / "sample-0002.png").is_file()
+
+
+# ------------------------------------------------------------------------------------ render --sound
+@needs_w2p
+def test_render_sound_contains_the_generated_voice(faces_bundle, tmp_path, monkeypatch) -> None:
+    import av
+    import soundfile as sf
+    import soxr
+
+    from engine.audio import load_audio
+    from engine.generator import Generator
+    from installation.render import render
+    from installation.sound import SoundSettings
+
+    bundle = faces_bundle
+    speech = np.concatenate([load_audio(f, 16000) for f in sorted(W2P.glob("*/preprocessed_frame_*"))[:2]])
+    clip = np.concatenate([np.zeros(4000, np.float32), speech, np.zeros(40000, np.float32)])
+    source = tmp_path / "voice.wav"
+    sf.write(source, clip, 16000)
+    gen = Generator(bundle, backend="onnxruntime-cpu", max_batch=8)
+    captured: list = []
+    import installation.voice_stage as vs
+
+    original = vs.plan_voice_actions
+
+    def spy(*args, **kwargs):
+        actions = original(*args, **kwargs)
+        captured.extend(actions)
+        return actions
+
+    monkeypatch.setattr("installation.render.plan_voice_actions", spy)
+    out = tmp_path / "out.mp4"
+    render(source, out, generator=gen, size=64, fps=25, batch=8, progress=False,
+           sound=SoundSettings(mix=0.0), sound_mix=1.0)  # fmt: skip
+    answers = [a for a in captured if a[1] == "answer"]
+    assert answers, "the speech ends inside the clip: the installation answers"
+    t_answer, _, voice, rate = answers[-1]
+    with av.open(str(out)) as container:
+        stream = container.streams.audio[0]
+        audio = np.concatenate([f.to_ndarray().reshape(-1, f.samples).mean(axis=0) for f in container.decode(stream)])
+        out_rate = stream.rate
+    expected = soxr.resample(voice, rate, out_rate).astype(np.float32)
+    start = int(t_answer * out_rate)
+    seg = audio[start : start + int(0.3 * out_rate) + len(expected)]
+
+    def best_corr(x: np.ndarray, ref: np.ndarray) -> float:
+        best = 0.0
+        for lag in range(0, len(x) - len(ref), 32):
+            w = x[lag : lag + len(ref)]
+            best = max(best, float(np.dot(w, ref) / (np.linalg.norm(w) * np.linalg.norm(ref) + 1e-9)))
+        return best
+
+    other = gen.generate(audio=speech[None, :16000], noise=np.full((1, 8), 3.0, np.float32))["sound"][0]
+    matched = best_corr(seg, expected)
+    assert matched > 0.5, matched  # the generated voice is in the video's audio track (AAC-coded)
+    assert best_corr(seg, soxr.resample(other, rate, out_rate).astype(np.float32)) < matched - 0.2
+
+
+@needs_w2p
+def test_live_answers_in_the_generated_voice_when_the_visitor_stops(faces_bundle, tmp_path) -> None:
+    from dataclasses import replace
+
+    from engine.audio import load_audio
+    from installation.audio_in import FileInput
+    from installation.live import LiveConfig, LiveLoop
+
+    class RecordingSound:
+        """installation.sound.SoundEngine-shaped: records the voice actions."""
+
+        def __init__(self) -> None:
+            self.answers: list[tuple[np.ndarray, int]] = []
+            self.loops = 0
+
+        def feed(self, samples, rate) -> None:
+            pass
+
+        def set_state(self, level, pitch_hz=0.0, identity=None) -> None:
+            pass
+
+        def set_param(self, name, value) -> None:
+            pass
+
+        def answer(self, samples, rate) -> None:
+            self.answers.append((np.asarray(samples), rate))
+
+        def play_generated(self, samples, rate) -> None:
+            self.loops += 1
+
+        def stop(self) -> None:
+            pass
+
+    speech = np.concatenate([load_audio(f, 16000) for f in sorted(W2P.glob("*/preprocessed_frame_*"))[:2]])
+    clip = np.concatenate([np.zeros(3200, np.float32), speech, np.zeros(24000, np.float32)])
+    cfg = replace(LiveConfig(bundle=faces_bundle, fullscreen=False, width=160, height=90, vsync=False, fps=30.0,
+                             duration_s=3.6), params={"sound/answer": "answer"})  # fmt: skip
+    sound = RecordingSound()
+    loop = LiveLoop(cfg, audio_input=FileInput(clip, 16000, loop=False), sound=sound)
+    assert loop.voice is not None  # the bundle has a sound output
+    report = loop.run()
+    assert report["frame_errors"] == 0 and report["generator"]["calls"] >= 2
+    assert len(sound.answers) >= 1 and sound.loops == 0
+    voice, rate = sound.answers[0]
+    assert rate == 16000 and voice.shape == (16000,) and voice.dtype == np.float32 and np.abs(voice).max() > 0
+
+
+# ------------------------------------------------------------------------------------ the agreement metric
+class _RealPairs:
+    """A stand-in model that 'generates' real data: for each validation clip the face of its own identity (matched)
+    or of the other identity (mismatched), and the clip itself as the voice."""
+
+    def __init__(self, pairs, mismatched: bool) -> None:
+        self.pairs, self.mismatched = pairs, mismatched
+        self.by_audio = {np.ascontiguousarray(pairs.windows([i], 16000)[0]).tobytes(): i for i in range(len(pairs))}
+
+    def run(self, audio: np.ndarray, noise: np.ndarray) -> dict[str, np.ndarray]:
+        images = []
+        for a in audio:
+            i = self.by_audio[np.ascontiguousarray(a).tobytes()]
+            label = self.pairs.labels[i]
+            if self.mismatched:
+                label = 1 - label
+            j = np.flatnonzero(self.pairs.labels == label)[0]
+            images.append(self.pairs.images([j])[0])
+        image = np.stack(images).astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1.0
+        return {"image": image, "sound": np.asarray(audio, np.float32)}
+
+
+@needs_w2p
+@pytest.mark.parametrize("mismatched", [False, True])
+def test_agreement_is_high_for_matched_and_low_for_mismatched_pairs(tmp_path, monkeypatch, mismatched) -> None:
+    pytest.importorskip("resemblyzer")
+    from training.config import config_from_dict
+    from training.data import load_dataset
+    from training.families import get
+    from training.families.avgan.evaluate import evaluate
+    from training.families.contract import Model
+
+    monkeypatch.setenv("AVGAN_CACHE", str(tmp_path / "cache"))
+    data = _link_pairs(tmp_path / "pairs", 25)
+    cfg = config_from_dict({"family": "avgan", "train": {"val_fraction": 0.4}})
+    pairs = load_dataset([data], 16000, 64)
+    stand_in = _RealPairs(pairs, mismatched)
+    model = Model(name="stand-in", kind="bundle", family=get("avgan"), cfg=cfg, labels=list(pairs.identities),
+                  sample_rate=16000, inputs={"audio": (None, 16000), "noise": (None, 64)},
+                  outputs={"image": (None, 3, 64, 64), "sound": (None, 16000)}, run=stand_in.run)  # fmt: skip
+    args = argparse.Namespace(data=[str(data)], out=tmp_path / "eval", seeds=1, seed=0, max_pairs=0, target="x",
+                              voice_train_clips=40)  # fmt: skip
+    m = evaluate(model, args)
+    assert m["voices"]["speaker_accuracy"] > 0.9  # the voices are the real ones
+    if mismatched:
+        assert m["agreement"] < 0.2 and m["faces"]["identity_accuracy"] < 0.2
+    else:
+        assert m["agreement"] > 0.8 and m["agreement_correct"] > 0.8
+    assert (tmp_path / "eval" / "samples.png").is_file() and list((tmp_path / "eval" / "samples").glob("*.wav"))

@@ -1,0 +1,140 @@
+"""The avgan family: one generator that makes an image and a one-second sound that belong together.
+
+AVGAN (Dillig, Felger, Père & Weiß, Furtwangen 2019), after LMGAN (Chen et al. 2018): two convolutional streams
+(image; sound as a GANSynth log-magnitude + instantaneous-frequency spectrogram image, Engel et al. 2019) share a
+latent; the discriminator runs both streams and judges their concatenation, with matching-aware negatives (a real
+image with another identity's real sound is fake) so that it learns that the two must belong together.
+
+Bundle inputs: ``noise`` float32 [B, Z], and ``audio`` float32 [B, S] for ``voice``-conditioned models; outputs
+``image`` float32 [B, 3, H, W] in [-1, 1] and ``sound`` float32 [B, N] in [-1, 1] at the bundle's sample rate
+(the spectrogram inverse is inside the graph). ``family_info``: ``conditioning``, ``data_kind``, ``truncation``,
+``spectrogram`` ({n_fft, hop, frames}).
+
+Modules: :mod:`.config`, :mod:`.spectral` (the sound representation and its inverse), :mod:`.networks`,
+:mod:`.data` (face pairs; FSDD + MNIST digits), :mod:`.trainer`, :mod:`.inference`, :mod:`.evaluate` (faces,
+voices, agreement; digits), :mod:`.voices` (resemblyzer speaker embeddings), :mod:`.digits` (the digit
+classifiers evaluation trains).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+from engine.errors import UserError
+from training.families.avgan.config import AvganConfig
+from training.families.contract import Family, GraphSource, InferenceGraph, Split, TensorSpec, TrainContext
+
+
+class Avgan(Family):
+    """The avgan :class:`~training.families.contract.Family`."""
+
+    name = "avgan"
+    config_type = AvganConfig
+
+    # -- data ---------------------------------------------------------------------------------------------
+    def load_data(self, cfg: AvganConfig, data_dirs: Sequence[str]):
+        """:class:`.data.FaceData` (``data.kind: faces``) or :class:`.data.DigitData` (``digits``)."""
+        from training.families.avgan import data
+
+        if cfg.data.kind == "digits":
+            return data.load_digits(data_dirs, cfg.audio.sample_rate, cfg.audio.window_samples, cfg.model.image_size,
+                                    cfg.train.val_fraction)  # fmt: skip
+        if cfg.model.image_channels != 3:
+            raise UserError("model.image_channels: face data is RGB; use 3 with data.kind: faces")
+        from training.data import load_dataset
+
+        pairs = load_dataset(list(data_dirs), cfg.audio.sample_rate, cfg.model.image_size)
+        return data.FaceData(pairs, cfg.audio.window_samples)
+
+    def split(self, cfg: AvganConfig, data) -> Split:
+        """Faces: by distinct face crop; digits: FSDD's test takes and every n-th drawing."""
+        if data.kind == "digits":
+            train, val, record = data.split(cfg.train.val_fraction, cfg.train.seed, cfg.data.val_takes)
+        else:
+            train, val, record = data.split(cfg.train.val_fraction, cfg.train.seed)
+        return Split(train, val, record)
+
+    def labels(self, data) -> list[str]:
+        """Identities (faces) or the digits "0" .. "9"."""
+        return list(data.names)
+
+    # -- networks and training ------------------------------------------------------------------------------
+    def build(self, cfg: AvganConfig, labels: Sequence[str]):
+        """(:class:`.networks.AvganGenerator`, :class:`.networks.AvganDiscriminator`)."""
+        from training.families.avgan.networks import build
+
+        return build(cfg, len(labels))
+
+    def trainer(self, ctx: TrainContext):
+        """:class:`.trainer.AvganTrainer`."""
+        from training.families.avgan.trainer import AvganTrainer
+
+        return AvganTrainer(ctx)
+
+    # -- export and evaluation ------------------------------------------------------------------------------
+    def add_export_arguments(self, group: argparse._ArgumentGroup) -> None:
+        """``--truncation`` (the same flag, and meaning, as wav2pix's)."""
+        group.add_argument(
+            "--truncation", type=float, default=1.0, metavar="PSI",
+            help="noise scale inside the graph (truncation trick, Brock et al. 2019; default 1.0 = none)",
+        )  # fmt: skip
+
+    def inference(
+        self, cfg: AvganConfig, G, labels: Sequence[str], source: GraphSource, options: argparse.Namespace
+    ) -> InferenceGraph:
+        """:class:`.inference.VoiceInference` or :class:`.inference.NoiseInference`."""
+        from training.families.avgan.inference import NoiseInference, VoiceInference
+
+        truncation = float(getattr(options, "truncation", 1.0))
+        m, rate = cfg.model, cfg.audio.sample_rate
+        n = cfg.audio.window_samples
+        noise = TensorSpec((None, m.noise_dim), "standard normal", fill="normal")
+        if m.conditioning == "voice":
+            module: Any = VoiceInference(G, truncation)
+            inputs = {"audio": TensorSpec((None, n), f"raw speech in [-1, 1] at {rate} Hz"), "noise": noise}
+        else:
+            module = NoiseInference(G, truncation)
+            inputs = {"noise": noise}
+        s = cfg.spectrogram
+        return InferenceGraph(
+            module=module.eval(),
+            inputs=inputs,
+            outputs={
+                "image": TensorSpec((None, 3, m.image_size, m.image_size), "RGB in [-1, 1]"),
+                "sound": TensorSpec((None, n), f"waveform in [-1, 1] at {rate} Hz"),
+            },
+            sample_rate=rate,
+            family_info={
+                "conditioning": m.conditioning,
+                "data_kind": cfg.data.kind,
+                "truncation": truncation,
+                "spectrogram": {"n_fft": s.n_fft, "hop": s.hop, "frames": s.frames},
+            },
+        )
+
+    def add_evaluate_arguments(self, group: argparse._ArgumentGroup) -> None:
+        """``--count`` (samples of an unconditional model) and ``--wavs`` (WAVs beside the sample sheet)."""
+        from training.families.avgan.evaluate import add_arguments
+
+        add_arguments(group)
+
+    def evaluate(self, model, args: argparse.Namespace) -> dict[str, Any]:
+        """Faces + voices + agreement (``faces``) or digit agreement (``digits``): :mod:`.evaluate`."""
+        from training.families.avgan.evaluate import evaluate
+
+        return evaluate(model, args)
+
+    def describe(self, cfg: AvganConfig) -> str:
+        """Architecture line for ``TRAINING.md``."""
+        m, s = cfg.model, cfg.spectrogram
+        return (
+            f"avgan ({m.conditioning} conditioning, {cfg.data.kind}), image {m.image_size} px x {m.image_channels} ch, "
+            f"sound {cfg.audio.window_seconds:g} s at {cfg.audio.sample_rate} Hz as a (2, {s.n_fft // 2}, {s.frames}) "
+            f"log-magnitude + IF spectrogram (n_fft {s.n_fft}, hop {s.hop}), noise {m.noise_dim}, trunk {m.trunk_width}, "
+            f"g_channels {m.g_channels} (min {m.g_min_channels}), d_channels {m.d_channels}, joint {m.joint_width}"
+        )
+
+
+FAMILY = Avgan()

@@ -1,0 +1,128 @@
+"""The avgan family's config: one generator for a face (or a drawing) and its voice, from one latent.
+
+Two data kinds (``data.kind``): ``faces`` (face + speech pairs: the Wav2Pix layout or capture datasets, as the
+wav2pix family reads them) and ``digits`` (FSDD spoken digits + MNIST drawings, paired by digit). Two conditioning
+modes (``model.conditioning``): ``none`` (the original AVGAN: noise -> image + sound) and ``voice`` (the visitor's
+speech, through an in-graph speech encoder, + noise -> an image and a voice of the same person).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from engine.configs import ranged
+from training.config import AudioConfig, AugmentConfig, TrainConfig
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What the ``--data`` folders are.
+
+    kind: ``faces`` = speech/face pair folders (Wav2Pix layout or capture datasets; split by distinct face crop,
+    :func:`training.data.split_by_face`); ``digits`` = an FSDD folder (``recordings/{digit}_{speaker}_{take}.wav``
+    or the recordings themselves) and an MNIST folder (``t10k-images-idx3-ubyte.gz`` + labels), paired by digit;
+    FSDD takes ``0 .. val_takes - 1`` and every ``1 / val_fraction``-th drawing are held out for validation
+    (takes 0-4: FSDD's own test split).
+    val_takes: FSDD takes per speaker and digit held out (digits only).
+    """
+
+    kind: Literal["faces", "digits"] = "faces"
+    val_takes: int = ranged(5, 0, 49)
+
+
+@dataclass(frozen=True)
+class SpectrogramConfig:
+    """The sound representation (:mod:`training.families.avgan.spectral`): STFT with a Hann window of ``n_fft``
+    samples and ``hop`` samples advance, ``frames`` frames; the image is (2, n_fft / 2, frames). ``(frames - 1) *
+    hop`` must cover the clip (``audio.window_samples``). ``frames`` and ``n_fft / 2`` must be multiples of 16
+    (four x2 upsampling stages from the seed)."""
+
+    n_fft: int = ranged(512, 16, 8192, "samples")
+    hop: int = ranged(256, 1, 4096, "samples")
+    frames: int = ranged(64, 16, 4096)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture (:mod:`training.families.avgan.networks`).
+
+    conditioning: ``none`` (noise only) or ``voice`` (speech -> in-graph log-mel encoder -> embedding; the
+    embedding joins the noise at the generator's input and is projected into the discriminator's score).
+    image_size: side of the image in px (32 or 64); image_channels: 3 (RGB) or 1 (grey, e.g. MNIST; the exported
+    graph repeats it to RGB).
+    noise_dim: latent size. trunk_width: width of the shared two-layer latent trunk both streams start from.
+    g_channels: width of each generator stream at its seed; it halves at every x2 upsampling down to
+    ``g_min_channels``. d_channels: width of each discriminator stream's first layer; it doubles at every
+    stride-2 layer. joint_width: width of the discriminator's joint layer over the concatenated streams.
+    n_fft / hop / n_mels / encoder_channels / embedding_dim: the speech encoder (``voice`` only).
+    spectral_norm_g: spectral normalisation on the generator's weights (the discriminator always has it).
+    """
+
+    conditioning: Literal["none", "voice"] = "voice"
+    image_size: Literal[32, 64] = 64
+    image_channels: Literal[1, 3] = 3
+    noise_dim: int = ranged(64, 1, 4096)
+    trunk_width: int = ranged(256, 8, 8192)
+    g_channels: int = ranged(128, 8, 4096)
+    g_min_channels: int = ranged(16, 4, 4096)
+    d_channels: int = ranged(16, 4, 4096)
+    joint_width: int = ranged(256, 8, 8192)
+    n_fft: int = ranged(512, 16, 8192, "samples")
+    hop: int = ranged(160, 1, 8192, "samples")
+    n_mels: int = ranged(64, 8, 512)
+    encoder_channels: int = ranged(64, 8, 4096)
+    embedding_dim: int = ranged(64, 1, 4096)
+    spectral_norm_g: bool = True
+
+    def __post_init__(self) -> None:
+        if self.encoder_channels % 8:
+            raise ValueError(f"model.encoder_channels: expected a multiple of 8, got {self.encoder_channels}")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Objective.
+
+    kind: ``hinge`` (Lim & Ye 2017) or ``lsgan`` (Mao et al. 2017).
+    mismatch_weight: weight of the matching-aware negative (Reed et al. 2016) that makes the two streams belong
+    together: a real image scored with a real sound of another identity (another speaker, another digit) is fake.
+    wrong_condition_weight: ``voice`` only: a real (image, sound) scored with the speech embedding of another
+    identity is fake (Wav2Pix's matching-aware term).
+    aux_weight: AC-GAN identity classification (Odena et al. 2017) of the discriminator's joint features of real
+    pairs. speech_id_weight: ``voice`` only: identity classification of the speech embedding (trains the
+    encoder). mode_seeking_weight: mode-seeking term on both streams (Mao et al., CVPR 2019); 0 disables.
+    """
+
+    kind: Literal["hinge", "lsgan"] = "hinge"
+    mismatch_weight: float = ranged(1.0, 0.0, 100.0)
+    wrong_condition_weight: float = ranged(1.0, 0.0, 100.0)
+    aux_weight: float = ranged(1.0, 0.0, 100.0)
+    speech_id_weight: float = ranged(1.0, 0.0, 100.0)
+    mode_seeking_weight: float = ranged(0.1, 0.0, 100.0)
+
+
+@dataclass(frozen=True)
+class AvganConfig:
+    """Resolved avgan training config: what ``run.py train --config`` reads when ``family: avgan``."""
+
+    family: Literal["avgan"] = "avgan"
+    data: DataConfig = field(default_factory=DataConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    spectrogram: SpectrogramConfig = field(default_factory=SpectrogramConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        s, n = self.spectrogram, self.audio.window_samples
+        if (s.frames - 1) * s.hop < n:
+            raise ValueError(
+                f"spectrogram: frames {s.frames} x hop {s.hop} do not cover audio.window_samples {n}; "
+                f"need frames >= {-(-n // s.hop) + 1}"
+            )
+        if s.frames % 16 or (s.n_fft // 2) % 16:
+            raise ValueError(f"spectrogram: frames ({s.frames}) and n_fft/2 ({s.n_fft // 2}) must be multiples of 16")
+        if s.hop > s.n_fft // 2:
+            raise ValueError(f"spectrogram.hop: expected at most n_fft/2 = {s.n_fft // 2}, got {s.hop}")

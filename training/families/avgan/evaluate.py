@@ -1,0 +1,428 @@
+"""The avgan evaluation (``run.py evaluate``): does the model make images and sounds, and do they belong together?
+
+**faces** (``data.kind: faces``), on the validation pairs (the run's recorded face-level split, or
+:func:`training.data.split_by_face` with the config's ``train.val_fraction`` / ``train.seed`` for a bundle):
+
+* faces, as the wav2pix evaluation scores them (:mod:`training.face_eval`: dlib detection ratio, identity accuracy
+  against identity centroids of the real training faces, Fréchet distance of face embeddings with its
+  real-vs-real references);
+* voices: Resemblyzer speaker embeddings (:mod:`.voices`) of the generated sounds; speaker identity = nearest
+  real-speaker centroid (cosine; centroids from real *training* clips), its accuracy; the share of sounds in which
+  webrtcvad finds speech; the Fréchet distance of the embeddings, generated vs real validation clips, next to real
+  training vs real validation clips;
+* **agreement**: the share of samples whose face identity (dlib, nearest face centroid) and voice identity
+  (Resemblyzer, nearest voice centroid) are the same person (``agreement``), and the share where both are the
+  identity of the condition (``agreement_correct``, conditioned models), next to ``agreement_if_independent``: what
+  the face and voice identities' frequencies alone give (a model whose every face and voice reads as one person
+  agrees fully without anything belonging together).
+
+Conditioned models generate ``--seeds`` samples per validation pair from its speech (noise of seed index ``s`` =
+``default_rng([seed, s])`` rows); unconditional ones the same number from noise alone.
+
+**digits** (``data.kind: digits``): ``--samples`` unconditional samples (noise ``default_rng([seed, 0])``); a
+drawing classifier and a spoken-digit classifier (:mod:`.digits`, trained on the real training split and scored on
+the held-out drawings and FSDD test takes, the reference) read each image and sound: the share classified with
+confidence >= 0.9, and the share whose image and sound name the same digit (chance 0.1 for uniform digits; next to
+it ``agreement_if_independent``, what the two digit frequencies alone give).
+
+Writes ``metrics.json``, ``samples.png`` (faces: per row the real face, then one generated face per seed; digits:
+generated drawings captioned with both classifiers' digits), ``samples-generated.png`` (faces: the generated ones
+only) and ``samples/*.wav`` (the sheet's sounds; faces: ``rowJ-NAME-real.wav`` is the row's real clip) to ``--out``
+and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.errors import UserError
+from training.face_eval import nan_to_none, pick_sample_voices, save_sample_sheet, seed_noise
+
+log = logging.getLogger(__name__)
+
+CONFIDENT = 0.9
+"""A classifier probability at or above this counts as a confident reading."""
+
+
+def add_arguments(group: argparse._ArgumentGroup) -> None:
+    """``--samples`` and ``--voice-train-clips``."""
+    group.add_argument(
+        "--samples", type=int, default=1000, metavar="N",
+        help="avgan digits: unconditional samples to generate and classify (default 1000)",
+    )  # fmt: skip
+    group.add_argument(
+        "--voice-train-clips", type=int, default=600, metavar="N",
+        help="avgan faces: real training clips (evenly spaced) whose Resemblyzer embeddings give the speaker "
+        "centroids and the Fréchet reference (default 600; cached)",
+    )  # fmt: skip
+
+
+def run_batched(model, n: int, batch: int = 64, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+    """``model.run`` over ``n`` items in chunks of ``batch``; float32 outputs by name."""
+    parts = [model.run(**{k: v[i : i + batch] for k, v in inputs.items()}) for i in range(0, n, batch)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def save_image(path: Path, image: np.ndarray) -> None:
+    """PNG of uint8 [H, W, 3] RGB."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+
+
+def write_wav(path: Path, sound: np.ndarray, rate: int) -> None:
+    """16-bit PCM WAV of float samples [N] in [-1, 1]."""
+    import soundfile as sf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), np.clip(sound, -1, 1), rate, subtype="PCM_16")
+
+
+def evaluate(model, args: argparse.Namespace) -> dict[str, Any]:
+    """Evaluate a :class:`training.families.contract.Model` of the avgan family; returns the figures.
+
+    Raises:
+        UserError: bad data or arguments, no validation items.
+    """
+    if "sound" not in model.outputs or "image" not in model.outputs:
+        raise UserError(f"{model.name}: an avgan model has image and sound outputs, this one {list(model.outputs)}")
+    kind = model.cfg.data.kind
+    started = time.perf_counter()
+    metrics = evaluate_digits(model, args) if kind == "digits" else evaluate_faces(model, args)
+    metrics["model"] = {"target": str(args.target), "kind": model.kind,
+                        **{k: v for k, v in model.info.items() if k != "command"}}  # fmt: skip
+    metrics["data"] = [str(d) for d in args.data]
+    metrics["total_seconds"] = round(time.perf_counter() - started, 1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = nan_to_none(json.loads(json.dumps(metrics, default=float)))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    print(format_table(metrics))
+    print(f"wrote {out / 'metrics.json'}, {out / 'samples.png'} and {out / 'samples'}/*.wav")
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------- faces
+def face_split(model, pairs) -> tuple[np.ndarray, np.ndarray, str]:
+    """(train pairs, validation pairs, source): the run's recorded validation faces, else the config's split."""
+    from training.data import split_by_face
+
+    cfg = model.cfg
+    train_idx, val_idx = split_by_face(pairs, cfg.train.val_fraction, cfg.train.seed)
+    hashes = (model.split or {}).get("val_face_hashes")
+    if hashes is None:
+        return train_idx, val_idx, "recomputed from the config"
+    is_val = np.isin(np.asarray(pairs.face_hashes)[pairs.face_index], list(hashes))
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val), "split.json"
+
+
+def _frechet_terms(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """:func:`training.face_metrics.frechet_terms`, or NaNs where the sets are too small for the 256-d covariance
+    (fewer samples than dimensions: the matrix square root is not real)."""
+    from training import face_metrics as fm
+
+    try:
+        return fm.frechet_terms(a, b)
+    except ValueError as exc:
+        log.warning("voice Fréchet distance not defined here (%d and %d samples of %d-d): %s", len(a), len(b),
+                    a.shape[1], exc)  # fmt: skip
+        return float("nan"), float("nan")
+
+
+def independent_agreement(a: np.ndarray, b: np.ndarray, k: int) -> float:
+    """The agreement two label sequences (int [G] each, labels < k) would have by chance alone, given how often each
+    names each label: ``sum_i P(a = i) P(b = i)``. A model whose outputs all read as one class scores high on
+    agreement without its image and sound belonging together; this is the figure to read agreement against."""
+    if len(a) == 0:
+        return float("nan")
+    pa, pb = np.bincount(a, minlength=k) / len(a), np.bincount(b, minlength=k) / len(b)
+    return float((pa * pb).sum())
+
+
+def agreement_figures(face_pred: np.ndarray, voice_pred: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
+    """Agreement of per-sample face and voice identities (int [G] each; ``labels`` int [G] the condition's
+    identity, or None): ``agreement`` = share with face == voice, ``agreement_correct`` = share with both ==
+    label (None without labels)."""
+    agree = face_pred == voice_pred
+    k = int(max(face_pred.max(initial=0), voice_pred.max(initial=0))) + 1
+    out: dict[str, Any] = {"agreement": float(agree.mean()) if len(agree) else float("nan"), "agreement_correct": None,
+                           "agreement_if_independent": independent_agreement(face_pred, voice_pred, k)}
+    if labels is not None and len(agree):
+        out["agreement_correct"] = float((agree & (face_pred == labels)).mean())
+    return out
+
+
+def face_identities(gen_emb: np.ndarray, train_emb: np.ndarray, train_det: np.ndarray, train_labels: np.ndarray,
+                    k: int) -> np.ndarray:
+    """int64 [G]: nearest identity centroid (Euclidean, dlib face embeddings) of each generated face; centroids
+    from the detected real training faces (all of an identity's faces where none is detected)."""
+    from training import face_metrics as fm
+
+    use = train_det.copy()
+    for i in range(k):
+        if not use[train_labels == i].any():
+            use[train_labels == i] = True
+    cent = fm.identity_centroids(train_emb[use], train_labels[use], k)
+    dist = np.linalg.norm(gen_emb[:, None, :] - np.where(np.isnan(cent), np.inf, cent)[None], axis=2)
+    return dist.argmin(axis=1).astype(np.int64)
+
+
+def evaluate_faces(model, args: argparse.Namespace) -> dict[str, Any]:
+    """The faces evaluation (see the module docstring)."""
+    from datastore.cache import default_cache_dir
+    from engine.generator import to_uint8
+    from training import face_metrics as fm
+    from training.data import load_dataset
+    from training.face_eval import RealFaceCache, evaluate_embeddings
+    from training.families.avgan import voices
+
+    cfg, rate = model.cfg, model.sample_rate
+    window = int(model.outputs["sound"][1])
+    size = int(model.outputs["image"][2])
+    conditional = "audio" in model.inputs
+    noise_dim = int(model.inputs["noise"][1])
+    pairs = load_dataset(args.data, rate, size)
+    train_idx, val_idx, split_from = face_split(model, pairs)
+    if len(val_idx) == 0:
+        raise UserError(f"no validation pairs (train.val_fraction={cfg.train.val_fraction})")
+    n_val_total = len(val_idx)
+    if args.max_pairs and args.max_pairs < len(val_idx):
+        val_idx = val_idx[np.linspace(0, len(val_idx) - 1, args.max_pairs).round().astype(np.int64)]
+    k = len(pairs.identities)
+    labels = pairs.labels[val_idx]
+    t0 = time.perf_counter()
+    images, sounds = [], []
+    for s in range(args.seeds):
+        noise = seed_noise(args.seed, s, len(val_idx), noise_dim)
+        inputs = {"noise": noise}
+        if conditional:
+            inputs["audio"] = pairs.windows(val_idx, int(model.inputs["audio"][1]))
+        out = run_batched(model, len(val_idx), **inputs)
+        images.append(to_uint8(out["image"]))
+        sounds.append(out["sound"])
+    fakes = np.stack(images)  # [seeds, P, H, W, 3]
+    gen_images = fakes.reshape(-1, *fakes.shape[2:])
+    gen_sounds = np.concatenate(sounds)
+    gen_labels = np.tile(labels, args.seeds)
+    gen_seconds = time.perf_counter() - t0
+
+    # faces
+    analyzer = fm.FaceAnalyzer()
+    log.info("scoring %d generated faces with dlib", len(gen_images))
+    gen = analyzer.analyze(gen_images)
+    cache = RealFaceCache(analyzer, default_cache_dir())
+    val_faces, train_faces = np.unique(pairs.face_index[val_idx]), np.unique(pairs.face_index[train_idx])
+    face_label = pairs.face_labels
+    val_r, train_r = cache.analyze(pairs.faces[val_faces]), cache.analyze(pairs.faces[train_faces])
+    face_pred = face_identities(gen.embeddings, train_r.embeddings, train_r.detected, face_label[train_faces], k)
+    faces = evaluate_embeddings(
+        gen.embeddings, gen.detected, gen_labels if conditional else face_pred, val_r.embeddings, val_r.detected,
+        face_label[val_faces], pairs.identities, train_r.embeddings, train_r.detected, face_label[train_faces],
+    )  # fmt: skip
+    if not conditional:
+        faces["identity_accuracy"] = None  # no condition: nothing to be right about
+
+    # voices
+    log.info("embedding %d generated sounds with resemblyzer", len(gen_sounds))
+    gen_v = voices.embed(gen_sounds, rate)
+    n_tr = min(len(train_idx), max(2, int(getattr(args, "voice_train_clips", 600))))
+    tr_pick = train_idx[np.linspace(0, len(train_idx) - 1, n_tr).round().astype(np.int64)]
+    train_v = voices.embed_cached(pairs.windows(tr_pick, window), rate, default_cache_dir())
+    val_v = voices.embed_cached(pairs.windows(val_idx, window), rate, default_cache_dir())
+    cent = voices.centroids(train_v.embeddings, pairs.labels[tr_pick], k)
+    voice_pred = voices.nearest_centroid(gen_v.embeddings, cent)
+    val_pred = voices.nearest_centroid(val_v.embeddings, cent)
+    v_terms = _frechet_terms(gen_v.embeddings, val_v.embeddings)
+    voice = {
+        "speaker_accuracy": float((voice_pred == gen_labels).mean()) if conditional else None,
+        "speaker_accuracy_per_identity": {pairs.identities[i]: float((voice_pred[gen_labels == i] == i).mean())
+                                          for i in range(k) if conditional and (gen_labels == i).any()},
+        "speaker_share": {pairs.identities[i]: float((voice_pred == i).mean()) for i in range(k)},
+        "voiced_ratio": float(gen_v.voiced.mean()),
+        "frechet_distance": float(sum(v_terms)),
+        "frechet_terms": {"mean": v_terms[0], "covariance": v_terms[1]},
+        "reference": {
+            "speaker_accuracy": float((val_pred == labels).mean()),
+            "voiced_ratio": float(val_v.voiced.mean()),
+            "frechet_distance_train_vs_val": float(sum(_frechet_terms(train_v.embeddings, val_v.embeddings))),
+            "n_train_clips": int(n_tr),
+            "n_val_clips": int(len(val_idx)),
+        },
+        "embedding": "resemblyzer 0.1.4 (GE2E, 256-d), speaker = nearest training-clip centroid by cosine",
+    }
+    both = agreement_figures(face_pred, voice_pred, gen_labels if conditional else None)
+    both["agreement_detected_faces"] = float((face_pred == voice_pred)[gen.detected].mean()) if gen.detected.any() else None
+
+    # sample sheet and its sounds
+    out = Path(args.out)
+    rows = pick_sample_voices(labels, pairs.face_index[val_idx])
+    save_sample_sheet(out / "samples.png", pairs.images(val_idx[rows]), fakes[:, rows].transpose(1, 0, 2, 3, 4),
+                      [pairs.identities[labels[r]] for r in rows])  # fmt: skip
+    # the same rows without the real faces (a figure that holds no dataset material)
+    grid = fakes[:, rows].transpose(1, 0, 2, 3, 4)  # [rows, seeds, H, W, 3]
+    save_image(out / "samples-generated.png", np.concatenate([np.concatenate(list(r), axis=1) for r in grid], axis=0))
+    seed_sounds = np.stack(sounds)  # [seeds, P, N]
+    for j, r in enumerate(rows):
+        name = pairs.identities[labels[r]]
+        write_wav(out / "samples" / f"row{j}-{name}-real.wav", pairs.windows([val_idx[r]], window)[0], rate)
+        for s in range(args.seeds):
+            write_wav(out / "samples" / f"row{j}-{name}-seed{s}.wav", seed_sounds[s, r], rate)
+    return {
+        "kind": "faces",
+        "conditioning": "voice" if conditional else "none",
+        "faces": faces,
+        "voices": voice,
+        **both,
+        "n_generated": int(len(gen_images)),
+        "split": {"val_fraction": cfg.train.val_fraction, "seed": cfg.train.seed, "from": split_from,
+                  "n_val_pairs": int(n_val_total), "n_val_pairs_evaluated": int(len(val_idx))},  # fmt: skip
+        "seeds": args.seeds,
+        "seed": args.seed,
+        "generation_seconds": round(gen_seconds, 1),
+    }
+
+
+# ----------------------------------------------------------------------------------------------- digits
+def evaluate_digits(model, args: argparse.Namespace) -> dict[str, Any]:
+    """The digits evaluation (see the module docstring)."""
+    from datastore.cache import default_cache_dir
+    from engine.generator import to_uint8
+    from training.families.avgan.data import load_digits, place
+    from training.families.avgan.digits import classifiers_for, drawings_to_tensor, predict
+
+    cfg, rate = model.cfg, model.sample_rate
+    window = int(model.outputs["sound"][1])
+    n = int(getattr(args, "samples", 1000))
+    if n < 1:
+        raise UserError(f"--samples: expected >= 1, got {n}")
+    data = load_digits(args.data, rate, window, 32, cfg.train.val_fraction)
+    drawing, spoken, report = classifiers_for(data, default_cache_dir())
+    noise_dim = int(model.inputs["noise"][1])
+    t0 = time.perf_counter()
+    inputs = {"noise": seed_noise(args.seed, 0, n, noise_dim)}
+    conditioned_labels = None
+    if "audio" in model.inputs:  # a voice-conditioned digits model: held-out recordings as the condition
+        held = np.flatnonzero(data.takes < cfg.data.val_takes)
+        pick = held[np.arange(n) % len(held)]
+        inputs["audio"] = np.stack([place(data.clips[i], int(model.inputs["audio"][1])) for i in pick])
+        conditioned_labels = data.labels[pick]
+    out = run_batched(model, n, **inputs)
+    gen_seconds = time.perf_counter() - t0
+    images = to_uint8(out["image"])
+    import torch
+
+    p_img = predict(drawing, drawings_to_tensor(images))
+    p_snd = predict(spoken, torch.from_numpy(np.ascontiguousarray(out["sound"], np.float32)))
+    d_img, d_snd = p_img.argmax(1), p_snd.argmax(1)
+    c_img, c_snd = p_img.max(1) >= CONFIDENT, p_snd.max(1) >= CONFIDENT
+    agree = d_img == d_snd
+    # the ceiling: real held-out drawings paired with real held-out recordings of the same digit
+    held = np.flatnonzero(data.takes < cfg.data.val_takes)
+    real_img = data.images(held, np.random.default_rng(0), held_out=True)
+    real_snd = np.stack([place(data.clips[i], window) for i in held])
+    r_img, r_snd = predict(drawing, drawings_to_tensor(real_img[..., 0])), predict(spoken, torch.from_numpy(real_snd))
+    metrics: dict[str, Any] = {
+        "kind": "digits",
+        "n_samples": n,
+        "image_confident": float(c_img.mean()),
+        "sound_confident": float(c_snd.mean()),
+        "agreement": float(agree.mean()),
+        "agreement_confident": float((agree & c_img & c_snd).mean()),
+        "agreement_chance": 0.1,
+        # what the two classifiers' digit frequencies alone give if image and sound were independent
+        "agreement_if_independent": independent_agreement(d_img, d_snd, 10),
+        "image_digits": np.bincount(d_img, minlength=10).tolist(),
+        "sound_digits": np.bincount(d_snd, minlength=10).tolist(),
+        "reference": {
+            **report,
+            "real_pairs_agreement": float((r_img.argmax(1) == r_snd.argmax(1)).mean()),
+            "real_image_confident": float((r_img.max(1) >= CONFIDENT).mean()),
+            "real_sound_confident": float((r_snd.max(1) >= CONFIDENT).mean()),
+            "n_real_pairs": int(len(held)),
+        },
+        "seed": args.seed,
+        "generation_seconds": round(gen_seconds, 1),
+    }
+    if conditioned_labels is not None:
+        metrics["image_accuracy"] = float((d_img == conditioned_labels).mean())
+        metrics["sound_accuracy"] = float((d_snd == conditioned_labels).mean())
+    outdir = Path(args.out)
+    save_digit_sheet(outdir / "samples.png", images[:60], d_img[:60], d_snd[:60])
+    for i in range(min(12, n)):
+        write_wav(outdir / "samples" / f"sample{i:02d}-image{d_img[i]}-sound{d_snd[i]}.wav", out["sound"][i], rate)
+    return metrics
+
+
+def save_digit_sheet(path: Path, images: np.ndarray, d_img: np.ndarray, d_snd: np.ndarray, cols: int = 10) -> None:
+    """PNG sheet of generated drawings uint8 [G, H, W, 3], each captioned ``image digit / sound digit`` (green
+    when they agree, red when not), 3x enlarged."""
+    import cv2
+
+    g, h, w = images.shape[:3]
+    scale, cap = 3, 14
+    rows = -(-g // cols)
+    sheet = np.full((rows * (h * scale + cap + 4), cols * (w * scale + 4), 3), 255, np.uint8)
+    for i in range(g):
+        y, x = (i // cols) * (h * scale + cap + 4), (i % cols) * (w * scale + 4)
+        sheet[y : y + h * scale, x : x + w * scale] = cv2.resize(images[i], (w * scale, h * scale),
+                                                                interpolation=cv2.INTER_NEAREST)  # fmt: skip
+        colour = (0, 140, 0) if d_img[i] == d_snd[i] else (200, 0, 0)
+        cv2.putText(sheet, f"{d_img[i]} / {d_snd[i]}", (x + 4, y + h * scale + cap - 2), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.4, colour, 1, cv2.LINE_AA)  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), sheet[:, :, ::-1]):
+        raise UserError(f"{path}: cannot write image")
+
+
+# ----------------------------------------------------------------------------------------------- table
+def format_table(m: dict[str, Any]) -> str:
+    """A plain-text table of the main figures, generated next to the real reference."""
+
+    def f(v: Any, d: int = 3) -> str:
+        return "-" if v is None else f"{v:.{d}f}"
+
+    if m.get("kind") == "digits":
+        ref = m["reference"]
+        rows = [
+            ("metric", "generated", "real (reference)"),
+            ("image classified with confidence >= 0.9", f(m["image_confident"]), f(ref["real_image_confident"])),
+            ("sound classified with confidence >= 0.9", f(m["sound_confident"]), f(ref["real_sound_confident"])),
+            ("image and sound name the same digit (chance 0.1)", f(m["agreement"]), f(ref["real_pairs_agreement"])),
+            ("  ... both confident and the same", f(m["agreement_confident"]), ""),
+            ("  ... expected from the digit frequencies alone", f(m.get("agreement_if_independent")), ""),
+            ("drawing classifier, held-out accuracy", "", f(ref["drawing_classifier"]["held_out_accuracy"])),
+            ("spoken-digit classifier, held-out accuracy", "", f(ref["spoken_digit_classifier"]["held_out_accuracy"])),
+            ("image digits 0-9", " ".join(map(str, m["image_digits"])), ""),
+            ("sound digits 0-9", " ".join(map(str, m["sound_digits"])), ""),
+        ]
+    else:
+        fa, vo = m["faces"], m["voices"]
+        fr, vr = fa.get("reference", {}), vo["reference"]
+        rows = [
+            ("metric", "generated", "real (reference)"),
+            ("face detection ratio", f(fa.get("detection_ratio")), f(fr.get("detection_ratio"))),
+            ("face identity accuracy", f(fa.get("identity_accuracy")), f(fr.get("identity_accuracy"))),
+            ("face Fréchet distance to real val faces", f(fa.get("frechet_distance"), 4),
+             f(fr.get("frechet_distance_train_vs_val"), 4) + " (train vs val)"),
+            ("voice speaker accuracy (resemblyzer)", f(vo.get("speaker_accuracy")), f(vr.get("speaker_accuracy"))),
+            ("voiced ratio (webrtcvad)", f(vo.get("voiced_ratio")), f(vr.get("voiced_ratio"))),
+            ("voice-embedding Fréchet distance to real val clips", f(vo.get("frechet_distance"), 4),
+             f(vr.get("frechet_distance_train_vs_val"), 4) + " (train vs val)"),
+            ("face-voice agreement (same person)", f(m.get("agreement")), ""),
+            ("  ... and the condition's identity", f(m.get("agreement_correct")), ""),
+            ("  ... expected from the identity frequencies alone", f(m.get("agreement_if_independent")), ""),
+            ("generated samples", str(m.get("n_generated")), ""),
+        ]  # fmt: skip
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    lines = [f"{a:<{w0}}  {b:>{w1}}  {c}" for a, b, c in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)

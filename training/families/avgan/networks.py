@@ -1,0 +1,203 @@
+"""Networks of the avgan family: one generator with an image stream and a spectrogram stream, one discriminator
+that judges the two together.
+
+After Dillig, Felger, Père & Weiß (AVGAN, Furtwangen 2019) and its model, LMGAN (Chen et al., "Lip Movements
+Generation at a Glance", ECCV 2018: two streams that share a latent and meet by concatenation):
+
+* :class:`SpeechEncoder` — (``voice`` conditioning) raw speech [B, S] -> embedding [B, E]: peak normalisation,
+  pre-emphasis and a log-mel spectrogram inside the graph (:mod:`training.layers`), 1-D convolutions with group
+  norm, mean + max pooling over time, a linear map.
+* :class:`AvganGenerator` — (noise [B, Z], embedding [B, E] or nothing) -> a shared two-layer latent trunk ->
+  two upsampling streams (:class:`UpStream`, nearest x2 + 3x3 convolution + pixel norm + leaky ReLU, spectral
+  normalisation, Miyato et al. 2018): an image in [-1, 1] (tanh) and a spectrogram image (channel 0 the
+  standardised log-magnitude, linear; channel 1 the instantaneous frequency, tanh), the sound representation of
+  :class:`training.families.avgan.spectral.SpectrogramCodec`, which it holds (its statistics are buffers).
+* :class:`AvganDiscriminator` — an image stream and a spectrogram stream (:class:`DownStream`, spectral-normalised
+  stride-2 convolutions, summed over positions), their features concatenated into a joint layer; score =
+  ``psi(j) + <W e, j>`` (projection of the condition, Miyato & Koyama 2018, where there is one) and an identity
+  classifier on ``j`` (AC-GAN, Odena et al. 2017). :meth:`AvganDiscriminator.joint` takes the two streams'
+  features separately, so a real image can be scored with another item's real sound at no extra cost
+  (matching-aware negatives, Reed et al. 2016).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from training.config import AudioConfig
+from training.families.avgan.config import AvganConfig, ModelConfig
+from training.families.avgan.spectral import SpectrogramCodec
+from training.layers import AudioPreprocess, LogMel, PixelNorm, channels, sn
+
+
+class SpeechEncoder(nn.Module):
+    """Speech float32 [B, S] (samples in [-1, 1] at ``audio.sample_rate`` Hz) -> embedding float32 [B, E]."""
+
+    def __init__(self, audio: AudioConfig, model: ModelConfig) -> None:
+        super().__init__()
+        self.preprocess = AudioPreprocess(audio)
+        self.features = LogMel(model.n_fft, model.hop, model.n_mels, audio.sample_rate)
+        c = model.encoder_channels
+        act = nn.LeakyReLU(0.2)
+        self.body = nn.Sequential(
+            nn.Conv1d(model.n_mels, c, 5, padding=2), nn.GroupNorm(8, c), act,
+            nn.Conv1d(c, c, 5, stride=2, padding=2), nn.GroupNorm(8, c), act,
+            nn.Conv1d(c, 2 * c, 5, stride=2, padding=2), nn.GroupNorm(8, 2 * c), act,
+            nn.Conv1d(2 * c, 2 * c, 3, stride=2, padding=1), nn.GroupNorm(8, 2 * c), act,
+        )  # fmt: skip
+        self.proj = nn.Linear(4 * c, model.embedding_dim)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        h = self.body(self.features(self.preprocess(audio)))
+        return self.proj(torch.cat([h.mean(dim=2), h.amax(dim=2)], dim=1))
+
+
+class UpStream(nn.Module):
+    """One generator stream: trunk features [B, W] -> [B, out_channels, h0 * 2^n, w0 * 2^n] (no output activation),
+    n = ``len(chans)``.
+
+    A linear seed of ``chans[0]`` channels at (h0, w0), then ``len(chans) - 1`` blocks of nearest x2 upsampling,
+    3x3 convolution, pixel norm and leaky ReLU, then a last nearest x2 upsampling and a 3x3 convolution to
+    ``out_channels`` (no block at full resolution: on a CPU the full-resolution layer dominates the cost, and a
+    spectrogram image has as many pixels as the clip has samples).
+    """
+
+    def __init__(self, width: int, seed_hw: tuple[int, int], chans: list[int], out_channels: int, use_sn: bool) -> None:
+        super().__init__()
+        self.seed_hw, self.c0 = seed_hw, chans[0]
+        self.fc = sn(nn.Linear(width, chans[0] * seed_hw[0] * seed_hw[1]), use_sn)
+        self.seed_norm = PixelNorm()
+        blocks: list[nn.Module] = []
+        for cin, cout in zip(chans[:-1], chans[1:]):
+            blocks += [nn.Upsample(scale_factor=2, mode="nearest"), sn(nn.Conv2d(cin, cout, 3, padding=1), use_sn),
+                       PixelNorm(), nn.LeakyReLU(0.2)]  # fmt: skip
+        self.blocks = nn.Sequential(*blocks, nn.Upsample(scale_factor=2, mode="nearest"))
+        self.out = nn.Conv2d(chans[-1], out_channels, 3, padding=1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        x = self.fc(h).view(-1, self.c0, *self.seed_hw)
+        return self.out(self.blocks(F.leaky_relu(self.seed_norm(x), 0.2)))
+
+
+def _stream_channels(cfg: ModelConfig, n_up: int) -> list[int]:
+    """Widths of a stream with ``n_up`` x2 upsamplings: ``g_channels`` halving down to ``g_min_channels``."""
+    return channels(cfg.g_channels, n_up - 1, cfg.g_min_channels)
+
+
+class AvganGenerator(nn.Module):
+    """Everything the generator's optimiser trains: speech encoder and identity head (``voice`` only), trunk, the
+    two streams, and the spectrogram codec (fixed buffers + the data's log-magnitude statistics).
+
+    ``forward(noise [B, Z], embedding [B, E] or None)`` -> (image float32 [B, C, H, H] in [-1, 1], spectrogram
+    float32 [B, 2, K, T]). :meth:`sound` decodes a spectrogram to a waveform [B, N].
+
+    Raises:
+        ValueError: ``voice`` conditioning without an embedding, or one given to an unconditional generator.
+    """
+
+    def __init__(self, cfg: AvganConfig, n_labels: int) -> None:
+        super().__init__()
+        m, s = cfg.model, cfg.spectrogram
+        self.conditional = m.conditioning == "voice"
+        self.noise_dim = m.noise_dim
+        self.codec = SpectrogramCodec(s.n_fft, s.hop, s.frames, cfg.audio.window_samples)
+        if self.conditional:
+            self.encoder: SpeechEncoder | None = SpeechEncoder(cfg.audio, m)
+            self.speaker_head: nn.Linear | None = nn.Linear(m.embedding_dim, max(1, n_labels))
+            in_dim = m.noise_dim + m.embedding_dim
+        else:
+            self.encoder = self.speaker_head = None
+            in_dim = m.noise_dim
+        use_sn = m.spectral_norm_g
+        self.trunk = nn.Sequential(
+            sn(nn.Linear(in_dim, m.trunk_width), use_sn), nn.LeakyReLU(0.2),
+            sn(nn.Linear(m.trunk_width, m.trunk_width), use_sn), nn.LeakyReLU(0.2),
+        )  # fmt: skip
+        n_img = int(math.log2(m.image_size // 4))
+        self.image = UpStream(m.trunk_width, (4, 4), _stream_channels(m, n_img), m.image_channels, use_sn)
+        _, k, t = self.codec.shape
+        self.spec = UpStream(m.trunk_width, (k // 16, t // 16), _stream_channels(m, 4), 2, use_sn)
+
+    def forward(self, noise: torch.Tensor, embedding: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.conditional != (embedding is not None):
+            raise ValueError("AvganGenerator: a voice-conditioned generator needs an embedding, an unconditional one none")
+        x = noise if embedding is None else torch.cat([noise, embedding], dim=1)
+        h = self.trunk(x)
+        image = torch.tanh(self.image(h))
+        spec = self.spec(h)
+        return image, torch.stack([spec[:, 0], torch.tanh(spec[:, 1])], dim=1)
+
+    def sound(self, spectrogram: torch.Tensor) -> torch.Tensor:
+        """Waveform float32 [B, N] of spectrogram images [B, 2, K, T], clipped to [-1, 1]."""
+        return self.codec.decode(spectrogram).clamp(-1.0, 1.0)
+
+
+class DownStream(nn.Module):
+    """One discriminator stream: [B, C, H, W] -> features [B, chans[-1]] (summed over positions).
+
+    Spectral-normalised 4x4 stride-2 convolutions with leaky ReLU (one per entry of ``chans``), then a 3x3 one.
+    """
+
+    def __init__(self, in_channels: int, chans: list[int]) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for cin, cout in zip([in_channels, *chans[:-1]], chans):
+            layers += [spectral_norm(nn.Conv2d(cin, cout, 4, stride=2, padding=1)), nn.LeakyReLU(0.2)]
+        layers += [spectral_norm(nn.Conv2d(chans[-1], chans[-1], 3, padding=1)), nn.LeakyReLU(0.2)]
+        self.body = nn.Sequential(*layers)
+        self.width = chans[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x).sum(dim=(2, 3))
+
+
+class AvganDiscriminator(nn.Module):
+    """(image [B, C, H, H], spectrogram [B, 2, K, T], embedding [B, E] or None) -> (score [B], logits [B, L]).
+
+    :meth:`image_features` / :meth:`spec_features` run the streams, :meth:`joint` concatenates their features,
+    :meth:`score` and :attr:`classifier` read the joint features.
+    """
+
+    def __init__(self, cfg: AvganConfig, n_labels: int) -> None:
+        super().__init__()
+        m = cfg.model
+        n_img = int(math.log2(m.image_size // 4))
+        self.image = DownStream(m.image_channels, [m.d_channels * 2**i for i in range(n_img)])
+        self.spec = DownStream(2, [m.d_channels * 2**i for i in range(4)])
+        self.fc = spectral_norm(nn.Linear(self.image.width + self.spec.width, m.joint_width))
+        self.psi = spectral_norm(nn.Linear(m.joint_width, 1))
+        self.embed = spectral_norm(nn.Linear(m.embedding_dim, m.joint_width)) if m.conditioning == "voice" else None
+        self.classifier = spectral_norm(nn.Linear(m.joint_width, max(1, n_labels)))
+
+    def image_features(self, image: torch.Tensor) -> torch.Tensor:
+        return self.image(image)
+
+    def spec_features(self, spec: torch.Tensor) -> torch.Tensor:
+        return self.spec(spec)
+
+    def joint(self, h_image: torch.Tensor, h_spec: torch.Tensor) -> torch.Tensor:
+        """Joint features [B, J] of the two streams' features (concatenated)."""
+        return F.leaky_relu(self.fc(torch.cat([h_image, h_spec], dim=1)), 0.2)
+
+    def score(self, j: torch.Tensor, embedding: torch.Tensor | None = None) -> torch.Tensor:
+        """Score [B] of joint features [B, J] with the condition's embedding [B, E] (None: unconditional)."""
+        s = self.psi(j).squeeze(1)
+        if embedding is not None and self.embed is not None:
+            s = s + (self.embed(embedding) * j).sum(dim=1)
+        return s
+
+    def forward(
+        self, image: torch.Tensor, spec: torch.Tensor, embedding: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        j = self.joint(self.image_features(image), self.spec_features(spec))
+        return self.score(j, embedding), self.classifier(j)
+
+
+def build(cfg: AvganConfig, n_labels: int) -> tuple[AvganGenerator, AvganDiscriminator]:
+    """Fresh (generator side, discriminator) for ``n_labels`` identities (speakers, digits)."""
+    return AvganGenerator(cfg, n_labels), AvganDiscriminator(cfg, n_labels)
