@@ -79,8 +79,9 @@ from installation.audio_in import AudioInput, AudioReader, open_input
 from installation.params import PARAMS
 from installation.presets import RenderParams
 from installation.render import DEFAULT_BUNDLE, Conditioner, ImageEMA, NoiseDrift
+from installation.scene_class import parse_class_weights
 from installation.telemetry import Histogram, RateLimitedLog, RssSeries, peak_rss_mb, rss_mb
-from installation.vad import VadParams, VoiceActivityDetector
+from installation.vad import VadParams, VoiceActivityDetector, declared_gate, gate_params
 from installation.window import Window
 from scenes import SCENES, FrameState, Scene, make_scene
 
@@ -245,7 +246,8 @@ def cell_seed(seed: int, cell: int) -> int:
 
 @dataclass
 class GenRequest:
-    """One generation: ``audio`` float32 [S] (one window, repeated for every face), ``noise`` float32 [B, Z]."""
+    """One generation: ``audio`` float32 [S] (one window, repeated for every face), ``noise`` float32 [B, Z];
+    ``inputs``: further named inputs of the bundle, e.g. ``class`` float32 [B, C] (None: the engine fills them)."""
 
     seq: int
     t: float
@@ -253,6 +255,7 @@ class GenRequest:
     noise: np.ndarray
     segment: int
     new_segment: bool
+    inputs: dict[str, np.ndarray] | None = None
 
 
 @dataclass
@@ -344,9 +347,11 @@ class GenWorker:
             exc: BaseException | None = None
             try:
                 b = request.noise.shape[0]
-                images = np.asarray(
-                    self.generator(np.broadcast_to(request.audio, (b, request.audio.shape[0])), noise=request.noise)
-                )
+                audio = np.broadcast_to(request.audio, (b, request.audio.shape[0]))
+                if request.inputs:
+                    images = self.generator.generate(audio=audio, noise=request.noise, **request.inputs)["image"]
+                else:
+                    images = np.asarray(self.generator(audio, noise=request.noise))
             except Exception as e:  # noqa: BLE001 - a backend failure is one bad frame, not the end
                 error, exc = f"{type(e).__name__}: {e}", e
             seconds = time.perf_counter() - started
@@ -564,7 +569,9 @@ class LiveLoop:
         if getattr(self.input, "on_event", "absent") is None:
             self.input.on_event = self._input_event  # type: ignore[attr-defined]
         self.reader = AudioReader(self.input.ring, self.input.sample_rate, self.sample_rate, self.window_samples)
-        self.vad_params: VadParams = replace(config.picture.vad)
+        # the gate the bundle declares: voice (default) or sound (music and noise, e.g. scene bundles)
+        self.vad_params: VadParams = gate_params(declared_gate(getattr(getattr(generator, "bundle", None),
+                                                                       "family_info", None)), config.picture.vad)  # fmt: skip
         self.vad = VoiceActivityDetector(self.input.sample_rate, self.vad_params)
         self.fast = FastEnvelope(
             self.input.sample_rate,
@@ -575,6 +582,12 @@ class LiveLoop:
         )
         self._pitch_buf = np.zeros(max(64, round(0.04 * self.input.sample_rate)), np.float32)
         self.pitch_hz = 0.0
+
+        # a bundle with a `class` input can have its class pinned (the scene_class parameter)
+        inputs = getattr(getattr(generator, "bundle", None), "inputs", {})
+        self.class_labels: tuple[str, ...] | None = tuple(generator.labels) if "class" in inputs else None
+        self.class_weights: np.ndarray | None = None
+        self._pin_class(str(self.params.get("scene_class")))
 
         self.canvas = np.zeros((config.height, config.width, 3), np.uint8)
         self.scenes: dict[str, Scene] = {}
@@ -655,6 +668,21 @@ class LiveLoop:
             self._drifts.append(NoiseDrift(self.generator.make_noise, cell_seed(self._seed, len(self._drifts)), 1.0))
         return self._drifts[cell]
 
+    def _pin_class(self, text: str) -> None:
+        """Apply a ``scene_class`` value: class weights for the bundle's ``class`` input, or None (follow the sound).
+        A value the bundle cannot take is logged and sent as an OSC event; the previous pin stays."""
+        if self.class_labels is None:
+            if text.strip():
+                log.info("scene_class %r ignored: this bundle has no class input", text)
+            return
+        try:
+            self.class_weights = parse_class_weights(text, self.class_labels)
+        except ValueError as exc:
+            log.warning("%s", exc)
+            self._osc_event(str(exc))
+            return
+        log.info("scene class: %s", "following the sound" if self.class_weights is None else text)
+
     def scene(self, name: str | None = None) -> Scene:
         """The scene instance called ``name`` (default: the current one), created on first use."""
         name = name or self.scene_name
@@ -698,6 +726,8 @@ class LiveLoop:
                         self.sound.set_param(name, p.target(name))  # pyo ramps itself (SigTo)
                     except Exception:  # noqa: BLE001 - sound is optional
                         log.warning("sound parameter %s failed", name, exc_info=True)
+        if "scene_class" in changed:
+            self._pin_class(str(p.get("scene_class")))
         if "preset/load" in changed:
             self._load_preset(str(p.get("preset/load")))
         if p.fired("quit"):
@@ -786,8 +816,9 @@ class LiveLoop:
         else:
             noise = np.stack([self._drift(k).at(request.segment, self._noise_clock) for k in range(faces)])
         self._seq += 1
+        extra = None if self.class_weights is None else {"class": np.tile(self.class_weights, (noise.shape[0], 1))}
         self.worker.submit(
-            GenRequest(self._seq, t, self.reader.window().copy(), noise, request.segment, request.new_segment)
+            GenRequest(self._seq, t, self.reader.window().copy(), noise, request.segment, request.new_segment, extra)
         )
 
     def _collect(self) -> None:

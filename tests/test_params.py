@@ -26,6 +26,7 @@ CONTRACT_NAMES = [  # docs/CONTRACTS.md, "Live installation"
     "blackout",
     "brightness",
     "vad/threshold_db",
+    "scene_class",
     "preset/load",
     "quit",
     "capture/consent",
