@@ -13,7 +13,7 @@
       50.0,
       80.0,
       1140.0,
-      1092.0
+      1126.0
     ],
     "bglocked": 0,
     "openinpresentation": 0,
@@ -1698,7 +1698,7 @@
             190,
             20
           ],
-          "text": "preset/load: a string of at most 128 characters matching [A-"
+          "text": "scene_class: a string of at most 128 characters matching [A-"
         }
       },
       {
@@ -1719,15 +1719,29 @@
             ""
           ],
           "items": [
-            "base",
+            "sound",
             ",",
-            "gallery",
+            "accordion",
             ",",
-            "headless",
+            "acoustic_guitar",
             ",",
-            "open_day",
+            "cello",
             ",",
-            "rating_station"
+            "clarinet",
+            ",",
+            "erhu",
+            ",",
+            "flute",
+            ",",
+            "saxophone",
+            ",",
+            "trumpet",
+            ",",
+            "tuba",
+            ",",
+            "violin",
+            ",",
+            "xylophone"
           ],
           "parameter_enable": 0
         }
@@ -1747,7 +1761,7 @@
           "outlettype": [
             ""
           ],
-          "text": "/avgan/preset/load $1"
+          "text": "/avgan/scene_class $1"
         }
       },
       {
@@ -1762,23 +1776,38 @@
             190,
             20
           ],
-          "text": "quit: a trigger (no value, or true)"
+          "text": "preset/load: a string of at most 128 characters matching [A-"
         }
       },
       {
         "box": {
           "id": "obj-96",
-          "maxclass": "button",
+          "maxclass": "umenu",
           "numinlets": 1,
-          "numoutlets": 1,
+          "numoutlets": 3,
           "patching_rect": [
             370,
             654,
-            22,
+            120,
             22
           ],
           "outlettype": [
-            "bang"
+            "int",
+            "",
+            ""
+          ],
+          "items": [
+            "base",
+            ",",
+            "gallery",
+            ",",
+            "headless",
+            ",",
+            "open_day",
+            ",",
+            "rating_station",
+            ",",
+            "scenes"
           ],
           "parameter_enable": 0
         }
@@ -1798,7 +1827,7 @@
           "outlettype": [
             ""
           ],
-          "text": "/avgan/quit"
+          "text": "/avgan/preset/load $1"
         }
       },
       {
@@ -1813,7 +1842,7 @@
             190,
             20
           ],
-          "text": "capture/consent: a trigger (no value, or true)"
+          "text": "quit: a trigger (no value, or true)"
         }
       },
       {
@@ -1849,7 +1878,7 @@
           "outlettype": [
             ""
           ],
-          "text": "/avgan/capture/consent"
+          "text": "/avgan/quit"
         }
       },
       {
@@ -1864,7 +1893,7 @@
             190,
             20
           ],
-          "text": "capture/decline: a trigger (no value, or true)"
+          "text": "capture/consent: a trigger (no value, or true)"
         }
       },
       {
@@ -1900,7 +1929,7 @@
           "outlettype": [
             ""
           ],
-          "text": "/avgan/capture/decline"
+          "text": "/avgan/capture/consent"
         }
       },
       {
@@ -1915,7 +1944,7 @@
             190,
             20
           ],
-          "text": "capture/go: a trigger (no value, or true)"
+          "text": "capture/decline: a trigger (no value, or true)"
         }
       },
       {
@@ -1951,7 +1980,7 @@
           "outlettype": [
             ""
           ],
-          "text": "/avgan/capture/go"
+          "text": "/avgan/capture/decline"
         }
       },
       {
@@ -1966,7 +1995,7 @@
             190,
             20
           ],
-          "text": "capture/next: a trigger (no value, or true)"
+          "text": "capture/go: a trigger (no value, or true)"
         }
       },
       {
@@ -2002,7 +2031,7 @@
           "outlettype": [
             ""
           ],
-          "text": "/avgan/capture/next"
+          "text": "/avgan/capture/go"
         }
       },
       {
@@ -2017,7 +2046,7 @@
             190,
             20
           ],
-          "text": "rate/1: a trigger (no value, or true)"
+          "text": "capture/next: a trigger (no value, or true)"
         }
       },
       {
@@ -2053,7 +2082,7 @@
           "outlettype": [
             ""
           ],
-          "text": "/avgan/rate/1"
+          "text": "/avgan/capture/next"
         }
       },
       {
@@ -2068,7 +2097,7 @@
             190,
             20
           ],
-          "text": "rate/2: a trigger (no value, or true)"
+          "text": "rate/1: a trigger (no value, or true)"
         }
       },
       {
@@ -2104,7 +2133,7 @@
           "outlettype": [
             ""
           ],
-          "text": "/avgan/rate/2"
+          "text": "/avgan/rate/1"
         }
       },
       {
@@ -2119,7 +2148,7 @@
             190,
             20
           ],
-          "text": "rate/3: a trigger (no value, or true)"
+          "text": "rate/2: a trigger (no value, or true)"
         }
       },
       {
@@ -2155,7 +2184,7 @@
           "outlettype": [
             ""
           ],
-          "text": "/avgan/rate/3"
+          "text": "/avgan/rate/2"
         }
       },
       {
@@ -2170,7 +2199,7 @@
             190,
             20
           ],
-          "text": "rate/4: a trigger (no value, or true)"
+          "text": "rate/3: a trigger (no value, or true)"
         }
       },
       {
@@ -2206,7 +2235,7 @@
           "outlettype": [
             ""
           ],
-          "text": "/avgan/rate/4"
+          "text": "/avgan/rate/3"
         }
       },
       {
@@ -2221,7 +2250,7 @@
             190,
             20
           ],
-          "text": "rate/5: a trigger (no value, or true)"
+          "text": "rate/4: a trigger (no value, or true)"
         }
       },
       {
@@ -2257,7 +2286,7 @@
           "outlettype": [
             ""
           ],
-          "text": "/avgan/rate/5"
+          "text": "/avgan/rate/4"
         }
       },
       {
@@ -2272,7 +2301,7 @@
             190,
             20
           ],
-          "text": "rate/skip: a trigger (no value, or true)"
+          "text": "rate/5: a trigger (no value, or true)"
         }
       },
       {
@@ -2308,7 +2337,7 @@
           "outlettype": [
             ""
           ],
-          "text": "/avgan/rate/skip"
+          "text": "/avgan/rate/5"
         }
       },
       {
@@ -2323,7 +2352,7 @@
             190,
             20
           ],
-          "text": "rate/replay: a trigger (no value, or true)"
+          "text": "rate/skip: a trigger (no value, or true)"
         }
       },
       {
@@ -2353,6 +2382,57 @@
           "patching_rect": [
             500,
             1028,
+            200,
+            22
+          ],
+          "outlettype": [
+            ""
+          ],
+          "text": "/avgan/rate/skip"
+        }
+      },
+      {
+        "box": {
+          "id": "obj-131",
+          "maxclass": "comment",
+          "numinlets": 1,
+          "numoutlets": 0,
+          "patching_rect": [
+            20,
+            1062,
+            190,
+            20
+          ],
+          "text": "rate/replay: a trigger (no value, or true)"
+        }
+      },
+      {
+        "box": {
+          "id": "obj-132",
+          "maxclass": "button",
+          "numinlets": 1,
+          "numoutlets": 1,
+          "patching_rect": [
+            370,
+            1062,
+            22,
+            22
+          ],
+          "outlettype": [
+            "bang"
+          ],
+          "parameter_enable": 0
+        }
+      },
+      {
+        "box": {
+          "id": "obj-133",
+          "maxclass": "message",
+          "numinlets": 2,
+          "numoutlets": 1,
+          "patching_rect": [
+            500,
+            1062,
             200,
             22
           ],
@@ -3376,7 +3456,7 @@
         "patchline": {
           "source": [
             "obj-96",
-            0
+            1
           ],
           "destination": [
             "obj-97",
@@ -3652,6 +3732,30 @@
         "patchline": {
           "source": [
             "obj-130",
+            0
+          ],
+          "destination": [
+            "obj-2",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-132",
+            0
+          ],
+          "destination": [
+            "obj-133",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-133",
             0
           ],
           "destination": [
