@@ -22,6 +22,11 @@ class SuperResolutionError(UserError, ValueError):
     """The super-resolution bundle does not fit the generator (the message says what each side has)."""
 
 
+class ImageSizeMismatch(SuperResolutionError):
+    """The super-resolution bundle takes images of another size than the generator makes (e.g. a 64 px face
+    stage with a 32 px digits bundle)."""
+
+
 class SuperResolved:
     """``generator``'s images, upscaled by ``upscaler`` (see the module docstring).
 
@@ -38,7 +43,8 @@ class SuperResolved:
         ``backend_name`` names both backends (``"onnxruntime-cpu + sr onnxruntime-cpu"``).
 
     Raises:
-        SuperResolutionError: the upscaler does not take the generator's images.
+        SuperResolutionError: the upscaler is not a super-resolution bundle, or the generator makes no image.
+        ImageSizeMismatch: (a SuperResolutionError) the upscaler takes images of another size.
     """
 
     def __init__(self, generator: Generator, upscaler: Generator, max_faces: int = 1) -> None:
@@ -53,7 +59,7 @@ class SuperResolved:
                 "expected one image input and an image output)"
             )
         if spec.item_shape != out.item_shape:
-            raise SuperResolutionError(
+            raise ImageSizeMismatch(
                 f"{upscaler.bundle.path} takes images {list(spec.item_shape)}, but {generator.bundle.path} "
                 f"makes {list(out.item_shape)}"
             )

@@ -81,8 +81,9 @@ from installation.audio_in import AudioInput, AudioReader, open_input
 from installation.params import PARAMS
 from installation.presets import RenderParams
 from installation.render import DEFAULT_BUNDLE, Conditioner, ImageEMA, NoiseDrift
+from installation.scene_class import parse_class_weights
 from installation.telemetry import Histogram, RateLimitedLog, RssSeries, peak_rss_mb, rss_mb
-from installation.vad import VadParams, VoiceActivityDetector
+from installation.vad import VadParams, VoiceActivityDetector, declared_gate, gate_params
 from installation.voice_stage import VoiceStage, has_sound, run_generator
 from installation.window import Window
 from scenes import SCENES, FrameState, Scene, make_scene
@@ -274,7 +275,8 @@ def cell_seed(seed: int, cell: int) -> int:
 @dataclass
 class GenRequest:
     """One generation: ``audio`` float32 [S] (one window, repeated for every face), ``noise`` float32 [B, Z];
-    ``attract``: a face of the idle/attract state (:mod:`installation.attract`), not of the live scene."""
+    ``attract``: a face of the idle/attract state (:mod:`installation.attract`), not of the live scene; ``inputs``:
+    further named inputs of the bundle, e.g. ``class`` float32 [B, C] (None: the engine fills them)."""
 
     seq: int
     t: float
@@ -283,6 +285,7 @@ class GenRequest:
     segment: int
     new_segment: bool
     attract: bool = False
+    inputs: dict[str, np.ndarray] | None = None
 
 
 @dataclass
@@ -375,7 +378,7 @@ class GenWorker:
             error: str | None = None
             exc: BaseException | None = None
             try:
-                images, sound = run_generator(self.generator, request.audio, request.noise)
+                images, sound = run_generator(self.generator, request.audio, request.noise, request.inputs)
             except Exception as e:  # noqa: BLE001 - a backend failure is one bad frame, not the end
                 error, exc = f"{type(e).__name__}: {e}", e
             seconds = time.perf_counter() - started
@@ -604,7 +607,9 @@ class LiveLoop:
         if getattr(self.input, "on_event", "absent") is None:
             self.input.on_event = self._input_event  # type: ignore[attr-defined]
         self.reader = AudioReader(self.input.ring, self.input.sample_rate, self.sample_rate, self.window_samples)
-        self.vad_params: VadParams = replace(config.picture.vad)
+        # the gate the bundle declares: voice (default) or sound (music and noise, e.g. scene bundles)
+        self.vad_params: VadParams = gate_params(declared_gate(getattr(getattr(generator, "bundle", None),
+                                                                       "family_info", None)), config.picture.vad)  # fmt: skip
         self.vad = VoiceActivityDetector(self.input.sample_rate, self.vad_params)
         self.fast = FastEnvelope(
             self.input.sample_rate,
@@ -615,6 +620,12 @@ class LiveLoop:
         )
         self._pitch_buf = np.zeros(max(64, round(0.04 * self.input.sample_rate)), np.float32)
         self.pitch_hz = 0.0
+
+        # a bundle with a `class` input can have its class pinned (the scene_class parameter)
+        inputs = getattr(getattr(generator, "bundle", None), "inputs", {})
+        self.class_labels: tuple[str, ...] | None = tuple(generator.labels) if "class" in inputs else None
+        self.class_weights: np.ndarray | None = None
+        self._pin_class(str(self.params.get("scene_class")))
 
         self.canvas = np.zeros((config.height, config.width, 3), np.uint8)
         self.scenes: dict[str, Scene] = {}
@@ -703,6 +714,21 @@ class LiveLoop:
             self._drifts.append(NoiseDrift(self.generator.make_noise, cell_seed(self._seed, len(self._drifts)), 1.0))
         return self._drifts[cell]
 
+    def _pin_class(self, text: str) -> None:
+        """Apply a ``scene_class`` value: class weights for the bundle's ``class`` input, or None (follow the sound).
+        A value the bundle cannot take is logged and sent as an OSC event; the previous pin stays."""
+        if self.class_labels is None:
+            if text.strip():
+                log.info("scene_class %r ignored: this bundle has no class input", text)
+            return
+        try:
+            self.class_weights = parse_class_weights(text, self.class_labels)
+        except ValueError as exc:
+            log.warning("%s", exc)
+            self._osc_event(str(exc))
+            return
+        log.info("scene class: %s", "following the sound" if self.class_weights is None else text)
+
     def scene(self, name: str | None = None) -> Scene:
         """The scene instance called ``name`` (default: the current one), created on first use."""
         name = name or self.scene_name
@@ -746,6 +772,8 @@ class LiveLoop:
                         self.sound.set_param(name, p.target(name))  # pyo ramps itself (SigTo)
                     except Exception:  # noqa: BLE001 - sound is optional
                         log.warning("sound parameter %s failed", name, exc_info=True)
+        if "scene_class" in changed:
+            self._pin_class(str(p.get("scene_class")))
         if "preset/load" in changed:
             self._load_preset(str(p.get("preset/load")))
         if p.fired("quit"):
@@ -846,7 +874,10 @@ class LiveLoop:
         self._seq += 1
         window = self.reader.window().copy()
         self.attract.remember(request.segment, window)
-        self.worker.submit(GenRequest(self._seq, t, window, noise, request.segment, request.new_segment))
+        extra = None if self.class_weights is None else {"class": np.tile(self.class_weights, (noise.shape[0], 1))}
+        self.worker.submit(
+            GenRequest(self._seq, t, window, noise, request.segment, request.new_segment, inputs=extra)
+        )
 
     def _collect(self) -> None:
         """Take the newest finished images (EMA-smoothed) for the scene."""
@@ -1295,17 +1326,24 @@ def _super_resolved(generator: Any, config: LiveConfig) -> Any:
     (``gen_nice``) lets the frame loop win under contention; a second intra-op thread would be a pool thread at
     the main thread's priority.
 
+    A stage made for another image size than the generator's (the base preset's 64 px face stage with a 32 px
+    digits bundle) is skipped with a warning: the preset default must not stop a bundle it was not made for.
+
     Raises:
-        UserError: the bundle is missing, corrupt or does not take the generator's images.
+        UserError: the bundle is missing, corrupt or not a super-resolution bundle.
     """
     from engine.generator import Generator
-    from engine.superres import SuperResolutionError, SuperResolved
+    from engine.superres import ImageSizeMismatch, SuperResolutionError, SuperResolved
 
     try:
         upscaler = Generator(config.super_resolution, backend=config.backend, device=config.device, max_batch=1,
                              threads=1, ort_spin=config.gen_spin)  # fmt: skip
         try:
             return SuperResolved(generator, upscaler, max_faces=1)
+        except ImageSizeMismatch as exc:
+            upscaler.close()
+            log.warning("engine.super_resolution: skipped: %s", exc)
+            return generator
         except SuperResolutionError as exc:
             upscaler.close()
             raise LiveError(f"engine.super_resolution: {exc} (set engine.super_resolution: '' to turn it off)") from None

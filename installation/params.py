@@ -309,6 +309,14 @@ _DECLARED: tuple[ParamSpec, ...] = (
         doc="absolute level the voice must exceed to open the gate (VadParams.on_min_db)",
     ),
     ParamSpec(
+        "scene_class",
+        "string",
+        "",
+        pattern=r"[A-Za-z0-9_.:, -]*",
+        doc="bundles with a class input (scenes): pin a class ('cello'), blend ('cello:0.7 violin:0.3') or follow "
+        "the sound ('sound' or empty)",
+    ),
+    ParamSpec(
         "preset/load",
         "string",
         "",

@@ -63,7 +63,7 @@ from engine.configs import finite_float
 from engine.errors import UserError
 from installation.presets import RenderParams, load_preset
 from installation.sound import SoundSettings, StateTrack, render_offline
-from installation.vad import detect
+from installation.vad import declared_gate, detect, gate_params
 from installation.voice_stage import images_for, plan_voice_actions
 from scenes import FrameState, Scene, make_scene
 
@@ -645,8 +645,11 @@ def render(
         n_frames = max(1, round(Fraction(audio.shape[0], rate) * fps))
         stats.frames = n_frames
         ends = frame_end_samples(n_frames, fps, rate)
-        with timer("vad"):
-            gate, level = detect(audio, rate, params.vad).at(ends)
+        with timer("vad"):  # the gate the bundle declares: voice (default) or sound (music and noise)
+            vad = gate_params(
+                declared_gate(getattr(getattr(generator, "bundle", None), "family_info", None)), params.vad
+            )
+            gate, level = detect(audio, rate, vad).at(ends)
         stats.voiced_frames = int(gate.sum())
 
         # Plan: which frames generate, with which noise (cheap; the same Conditioner as live).

@@ -38,11 +38,16 @@ frames, so a recording that starts in steady noise is not taken for a voice whil
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 SILENCE_DB = -120.0
 """Level reported for digital silence (dBFS)."""
@@ -102,6 +107,53 @@ class VadParams:
         for name in ("attack_s", "hangover_s", "envelope_range_db", "envelope_attack_s", "envelope_release_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"VAD {name} must be >= 0, got {getattr(self, name)!r}")
+
+
+GATE_KINDS: tuple[str, ...] = ("voice", "sound")
+"""Gate kinds a model bundle may declare (``family_info["gate"]``; absent: ``voice``)."""
+
+SOUND_GATE: dict[str, float] = {
+    "attack_s": 0.05,
+    "hangover_s": 1.5,
+    "floor_window_s": 60.0,
+    "floor_max_db": -45.0,
+    "on_margin_db": 10.0,
+    "off_margin_db": 4.0,
+}
+"""The sound-activity gate's settings (music and noise, for scene bundles), replacing the voice gate's.
+
+Speech pauses between words, and the voice gate's floor (the lowest level of the past 2 s, up to -30 dBFS)
+learns any sound that does not: a sustained note or a steady rain lifts the floor to its own level within
+seconds and the gate closes while it still plays. Here the floor is the lowest level of the past 60 s and never
+above -45 dBFS, so a sound 10 dB above the room keeps the gate open for a minute and anything above -35 dBFS for
+as long as it lasts; the hangover (1.5 s) bridges rests between notes and phrases, the attack (50 ms) still
+rejects clicks. ``tests/test_sound2scene_live.py`` measures both gates on MUSIC clips.
+"""
+
+
+def declared_gate(family_info: Mapping[str, Any] | None) -> str:
+    """The gate kind a bundle declares in its manifest's ``family_info["gate"]``: ``"voice"`` when it declares none
+    (or for a generator stand-in without a bundle); an unknown kind is logged and read as ``"voice"``."""
+    kind = (family_info or {}).get("gate", "voice")
+    if kind not in GATE_KINDS:
+        log.warning("bundle declares gate %r; expected one of %s; using the voice gate", kind, ", ".join(GATE_KINDS))
+        return "voice"
+    return str(kind)
+
+
+def gate_params(kind: str, params: VadParams) -> VadParams:
+    """The gate settings for a bundle's declared gate ``kind``: ``params`` for ``"voice"``; for ``"sound"``,
+    ``params`` with :data:`SOUND_GATE`'s timing, margins and floor (the absolute thresholds ``on_min_db`` /
+    ``off_min_db``, i.e. the live parameter ``vad/threshold_db``, are kept).
+
+    Raises:
+        ValueError: an unknown ``kind`` (lists :data:`GATE_KINDS`).
+    """
+    if kind == "voice":
+        return params
+    if kind == "sound":
+        return replace(params, **SOUND_GATE)
+    raise ValueError(f"gate kind {kind!r}: expected one of {', '.join(GATE_KINDS)}")
 
 
 @dataclass(frozen=True)

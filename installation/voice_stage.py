@@ -36,25 +36,29 @@ def has_sound(generator: Any) -> bool:
     return "sound" in getattr(getattr(generator, "bundle", None), "outputs", {})
 
 
-def run_generator(generator: Any, audio: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+def run_generator(
+    generator: Any, audio: np.ndarray, noise: np.ndarray, inputs: dict[str, np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Images and (if the bundle makes one) sounds for one request, by the bundle's named inputs and outputs.
 
     Args:
         generator: an :class:`engine.generator.Generator` (or an object with its ``__call__`` only: image bundles).
         audio: float32 [S] the newest window (repeated for every face; not passed to a bundle without an audio
-            input). noise: float32 [B, Z].
+            input). noise: float32 [B, Z]. inputs: further named inputs of the bundle, e.g. ``class`` float32
+            [B, C] (None: the engine fills them per the manifest).
 
     Returns:
         (uint8 [B, H, W, 3] images, float32 [B, N] sounds in [-1, 1] at the bundle's rate, or None).
     """
     bundle = getattr(generator, "bundle", None)
-    inputs = getattr(bundle, "inputs", None)
+    specs = getattr(bundle, "inputs", None)
     b = noise.shape[0]
-    if bundle is None or (not has_sound(generator) and "audio" in (inputs or {})):
+    if bundle is None or (not has_sound(generator) and not inputs and "audio" in (specs or {})):
         return np.asarray(generator(np.broadcast_to(audio, (b, audio.shape[0])), noise=noise)), None
-    feeds: dict[str, np.ndarray] = {"noise": noise} if "noise" in inputs else {}
-    if "audio" in inputs:
+    feeds: dict[str, np.ndarray] = {"noise": noise} if "noise" in specs else {}
+    if "audio" in specs:
         feeds["audio"] = np.broadcast_to(audio, (b, audio.shape[0]))
+    feeds.update(inputs or {})
     out = generator.generate(batch=b, **feeds)
     return np.asarray(out["image"]), (None if "sound" not in out else np.asarray(out["sound"], np.float32))
 

@@ -13,7 +13,8 @@ Files:
   (``<lexml version='3'>``, ``node``/``properties``/``values``/``messages``/``children``), one page,
   1024x768. Faders (scaled to the parameter's range) for numbers, toggle buttons for booleans, a
   momentary button per trigger, a radio (one lit step per choice, sending and receiving the choice's index)
-  for enums, one button per preset for ``preset/load``, and labels that show the ``/avgan/status/...``
+  for enums, one button per preset for ``preset/load`` and per class of the ``scenes`` preset's bundle (plus
+  ``sound``) for ``scene_class``, and labels that show the ``/avgan/status/...``
   feedback. Faders, toggles and radios receive the installation's feedback (the value each parameter moves
   to), so they follow changes made elsewhere (keyboard, another controller, a preset load) and scene buttons
   light up. ``quit`` takes two deliberate steps: its button is locked until the "unlock quit" toggle beside it
@@ -48,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 from installation.osc import QUERY_ADDRESS, SMOOTHED_PREFIX, STATUS_DOCS  # noqa: E402
 from installation.params import PARAMS, ParamSpec  # noqa: E402
-from installation.presets import list_presets  # noqa: E402
+from installation.presets import list_presets, load_preset  # noqa: E402
 
 OUT_DIR = ROOT / "presets" / "controllers"
 OSC_HOST, OSC_PORT, FEEDBACK_PORT = "127.0.0.1", 8000, 9000
@@ -72,9 +73,28 @@ def control_kind(spec: ParamSpec) -> str:
     )
 
 
+SCENES_PRESET = "scenes"
+"""The preset whose bundle's class names the ``scene_class`` buttons offer."""
+
+
+def scene_classes() -> list[str]:
+    """``sound`` (follow the sound), then the class names of the ``scenes`` preset's bundle (none when that preset
+    or its bundle is missing)."""
+    try:
+        bundle = load_preset(SCENES_PRESET).engine.bundle_path / "bundle.json"
+        return ["sound", *json.loads(bundle.read_text(encoding="utf-8"))["labels"]]
+    except (OSError, ValueError, KeyError):
+        return ["sound"]
+
+
 def string_choices(spec: ParamSpec) -> list[str]:
-    """Values offered for a string parameter (the preset names for ``preset/load``)."""
-    return list_presets() if spec.name == "preset/load" else []
+    """Values offered for a string parameter (the preset names for ``preset/load``; ``sound`` and the scene
+    bundle's classes for ``scene_class``)."""
+    if spec.name == "preset/load":
+        return list_presets()
+    if spec.name == "scene_class":
+        return scene_classes()
+    return []
 
 
 # -- neutral JSON + Markdown ----------------------------------------------------------------------------
@@ -151,7 +171,8 @@ def address_space_md(specs: Mapping[str, ParamSpec] = PARAMS) -> str:
             rng = " \\| ".join(spec.choices)
         elif spec.kind == "string":
             names = string_choices(spec)
-            rng = ("preset name: " + ", ".join(names)) if names else "string"
+            what = "class (or NAME:WEIGHT ...)" if spec.name == "scene_class" else "preset name"
+            rng = (f"{what}: " + ", ".join(names)) if names else "string"
         elif spec.kind == "bool":
             rng = "true/false"
         else:

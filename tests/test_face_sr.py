@@ -171,7 +171,11 @@ def test_superresolved_upscales_single_faces_through_the_engine(tiny_bundle: Pat
         both.close()
 
 
-def test_a_stage_that_does_not_fit_is_refused_with_the_preset_key(tiny_bundle: Path, sr_run, tmp_path: Path) -> None:
+def test_a_stage_that_does_not_fit_is_refused_with_the_preset_key(
+    tiny_bundle: Path, sr_run, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The engine refuses a stage of another size; live skips it with a warning (the base preset's face stage
+    must not stop a 32 px digits bundle); a bundle that is no stage at all is a user error naming the key."""
     from installation.live import LiveConfig, LiveError, _super_resolved
 
     config = tmp_path / "c.yaml"
@@ -182,8 +186,13 @@ def test_a_stage_that_does_not_fit_is_refused_with_the_preset_key(tiny_bundle: P
     gen = Generator(tiny_bundle, warmup=False)
     with pytest.raises(SuperResolutionError, match=r"takes images \[3, 32, 32\], but .* makes \[3, 64, 64\]"):
         SuperResolved(gen, Generator(tmp_path / "sr32", warmup=False))
+    plain = Generator(tiny_bundle, warmup=False)
+    with caplog.at_level("WARNING", logger="installation.live"):
+        assert _super_resolved(plain, LiveConfig(super_resolution=tmp_path / "sr32")) is plain
+    assert "engine.super_resolution: skipped: " in caplog.text and "makes [3, 64, 64]" in caplog.text
+    plain.close()
     with pytest.raises(LiveError, match=r"engine.super_resolution: .* \(set engine.super_resolution: '' to turn it off\)"):
-        _super_resolved(Generator(tiny_bundle, warmup=False), LiveConfig(super_resolution=tmp_path / "sr32"))
+        _super_resolved(Generator(tiny_bundle, warmup=False), LiveConfig(super_resolution=tiny_bundle))
     with pytest.raises(SuperResolutionError, match="not a super-resolution bundle"):
         SuperResolved(gen, gen)
 

@@ -27,6 +27,7 @@ CONTRACT_NAMES = [  # docs/CONTRACTS.md, "Live installation"
     "blackout",
     "brightness",
     "vad/threshold_db",
+    "scene_class",
     "preset/load",
     "quit",
     "capture/consent",

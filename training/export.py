@@ -101,9 +101,11 @@ def inference_graph(
     return graph
 
 
-def _dynamic_shapes(graph: InferenceGraph, max_batch: int) -> dict[str, dict[int, Any]]:
+def _dynamic_shapes(graph: InferenceGraph, max_batch: int) -> tuple[dict[int, Any], ...]:
+    """A dynamic batch axis for every input, by position (an input may be named ``class``, which no Python
+    argument can be, so the module's argument names need not match the input names)."""
     batch = torch.export.Dim("batch", min=1, max=max_batch)
-    return {name: {0: batch} for name in graph.inputs}
+    return tuple({0: batch} for _ in graph.inputs)
 
 
 def export_pt2(graph: InferenceGraph, path: Path, max_batch: int) -> None:

@@ -13,7 +13,7 @@
       50.0,
       80.0,
       1140.0,
-      1126.0
+      1160.0
     ],
     "bglocked": 0,
     "openinpresentation": 0,
@@ -1777,7 +1777,7 @@
             190,
             20
           ],
-          "text": "preset/load: a string of at most 128 characters matching [A-"
+          "text": "scene_class: a string of at most 128 characters matching [A-"
         }
       },
       {
@@ -1798,15 +1798,29 @@
             ""
           ],
           "items": [
-            "base",
+            "sound",
             ",",
-            "gallery",
+            "accordion",
             ",",
-            "headless",
+            "acoustic_guitar",
             ",",
-            "open_day",
+            "cello",
             ",",
-            "rating_station"
+            "clarinet",
+            ",",
+            "erhu",
+            ",",
+            "flute",
+            ",",
+            "saxophone",
+            ",",
+            "trumpet",
+            ",",
+            "tuba",
+            ",",
+            "violin",
+            ",",
+            "xylophone"
           ],
           "parameter_enable": 0
         }
@@ -1826,7 +1840,7 @@
           "outlettype": [
             ""
           ],
-          "text": "/avgan/preset/load $1"
+          "text": "/avgan/scene_class $1"
         }
       },
       {
@@ -1841,23 +1855,38 @@
             190,
             20
           ],
-          "text": "quit: a trigger (no value, or true)"
+          "text": "preset/load: a string of at most 128 characters matching [A-"
         }
       },
       {
         "box": {
           "id": "obj-100",
-          "maxclass": "button",
+          "maxclass": "umenu",
           "numinlets": 1,
-          "numoutlets": 1,
+          "numoutlets": 3,
           "patching_rect": [
             370,
             688,
-            22,
+            120,
             22
           ],
           "outlettype": [
-            "bang"
+            "int",
+            "",
+            ""
+          ],
+          "items": [
+            "base",
+            ",",
+            "gallery",
+            ",",
+            "headless",
+            ",",
+            "open_day",
+            ",",
+            "rating_station",
+            ",",
+            "scenes"
           ],
           "parameter_enable": 0
         }
@@ -1865,75 +1894,6 @@
       {
         "box": {
           "id": "obj-101",
-          "maxclass": "toggle",
-          "numinlets": 1,
-          "numoutlets": 1,
-          "patching_rect": [
-            230,
-            688,
-            22,
-            22
-          ],
-          "outlettype": [
-            "int"
-          ],
-          "parameter_enable": 0
-        }
-      },
-      {
-        "box": {
-          "id": "obj-102",
-          "maxclass": "comment",
-          "numinlets": 1,
-          "numoutlets": 0,
-          "patching_rect": [
-            256,
-            688,
-            80,
-            20
-          ],
-          "text": "unlock quit"
-        }
-      },
-      {
-        "box": {
-          "id": "obj-103",
-          "maxclass": "newobj",
-          "numinlets": 2,
-          "numoutlets": 1,
-          "patching_rect": [
-            400,
-            688,
-            40,
-            22
-          ],
-          "outlettype": [
-            ""
-          ],
-          "text": "gate"
-        }
-      },
-      {
-        "box": {
-          "id": "obj-104",
-          "maxclass": "message",
-          "numinlets": 2,
-          "numoutlets": 1,
-          "patching_rect": [
-            450,
-            688,
-            24,
-            22
-          ],
-          "outlettype": [
-            ""
-          ],
-          "text": "0"
-        }
-      },
-      {
-        "box": {
-          "id": "obj-105",
           "maxclass": "message",
           "numinlets": 2,
           "numoutlets": 1,
@@ -1946,12 +1906,12 @@
           "outlettype": [
             ""
           ],
-          "text": "/avgan/quit"
+          "text": "/avgan/preset/load $1"
         }
       },
       {
         "box": {
-          "id": "obj-106",
+          "id": "obj-102",
           "maxclass": "comment",
           "numinlets": 1,
           "numoutlets": 0,
@@ -1961,12 +1921,12 @@
             190,
             20
           ],
-          "text": "capture/consent: a trigger (no value, or true)"
+          "text": "quit: a trigger (no value, or true)"
         }
       },
       {
         "box": {
-          "id": "obj-107",
+          "id": "obj-103",
           "maxclass": "button",
           "numinlets": 1,
           "numoutlets": 1,
@@ -1980,6 +1940,75 @@
             "bang"
           ],
           "parameter_enable": 0
+        }
+      },
+      {
+        "box": {
+          "id": "obj-104",
+          "maxclass": "toggle",
+          "numinlets": 1,
+          "numoutlets": 1,
+          "patching_rect": [
+            230,
+            722,
+            22,
+            22
+          ],
+          "outlettype": [
+            "int"
+          ],
+          "parameter_enable": 0
+        }
+      },
+      {
+        "box": {
+          "id": "obj-105",
+          "maxclass": "comment",
+          "numinlets": 1,
+          "numoutlets": 0,
+          "patching_rect": [
+            256,
+            722,
+            80,
+            20
+          ],
+          "text": "unlock quit"
+        }
+      },
+      {
+        "box": {
+          "id": "obj-106",
+          "maxclass": "newobj",
+          "numinlets": 2,
+          "numoutlets": 1,
+          "patching_rect": [
+            400,
+            722,
+            40,
+            22
+          ],
+          "outlettype": [
+            ""
+          ],
+          "text": "gate"
+        }
+      },
+      {
+        "box": {
+          "id": "obj-107",
+          "maxclass": "message",
+          "numinlets": 2,
+          "numoutlets": 1,
+          "patching_rect": [
+            450,
+            722,
+            24,
+            22
+          ],
+          "outlettype": [
+            ""
+          ],
+          "text": "0"
         }
       },
       {
@@ -1997,7 +2026,7 @@
           "outlettype": [
             ""
           ],
-          "text": "/avgan/capture/consent"
+          "text": "/avgan/quit"
         }
       },
       {
@@ -2012,7 +2041,7 @@
             190,
             20
           ],
-          "text": "capture/decline: a trigger (no value, or true)"
+          "text": "capture/consent: a trigger (no value, or true)"
         }
       },
       {
@@ -2048,7 +2077,7 @@
           "outlettype": [
             ""
           ],
-          "text": "/avgan/capture/decline"
+          "text": "/avgan/capture/consent"
         }
       },
       {
@@ -2063,7 +2092,7 @@
             190,
             20
           ],
-          "text": "capture/go: a trigger (no value, or true)"
+          "text": "capture/decline: a trigger (no value, or true)"
         }
       },
       {
@@ -2099,7 +2128,7 @@
           "outlettype": [
             ""
           ],
-          "text": "/avgan/capture/go"
+          "text": "/avgan/capture/decline"
         }
       },
       {
@@ -2114,7 +2143,7 @@
             190,
             20
           ],
-          "text": "capture/next: a trigger (no value, or true)"
+          "text": "capture/go: a trigger (no value, or true)"
         }
       },
       {
@@ -2150,7 +2179,7 @@
           "outlettype": [
             ""
           ],
-          "text": "/avgan/capture/next"
+          "text": "/avgan/capture/go"
         }
       },
       {
@@ -2165,7 +2194,7 @@
             190,
             20
           ],
-          "text": "rate/1: a trigger (no value, or true)"
+          "text": "capture/next: a trigger (no value, or true)"
         }
       },
       {
@@ -2201,7 +2230,7 @@
           "outlettype": [
             ""
           ],
-          "text": "/avgan/rate/1"
+          "text": "/avgan/capture/next"
         }
       },
       {
@@ -2216,7 +2245,7 @@
             190,
             20
           ],
-          "text": "rate/2: a trigger (no value, or true)"
+          "text": "rate/1: a trigger (no value, or true)"
         }
       },
       {
@@ -2252,7 +2281,7 @@
           "outlettype": [
             ""
           ],
-          "text": "/avgan/rate/2"
+          "text": "/avgan/rate/1"
         }
       },
       {
@@ -2267,7 +2296,7 @@
             190,
             20
           ],
-          "text": "rate/3: a trigger (no value, or true)"
+          "text": "rate/2: a trigger (no value, or true)"
         }
       },
       {
@@ -2303,7 +2332,7 @@
           "outlettype": [
             ""
           ],
-          "text": "/avgan/rate/3"
+          "text": "/avgan/rate/2"
         }
       },
       {
@@ -2318,7 +2347,7 @@
             190,
             20
           ],
-          "text": "rate/4: a trigger (no value, or true)"
+          "text": "rate/3: a trigger (no value, or true)"
         }
       },
       {
@@ -2354,7 +2383,7 @@
           "outlettype": [
             ""
           ],
-          "text": "/avgan/rate/4"
+          "text": "/avgan/rate/3"
         }
       },
       {
@@ -2369,7 +2398,7 @@
             190,
             20
           ],
-          "text": "rate/5: a trigger (no value, or true)"
+          "text": "rate/4: a trigger (no value, or true)"
         }
       },
       {
@@ -2405,7 +2434,7 @@
           "outlettype": [
             ""
           ],
-          "text": "/avgan/rate/5"
+          "text": "/avgan/rate/4"
         }
       },
       {
@@ -2420,7 +2449,7 @@
             190,
             20
           ],
-          "text": "rate/skip: a trigger (no value, or true)"
+          "text": "rate/5: a trigger (no value, or true)"
         }
       },
       {
@@ -2456,7 +2485,7 @@
           "outlettype": [
             ""
           ],
-          "text": "/avgan/rate/skip"
+          "text": "/avgan/rate/5"
         }
       },
       {
@@ -2471,7 +2500,7 @@
             190,
             20
           ],
-          "text": "rate/replay: a trigger (no value, or true)"
+          "text": "rate/skip: a trigger (no value, or true)"
         }
       },
       {
@@ -2501,6 +2530,57 @@
           "patching_rect": [
             500,
             1062,
+            200,
+            22
+          ],
+          "outlettype": [
+            ""
+          ],
+          "text": "/avgan/rate/skip"
+        }
+      },
+      {
+        "box": {
+          "id": "obj-139",
+          "maxclass": "comment",
+          "numinlets": 1,
+          "numoutlets": 0,
+          "patching_rect": [
+            20,
+            1096,
+            190,
+            20
+          ],
+          "text": "rate/replay: a trigger (no value, or true)"
+        }
+      },
+      {
+        "box": {
+          "id": "obj-140",
+          "maxclass": "button",
+          "numinlets": 1,
+          "numoutlets": 1,
+          "patching_rect": [
+            370,
+            1096,
+            22,
+            22
+          ],
+          "outlettype": [
+            "bang"
+          ],
+          "parameter_enable": 0
+        }
+      },
+      {
+        "box": {
+          "id": "obj-141",
+          "maxclass": "message",
+          "numinlets": 2,
+          "numoutlets": 1,
+          "patching_rect": [
+            500,
+            1096,
             200,
             22
           ],
@@ -3679,44 +3759,8 @@
       {
         "patchline": {
           "source": [
-            "obj-101",
-            0
-          ],
-          "destination": [
-            "obj-103",
-            0
-          ]
-        }
-      },
-      {
-        "patchline": {
-          "source": [
             "obj-100",
-            0
-          ],
-          "destination": [
-            "obj-103",
             1
-          ]
-        }
-      },
-      {
-        "patchline": {
-          "source": [
-            "obj-103",
-            0
-          ],
-          "destination": [
-            "obj-104",
-            0
-          ]
-        }
-      },
-      {
-        "patchline": {
-          "source": [
-            "obj-104",
-            0
           ],
           "destination": [
             "obj-101",
@@ -3727,19 +3771,7 @@
       {
         "patchline": {
           "source": [
-            "obj-103",
-            0
-          ],
-          "destination": [
-            "obj-105",
-            0
-          ]
-        }
-      },
-      {
-        "patchline": {
-          "source": [
-            "obj-105",
+            "obj-101",
             0
           ],
           "destination": [
@@ -3751,7 +3783,55 @@
       {
         "patchline": {
           "source": [
+            "obj-104",
+            0
+          ],
+          "destination": [
+            "obj-106",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-103",
+            0
+          ],
+          "destination": [
+            "obj-106",
+            1
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-106",
+            0
+          ],
+          "destination": [
             "obj-107",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-107",
+            0
+          ],
+          "destination": [
+            "obj-104",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-106",
             0
           ],
           "destination": [
@@ -4004,6 +4084,30 @@
         "patchline": {
           "source": [
             "obj-138",
+            0
+          ],
+          "destination": [
+            "obj-2",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-140",
+            0
+          ],
+          "destination": [
+            "obj-141",
+            0
+          ]
+        }
+      },
+      {
+        "patchline": {
+          "source": [
+            "obj-141",
             0
           ],
           "destination": [
