@@ -775,8 +775,11 @@ class AudioReader:
     def window(self) -> np.ndarray:
         """The newest ``window_samples`` at ``target_rate``: float32 [window_samples], zero-padded at the start.
 
-        Returns the reader's own buffer (overwritten by the next call): copy it to keep it.
+        Returns the reader's own buffer (overwritten by the next call): copy it to keep it. A bundle without an
+        ``audio`` input (an unconditional model) has ``window_samples`` 0: the window is empty.
         """
+        if self.window_samples == 0:
+            return self._window
         out, _ = self._target.latest(self.window_samples, self._window)
         return out
 

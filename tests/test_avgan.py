@@ -25,6 +25,8 @@ MNIST = DATA / "mnist"
 needs_w2p = pytest.mark.skipif(not W2P.is_dir(), reason=f"{W2P} absent (the Wav2Pix pairs)")
 needs_digits = pytest.mark.skipif(not (FSDD.is_dir() and MNIST.is_dir()), reason=f"{FSDD} or {MNIST} absent")
 
+DEMO = Path(__file__).resolve().parents[1] / "presets" / "demo" / "demo_speech.flac"
+
 
 def _link_pairs(dst: Path, per_identity: int) -> Path:
     """A Wav2Pix-layout folder of symlinks to the first ``per_identity`` pairs of each identity (read in place)."""
@@ -169,6 +171,16 @@ def test_unconditional_digits_train_export_and_generate_count(tmp_path, monkeypa
     assert run.main(["generate", "--bundle", str(bundle), "--count", "3", "--out", str(gen_dir)]) == 0
     wav, rate = sf.read(gen_dir / "sample-0002.wav")
     assert rate == 8000 and wav.shape == (8000,) and (gen_dir / "sample-0002.png").is_file()
+
+    # live with a bundle that has no audio input: the microphone still drives the gate, every request succeeds
+    from engine.audio import load_audio
+    from installation.audio_in import FileInput
+    from installation.live import LiveConfig, LiveLoop
+
+    speech = np.tile(load_audio(DEMO, 16000), 2)
+    cfg = LiveConfig(bundle=bundle, fullscreen=False, width=160, height=90, vsync=False, fps=30.0, duration_s=2.5)
+    report = LiveLoop(cfg, audio_input=FileInput(speech, 16000, loop=False)).run()
+    assert report["frame_errors"] == 0 and report["generator"]["calls"] >= 2
 
 
 # ------------------------------------------------------------------------------------ render --sound
