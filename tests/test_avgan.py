@@ -308,6 +308,7 @@ class _RealPairs:
         return {"image": image, "sound": np.asarray(audio, np.float32)}
 
 
+@pytest.mark.slow  # dlib + Resemblyzer on real pairs, twice (~25 s)
 @needs_w2p
 @pytest.mark.parametrize("mismatched", [False, True])
 def test_agreement_is_high_for_matched_and_low_for_mismatched_pairs(tmp_path, monkeypatch, mismatched) -> None:

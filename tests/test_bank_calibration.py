@@ -114,6 +114,7 @@ def neighbours_bundle(tmp_path):
     return bundle, data, prior, len(train_idx)
 
 
+@pytest.mark.slow  # real dlib over a tiny dataset (~20 s)
 def test_export_calibrates_a_bundles_bank_on_its_training_data(neighbours_bundle, tmp_path, capsys):
     """End to end with dlib: ``export BUNDLE -o OUT --calibrate-bank`` finds the bank's pairs in the bundle's
     training data, renders them, and writes a bundle whose bank and record say what was chosen."""

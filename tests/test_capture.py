@@ -433,6 +433,7 @@ def test_keys_and_touch_press_the_buttons(tmp_path: Path) -> None:
         screen.close()
 
 
+@pytest.mark.slow  # SIGKILLs a writer repeatedly (~14 s); run.py bench --only capture runs the 60-kill version
 @needs_data
 def test_crash_test_sigkill_during_writes(tmp_path: Path, standins: Path) -> None:
     """``python -m benchmarks.capture --crash-only N``: N SIGKILLs (``AVGAN_CRASH_KILLS``, default 10; bench: 60)."""

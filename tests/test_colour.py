@@ -107,6 +107,7 @@ def test_real_faces_and_default_model_draw_skin_redder_than_blue() -> None:
         gen.close()
 
 
+@pytest.mark.slow  # three exports (~20 s); tests/test_default_bundle.py checks the shipped swap by default
 def test_swap_red_blue_export_is_exact_kept_on_reexport_and_undone_for_fine_tuning(tiny_bundle, tiny_model,
                                                                                     tmp_path: Path) -> None:  # fmt: skip
     """``export --swap-red-blue`` (a model trained on red and blue swapped) exchanges the graph's red and blue

@@ -252,6 +252,7 @@ def test_digits_trains_exports_and_generates(tmp_path: Path, monkeypatch: pytest
     assert len(pngs) == 24 and pngs[0].name == "0_george_0.png"  # one PNG per sound, named after it
 
 
+@pytest.mark.slow  # decodes MUSIC clips and trains (~15 s); the digits test covers train/export/generate by default
 @needs_music
 def test_music_trains_and_exports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     clips = music_slice(tmp_path / "clips", per_class=2, classes=("cello", "xylophone"))

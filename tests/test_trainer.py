@@ -90,6 +90,7 @@ def test_cli_rejects_unknown_key_before_training(tmp_path, dataset):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow  # two processes under torchrun (~13 s)
 def test_torchrun_two_process_cpu(tmp_path, dataset):
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text(yaml.safe_dump(tiny_config_dict(steps=3, sample_every=3, checkpoint_every=3)))
