@@ -96,6 +96,22 @@ class LogMel(nn.Module):
         return torch.log(mel + 1e-6)
 
 
+def mel_encoder_body(n_mels: int, c: int) -> nn.Sequential:
+    """The speech/sound encoders' 1-D convolution stack over log-mel frames: [B, n_mels, T] -> [B, 2c, ~T/8].
+
+    Four convolutions (kernel 5, 5, 5, 3; stride 1, 2, 2, 2), each followed by GroupNorm(8) and leaky ReLU
+    (0.2). Shared by the wav2pix, sound2scene and avgan audio encoders; its module indices (``body.0`` ...
+    ``body.11``) are the keys of their saved weights.
+    """
+    act = nn.LeakyReLU(0.2)
+    return nn.Sequential(
+        nn.Conv1d(n_mels, c, 5, padding=2), nn.GroupNorm(8, c), act,
+        nn.Conv1d(c, c, 5, stride=2, padding=2), nn.GroupNorm(8, c), act,
+        nn.Conv1d(c, 2 * c, 5, stride=2, padding=2), nn.GroupNorm(8, 2 * c), act,
+        nn.Conv1d(2 * c, 2 * c, 3, stride=2, padding=1), nn.GroupNorm(8, 2 * c), act,
+    )  # fmt: skip
+
+
 class PixelNorm(nn.Module):
     """Per-pixel feature vector normalisation (Karras et al. 2018). [B, C, H, W] → same.
 

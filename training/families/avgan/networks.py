@@ -32,7 +32,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from training.config import AudioConfig
 from training.families.avgan.config import AvganConfig, ModelConfig
 from training.families.avgan.spectral import SpectrogramCodec
-from training.layers import AudioPreprocess, LogMel, PixelNorm, channels, sn
+from training.layers import AudioPreprocess, LogMel, PixelNorm, channels, mel_encoder_body, sn
 
 
 class SpeechEncoder(nn.Module):
@@ -43,13 +43,7 @@ class SpeechEncoder(nn.Module):
         self.preprocess = AudioPreprocess(audio)
         self.features = LogMel(model.n_fft, model.hop, model.n_mels, audio.sample_rate)
         c = model.encoder_channels
-        act = nn.LeakyReLU(0.2)
-        self.body = nn.Sequential(
-            nn.Conv1d(model.n_mels, c, 5, padding=2), nn.GroupNorm(8, c), act,
-            nn.Conv1d(c, c, 5, stride=2, padding=2), nn.GroupNorm(8, c), act,
-            nn.Conv1d(c, 2 * c, 5, stride=2, padding=2), nn.GroupNorm(8, 2 * c), act,
-            nn.Conv1d(2 * c, 2 * c, 3, stride=2, padding=1), nn.GroupNorm(8, 2 * c), act,
-        )  # fmt: skip
+        self.body = mel_encoder_body(model.n_mels, c)
         self.proj = nn.Linear(4 * c, model.embedding_dim)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from training.config import AudioConfig
 from training.families.sound2scene.config import ModelConfig
-from training.layers import AudioPreprocess, LogMel, PixelNorm, channels
+from training.layers import AudioPreprocess, LogMel, PixelNorm, channels, mel_encoder_body
 
 
 def to_sphere(e: torch.Tensor) -> torch.Tensor:
@@ -51,13 +51,7 @@ class AudioEncoder(nn.Module):
         c = model.encoder_channels
         self.preprocess = AudioPreprocess(audio)
         self.mel = LogMel(model.n_fft, model.hop, model.n_mels, audio.sample_rate)
-        act = nn.LeakyReLU(0.2)
-        self.body = nn.Sequential(
-            nn.Conv1d(model.n_mels, c, 5, padding=2), nn.GroupNorm(8, c), act,
-            nn.Conv1d(c, c, 5, stride=2, padding=2), nn.GroupNorm(8, c), act,
-            nn.Conv1d(c, 2 * c, 5, stride=2, padding=2), nn.GroupNorm(8, 2 * c), act,
-            nn.Conv1d(2 * c, 2 * c, 3, stride=2, padding=1), nn.GroupNorm(8, 2 * c), act,
-        )  # fmt: skip
+        self.body = mel_encoder_body(model.n_mels, c)
         self.proj = nn.Linear(4 * c, model.embedding_dim)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(model.embedding_dim, max(1, n_classes))

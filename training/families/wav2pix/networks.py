@@ -28,7 +28,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from training.config import AudioConfig
 from training.families.wav2pix.config import ModelConfig
-from training.layers import AudioPreprocess, LogMel, PixelNorm, channels, sn
+from training.layers import AudioPreprocess, LogMel, PixelNorm, channels, mel_encoder_body, sn
 
 
 class SpeechEncoder(nn.Module):
@@ -49,20 +49,7 @@ class SpeechEncoder(nn.Module):
         act = nn.LeakyReLU(0.2)
         if model.front_end == "mel":
             self.features: nn.Module = LogMel(model.n_fft, model.hop, model.n_mels, audio.sample_rate)
-            self.body = nn.Sequential(
-                nn.Conv1d(model.n_mels, c, 5, stride=1, padding=2),
-                nn.GroupNorm(8, c),
-                act,
-                nn.Conv1d(c, c, 5, stride=2, padding=2),
-                nn.GroupNorm(8, c),
-                act,
-                nn.Conv1d(c, 2 * c, 5, stride=2, padding=2),
-                nn.GroupNorm(8, 2 * c),
-                act,
-                nn.Conv1d(2 * c, 2 * c, 3, stride=2, padding=1),
-                nn.GroupNorm(8, 2 * c),
-                act,
-            )
+            self.body = mel_encoder_body(model.n_mels, c)
         else:
             self.features = nn.Identity()
             chans = [1, 16, 32, 64, c, c, 2 * c]
