@@ -1043,18 +1043,22 @@ class SoundEngine:
             return
         if not self._objs:
             raise SoundError("answer: the engine is not started")
+        self._into_table("answer_table", x, sample_rate)
+        self._objs["answer"].play()
+
+    def _into_table(self, name: str, x: np.ndarray, sample_rate: int) -> int:
+        """Resample ``x`` (float32 [n] at ``sample_rate`` Hz) to the server rate and write it into the pyo table
+        ``name`` from its start, truncated to the table and zeroing the rest; returns the samples written."""
         sr = self.config.sample_rate
         if int(sample_rate) != sr and x.size:
             import soxr
 
             x = soxr.resample(x, int(sample_rate), sr).astype(np.float32)
-        o = self._objs
-        table = np.asarray(o["answer_table"].getBuffer())
+        table = np.asarray(self._objs[name].getBuffer())
         n = min(x.size, table.size)
         table[:n] = x[:n]
         table[n:] = 0.0
-        del table
-        o["answer"].play()
+        return n
 
     def play_generated(self, samples: np.ndarray, sample_rate: int) -> None:
         """Loop a generated sound (float32 [n] at ``sample_rate`` Hz) instead of the granular cloud.
@@ -1081,16 +1085,7 @@ class SoundEngine:
             o["gen_gain"].value, o["cloud_gain"].value = 0.0, 1.0
             self.generating = False
             return
-        sr = self.config.sample_rate
-        if int(sample_rate) != sr:
-            import soxr
-
-            x = soxr.resample(x, int(sample_rate), sr).astype(np.float32)
-        table = np.asarray(o["gen_table"].getBuffer())
-        n = min(x.size, table.size)
-        table[:n] = x[:n]
-        del table
-        o["gen_dur"].value = n / sr
+        o["gen_dur"].value = self._into_table("gen_table", x, sample_rate) / self.config.sample_rate
         o["gen_gain"].value, o["cloud_gain"].value = 1.0, 0.0
         self.generating = True
 
