@@ -117,18 +117,12 @@ class ToyTrainer:
             e = ctx.G.encoder(audio)
             fake = ctx.G(audio, noise)
         loss_d = losses.d_loss("hinge", ctx.D(real, e), [ctx.D(fake, e)])
-        ctx.opt_d.zero_grad()
-        loss_d.backward()
-        ctx.all_reduce(list(ctx.D.parameters()))
-        ctx.opt_d.step()
+        ctx.optimise(ctx.opt_d, loss_d, list(ctx.D.parameters()))
         loss_g = torch.tensor(float("nan"))
         if update_g:
             fake = ctx.G(audio, noise)
             loss_g = losses.g_loss("hinge", ctx.D(fake, ctx.G.encoder(audio))) + (fake - real).square().mean()
-            ctx.opt_g.zero_grad()
-            loss_g.backward()
-            ctx.all_reduce(list(ctx.G.parameters()))
-            ctx.opt_g.step()
+            ctx.optimise(ctx.opt_g, loss_g, list(ctx.G.parameters()))
         return {"loss_d": loss_d.item(), "loss_g": loss_g.item()}
 
     def sample_grid(self) -> np.ndarray:

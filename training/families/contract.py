@@ -207,6 +207,14 @@ class TrainContext:
         """Whether this is the process that writes files (rank 0)."""
         return self.rank == 0
 
+    def optimise(self, opt: torch.optim.Optimizer, loss: torch.Tensor, params: Sequence[torch.nn.Parameter]) -> None:
+        """One step of ``opt`` on the scalar ``loss``: clear the gradients, backpropagate, average the gradients
+        of ``params`` over the processes (:attr:`all_reduce`), step."""
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.all_reduce(params)
+        opt.step()
+
 
 @dataclass
 class Model:

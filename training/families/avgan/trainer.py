@@ -158,10 +158,7 @@ class AvganTrainer:
         total_w = sum(w for w, _ in negatives)
         loss_d = real_term(lc.kind, s_real) + sum(w * losses.d_negative(lc.kind, s) for w, s in negatives) / total_w
         loss_aux = F.cross_entropy(logits, y)
-        ctx.opt_d.zero_grad(set_to_none=True)
-        (loss_d + lc.aux_weight * loss_aux).backward()
-        ctx.all_reduce(list(D.parameters()))
-        ctx.opt_d.step()
+        ctx.optimise(ctx.opt_d, loss_d + lc.aux_weight * loss_aux, list(D.parameters()))
         stats = {
             "loss_d": loss_d.item(),
             "d_real": s_real.mean().item(),
@@ -191,10 +188,8 @@ class AvganTrainer:
         loss_sid = torch.zeros((), device=dev)
         if e is not None and G.speaker_head is not None:
             loss_sid = F.cross_entropy(G.speaker_head(e.float()), y)
-        ctx.opt_g.zero_grad(set_to_none=True)
-        (loss_g + lc.speech_id_weight * loss_sid + lc.mode_seeking_weight * loss_ms).backward()
-        ctx.all_reduce(list(G.parameters()))
-        ctx.opt_g.step()
+        total = loss_g + lc.speech_id_weight * loss_sid + lc.mode_seeking_weight * loss_ms
+        ctx.optimise(ctx.opt_g, total, list(G.parameters()))
         return {**stats, "loss_g": loss_g.item(), "loss_speech_id": loss_sid.item(), "loss_ms": loss_ms.item()}
 
     @torch.no_grad()

@@ -84,10 +84,7 @@ class FaceSRTrainer:
         with ctx.autocast():
             out = ctx.G(x)
         loss = (out.float() - y).abs().mean()
-        ctx.opt_g.zero_grad(set_to_none=True)
-        loss.backward()
-        ctx.all_reduce(list(ctx.G.parameters()))
-        ctx.opt_g.step()
+        ctx.optimise(ctx.opt_g, loss, list(ctx.G.parameters()))
         value = float(loss.detach())
         stats = {"loss_g": value, "loss_l1": value}
         if (step + 1) % ctx.cfg.train.log_every == 0 and len(self.val):

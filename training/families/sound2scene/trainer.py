@@ -283,10 +283,7 @@ class Sound2SceneTrainer:
         s_real, cls_real, negatives = s_real.float(), cls_real.float(), [s.float() for s in negatives]
         loss_d = losses.d_loss(lc.kind, s_real, negatives)
         loss_aux_d = F.cross_entropy(cls_real, y)
-        ctx.opt_d.zero_grad(set_to_none=True)
-        (loss_d + lc.aux_weight * loss_aux_d).backward()
-        ctx.all_reduce(list(D.parameters()))
-        ctx.opt_d.step()
+        ctx.optimise(ctx.opt_d, loss_d + lc.aux_weight * loss_aux_d, list(D.parameters()))
         stats = {
             "loss_d": loss_d.item(), "loss_aux_d": loss_aux_d.item(), "d_real": s_real.mean().item(),
             "d_fake": negatives[0].mean().item(), "d_wrong": negatives[-1].mean().item() if lc.matching_aware else 0.0,
@@ -313,10 +310,8 @@ class Sound2SceneTrainer:
         loss_l1 = torch.zeros((), device=dev)
         if lc.l1_weight > 0 and bool(paired.any()):
             loss_l1 = (x_fake.float() - x_real)[paired].abs().mean()
-        ctx.opt_g.zero_grad(set_to_none=True)
-        (loss_g + lc.aux_weight_g * loss_aux_g + lc.mode_seeking_weight * loss_ms + lc.l1_weight * loss_l1).backward()
-        ctx.all_reduce([p for p in ctx.G.parameters() if p.requires_grad])
-        ctx.opt_g.step()
+        total = loss_g + lc.aux_weight_g * loss_aux_g + lc.mode_seeking_weight * loss_ms + lc.l1_weight * loss_l1
+        ctx.optimise(ctx.opt_g, total, [p for p in ctx.G.parameters() if p.requires_grad])
         return {**stats, "loss_g": loss_g.item(), "loss_aux_g": loss_aux_g.item(), "loss_ms": loss_ms.item(),
                 "loss_l1": loss_l1.item(),
                 "g_acc_fake": float((cls_fake.argmax(1) == y).float().mean())}  # fmt: skip

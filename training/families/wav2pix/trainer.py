@@ -166,10 +166,7 @@ class GanStep:
         if s_wrong_pose is not None:
             loss_d = loss_d + cfg.loss.pose_matching_weight * losses.d_negative(cfg.loss.kind, s_wrong_pose)
         total_d = loss_d + cfg.loss.aux_weight * F.cross_entropy(cls_real, y)
-        ctx.opt_d.zero_grad(set_to_none=True)
-        total_d.backward()
-        ctx.all_reduce(list(disc.parameters()))
-        ctx.opt_d.step()
+        ctx.optimise(ctx.opt_d, total_d, list(disc.parameters()))
         d_stats = {
             "loss_d": loss_d.item(),
             "d_real": s_real.mean().item(),
@@ -201,7 +198,6 @@ class GanStep:
         loss_g = losses.g_loss(cfg.loss.kind, s_fake)
         loss_aux = F.cross_entropy(cls_fake, y)
         loss_sid = F.cross_entropy(speech_logits, y)
-        ctx.opt_g.zero_grad(set_to_none=True)
         total = (
             loss_g
             + cfg.loss.aux_weight_g * loss_aux
@@ -209,9 +205,7 @@ class GanStep:
             + cfg.loss.mode_seeking_weight * loss_ms
             + cfg.loss.pose_code_weight * loss_pose
         )
-        total.backward()
-        ctx.all_reduce(list(net.parameters()))
-        ctx.opt_g.step()
+        ctx.optimise(ctx.opt_g, total, list(net.parameters()))
         g_stats = {
             "loss_g": loss_g.item(),
             "loss_aux": loss_aux.item(),
