@@ -24,7 +24,6 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from engine.errors import UserError
 from training.families.contract import Family, GraphSource, InferenceGraph, Split, TensorSpec, TrainContext
 from training.families.sound2scene.config import Sound2SceneConfig
 
@@ -114,8 +113,6 @@ class Sound2Scene(Family):
         """GAN-test accuracy, Fréchet distance, diversity, the volume test and a sample sheet (:mod:`.evaluate`)."""
         from training.families.sound2scene.evaluate import evaluate
 
-        if model.family.name != self.name:
-            raise UserError(f"{model.name}: a {model.family.name} model, not {self.name}")
         return evaluate(model, args)
 
     def describe(self, cfg: Sound2SceneConfig) -> str:
