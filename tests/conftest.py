@@ -10,11 +10,17 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+# No display or sound card in the test environment: pygame and SDL use their dummy drivers unless a test (or the
+# caller) chooses otherwise (tests/xvfb.py passes an X server's own environment to the processes it starts).
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 
 TINY_IDENTITIES = ["ana", "ben", "cleo"]
 TINY_METRICS = {"fid": 123.4, "identity_accuracy": 0.5}

@@ -8,7 +8,6 @@ server's own framebuffer.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -17,14 +16,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
-
-from installation.attract import Attract, AttractConfig, render_prompt  # noqa: E402
-from installation.audio_in import FileInput  # noqa: E402
-from installation.live import LiveConfig, LiveLoop  # noqa: E402
-from installation.presets import PresetError, load_preset  # noqa: E402
-from tests.xvfb import Xvfb, run_with_screenshots  # noqa: E402
+from installation.attract import Attract, AttractConfig, render_prompt
+from installation.audio_in import FileInput
+from installation.live import LiveConfig, LiveLoop
+from installation.presets import PresetError, load_preset
+from tests.xvfb import Xvfb, run_with_screenshots
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = 16000

@@ -38,7 +38,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "wav2pix" / "train"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} (Wav2Pix material for the stand-ins) is missing")
 
-os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
 
 # -- gate, crop, levels ------------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ device input runs on fake streams (see ``tests/test_audio_in.py``).
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from dataclasses import replace
@@ -17,11 +16,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
-
-from installation.audio_in import FileInput, SoundDeviceInput  # noqa: E402
-from installation.live import (  # noqa: E402
+from installation.audio_in import FileInput, SoundDeviceInput
+from installation.live import (
     FastEnvelope,
     LiveConfig,
     LiveLoop,
@@ -30,9 +26,9 @@ from installation.live import (  # noqa: E402
     estimate_pitch,
     scene_params,
 )
-from installation.presets import load_preset  # noqa: E402
-from installation.telemetry import Histogram  # noqa: E402
-from scenes import FrameState, Portrait  # noqa: E402
+from installation.presets import load_preset
+from installation.telemetry import Histogram
+from scenes import FrameState, Portrait
 
 RATE = 16000
 

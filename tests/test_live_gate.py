@@ -4,19 +4,15 @@ the microphone; the report's ``vad`` section. Played 2x faster than real time (t
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
-
-from benchmarks.live import at_active_level, pink_noise, voiced_frames  # noqa: E402
-from installation.audio_in import AudioReader, FileInput  # noqa: E402
-from installation.live import LiveConfig, LiveLoop  # noqa: E402
-from tests.test_attract import FaceGenerator  # noqa: E402
+from benchmarks.live import at_active_level, pink_noise, voiced_frames
+from installation.audio_in import AudioReader, FileInput
+from installation.live import LiveConfig, LiveLoop
+from tests.test_attract import FaceGenerator
 
 RATE = 16000
 DEMO = Path(__file__).resolve().parents[1] / "presets" / "demo" / "demo_speech.flac"

@@ -9,7 +9,6 @@ touch events are posted), a real display.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import time
@@ -20,12 +19,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
-
-import run  # noqa: E402
-from installation.presets import ROOT, OscConfig  # noqa: E402
-from installation.rate import (  # noqa: E402
+import run
+from installation.presets import ROOT, OscConfig
+from installation.rate import (
     BUTTONS,
     NO_DEVICE_WARNING,
     RatingsFile,
@@ -39,7 +35,7 @@ from installation.rate import (  # noqa: E402
     item_order,
     layout,
 )
-from installation.render import DEFAULT_BUNDLE  # noqa: E402
+from installation.render import DEFAULT_BUNDLE
 
 SHARED = ROOT.parent / "shared" / "data" / "wav2pix" / "train"
 FIELDS = {

@@ -22,12 +22,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
-
-from installation.audio_in import WAIT_RATE, SoundDeviceInput  # noqa: E402
-from installation.live import LiveLoop  # noqa: E402
-from installation.service import (  # noqa: E402
+from installation.audio_in import WAIT_RATE, SoundDeviceInput
+from installation.live import LiveLoop
+from installation.service import (
     AlreadyRunning,
     InstanceLock,
     Service,
@@ -35,8 +32,8 @@ from installation.service import (  # noqa: E402
     notify,
     watchdog_interval_s,
 )
-from tests.alsa_standin import alsa_available, write_asoundrc  # noqa: E402
-from tests.test_live import FakeGenerator, config  # noqa: E402
+from tests.alsa_standin import alsa_available, write_asoundrc
+from tests.test_live import FakeGenerator, config
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "deploy" / "avgan-live.service"

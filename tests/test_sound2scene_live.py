@@ -8,7 +8,6 @@ saying why, when ``../shared/data/music`` is absent).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -18,14 +17,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
-
-from engine.audio import load_audio  # noqa: E402
-from engine.generator import Generator  # noqa: E402
-from installation.live import LiveConfig, LiveLoop  # noqa: E402
-from installation.scene_class import parse_class_weights  # noqa: E402
-from installation.vad import SOUND_GATE, VadParams, declared_gate, detect, gate_params  # noqa: E402
+from engine.audio import load_audio
+from engine.generator import Generator
+from installation.live import LiveConfig, LiveLoop
+from installation.scene_class import parse_class_weights
+from installation.vad import SOUND_GATE, VadParams, declared_gate, detect, gate_params
 
 ROOT = Path(__file__).resolve().parents[1]
 MUSIC_BUNDLE = ROOT / "presets" / "models" / "sound2scene-music"
