@@ -282,7 +282,10 @@ def wall_time_from_log(path: Path) -> float | None:
 
 
 def save_loss_plot(log_path: Path, out: Path) -> None:
-    """Plot every ``loss_*`` series of ``log.jsonl`` to ``out`` (matplotlib, Agg)."""
+    """Plot every ``loss_*`` series of ``log.jsonl`` to ``out`` (matplotlib, Agg); nothing before the first record
+    (a sample grid can come before the first log line when ``sample_every < log_every``)."""
+    if not log_path.exists():
+        return
     import matplotlib
 
     matplotlib.use("Agg")
