@@ -78,6 +78,14 @@ def test_spectrogram_round_trip_on_spoken_digits_at_8k() -> None:
         assert log_spectral_distance(a, b, 256, 64) < 1.0 and snr_db(a, b) > 40.0
 
 
+def test_latent_code_is_for_unconditional_models_only() -> None:
+    from engine.configs import ConfigError
+    from training.config import config_from_dict
+
+    with pytest.raises(ConfigError, match="latent_code"):
+        config_from_dict({"family": "avgan", "model": {"conditioning": "voice", "latent_code": True}})
+
+
 def test_codec_refuses_frames_that_do_not_cover_the_clip() -> None:
     with pytest.raises(ValueError, match="raise spectrogram.frames"):
         SpectrogramCodec(512, 256, 32, 16000)
@@ -157,13 +165,23 @@ def test_unconditional_digits_train_export_and_generate_count(tmp_path, monkeypa
     cfg = {"family": "avgan", "data": {"kind": "digits", "val_takes": 1},
            "audio": {"sample_rate": 8000, "window_seconds": 1.0},
            "spectrogram": {"n_fft": 256, "hop": 128, "frames": 64},
-           "model": {"conditioning": "none", "image_size": 32, "image_channels": 1, **TINY_MODEL},
+           "model": {"conditioning": "none", "image_size": 32, "image_channels": 1, **TINY_MODEL, "noise_dim": 16,
+                     "latent_code": True},
            "train": TINY_TRAIN}  # fmt: skip
     bundle = _train_export(tmp_path, cfg, [fsdd, MNIST], monkeypatch)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss_code_d"]) and np.isfinite(r["loss_code_g"]) for r in log)
     manifest = json.loads((bundle / "bundle.json").read_text())
     assert list(manifest["inputs"]) == ["noise"] and manifest["sample_rate"] == 8000
-    out = _backends_agree(bundle, {"noise": np.random.default_rng(1).standard_normal((2, 8)).astype(np.float32)})
+    noise = np.random.default_rng(1).standard_normal((2, 16)).astype(np.float32)
+    # the second row: the first row with two of its ten code values swapped (same values, another digit's code)
+    noise[1] = noise[0]
+    top, other = int(noise[0, :10].argmax()), int(noise[0, :10].argmin())
+    noise[1, [top, other]] = noise[0, [other, top]]
+    out = _backends_agree(bundle, {"noise": noise})
     assert out["image"].shape == (2, 3, 32, 32) and out["sound"].shape == (2, 8000)
+    assert np.abs(out["image"][0] - out["image"][1]).max() > 1e-4  # the code reaches the image ...
+    assert np.abs(out["sound"][0] - out["sound"][1]).max() > 1e-4  # ... and the sound
     assert np.array_equal(out["image"][:, 0], out["image"][:, 2])  # grey, repeated to RGB
     import soundfile as sf
 

@@ -57,6 +57,12 @@ class ModelConfig:
     stride-2 layer. joint_width: width of the discriminator's joint layer over the concatenated streams.
     n_fft / hop / n_mels / encoder_channels / embedding_dim: the speech encoder (``voice`` only).
     spectral_norm_g: spectral normalisation on the generator's weights (the discriminator always has it).
+    latent_code: ``none`` conditioning only: a categorical part of the latent over the data's labels (InfoGAN,
+    Chen et al. 2016, tied to the labels as in semi-supervised InfoGAN, Spurr et al. 2017): the code is the
+    argmax of the first L noise values (L labels; uniform over them for standard-normal noise), one-hot, joined to
+    the noise. The model stays unconditional (noise in, image + sound out); in training, a classifier on each of
+    the discriminator's streams learns the labels of real items and the generator is trained so that *both* its
+    streams are classified as its code (``loss.code_weight``): image and sound name the same label.
     """
 
     conditioning: Literal["none", "voice"] = "voice"
@@ -74,8 +80,11 @@ class ModelConfig:
     encoder_channels: int = ranged(64, 8, 4096)
     embedding_dim: int = ranged(64, 1, 4096)
     spectral_norm_g: bool = True
+    latent_code: bool = False
 
     def __post_init__(self) -> None:
+        if self.latent_code and self.conditioning != "none":
+            raise ValueError("model.latent_code: only for conditioning: none (a voice model's identity comes from the voice)")
         if self.encoder_channels % 8:
             raise ValueError(f"model.encoder_channels: expected a multiple of 8, got {self.encoder_channels}")
 
@@ -92,6 +101,8 @@ class LossConfig:
     aux_weight: AC-GAN identity classification (Odena et al. 2017) of the discriminator's joint features of real
     pairs. speech_id_weight: ``voice`` only: identity classification of the speech embedding (trains the
     encoder). mode_seeking_weight: mode-seeking term on both streams (Mao et al., CVPR 2019); 0 disables.
+    code_weight: ``model.latent_code`` only: weight of the per-stream label classification (real items, for the
+    discriminator) and code classification (generated items, for the generator).
     """
 
     kind: Literal["hinge", "lsgan"] = "hinge"
@@ -100,6 +111,7 @@ class LossConfig:
     aux_weight: float = ranged(1.0, 0.0, 100.0)
     speech_id_weight: float = ranged(1.0, 0.0, 100.0)
     mode_seeking_weight: float = ranged(0.1, 0.0, 100.0)
+    code_weight: float = ranged(1.0, 0.0, 100.0)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,9 @@ Generation at a Glance", ECCV 2018: two streams that share a latent and meet by 
   ``psi(j) + <W e, j>`` (projection of the condition, Miyato & Koyama 2018, where there is one) and an identity
   classifier on ``j`` (AC-GAN, Odena et al. 2017). :meth:`AvganDiscriminator.joint` takes the two streams'
   features separately, so a real image can be scored with another item's real sound at no extra cost
-  (matching-aware negatives, Reed et al. 2016).
+  (matching-aware negatives, Reed et al. 2016). With ``model.latent_code`` each stream also has a label
+  classifier (``image_code``, ``spec_code``), and the generator a categorical code in its latent
+  (:meth:`AvganGenerator.code`).
 """
 
 from __future__ import annotations
@@ -107,6 +109,10 @@ class AvganGenerator(nn.Module):
         else:
             self.encoder = self.speaker_head = None
             in_dim = m.noise_dim
+        self.n_codes = max(1, n_labels) if m.latent_code else 0
+        if self.n_codes > m.noise_dim:
+            raise ValueError(f"model.latent_code: {self.n_codes} labels need noise_dim >= {self.n_codes}, got {m.noise_dim}")
+        in_dim += self.n_codes
         use_sn = m.spectral_norm_g
         self.trunk = nn.Sequential(
             sn(nn.Linear(in_dim, m.trunk_width), use_sn), nn.LeakyReLU(0.2),
@@ -121,10 +127,22 @@ class AvganGenerator(nn.Module):
         if self.conditional != (embedding is not None):
             raise ValueError("AvganGenerator: a voice-conditioned generator needs an embedding, an unconditional one none")
         x = noise if embedding is None else torch.cat([noise, embedding], dim=1)
+        if self.n_codes:
+            x = torch.cat([x, self.code(noise)], dim=1)
         h = self.trunk(x)
         image = torch.tanh(self.image(h))
         spec = self.spec(h)
         return image, torch.stack([spec[:, 0], torch.tanh(spec[:, 1])], dim=1)
+
+    def code(self, noise: torch.Tensor) -> torch.Tensor:
+        """The latent code (``model.latent_code``) of noise [B, Z]: one-hot float32 [B, L] of the argmax of its first L
+        values (L = the number of labels). Built from a comparison with the maximum, which every backend runs."""
+        head = noise[:, : self.n_codes]
+        return (head == head.amax(dim=1, keepdim=True)).float()
+
+    def code_labels(self, noise: torch.Tensor) -> torch.Tensor:
+        """int64 [B]: the label index of each noise vector's code."""
+        return noise[:, : self.n_codes].argmax(dim=1)
 
     def sound(self, spectrogram: torch.Tensor) -> torch.Tensor:
         """Waveform float32 [B, N] of spectrogram images [B, 2, K, T], clipped to [-1, 1]."""
@@ -167,6 +185,12 @@ class AvganDiscriminator(nn.Module):
         self.psi = spectral_norm(nn.Linear(m.joint_width, 1))
         self.embed = spectral_norm(nn.Linear(m.embedding_dim, m.joint_width)) if m.conditioning == "voice" else None
         self.classifier = spectral_norm(nn.Linear(m.joint_width, max(1, n_labels)))
+        # model.latent_code: one label classifier per stream, so each stream on its own must name the label
+        self.image_code: nn.Module | None = None
+        self.spec_code: nn.Module | None = None
+        if m.latent_code:
+            self.image_code = spectral_norm(nn.Linear(self.image.width, max(1, n_labels)))
+            self.spec_code = spectral_norm(nn.Linear(self.spec.width, max(1, n_labels)))
 
     def image_features(self, image: torch.Tensor) -> torch.Tensor:
         return self.image(image)

@@ -11,6 +11,10 @@ learns the identity (``loss.aux_weight``).
 
 Generator: the adversarial loss on its pairs, the speech encoder's identity classification
 (``loss.speech_id_weight``, ``voice`` only) and the mode-seeking term on both streams (Mao et al. 2019).
+
+``model.latent_code`` (semi-supervised InfoGAN, Spurr et al. 2017; AC-GAN's per-class loss, Odena et al. 2017):
+the discriminator's per-stream classifiers learn the labels of real images and real sounds, and the generator is
+trained so that each of its streams is classified as the code in its latent (``loss.code_weight``).
 """
 
 from __future__ import annotations
@@ -158,7 +162,11 @@ class AvganTrainer:
         total_w = sum(w for w, _ in negatives)
         loss_d = real_term(lc.kind, s_real) + sum(w * losses.d_negative(lc.kind, s) for w, s in negatives) / total_w
         loss_aux = F.cross_entropy(logits, y)
-        ctx.optimise(ctx.opt_d, loss_d + lc.aux_weight * loss_aux, list(D.parameters()))
+        loss_code_d = torch.zeros((), device=dev)
+        if D.image_code is not None and D.spec_code is not None:
+            img_logits, spec_logits = D.image_code(h_img_r).float(), D.spec_code(h_spec_r).float()
+            loss_code_d = 0.5 * (F.cross_entropy(img_logits, y) + F.cross_entropy(spec_logits, y))
+        ctx.optimise(ctx.opt_d, loss_d + lc.aux_weight * loss_aux + lc.code_weight * loss_code_d, list(D.parameters()))
         stats = {
             "loss_d": loss_d.item(),
             "d_real": s_real.mean().item(),
@@ -166,9 +174,11 @@ class AvganTrainer:
             "d_mismatch": float("nan") if s_mis is None else s_mis.float().mean().item(),
             "loss_aux": loss_aux.item(),
             "aux_acc": float((logits.argmax(1) == y).float().mean()),
+            "loss_code_d": loss_code_d.item(),
         }
         if not update_g:
-            return {**stats, "loss_g": float("nan"), "loss_speech_id": float("nan"), "loss_ms": float("nan")}
+            return {**stats, "loss_g": float("nan"), "loss_speech_id": float("nan"), "loss_ms": float("nan"),
+                    "loss_code_g": float("nan")}  # fmt: skip
 
         # ---- generator (+ speech encoder)
         D.requires_grad_(False)
@@ -176,7 +186,13 @@ class AvganTrainer:
             e = G.encoder(cond_audio) if cond_audio is not None else None
             z = torch.randn(b, cfg.model.noise_dim, device=dev)
             f_img, f_spec = G(z, e)
-            s_g = D.score(D.joint(D.image_features(aug(f_img)), D.spec_features(f_spec)), e).float()
+            h_img_g, h_spec_g = D.image_features(aug(f_img)), D.spec_features(f_spec)
+            s_g = D.score(D.joint(h_img_g, h_spec_g), e).float()
+            loss_code_g = torch.zeros((), device=dev)
+            if D.image_code is not None and D.spec_code is not None:
+                c = G.code_labels(z)
+                loss_code_g = 0.5 * (F.cross_entropy(D.image_code(h_img_g).float(), c)
+                                     + F.cross_entropy(D.spec_code(h_spec_g).float(), c))  # fmt: skip
             loss_ms = torch.zeros((), device=dev)
             if lc.mode_seeking_weight > 0:
                 h = max(1, b // 2)
@@ -188,9 +204,10 @@ class AvganTrainer:
         loss_sid = torch.zeros((), device=dev)
         if e is not None and G.speaker_head is not None:
             loss_sid = F.cross_entropy(G.speaker_head(e.float()), y)
-        total = loss_g + lc.speech_id_weight * loss_sid + lc.mode_seeking_weight * loss_ms
+        total = loss_g + lc.speech_id_weight * loss_sid + lc.mode_seeking_weight * loss_ms + lc.code_weight * loss_code_g
         ctx.optimise(ctx.opt_g, total, list(G.parameters()))
-        return {**stats, "loss_g": loss_g.item(), "loss_speech_id": loss_sid.item(), "loss_ms": loss_ms.item()}
+        return {**stats, "loss_g": loss_g.item(), "loss_speech_id": loss_sid.item(), "loss_ms": loss_ms.item(),
+                "loss_code_g": loss_code_g.item()}  # fmt: skip
 
     @torch.no_grad()
     def sample_grid(self) -> np.ndarray:
