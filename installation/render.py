@@ -4,9 +4,10 @@ Data flow (see ARCHITECTURE.md): input --PyAV--> mono audio at the bundle's rate
 (:func:`engine.audio.load_audio`) --> voice activity (:mod:`installation.vad`) -->
 conditioning windows at the video frame times --> :class:`engine.generator.Generator` (batched,
 voiced frames only) --> image EMA --> a scene (:mod:`scenes`) --> frames --PyAV--> ``.mp4``
-(H.264 yuv420p, x264 ``ultrafast`` / crf 20 by default) with the input's own audio (re-encoded to
-AAC at the input's rate, mono or stereo; with ``--sound`` the installation's generated sound, rendered
-by pyo's offline server (:func:`installation.sound.render_offline`), is mixed in). Only the clock differs
+(H.264 yuv420p, x264 ``ultrafast`` / crf 20 by default) with the input's own audio (AAC and MP3 tracks
+copied as they are, anything else re-encoded to AAC at the input's rate, mono or stereo; with ``--sound``
+the installation's generated sound, rendered by pyo's offline server
+(:func:`installation.sound.render_offline`), is mixed in and the mix encoded to AAC). Only the clock differs
 from the live loop: here it is a frame counter (:class:`FrameCounterClock`); :class:`Conditioner`, :class:`NoiseDrift`, :class:`ImageEMA`
 and the scenes are shared with it.
 
@@ -284,7 +285,9 @@ def encoder_threads(cores: int | None = None) -> int:
 class _VideoWriter:
     """The output MP4 container (PyAV) and its H.264 stream (libx264, yuv420p); :class:`_AudioMuxer` adds the audio."""
 
-    def __init__(self, path: Path, size: int, fps: Fraction, x264_preset: str, crf: int, threads: int = 0) -> None:
+    def __init__(
+        self, path: Path, size: int, fps: Fraction, x264_preset: str, crf: int, threads: int = 0, pool: int = 8
+    ) -> None:
         import av
 
         self.container = av.open(str(path), mode="w", format="mp4")
@@ -294,13 +297,29 @@ class _VideoWriter:
         self.stream.time_base = Fraction(1) / fps
         self.stream.options = {"preset": x264_preset, "crf": str(crf), **({"threads": str(threads)} if threads else {})}
         self.frames = 0
-        self._av = av
+        self.size = size
+        # A ring of reused frames (:meth:`frame`): filling one is a tenth of the CPU of a new frame per canvas
+        # (``VideoFrame.from_ndarray``: a fresh buffer every frame, 0.37 against 0.03 ms at 512 px).
+        self._pool = [av.VideoFrame(size, size, "yuv420p") for _ in range(pool)]
+        self._planes = [
+            [np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, : p.width] for p in f.planes]
+            for f in self._pool
+        ]
 
     def frame(self, rgb: np.ndarray) -> Any:
         """The next ``av.VideoFrame`` of a uint8 [size, size, 3] RGB canvas (BT.601 limited-range conversion by
-        OpenCV, as swscale's default); a copy, so the canvas can be drawn again while it is encoded."""
-        yuv = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)
-        frame = self._av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+        OpenCV, as swscale's default), so the canvas can be drawn again while it is encoded.
+
+        The frame is one of a ring of ``pool`` reused frames: it stays valid until ``pool`` more frames have been
+        made, so at most ``pool - 1`` may wait to be encoded (x264 copies a frame when it is encoded).
+        """
+        yuv = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)  # [size * 3/2, size]: Y, then U and V, each (size/2)^2
+        slot = self.frames % len(self._pool)
+        frame, (y, u, v) = self._pool[slot], self._planes[slot]
+        n, h = self.size, self.size // 2
+        y[...] = yuv[:n]
+        u[...] = yuv[n : n + h // 2].reshape(h, h)
+        v[...] = yuv[n + h // 2 :].reshape(h, h)
         frame.pts = self.frames
         self.frames += 1
         return frame
@@ -308,10 +327,6 @@ class _VideoWriter:
     def encode(self, frame: Any) -> None:
         """Encode and mux one frame from :meth:`frame`."""
         self.container.mux(self.stream.encode(frame))
-
-    def write(self, rgb: np.ndarray) -> None:
-        """Encode one uint8 [size, size, 3] RGB frame (:meth:`frame` then :meth:`encode`)."""
-        self.encode(self.frame(rgb))
 
     def close(self) -> None:
         """Flush the encoder and finish the file."""
@@ -339,6 +354,7 @@ class _OutputThread:
         import queue
         import threading
 
+        self.depth = depth
         self._queue: queue.Queue = queue.Queue(depth)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._work, name="render-output", daemon=True)
@@ -367,13 +383,26 @@ class _OutputThread:
 
 
 class _AudioMuxer:
-    """Streams the input's first audio track into the output as AAC (original rate and mono/stereo layout).
+    """Streams the input's first audio track into the output.
 
-    Samples are re-timestamped from 0, so output audio sample 0 is the first decoded sample --
-    the same alignment as :func:`engine.audio.load_audio`, which the video is timed against.
+    * **copied** (``reencode`` False and an AAC or MP3 track, which MP4 holds as they are): packets go from the
+      input to the output unchanged, with no generation loss and next to no CPU (re-encoding a minute of stereo
+      took 1.2 s of the render's two cores). Timestamps are shifted by the stream's start time (as ``ffmpeg -c:a
+      copy`` does): an MP3's encoder delay (1105 samples for LAME) becomes a negative first timestamp, which the
+      MP4 muxer writes as an edit list, so players skip it as the decoder does and output audio sample 0 is
+      still the first decoded sample.
+    * **re-encoded** to AAC at the input's rate (48 kHz where AAC does not take it), mono or stereo, otherwise
+      and whenever :meth:`mix_in` is used. Samples are re-timestamped from 0, so output audio sample 0 is the
+      first decoded sample -- the same alignment as :func:`engine.audio.load_audio`, which the video is timed
+      against.
+
+    Raises:
+        RenderError: the input has no audio track, or its audio data is corrupt (from :meth:`advance_to`).
     """
 
-    def __init__(self, source: Path, container: Any) -> None:
+    COPIED_CODECS = ("aac", "mp3", "mp3float")  # PyAV names MP3 tracks by their decoder
+
+    def __init__(self, source: Path, container: Any, reencode: bool = False) -> None:
         import av
 
         self._av = av
@@ -388,20 +417,33 @@ class _AudioMuxer:
         channels = stream.codec_context.channels or 1
         self.channels = 1 if channels == 1 else 2
         self.layout = layout = "mono" if channels == 1 else "stereo"
-        self.stream = container.add_stream("aac", rate=self.rate, layout=layout)
-        # FFmpeg's "fast" AAC coder: half the CPU of the default two-loop search (0.8 against 1.4 s per minute of
-        # stereo on the 2-core machine), which the render's main thread spends between frames
-        self.stream.codec_context.options = {"aac_coder": "fast"}
-        self.stream.time_base = Fraction(1, self.rate)
         self.container = container
         self.samples = 0
-        self._frames = self._decoded(stream, layout)
         self._mix: tuple[np.ndarray, float] | None = None
+        self._next: Any = None  # a packet read but not muxed yet (past advance_to's limit)
+        self.copied = not reencode and stream.codec_context.name in self.COPIED_CODECS
+        if self.copied:
+            self.stream = container.add_stream_from_template(stream)
+            self._packets: Iterator[Any] = self._demuxed(stream, stream.start_time or 0)
+            return
+        self.stream = container.add_stream("aac", rate=self.rate, layout=layout)
+        # FFmpeg's "fast" AAC coder: half the CPU of the default two-loop search (0.8 against 1.4 s per minute of
+        # stereo on the 2-core machine), which the render's output thread spends beside x264
+        self.stream.codec_context.options = {"aac_coder": "fast"}
+        self.stream.time_base = Fraction(1, self.rate)
+        self._frames = self._decoded(stream, layout)
+        self._packets = self._encoded()
 
     def mix_in(self, sound: np.ndarray, amount: float) -> None:
         """Mix ``sound`` (float32 [n, channels] at ``self.rate``, from output sample 0) into the audio still to
         be muxed, with :func:`mix_gains` ``(input_gain, sound_gain)`` of ``amount`` and :func:`soft_limit` on the
-        sum; past the end of ``sound`` the input alone (times its gain)."""
+        sum; past the end of ``sound`` the input alone (times its gain).
+
+        Raises:
+            RuntimeError: the muxer copies the input's packets (made with ``reencode`` False).
+        """
+        if self.copied:
+            raise RuntimeError("_AudioMuxer.mix_in: this muxer copies the input's audio; make it with reencode=True")
         self._mix = (sound, float(amount))
 
     def _mixed(self, frame: Any) -> Any:
@@ -426,24 +468,44 @@ class _AudioMuxer:
         except self._av.error.FFmpegError as exc:
             raise RenderError(f"{self.source}: corrupt audio data ({exc})") from exc
 
-    def advance_to(self, seconds: float | None) -> None:
-        """Encode and mux input audio up to ``seconds`` into the output (``None``: all of it)."""
-        limit = math.inf if seconds is None else seconds * self.rate
-        while self.samples < limit:
-            frame = next(self._frames, None)
-            if frame is None:
-                break
+    def _encoded(self) -> Iterator[Any]:
+        """AAC packets of the decoded (and mixed) input, timestamped from sample 0, then the encoder's flush."""
+        for frame in self._frames:
             if self._mix is not None:
                 frame = self._mixed(frame)
             frame.pts = self.samples
             frame.time_base = self.stream.time_base
             self.samples += frame.samples
-            self.container.mux(self.stream.encode(frame))
+            yield from self.stream.encode(frame)
+        yield from self.stream.encode(None)
+
+    def _demuxed(self, stream: Any, start: int) -> Iterator[Any]:
+        """The input's packets, their timestamps shifted by ``start`` (in the stream's time base)."""
+        try:
+            for packet in self.input.demux(stream):
+                if packet.dts is None:  # the demuxer's flush packet
+                    continue
+                packet.pts, packet.dts = packet.pts - start, packet.dts - start
+                packet.stream = self.stream
+                yield packet
+        except self._av.error.FFmpegError as exc:
+            raise RenderError(f"{self.source}: corrupt audio data ({exc})") from exc
+
+    def advance_to(self, seconds: float | None) -> None:
+        """Mux the input's audio up to ``seconds`` into the output (``None``: all of it)."""
+        while True:
+            packet = self._next if self._next is not None else next(self._packets, None)
+            self._next = None
+            if packet is None:
+                return
+            if seconds is not None and packet.pts is not None and packet.pts * packet.time_base >= seconds:
+                self._next = packet
+                return
+            self.container.mux(packet)
 
     def close(self) -> None:
-        """Mux the rest of the audio and flush the encoder."""
+        """Mux the rest of the audio (a re-encoded track's encoder flushed) and close the input."""
         self.advance_to(None)
-        self.container.mux(self.stream.encode(None))
         self.input.close()
 
     def abort(self) -> None:
@@ -691,10 +753,11 @@ def render(
         index = -1
         pending = generated()
 
-        writer = _VideoWriter(tmp, size, fps, x264_preset, int(crf), encoder_threads())
+        out_thread = _OutputThread()
+        # frames in the output queue, the one being encoded and the one being made: the ring must be larger
+        writer = _VideoWriter(tmp, size, fps, x264_preset, int(crf), encoder_threads(), pool=out_thread.depth + 3)
         muxer: _AudioMuxer | None = None
         bar = _progress(n_frames, source.name, progress)
-        out_thread = _OutputThread()
 
         def timed(name: str, fn: Callable[..., None], *args: Any) -> Callable[[], None]:
             def task() -> None:
@@ -703,8 +766,12 @@ def render(
 
             return task
 
+        # OpenCV's own resize / colour-conversion threads only compete with the generator and x264 for the same
+        # cores here (per-stage figures: docs/BENCHMARKS.md); restored after the frame loop
+        cv2_threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
         try:
-            muxer = _AudioMuxer(source, writer.container)
+            muxer = _AudioMuxer(source, writer.container, reencode=sound is not None)
             if sound is not None:
                 with timer("sound"):
                     track = _sound_state(requests, level, clock, n_frames)
@@ -769,6 +836,8 @@ def render(
                 muxer.abort()
             writer.abort()
             raise
+        finally:
+            cv2.setNumThreads(cv2_threads)
         os.replace(tmp, output)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -310,13 +310,48 @@ def test_image_ema_time_constant() -> None:
 def test_encoder_threads_leave_two_cores_to_the_generator_and_the_main_thread(tmp_path: Path) -> None:
     assert [encoder_threads(n) for n in (1, 2, 3, 16)] == [1, 1, 1, 14]
     assert encoder_threads() >= 1
-    writer = _VideoWriter(tmp_path / "x.mp4", 64, Fraction(30), "ultrafast", 20, threads=1)
+    writer = _VideoWriter(tmp_path / "x.mp4", 64, Fraction(30), "ultrafast", 20, threads=1, pool=3)
     assert writer.stream.options["threads"] == "1"
-    for i in range(3):
-        writer.write(np.full((64, 64, 3), 40 * i, np.uint8))
+    made = [writer.frame(np.full((64, 64, 3), 30 * i, np.uint8)) for i in range(3)]  # the whole ring, in flight
+    for frame in made:
+        writer.encode(frame)
+    for i in range(3, 7):  # the ring's frames again, each encoded before it comes round
+        writer.encode(writer.frame(np.full((64, 64, 3), 30 * i, np.uint8)))
     writer.close()
-    with av.open(str(tmp_path / "x.mp4")) as c:
-        assert sum(1 for _ in c.decode(video=0)) == 3
+    assert len({id(f) for f in made}) == 3
+    grey = [float(f.mean()) for f in frames_of(tmp_path / "x.mp4")]
+    assert np.allclose(grey, [30 * i for i in range(7)], atol=2), grey
+
+
+def _mp3(path: Path, audio: np.ndarray, rate: int) -> Path:
+    """A stereo 128 kb/s MP3 of mono ``audio`` (the second channel at 0.9x), made with PyAV (LAME)."""
+    stereo = np.stack([audio, 0.9 * audio]).astype(np.float32)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mp3", rate=rate, layout="stereo")
+        stream.bit_rate = 128_000
+        frame = av.AudioFrame.from_ndarray(stereo, format="fltp", layout="stereo")
+        frame.sample_rate = rate
+        out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def _decoded_audio(path: Path) -> np.ndarray:
+    with av.open(str(path)) as c:
+        return np.concatenate([f.to_ndarray() for f in c.decode(audio=0)], axis=1)
+
+
+def test_mp3_audio_is_copied_sample_exact_and_in_sync(generator, tmp_path: Path) -> None:
+    rate = 44100
+    src = _mp3(tmp_path / "in.mp3", load_audio(DEMO, rate)[: int(1.5 * rate)], rate)
+    out = tmp_path / "out.mp4"
+    render(src, out, generator=generator, size=64, fps=25, progress=False)
+    with av.open(str(out)) as c:
+        assert c.streams.audio[0].codec_context.name in ("mp3", "mp3float")  # copied, not re-encoded
+    a, b = _decoded_audio(src), _decoded_audio(out)
+    # the MP3's encoder delay is an edit list in the MP4: sample 0 of the output is sample 0 of the input, as
+    # load_audio decodes it and the frames are timed (without the shift it was 1105 samples late)
+    assert b.shape[1] >= a.shape[1] and np.array_equal(b[:, : a.shape[1]], a)
 
 
 def test_render_runs_the_generator_with_one_thread_on_small_machines(
