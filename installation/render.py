@@ -1,4 +1,4 @@
-"""``run.py render``: an audio or video file in, a generated H.264 + AAC video out (headless, offline).
+"""``run.py render``: an audio or video file in, a generated H.264 video with its audio out (headless, offline).
 
 Data flow (see ARCHITECTURE.md): input --PyAV--> mono audio at the bundle's rate
 (:func:`engine.audio.load_audio`) --> voice activity (:mod:`installation.vad`) -->
@@ -636,7 +636,8 @@ def render(
     sound: SoundSettings | None = None,
     sound_mix: float = 0.5,
 ) -> RenderStats:
-    """Render ``source`` (audio or video) to ``output`` (.mp4: H.264 yuv420p ``size`` px square at ``fps``, AAC audio).
+    """Render ``source`` (audio or video) to ``output`` (.mp4: H.264 yuv420p ``size`` px square at ``fps``, the input's
+    audio copied (AAC, MP3) or encoded to AAC, see :class:`_AudioMuxer`).
 
     Args:
         source: any file PyAV reads with an audio track.
@@ -907,7 +908,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "input", help="audio or video file (wav, flac, mp3, ogg, m4a, mp4, mov, ...); video: its audio track"
     )
-    parser.add_argument("-o", "--output", required=True, help="output video (.mp4: H.264 + AAC)")
+    parser.add_argument("-o", "--output", required=True, help="output video (.mp4: H.264 + the input's audio)")
     parser.add_argument(
         "--preset",
         default="default",
