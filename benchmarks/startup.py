@@ -1,7 +1,7 @@
 """Whole-process render speed, start-up included: ``python run.py render`` of a 60 s 44.1 kHz stereo MP3.
 
 What a user waits for: a new Python process imports the code, loads the bundle (graph rewrite included), decodes
-the MP3, generates, draws and encodes 512x512 30 fps H.264 + AAC. The clip is real speech (as
+the MP3, generates, draws and encodes 512x512 30 fps H.264 (the MP3 audio copied). The clip is real speech (as
 :func:`benchmarks.render.speech_clip`), resampled to 44.1 kHz, the second channel at 0.9x, encoded at 128 kb/s with
 PyAV. Each checkout in ``--startup-checkouts`` (default: this one) renders it ``--startup-repeats`` times, the
 checkouts taking turns, so an older checkout can be measured side by side with this one

@@ -318,8 +318,9 @@ class _VideoWriter:
         frame, (y, u, v) = self._pool[slot], self._planes[slot]
         n, h = self.size, self.size // 2
         y[...] = yuv[:n]
-        u[...] = yuv[n : n + h // 2].reshape(h, h)
-        v[...] = yuv[n + h // 2 :].reshape(h, h)
+        chroma = yuv[n:].reshape(-1)  # U then V, h * h bytes each, in rows of n (a row splits where h is odd)
+        u[...] = chroma[: h * h].reshape(h, h)
+        v[...] = chroma[h * h :].reshape(h, h)
         frame.pts = self.frames
         self.frames += 1
         return frame
@@ -350,11 +351,12 @@ class _OutputThread:
     :meth:`close`.
     """
 
-    def __init__(self, depth: int = 4) -> None:
+    DEPTH = 4
+
+    def __init__(self, depth: int = DEPTH) -> None:
         import queue
         import threading
 
-        self.depth = depth
         self._queue: queue.Queue = queue.Queue(depth)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._work, name="render-output", daemon=True)
@@ -385,8 +387,8 @@ class _OutputThread:
 class _AudioMuxer:
     """Streams the input's first audio track into the output.
 
-    * **copied** (``reencode`` False and an AAC or MP3 track, which MP4 holds as they are): packets go from the
-      input to the output unchanged, with no generation loss and next to no CPU (re-encoding a minute of stereo
+    * **copied** (``reencode`` False and an AAC or MP3 track, which MP4 holds as they are, with continuous
+      timestamps: :meth:`_copyable`): packets go from the input to the output unchanged, with no generation loss and next to no CPU (re-encoding a minute of stereo
       took 1.2 s of the render's two cores). Timestamps are shifted by the stream's start time (as ``ffmpeg -c:a
       copy`` does): an MP3's encoder delay (1105 samples for LAME) becomes a negative first timestamp, which the
       MP4 muxer writes as an edit list, so players skip it as the decoder does and output audio sample 0 is
@@ -397,10 +399,12 @@ class _AudioMuxer:
       against.
 
     Raises:
-        RenderError: the input has no audio track, or its audio data is corrupt (from :meth:`advance_to`).
+        RenderError: the input has no audio track, or its audio data is corrupt or cannot be written (from
+            :meth:`advance_to`).
     """
 
     COPIED_CODECS = ("aac", "mp3", "mp3float")  # PyAV names MP3 tracks by their decoder
+    MP3_RATES = (16000, 22050, 24000, 32000, 44100, 48000)  # MPEG-1/2 layer III; MP4 refuses MPEG-2.5 (8-12 kHz)
 
     def __init__(self, source: Path, container: Any, reencode: bool = False) -> None:
         import av
@@ -421,7 +425,7 @@ class _AudioMuxer:
         self.samples = 0
         self._mix: tuple[np.ndarray, float] | None = None
         self._next: Any = None  # a packet read but not muxed yet (past advance_to's limit)
-        self.copied = not reencode and stream.codec_context.name in self.COPIED_CODECS
+        self.copied = not reencode and self._copyable(stream)
         if self.copied:
             self.stream = container.add_stream_from_template(stream)
             self._packets: Iterator[Any] = self._demuxed(stream, stream.start_time or 0)
@@ -433,6 +437,32 @@ class _AudioMuxer:
         self.stream.time_base = Fraction(1, self.rate)
         self._frames = self._decoded(stream, layout)
         self._packets = self._encoded()
+
+    def _copyable(self, stream: Any) -> bool:
+        """True where the input's audio packets can go into the MP4 unchanged: an AAC or MP3 track (MP3 at an
+        MPEG-1/2 rate), every packet timestamped, each starting where the one before ends (within 1 ms). A gap or
+        a jump back (joined recordings, broadcast captures) would move the sound against the video, which is timed
+        against the decoded samples joined end to end (:func:`engine.audio.load_audio`); such tracks are
+        re-encoded. A demux-only pass over a second handle on the input (milliseconds per minute of audio)."""
+        ctx = stream.codec_context
+        if ctx.name not in self.COPIED_CODECS or (ctx.name != "aac" and ctx.sample_rate not in self.MP3_RATES):
+            return False
+        end = None
+        try:
+            with self._av.open(str(self.source)) as scan:
+                s = scan.streams.audio[0]
+                tolerance = 0.001 / float(s.time_base)
+                for packet in scan.demux(s):
+                    if packet.size == 0:  # the demuxer's flush packet
+                        continue
+                    if packet.pts is None or packet.dts is None or not packet.duration:
+                        return False
+                    if end is not None and abs(packet.pts - end) > tolerance:
+                        return False
+                    end = packet.pts + packet.duration
+        except self._av.error.FFmpegError:
+            return False  # decoding will say what is wrong with the file
+        return end is not None
 
     def mix_in(self, sound: np.ndarray, amount: float) -> None:
         """Mix ``sound`` (float32 [n, channels] at ``self.rate``, from output sample 0) into the audio still to
@@ -483,7 +513,7 @@ class _AudioMuxer:
         """The input's packets, their timestamps shifted by ``start`` (in the stream's time base)."""
         try:
             for packet in self.input.demux(stream):
-                if packet.dts is None:  # the demuxer's flush packet
+                if packet.size == 0:  # the demuxer's flush packet
                     continue
                 packet.pts, packet.dts = packet.pts - start, packet.dts - start
                 packet.stream = self.stream
@@ -501,7 +531,10 @@ class _AudioMuxer:
             if seconds is not None and packet.pts is not None and packet.pts * packet.time_base >= seconds:
                 self._next = packet
                 return
-            self.container.mux(packet)
+            try:
+                self.container.mux(packet)
+            except self._av.error.FFmpegError as exc:
+                raise RenderError(f"{self.source}: its audio could not be written to the output ({exc})") from exc
 
     def close(self) -> None:
         """Mux the rest of the audio (a re-encoded track's encoder flushed) and close the input."""
@@ -762,9 +795,9 @@ def render(
         index = -1
         pending = generated()
 
-        out_thread = _OutputThread()
         # frames in the output queue, the one being encoded and the one being made: the ring must be larger
-        writer = _VideoWriter(tmp, size, fps, x264_preset, int(crf), encoder_threads(), pool=out_thread.depth + 3)
+        writer = _VideoWriter(tmp, size, fps, x264_preset, int(crf), encoder_threads(), pool=_OutputThread.DEPTH + 3)
+        out_thread = _OutputThread(_OutputThread.DEPTH)
         muxer: _AudioMuxer | None = None
         bar = _progress(n_frames, source.name, progress)
 

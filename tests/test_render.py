@@ -341,6 +341,43 @@ def _decoded_audio(path: Path) -> np.ndarray:
         return np.concatenate([f.to_ndarray() for f in c.decode(audio=0)], axis=1)
 
 
+def _aac_with_gap(path: Path, audio: np.ndarray, rate: int, gap_s: float) -> Path:
+    """An MPEG-TS file with an AAC track of ``audio`` whose second half is timestamped ``gap_s`` later."""
+    with av.open(str(path), "w", format="mpegts") as out:
+        stream = out.add_stream("aac", rate=rate, layout="mono")
+        half = len(audio) // 2
+        for start, shift in ((0, 0), (half, int(gap_s * rate))):
+            part = audio[start : start + half] if start == 0 else audio[start:]
+            frame = av.AudioFrame.from_ndarray(part.astype(np.float32)[None, :], format="fltp", layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = rate, start + shift, Fraction(1, rate)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def test_audio_that_cannot_be_copied_is_encoded_in_sync(generator, tmp_path: Path) -> None:
+    speech = load_audio(DEMO, 22050)[: int(1.6 * 22050)]
+    # an MP3 at 8 kHz (MPEG-2.5, which MP4 does not take) and an AAC track with a 3 s gap in its timestamps
+    # (a copy would play the second half 3 s after its frames): both re-encoded, the sound as long as the video
+    cases = {"low-rate.mp3": _mp3(tmp_path / "low-rate.mp3", load_audio(DEMO, 8000)[:12800], 8000),
+             "gap.ts": _aac_with_gap(tmp_path / "gap.ts", speech, 22050, 3.0)}  # fmt: skip
+    for name, src in cases.items():
+        out = tmp_path / f"{name}.mp4"
+        render(src, out, generator=generator, size=64, fps=25, progress=False)
+        with av.open(str(out)) as c:
+            a, v = c.streams.audio[0], c.streams.video[0]
+            codec, audio_s, video_s = a.codec_context.name, float(a.duration * a.time_base), v.frames / 25
+        duration = load_audio(src, SR).shape[0] / SR
+        assert codec == "aac", name
+        assert abs(audio_s - duration) <= 1 / 25 and abs(video_s - duration) <= 1 / 25, (name, audio_s, video_s)
+
+
+def test_sizes_whose_chroma_rows_split(generator, clip: Path, tmp_path: Path) -> None:
+    # 90 px: the I420 chroma planes are 45 x 45, which OpenCV packs into rows of 90 bytes (a row splits in two)
+    render(clip, tmp_path / "out.mp4", generator=generator, size=90, progress=False)
+    assert probe(tmp_path / "out.mp4")["width"] == 90
+
+
 def test_mp3_audio_is_copied_sample_exact_and_in_sync(generator, tmp_path: Path) -> None:
     rate = 44100
     src = _mp3(tmp_path / "in.mp3", load_audio(DEMO, rate)[: int(1.5 * rate)], rate)
