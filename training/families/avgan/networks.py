@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from engine.configs import ConfigError
 from training.config import AudioConfig
 from training.families.avgan.config import AvganConfig, ModelConfig
 from training.families.avgan.spectral import SpectrogramCodec
@@ -111,7 +112,10 @@ class AvganGenerator(nn.Module):
             in_dim = m.noise_dim
         self.n_codes = max(1, n_labels) if m.latent_code else 0
         if self.n_codes > m.noise_dim:
-            raise ValueError(f"model.latent_code: {self.n_codes} labels need noise_dim >= {self.n_codes}, got {m.noise_dim}")
+            raise ConfigError(
+                f"model.noise_dim: model.latent_code takes the code from the first {self.n_codes} noise values (one per "
+                f"label), so noise_dim must be >= {self.n_codes}; got {m.noise_dim}"
+            )
         in_dim += self.n_codes
         use_sn = m.spectral_norm_g
         self.trunk = nn.Sequential(
@@ -136,9 +140,9 @@ class AvganGenerator(nn.Module):
 
     def code(self, noise: torch.Tensor) -> torch.Tensor:
         """The latent code (``model.latent_code``) of noise [B, Z]: one-hot float32 [B, L] of the argmax of its first L
-        values (L = the number of labels). Built from a comparison with the maximum, which every backend runs."""
-        head = noise[:, : self.n_codes]
-        return (head == head.amax(dim=1, keepdim=True)).float()
+        values (L = the number of labels; the first maximum on ties, as :meth:`code_labels`). ONNX: ArgMax + Equal."""
+        labels = torch.arange(self.n_codes, device=noise.device)
+        return (labels == self.code_labels(noise)[:, None]).float()
 
     def code_labels(self, noise: torch.Tensor) -> torch.Tensor:
         """int64 [B]: the label index of each noise vector's code."""
