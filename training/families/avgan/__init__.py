@@ -134,6 +134,7 @@ class Avgan(Family):
             f"sound {cfg.audio.window_seconds:g} s at {cfg.audio.sample_rate} Hz as a (2, {s.n_fft // 2}, {s.frames}) "
             f"log-magnitude + IF spectrogram (n_fft {s.n_fft}, hop {s.hop}), noise {m.noise_dim}, trunk {m.trunk_width}, "
             f"g_channels {m.g_channels} (min {m.g_min_channels}), d_channels {m.d_channels}, joint {m.joint_width}"
+            + (", a categorical latent code over the labels (model.latent_code)" if m.latent_code else "")
         )
 
 
