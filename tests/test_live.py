@@ -172,7 +172,11 @@ def test_a_scene_that_raises_once_does_not_stop_the_loop(tmp_path: Path) -> None
     assert report["generator"]["errors"] == 1 and report["generator"]["calls"] >= 3
     assert loop.image_index >= 1  # later generations still reached the scene
     assert sound.states == report["frames"] and sound.stopped
-    assert abs(sound.fed - source.ring.written) <= 1600  # every new sample went to the sound engine
+    # every sample the loop read went to the sound engine: compare with what the reader consumed, not with what the
+    # input thread wrote (it goes on writing after the last frame; on a loaded CI runner 0.13 s of it, 2080 samples);
+    # a reader that fell more than 0.5 s behind skips ahead by design, and then fed is short by the skipped samples
+    if loop.reader.gaps == 0:
+        assert 0 <= loop.reader.position - sound.fed <= 1600, (loop.reader.position, sound.fed)  # ring before the first read
     assert ("sound/mix", 0.25) in sound.set
 
 
