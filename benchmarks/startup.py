@@ -38,23 +38,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--startup-repeats", type=int, default=3, help="timed renders per checkout (default 3)")
 
 
-def write_clip(path: Path) -> str:
-    """Write the 60 s 44.1 kHz stereo MP3 to ``path``; returns a description of its source."""
+def write_mp3(path: Path, mono: np.ndarray, rate: int) -> Path:
+    """Write float32 mono samples as a stereo 128 kb/s MP3 (LAME, through PyAV; the second channel at 0.9x)."""
     import av
 
+    stereo = np.stack([mono, 0.9 * mono]).astype(np.float32)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mp3", rate=rate, layout="stereo")
+        stream.bit_rate = 128_000
+        frame = av.AudioFrame.from_ndarray(stereo, format="fltp", layout="stereo")
+        frame.sample_rate = rate
+        out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def write_clip(path: Path) -> str:
+    """Write the 60 s 44.1 kHz stereo MP3 to ``path``; returns a description of its source."""
     from benchmarks.render import speech_clip
 
     mono, source = speech_clip(SECONDS, RATE)
-    stereo = np.stack([mono, 0.9 * mono]).astype(np.float32)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("mp3", rate=RATE, layout="stereo")
-        stream.bit_rate = 128_000
-        frame = av.AudioFrame.from_ndarray(stereo, format="fltp", layout="stereo")
-        frame.sample_rate = RATE
-        for packet in stream.encode(frame):
-            out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
+    write_mp3(path, mono, RATE)
     return source
 
 

@@ -797,7 +797,7 @@ def render(
 
         # frames in the output queue, the one being encoded and the one being made: the ring must be larger
         writer = _VideoWriter(tmp, size, fps, x264_preset, int(crf), encoder_threads(), pool=_OutputThread.DEPTH + 3)
-        out_thread = _OutputThread(_OutputThread.DEPTH)
+        out_thread = _OutputThread()
         muxer: _AudioMuxer | None = None
         bar = _progress(n_frames, source.name, progress)
 

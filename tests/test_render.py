@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 
 import run
+from benchmarks.startup import write_mp3
 from engine.audio import load_audio
 from installation.presets import RenderParams
 from installation.render import (
@@ -323,19 +324,6 @@ def test_encoder_threads_leave_two_cores_to_the_generator_and_the_main_thread(tm
     assert np.allclose(grey, [30 * i for i in range(7)], atol=2), grey
 
 
-def _mp3(path: Path, audio: np.ndarray, rate: int) -> Path:
-    """A stereo 128 kb/s MP3 of mono ``audio`` (the second channel at 0.9x), made with PyAV (LAME)."""
-    stereo = np.stack([audio, 0.9 * audio]).astype(np.float32)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("mp3", rate=rate, layout="stereo")
-        stream.bit_rate = 128_000
-        frame = av.AudioFrame.from_ndarray(stereo, format="fltp", layout="stereo")
-        frame.sample_rate = rate
-        out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
-    return path
-
-
 def _decoded_audio(path: Path) -> np.ndarray:
     with av.open(str(path)) as c:
         return np.concatenate([f.to_ndarray() for f in c.decode(audio=0)], axis=1)
@@ -359,7 +347,7 @@ def test_audio_that_cannot_be_copied_is_encoded_in_sync(generator, tmp_path: Pat
     speech = load_audio(DEMO, 22050)[: int(1.6 * 22050)]
     # an MP3 at 8 kHz (MPEG-2.5, which MP4 does not take) and an AAC track with a 3 s gap in its timestamps
     # (a copy would play the second half 3 s after its frames): both re-encoded, the sound as long as the video
-    cases = {"low-rate.mp3": _mp3(tmp_path / "low-rate.mp3", load_audio(DEMO, 8000)[:12800], 8000),
+    cases = {"low-rate.mp3": write_mp3(tmp_path / "low-rate.mp3", load_audio(DEMO, 8000)[:12800], 8000),
              "gap.ts": _aac_with_gap(tmp_path / "gap.ts", speech, 22050, 3.0)}  # fmt: skip
     for name, src in cases.items():
         out = tmp_path / f"{name}.mp4"
@@ -380,7 +368,7 @@ def test_sizes_whose_chroma_rows_split(generator, clip: Path, tmp_path: Path) ->
 
 def test_mp3_audio_is_copied_sample_exact_and_in_sync(generator, tmp_path: Path) -> None:
     rate = 44100
-    src = _mp3(tmp_path / "in.mp3", load_audio(DEMO, rate)[: int(1.5 * rate)], rate)
+    src = write_mp3(tmp_path / "in.mp3", load_audio(DEMO, rate)[: int(1.5 * rate)], rate)
     out = tmp_path / "out.mp4"
     render(src, out, generator=generator, size=64, fps=25, progress=False)
     with av.open(str(out)) as c:
