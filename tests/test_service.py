@@ -191,16 +191,16 @@ def test_a_stalled_render_loop_stops_the_watchdog_pings(tmp_path: Path) -> None:
                     time.sleep(1.5)  # a hung driver call in the render loop
 
             loop = LiveLoop(
-                config(tmp_path, duration_s=4.0, report=None),
+                config(tmp_path, duration_s=5.0, report=None),  # 5 s: room for a VM hiccup
                 generator=FakeGenerator(),
-                audio_input=FileInput(speechy(6.0), 16000),
+                audio_input=FileInput(speechy(7.0), 16000),
                 on_frame=on_frame,
             )
             service.on_stop(loop.stop)
             import threading
 
             received: list[tuple[float, str]] = []
-            collector = threading.Thread(target=lambda: received.extend(fake.collect(6.0, until="STOPPING")))
+            collector = threading.Thread(target=lambda: received.extend(fake.collect(8.0, until="STOPPING")))
             collector.start()
             report = loop.run()
         collector.join(10)
@@ -378,7 +378,7 @@ def test_missing_microphone_shows_the_idle_picture_in_process(tmp_path: Path) ->
         states.append(loop.input_state())
         means.append(float(canvas.mean()))
 
-    loop = LiveLoop(config(tmp_path, duration_s=2.0), generator=FakeGenerator(), audio_input=mic, on_frame=on_frame)
+    loop = LiveLoop(config(tmp_path, duration_s=3.0), generator=FakeGenerator(), audio_input=mic, on_frame=on_frame)
     report = loop.run()
     assert report["frames"] >= 10 and report["frame_errors"] == 0 and set(states) <= {"lost", "reconnecting"}
     assert len(attempts) >= 4 and report["generator"]["calls"] == 0
