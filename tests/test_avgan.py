@@ -78,6 +78,37 @@ def test_spectrogram_round_trip_on_spoken_digits_at_8k() -> None:
         assert log_spectral_distance(a, b, 256, 64) < 1.0 and snr_db(a, b) > 40.0
 
 
+@needs_digits
+def test_heard_sound_is_what_the_bundle_outputs() -> None:
+    """``loss.heard_sound``: a real clip's spectrogram is heard as itself; one that decodes past full scale is heard
+    clipped (quieter than its image says, as the bundle's clipped output is); gradients stay finite through silence."""
+    from engine.audio import load_audio
+    from training.config import AudioConfig
+    from training.families.avgan.config import AvganConfig, ModelConfig, SpectrogramConfig
+    from training.families.avgan.data import place
+    from training.families.avgan.networks import AvganGenerator
+    from training.families.avgan.trainer import heard
+
+    cfg = AvganConfig(spectrogram=SpectrogramConfig(n_fft=256, hop=128, frames=64),
+                      audio=AudioConfig(sample_rate=8000, window_seconds=1.0),
+                      model=ModelConfig(conditioning="none", image_size=32, image_channels=1))  # fmt: skip
+    G = AvganGenerator(cfg, 10)
+    clips = np.stack([place(load_audio(f, 8000), 8000) for f in sorted(FSDD.glob("*_theo_1*.wav"))[:4]])
+    clips = 0.9 * clips / np.abs(clips).max(axis=1, keepdims=True)
+    G.codec.fit_statistics(torch.from_numpy(clips))
+    image = G.codec.encode(torch.from_numpy(clips))
+    as_heard = heard(G, image)
+    assert as_heard.shape == image.shape and torch.equal(as_heard[:, 1], image[:, 1])
+    assert float((as_heard[:, 0] - image[:, 0]).abs().mean()) < 0.01  # standard deviations of the log-magnitude
+    loud = image.clone()
+    loud[:, 0] += 2.0  # x e^(2 std): about +40 dB, far past full scale
+    speech = image[:, 0] > 0
+    assert float((loud[:, 0] - heard(G, loud)[:, 0])[speech].mean()) > 0.5  # clipped: heard quieter than drawn
+    silence = torch.full((2, 2, 128, 64), -20.0, requires_grad=True)  # decodes to exact zeros
+    heard(G, silence).sum().backward()
+    assert torch.isfinite(silence.grad).all()
+
+
 def test_latent_code_is_for_unconditional_models_only() -> None:
     from engine.configs import ConfigError
     from training.config import config_from_dict
@@ -167,7 +198,7 @@ def test_unconditional_digits_train_export_and_generate_count(tmp_path, monkeypa
            "spectrogram": {"n_fft": 256, "hop": 128, "frames": 64},
            "model": {"conditioning": "none", "image_size": 32, "image_channels": 1, **TINY_MODEL, "noise_dim": 16,
                      "latent_code": True},
-           "train": TINY_TRAIN}  # fmt: skip
+           "loss": {"heard_sound": True}, "train": TINY_TRAIN}  # fmt: skip
     bundle = _train_export(tmp_path, cfg, [fsdd, MNIST], monkeypatch)
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["loss_code_d"]) and np.isfinite(r["loss_code_g"]) for r in log)

@@ -103,6 +103,11 @@ class LossConfig:
     encoder). mode_seeking_weight: mode-seeking term on both streams (Mao et al., CVPR 2019); 0 disables.
     code_weight: ``model.latent_code`` only: weight of the per-stream label classification (real items, for the
     discriminator) and code classification (generated items, for the generator).
+    heard_sound: the discriminator's spectrogram stream judges a generated sound as the bundle outputs it: the
+    generator's spectrogram image decoded to a waveform, clipped to [-1, 1] and analysed again (the log-magnitude
+    channel; the IF channel stays the generator's), not the image itself. A spectrogram image is not the STFT of
+    any signal in general, and one that decodes past full scale is clipped in the bundle: without this the
+    discriminator never sees either. Real sounds take the same decode-and-analyse path.
     """
 
     kind: Literal["hinge", "lsgan"] = "hinge"
@@ -112,6 +117,7 @@ class LossConfig:
     speech_id_weight: float = ranged(1.0, 0.0, 100.0)
     mode_seeking_weight: float = ranged(0.1, 0.0, 100.0)
     code_weight: float = ranged(1.0, 0.0, 100.0)
+    heard_sound: bool = False
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,15 @@ Generator: the adversarial loss on its pairs, the speech encoder's identity clas
 ``model.latent_code`` (semi-supervised InfoGAN, Spurr et al. 2017; AC-GAN's per-class loss, Odena et al. 2017):
 the discriminator's per-stream classifiers learn the labels of real images and real sounds, and the generator is
 trained so that each of its streams is classified as the code in its latent (``loss.code_weight``).
+
+``loss.heard_sound``: the discriminator's spectrogram stream sees every sound, real and generated, as it is heard
+from a bundle (:func:`heard`: decoded, clipped to [-1, 1], analysed again), not the generator's spectrogram image.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,7 +34,11 @@ from training.data.batches import Batches
 from training.data.diffaugment import diff_augment
 from training.families.avgan.config import AvganConfig
 from training.families.avgan.data import normalise_peak
+from training.families.avgan.spectral import LOG_EPS
 from training.families.contract import TrainContext
+
+if TYPE_CHECKING:
+    from training.families.avgan.networks import AvganGenerator
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +52,19 @@ def wrong_indices(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         others = np.flatnonzero(labels != labels[i])
         out[i] = others[rng.integers(len(others))] if len(others) else (i + 1) % b
     return out
+
+
+def heard(G: AvganGenerator, spec: torch.Tensor) -> torch.Tensor:
+    """``loss.heard_sound``: spectrogram images [B, 2, K, T] as the bundle's sound output is heard: decoded, clipped
+    to [-1, 1] (:meth:`AvganGenerator.sound`) and analysed again; channel 0 the standardised log-magnitude of that
+    waveform, channel 1 the image's own IF. Differentiable, also through exact silence (the magnitude's square root
+    has a 1e-20 floor: 1e-10, five orders below the codec's log floor). Real items take the same path, so that the
+    float rounding of the synthesis, which lifts a real clip's exact digital silence, is no cue either."""
+    codec = G.codec
+    real, imag = codec.stft(G.sound(spec))
+    logmag = torch.log(torch.sqrt(real * real + imag * imag + 1e-20) + LOG_EPS)
+    logmag = (logmag - codec.mean[:, None]) / codec.std[:, None]
+    return torch.stack([logmag, spec[:, 1]], dim=1)
 
 
 def real_term(kind: str, scores: torch.Tensor) -> torch.Tensor:
@@ -133,6 +154,8 @@ class AvganTrainer:
         x_img = to_tensor(data.images(idx, self.rng), dev)
         with torch.no_grad():
             x_spec = G.codec.encode(torch.from_numpy(normalise_peak(data.sounds(idx, self.rng))).to(dev))
+            if lc.heard_sound:  # the same path as the generated sounds (its float rounding lifts exact silence)
+                x_spec = heard(G, x_spec)
         cond_audio = self._condition(idx)
         wrong = torch.from_numpy(wrong_indices(y_np, self.rng)).to(dev)
         aug = self._augment
@@ -146,7 +169,8 @@ class AvganTrainer:
             h_img_r, h_spec_r = D.image_features(aug(x_img)), D.spec_features(x_spec)
             j_real = D.joint(h_img_r, h_spec_r)
             s_real = D.score(j_real, e)
-            s_fake = D.score(D.joint(D.image_features(aug(f_img)), D.spec_features(f_spec)), e)
+            f_heard = heard(G, f_spec) if lc.heard_sound else f_spec
+            s_fake = D.score(D.joint(D.image_features(aug(f_img)), D.spec_features(f_heard)), e)
             logits = D.classifier(j_real)
             s_mis = D.score(D.joint(h_img_r, h_spec_r[wrong]), e) if lc.mismatch_weight > 0 else None
             s_wc = D.score(j_real, e[wrong]) if e is not None and lc.wrong_condition_weight > 0 else None
@@ -186,7 +210,7 @@ class AvganTrainer:
             e = G.encoder(cond_audio) if cond_audio is not None else None
             z = torch.randn(b, cfg.model.noise_dim, device=dev)
             f_img, f_spec = G(z, e)
-            h_img_g, h_spec_g = D.image_features(aug(f_img)), D.spec_features(f_spec)
+            h_img_g, h_spec_g = D.image_features(aug(f_img)), D.spec_features(heard(G, f_spec) if lc.heard_sound else f_spec)
             s_g = D.score(D.joint(h_img_g, h_spec_g), e).float()
             loss_code_g = torch.zeros((), device=dev)
             if D.image_code is not None and D.spec_code is not None:
