@@ -96,7 +96,7 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------- upgrade
-#: options removed when the code was split into families (2026-12), with the value that means "off". A config
+#: options removed from the code (most when it was split into families, 2026-12), with the value that means "off". A config
 #: that sets one of them to that value (or leaves it out) loads; any other value is refused by name. The runs
 #: that used them are recorded in docs/EXPERIMENTS.md and presets/training/rejected/ (git history has the code).
 REMOVED_OPTIONS: dict[str, dict[str, Any]] = {
@@ -106,6 +106,8 @@ REMOVED_OPTIONS: dict[str, dict[str, Any]] = {
         "d_minibatch_std": 0,
         "appearance_code_dim": 0,
         "appearance_thumbnail": None,
+        "code_projection": False,  # avgan, 2026-12-03
+        "code_fake_class": False,  # avgan, 2026-12-03
     },
     "loss": {
         "r1_gamma": 0.0,
@@ -116,6 +118,8 @@ REMOVED_OPTIONS: dict[str, dict[str, Any]] = {
         "appearance_code_weight": 0.0,
     },
     "train": {"cache_features": None},
+    # avgan digits experiments of 2026-12-03 (docs/AVGAN.md, "Tried for the sound, not kept")
+    "data": {"sound_placement": "random"},
 }
 
 
