@@ -123,10 +123,22 @@ class SpectrogramCodec(nn.Module):
         spec = F.conv1d(x.unsqueeze(1), self.analysis, stride=self.hop)  # [B, 2K, T]
         return spec[:, : self.bins], spec[:, self.bins :]
 
+    @staticmethod
+    def _log_abs(real: torch.Tensor, imag: torch.Tensor) -> torch.Tensor:
+        """``log(|X| + eps)``; the square root has a 1e-20 floor (1e-10 in |X|, five orders below ``LOG_EPS``), so
+        that its gradient stays finite through exact digital silence."""
+        return torch.log(torch.sqrt(real * real + imag * imag + 1e-20) + LOG_EPS)
+
+    def log_magnitude(self, audio: torch.Tensor) -> torch.Tensor:
+        """Standardised log-magnitude float32 [B, K, T] of audio float32 [B, N]: channel 0 of :meth:`encode`,
+        without the phase (differentiable, also through silence)."""
+        real, imag = self.stft(audio)
+        return (self._log_abs(real, imag) - self.mean[:, None]) / self.std[:, None]
+
     def log_magnitude_and_if(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Unnormalised ``log(|X| + eps)`` and IF (in [-1, 1]), each float32 [B, K, T], of audio [B, N]."""
         real, imag = self.stft(audio)
-        logmag = torch.log(torch.sqrt(real * real + imag * imag) + LOG_EPS)
+        logmag = self._log_abs(real, imag)
         phase = torch.atan2(imag, real)
         diff = phase[:, :, 1:] - phase[:, :, :-1] - self.step
         inst = torch.cat([wrap(phase[:, :, :1]), wrap(diff)], dim=2) / math.pi

@@ -34,7 +34,6 @@ from training.data.batches import Batches
 from training.data.diffaugment import diff_augment
 from training.families.avgan.config import AvganConfig
 from training.families.avgan.data import normalise_peak
-from training.families.avgan.spectral import LOG_EPS
 from training.families.contract import TrainContext
 
 if TYPE_CHECKING:
@@ -57,14 +56,10 @@ def wrong_indices(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def heard(G: AvganGenerator, spec: torch.Tensor) -> torch.Tensor:
     """``loss.heard_sound``: spectrogram images [B, 2, K, T] as the bundle's sound output is heard: decoded, clipped
     to [-1, 1] (:meth:`AvganGenerator.sound`) and analysed again; channel 0 the standardised log-magnitude of that
-    waveform, channel 1 the image's own IF. Differentiable, also through exact silence (the magnitude's square root
-    has a 1e-20 floor: 1e-10, five orders below the codec's log floor). Real items take the same path, so that the
-    float rounding of the synthesis, which lifts a real clip's exact digital silence, is no cue either."""
-    codec = G.codec
-    real, imag = codec.stft(G.sound(spec))
-    logmag = torch.log(torch.sqrt(real * real + imag * imag + 1e-20) + LOG_EPS)
-    logmag = (logmag - codec.mean[:, None]) / codec.std[:, None]
-    return torch.stack([logmag, spec[:, 1]], dim=1)
+    waveform (:meth:`SpectrogramCodec.log_magnitude`, differentiable also through exact silence), channel 1 the
+    image's own IF. Real items take the same path, so that the float rounding of the synthesis, which lifts a real
+    clip's exact digital silence, is no cue either."""
+    return torch.stack([G.codec.log_magnitude(G.sound(spec)), spec[:, 1]], dim=1)
 
 
 def real_term(kind: str, scores: torch.Tensor) -> torch.Tensor:
@@ -139,6 +134,11 @@ class AvganTrainer:
             other.append(int(pool[self.rng.integers(len(pool))]) if pool is not None and len(pool) else int(i))
         return torch.from_numpy(self.data.sounds(np.asarray(other), self.rng)).to(self.ctx.device)
 
+    def _as_judged(self, spec: torch.Tensor) -> torch.Tensor:
+        """What the discriminator's spectrogram stream sees of spectrogram images [B, 2, K, T]: :func:`heard` with
+        ``loss.heard_sound``, else the images themselves."""
+        return heard(self.ctx.G, spec) if self.cfg.loss.heard_sound else spec
+
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         return diff_augment(x, self.policy) if self.policy else x
 
@@ -154,8 +154,7 @@ class AvganTrainer:
         x_img = to_tensor(data.images(idx, self.rng), dev)
         with torch.no_grad():
             x_spec = G.codec.encode(torch.from_numpy(normalise_peak(data.sounds(idx, self.rng))).to(dev))
-            if lc.heard_sound:  # the same path as the generated sounds (its float rounding lifts exact silence)
-                x_spec = heard(G, x_spec)
+            x_spec = self._as_judged(x_spec)  # real sounds take the same path as the generated ones
         cond_audio = self._condition(idx)
         wrong = torch.from_numpy(wrong_indices(y_np, self.rng)).to(dev)
         aug = self._augment
@@ -169,8 +168,7 @@ class AvganTrainer:
             h_img_r, h_spec_r = D.image_features(aug(x_img)), D.spec_features(x_spec)
             j_real = D.joint(h_img_r, h_spec_r)
             s_real = D.score(j_real, e)
-            f_heard = heard(G, f_spec) if lc.heard_sound else f_spec
-            s_fake = D.score(D.joint(D.image_features(aug(f_img)), D.spec_features(f_heard)), e)
+            s_fake = D.score(D.joint(D.image_features(aug(f_img)), D.spec_features(self._as_judged(f_spec))), e)
             logits = D.classifier(j_real)
             s_mis = D.score(D.joint(h_img_r, h_spec_r[wrong]), e) if lc.mismatch_weight > 0 else None
             s_wc = D.score(j_real, e[wrong]) if e is not None and lc.wrong_condition_weight > 0 else None
@@ -210,7 +208,7 @@ class AvganTrainer:
             e = G.encoder(cond_audio) if cond_audio is not None else None
             z = torch.randn(b, cfg.model.noise_dim, device=dev)
             f_img, f_spec = G(z, e)
-            h_img_g, h_spec_g = D.image_features(aug(f_img)), D.spec_features(heard(G, f_spec) if lc.heard_sound else f_spec)
+            h_img_g, h_spec_g = D.image_features(aug(f_img)), D.spec_features(self._as_judged(f_spec))
             s_g = D.score(D.joint(h_img_g, h_spec_g), e).float()
             loss_code_g = torch.zeros((), device=dev)
             if D.image_code is not None and D.spec_code is not None:
