@@ -108,6 +108,7 @@ REMOVED_OPTIONS: dict[str, dict[str, Any]] = {
         "appearance_thumbnail": None,
         "code_projection": False,  # avgan, 2026-12-03
         "code_fake_class": False,  # avgan, 2026-12-03
+        "code_head": "pooled",  # avgan, 2026-12-03 (second session)
     },
     "loss": {
         "r1_gamma": 0.0,
@@ -120,6 +121,7 @@ REMOVED_OPTIONS: dict[str, dict[str, Any]] = {
     "train": {"cache_features": None},
     # avgan digits experiments of 2026-12-03 (docs/AVGAN.md, "Tried for the sound, not kept")
     "data": {"sound_placement": "random"},
+    "augment": {"spectrogram": []},  # avgan, 2026-12-03 (second session)
 }
 
 
