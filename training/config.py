@@ -106,6 +106,7 @@ REMOVED_OPTIONS: dict[str, dict[str, Any]] = {
         "d_minibatch_std": 0,
         "appearance_code_dim": 0,
         "appearance_thumbnail": None,
+        # avgan digits experiments (docs/AVGAN.md, "Tried for the sound, not kept")
         "code_projection": False,  # avgan, 2026-12-03
         "code_fake_class": False,  # avgan, 2026-12-03
         "code_head": "pooled",  # avgan, 2026-12-03 (second session)
@@ -119,8 +120,7 @@ REMOVED_OPTIONS: dict[str, dict[str, Any]] = {
         "appearance_code_weight": 0.0,
     },
     "train": {"cache_features": None},
-    # avgan digits experiments of 2026-12-03 (docs/AVGAN.md, "Tried for the sound, not kept")
-    "data": {"sound_placement": "random"},
+    "data": {"sound_placement": "random"},  # avgan, 2026-12-03
     "augment": {"spectrogram": []},  # avgan, 2026-12-03 (second session)
 }
 
