@@ -57,6 +57,12 @@ class ModelConfig:
     stride-2 layer. joint_width: width of the discriminator's joint layer over the concatenated streams.
     n_fft / hop / n_mels / encoder_channels / embedding_dim: the speech encoder (``voice`` only).
     spectral_norm_g: spectral normalisation on the generator's weights (the discriminator always has it).
+    spec_top_blocks: 3x3 convolution blocks at the spectrogram stream's full resolution, before its output layer
+    (:class:`~training.families.avgan.networks.UpStream`); 0 draws the spectrogram from half-resolution features,
+    which cannot draw a voice's harmonics (3-6 bins apart at n_fft 256 and 8 kHz).
+    minibatch_std: the discriminator's joint layer also reads each stream's feature spread over the batch
+    (:meth:`~training.families.avgan.networks.AvganDiscriminator.joint`): a generator that makes one drawing or one
+    sound per code is told apart from real batches.
     latent_code: ``none`` conditioning only: a categorical part of the latent over the data's labels (InfoGAN,
     Chen et al. 2016, tied to the labels as in semi-supervised InfoGAN, Spurr et al. 2017): the code is the
     argmax of the first L noise values (L labels; uniform over them for standard-normal noise), one-hot, joined to
@@ -80,6 +86,8 @@ class ModelConfig:
     encoder_channels: int = ranged(64, 8, 4096)
     embedding_dim: int = ranged(64, 1, 4096)
     spectral_norm_g: bool = True
+    spec_top_blocks: int = ranged(0, 0, 4)
+    minibatch_std: bool = False
     latent_code: bool = False
 
     def __post_init__(self) -> None:

@@ -23,11 +23,17 @@ Conditioned models generate ``--seeds`` samples per validation pair from its spe
 drawing classifier and a spoken-digit classifier (:mod:`.digits`, trained on the real training split and scored on
 the held-out drawings and FSDD test takes, the reference) read each image and sound: the share classified with
 confidence >= 0.9, and the share whose image and sound name the same digit (chance 0.1 for uniform digits; next to
-it ``agreement_if_independent``, what the two digit frequencies alone give).
+it ``agreement_if_independent``, what the two digit frequencies alone give). A listener trained on nothing here,
+CMU PocketSphinx with a grammar of the ten digit words (:func:`.digits.recognise_digits`), gives the share of
+sounds in which it hears a digit word at all (``sound_recognised``) and the share where that word is the image's
+digit (``agreement_recogniser``), next to the same on real held-out pairs. The drawings' Fréchet distance
+(``image_frechet_distance``) in the drawing classifier's 128-d penultimate features, to the held-out drawings,
+next to that of training drawings: shapes the classifier names but no one draws show there.
 
 Writes ``metrics.json``, ``samples.png`` (faces: per row the real face, then one generated face per seed; digits:
 generated drawings captioned with both classifiers' digits), ``samples-generated.png`` (faces: the generated ones
-only) and ``samples/*.wav`` (the sheet's sounds; faces: ``rowJ-NAME-real.wav`` is the row's real clip) to ``--out``
+only), ``spectrograms.png`` (digits: per digit, real held-out recordings next to generated sounds) and
+``samples/*.wav`` (the sheet's sounds; faces: ``rowJ-NAME-real.wav`` is the row's real clip) to ``--out``
 and prints a table.
 """
 
@@ -132,7 +138,7 @@ def _frechet_terms(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     try:
         return fm.frechet_terms(a, b)
     except ValueError as exc:
-        log.warning("voice Fréchet distance not defined here (%d and %d samples of %d-d): %s", len(a), len(b),
+        log.warning("Fréchet distance not defined here (%d and %d samples of %d-d): %s", len(a), len(b),
                     a.shape[1], exc)  # fmt: skip
         return float("nan"), float("nan")
 
@@ -296,7 +302,7 @@ def evaluate_digits(model, args: argparse.Namespace) -> dict[str, Any]:
     from datastore.cache import default_cache_dir
     from engine.generator import to_uint8
     from training.families.avgan.data import load_digits, place
-    from training.families.avgan.digits import classifiers_for, drawings_to_tensor, predict
+    from training.families.avgan.digits import classifiers_for, drawings_to_tensor, predict, recognise_digits
 
     cfg, rate = model.cfg, model.sample_rate
     window = int(model.outputs["sound"][1])
@@ -329,6 +335,15 @@ def evaluate_digits(model, args: argparse.Namespace) -> dict[str, Any]:
     real_img = data.images(held, np.random.default_rng(0), held_out=True)
     real_snd = np.stack([place(data.clips[i], window) for i in held])
     r_img, r_snd = predict(drawing, drawings_to_tensor(real_img[..., 0])), predict(spoken, torch.from_numpy(real_snd))
+    # Fréchet distance of the drawings in the drawing classifier's feature space: generated vs held-out drawings,
+    # next to as many training drawings vs the same held-out ones (shapes the classifier names but no one draws)
+    val_d, train_d = np.flatnonzero(data.drawing_val), np.flatnonzero(~data.drawing_val)
+    train_d = train_d[np.linspace(0, len(train_d) - 1, min(len(train_d), max(n, len(val_d)))).astype(int)]
+    f_val = drawing.features(drawings_to_tensor(data.drawings[val_d]))
+    fd_gen = _frechet_terms(drawing.features(drawings_to_tensor(images)), f_val)
+    fd_ref = _frechet_terms(drawing.features(drawings_to_tensor(data.drawings[train_d])), f_val)
+    log.info("PocketSphinx listening to %d generated and %d real sounds", n, len(held))
+    w_gen, w_real = recognise_digits(out["sound"], rate, args.seed), recognise_digits(real_snd, rate, args.seed)
     metrics: dict[str, Any] = {
         "kind": "digits",
         "n_samples": n,
@@ -339,13 +354,22 @@ def evaluate_digits(model, args: argparse.Namespace) -> dict[str, Any]:
         "agreement_chance": 0.1,
         # what the two classifiers' digit frequencies alone give if image and sound were independent
         "agreement_if_independent": independent_agreement(d_img, d_snd, 10),
+        "image_frechet_distance": sum(fd_gen),
         "image_digits": np.bincount(d_img, minlength=10).tolist(),
         "sound_digits": np.bincount(d_snd, minlength=10).tolist(),
+        # an independent listener (digits.recognise_digits): does it hear a digit word, and the image's digit?
+        "sound_recognised": float((w_gen >= 0).mean()),
+        "agreement_recogniser": float((w_gen == d_img).mean()),
+        "recogniser_digits": np.bincount(w_gen[w_gen >= 0], minlength=10).tolist(),
         "reference": {
             **report,
             "real_pairs_agreement": float((r_img.argmax(1) == r_snd.argmax(1)).mean()),
             "real_image_confident": float((r_img.max(1) >= CONFIDENT).mean()),
             "real_sound_confident": float((r_snd.max(1) >= CONFIDENT).mean()),
+            "image_frechet_distance_train_vs_val": sum(fd_ref),
+            "real_sound_recognised": float((w_real >= 0).mean()),
+            "recogniser_accuracy": float((w_real == data.labels[held]).mean()),
+            "real_pairs_agreement_recogniser": float((w_real == r_img.argmax(1)).mean()),
             "n_real_pairs": int(len(held)),
         },
         "seed": args.seed,
@@ -356,6 +380,9 @@ def evaluate_digits(model, args: argparse.Namespace) -> dict[str, Any]:
         metrics["sound_accuracy"] = float((d_snd == conditioned_labels).mean())
     outdir = Path(args.out)
     save_digit_sheet(outdir / "samples.png", images[:60], d_img[:60], d_snd[:60])
+    real_rows = [[real_snd[j] for j in np.flatnonzero(data.labels[held] == k)[:2]] for k in range(10)]
+    gen_rows = [[out["sound"][j] for j in np.flatnonzero(d_img == k)[:4]] for k in range(10)]
+    save_spectrogram_sheet(outdir / "spectrograms.png", real_rows, gen_rows, rate)
     for i in range(min(12, n)):
         write_wav(outdir / "samples" / f"sample{i:02d}-image{d_img[i]}-sound{d_snd[i]}.wav", out["sound"][i], rate)
     return metrics
@@ -382,6 +409,48 @@ def save_digit_sheet(path: Path, images: np.ndarray, d_img: np.ndarray, d_snd: n
         raise UserError(f"{path}: cannot write image")
 
 
+def log_spectrogram_picture(sound: np.ndarray, rate: int, height: int = 96) -> np.ndarray:
+    """uint8 [height, frames] picture of a sound's log-magnitude spectrogram (Hann window of 32 ms, hop 8 ms; the
+    loudest bin white, 80 dB below it black; low frequencies at the bottom), after peak normalisation."""
+    import cv2
+
+    n_fft, hop = int(0.032 * rate), int(0.008 * rate)
+    x = np.asarray(sound, np.float64)
+    x = x / max(1e-9, float(np.abs(x).max()))
+    frames = np.lib.stride_tricks.sliding_window_view(np.pad(x, (0, n_fft)), n_fft)[::hop]
+    mag = np.abs(np.fft.rfft(frames * np.hanning(n_fft), axis=1)).T
+    db = 20 * np.log10(mag + 1e-9)
+    pic = (np.clip((db - db.max() + 80.0) / 80.0, 0, 1) * 255).astype(np.uint8)[::-1]
+    return cv2.resize(pic, (pic.shape[1], height), interpolation=cv2.INTER_AREA)
+
+
+def save_spectrogram_sheet(path: Path, real: list[list[np.ndarray]], generated: list[list[np.ndarray]],
+                           rate: int) -> None:  # fmt: skip
+    """Grey PNG sheet, one row per digit: the spectrograms (:func:`log_spectrogram_picture`) of real held-out
+    recordings of it (left, ``real[k]``), then of generated sounds whose drawing reads as it (``generated[k]``);
+    float32 waveforms [S] at ``rate`` Hz. Empty places stay grey."""
+    import cv2
+
+    n_real, n_gen = max(len(r) for r in real), max(len(g) for g in generated)
+    h, gap = 96, 4
+    w = log_spectrogram_picture(np.zeros(rate, np.float32) + 1e-3, rate, h).shape[1]
+    label_w = 24
+    sheet = np.full((len(real) * (h + gap) + 20, label_w + (n_real + n_gen) * (w + gap) + gap), 128, np.uint8)
+    cv2.putText(sheet, "real", (label_w, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, 255, 1, cv2.LINE_AA)
+    cv2.putText(sheet, "generated (rows: the drawing's digit)", (label_w + n_real * (w + gap) + gap, 14),
+                cv2.FONT_HERSHEY_SIMPLEX, 0.45, 255, 1, cv2.LINE_AA)  # fmt: skip
+    for k, (rr, gg) in enumerate(zip(real, generated)):
+        y = 20 + k * (h + gap)
+        cv2.putText(sheet, str(k), (6, y + h // 2 + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.5, 255, 1, cv2.LINE_AA)
+        for c, snd in [(c, s) for c, s in enumerate(rr)] + [(n_real + c, s) for c, s in enumerate(gg)]:
+            x = label_w + c * (w + gap) + (gap if c >= n_real else 0)
+            pic = log_spectrogram_picture(snd, rate, h)
+            sheet[y : y + h, x : x + pic.shape[1]] = pic[:, : sheet.shape[1] - x]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), sheet):
+        raise UserError(f"{path}: cannot write image")
+
+
 # ----------------------------------------------------------------------------------------------- table
 def format_table(m: dict[str, Any]) -> str:
     """A plain-text table of the main figures, generated next to the real reference."""
@@ -398,8 +467,15 @@ def format_table(m: dict[str, Any]) -> str:
             ("image and sound name the same digit (chance 0.1)", f(m["agreement"]), f(ref["real_pairs_agreement"])),
             ("  ... both confident and the same", f(m["agreement_confident"]), ""),
             ("  ... expected from the digit frequencies alone", f(m.get("agreement_if_independent")), ""),
+            ("drawings' Fréchet distance to held-out drawings", f(m.get("image_frechet_distance")),
+             f(ref.get("image_frechet_distance_train_vs_val")) + " (train vs held-out)"),
+            ("sound heard as a digit word (PocketSphinx)", f(m.get("sound_recognised")),
+             f(ref.get("real_sound_recognised"))),
+            ("  ... the image's digit", f(m.get("agreement_recogniser")),
+             f(ref.get("real_pairs_agreement_recogniser"))),
             ("drawing classifier, held-out accuracy", "", f(ref["drawing_classifier"]["held_out_accuracy"])),
             ("spoken-digit classifier, held-out accuracy", "", f(ref["spoken_digit_classifier"]["held_out_accuracy"])),
+            ("PocketSphinx, held-out accuracy", "", f(ref.get("recogniser_accuracy"))),
             ("image digits 0-9", " ".join(map(str, m["image_digits"])), ""),
             ("sound digits 0-9", " ".join(map(str, m["sound_digits"])), ""),
         ]

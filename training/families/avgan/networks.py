@@ -59,12 +59,16 @@ class UpStream(nn.Module):
     n = ``len(chans)``.
 
     A linear seed of ``chans[0]`` channels at (h0, w0), then ``len(chans) - 1`` blocks of nearest x2 upsampling,
-    3x3 convolution, pixel norm and leaky ReLU, then a last nearest x2 upsampling and a 3x3 convolution to
-    ``out_channels`` (no block at full resolution: on a CPU the full-resolution layer dominates the cost, and a
-    spectrogram image has as many pixels as the clip has samples).
+    3x3 convolution, pixel norm and leaky ReLU, then a last nearest x2 upsampling, ``top_blocks`` blocks of 3x3
+    convolution, pixel norm and leaky ReLU at full resolution (``chans[-1]`` channels), and a 3x3 convolution to
+    ``out_channels``. Without a full-resolution block (on a CPU it dominates the cost) the output is drawn from
+    features at half resolution: nothing finer than about two pixels, too coarse for a voice's harmonics.
     """
 
-    def __init__(self, width: int, seed_hw: tuple[int, int], chans: list[int], out_channels: int, use_sn: bool) -> None:
+    def __init__(
+        self, width: int, seed_hw: tuple[int, int], chans: list[int], out_channels: int, use_sn: bool,
+        top_blocks: int = 0,
+    ) -> None:  # fmt: skip
         super().__init__()
         self.seed_hw, self.c0 = seed_hw, chans[0]
         self.fc = sn(nn.Linear(width, chans[0] * seed_hw[0] * seed_hw[1]), use_sn)
@@ -73,7 +77,10 @@ class UpStream(nn.Module):
         for cin, cout in zip(chans[:-1], chans[1:]):
             blocks += [nn.Upsample(scale_factor=2, mode="nearest"), sn(nn.Conv2d(cin, cout, 3, padding=1), use_sn),
                        PixelNorm(), nn.LeakyReLU(0.2)]  # fmt: skip
-        self.blocks = nn.Sequential(*blocks, nn.Upsample(scale_factor=2, mode="nearest"))
+        blocks.append(nn.Upsample(scale_factor=2, mode="nearest"))
+        for _ in range(top_blocks):
+            blocks += [sn(nn.Conv2d(chans[-1], chans[-1], 3, padding=1), use_sn), PixelNorm(), nn.LeakyReLU(0.2)]
+        self.blocks = nn.Sequential(*blocks)
         self.out = nn.Conv2d(chans[-1], out_channels, 3, padding=1)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -125,7 +132,7 @@ class AvganGenerator(nn.Module):
         n_img = int(math.log2(m.image_size // 4))
         self.image = UpStream(m.trunk_width, (4, 4), _stream_channels(m, n_img), m.image_channels, use_sn)
         _, k, t = self.codec.shape
-        self.spec = UpStream(m.trunk_width, (k // 16, t // 16), _stream_channels(m, 4), 2, use_sn)
+        self.spec = UpStream(m.trunk_width, (k // 16, t // 16), _stream_channels(m, 4), 2, use_sn, m.spec_top_blocks)
 
     def forward(self, noise: torch.Tensor, embedding: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.conditional != (embedding is not None):
@@ -185,7 +192,9 @@ class AvganDiscriminator(nn.Module):
         n_img = int(math.log2(m.image_size // 4))
         self.image = DownStream(m.image_channels, [m.d_channels * 2**i for i in range(n_img)])
         self.spec = DownStream(2, [m.d_channels * 2**i for i in range(4)])
-        self.fc = spectral_norm(nn.Linear(self.image.width + self.spec.width, m.joint_width))
+        self.minibatch_std = m.minibatch_std
+        extra = 2 if m.minibatch_std else 0
+        self.fc = spectral_norm(nn.Linear(self.image.width + self.spec.width + extra, m.joint_width))
         self.psi = spectral_norm(nn.Linear(m.joint_width, 1))
         self.embed = spectral_norm(nn.Linear(m.embedding_dim, m.joint_width)) if m.conditioning == "voice" else None
         self.classifier = spectral_norm(nn.Linear(m.joint_width, max(1, n_labels)))
@@ -203,8 +212,14 @@ class AvganDiscriminator(nn.Module):
         return self.spec(spec)
 
     def joint(self, h_image: torch.Tensor, h_spec: torch.Tensor) -> torch.Tensor:
-        """Joint features [B, J] of the two streams' features (concatenated)."""
-        return F.leaky_relu(self.fc(torch.cat([h_image, h_spec], dim=1)), 0.2)
+        """Joint features [B, J] of the two streams' features (concatenated; with ``model.minibatch_std`` also each
+        stream's standard deviation over the batch, averaged over its features: ProGAN's minibatch standard
+        deviation, Karras et al. 2018, so that a batch of near-identical samples looks fake)."""
+        parts = [h_image, h_spec]
+        if self.minibatch_std:
+            b = h_image.shape[0]
+            parts += [h.float().std(dim=0, unbiased=False).mean().to(h.dtype).expand(b, 1) for h in (h_image, h_spec)]
+        return F.leaky_relu(self.fc(torch.cat(parts, dim=1)), 0.2)
 
     def score(self, j: torch.Tensor, embedding: torch.Tensor | None = None) -> torch.Tensor:
         """Score [B] of joint features [B, J] with the condition's embedding [B, E] (None: unconditional)."""
