@@ -55,7 +55,8 @@ class DrawingClassifier(nn.Module):
 
     @torch.no_grad()
     def features(self, x: torch.Tensor, batch: int = 256) -> np.ndarray:
-        """float32 [B, 128] penultimate activations (after ReLU, eval mode) of drawings [B, 1, 32, 32]."""
+        """float32 [B, 128] penultimate activations (after ReLU) of drawings float32 [B, 1, 32, 32] in [-1, 1] (a CPU
+        tensor, as :func:`drawings_to_tensor` gives). Leaves the module in eval mode, as :func:`predict` does."""
         self.eval()
         return torch.cat([self.body[:-1](x[i : i + batch]) for i in range(0, len(x), batch)]).numpy()
 
@@ -87,7 +88,8 @@ def recognise_digits(sounds: np.ndarray, sample_rate: int, seed: int = 0) -> np.
     """The digit word CMU PocketSphinx hears in each sound, with a JSGF grammar of exactly one of "zero" .. "nine".
 
     Args:
-        sounds: float32 [B, S], samples in [-1, 1] at ``sample_rate`` Hz (any length; one utterance each).
+        sounds: float32 [B, S], samples in [-1, 1] at ``sample_rate`` Hz (one utterance each; non-finite samples
+            count as silence; S = 0 hears nothing).
         sample_rate: Hz; resampled to the acoustic model's 16 kHz with soxr.
         seed: seed of the dither (Gaussian, 1e-3 of full scale, after peak normalisation to 0.9): the recogniser's
             feature normalisation fails on exact digital silence (FSDD's zero padding: it then hears nothing in
@@ -112,6 +114,9 @@ def recognise_digits(sounds: np.ndarray, sample_rate: int, seed: int = 0) -> np.
     rng = np.random.default_rng(seed)
     out = np.full(len(sounds), -1, np.int64)
     for i, x in enumerate(np.asarray(sounds, np.float32)):
+        if x.size == 0:
+            continue
+        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
         x = x / max(1e-6, float(np.abs(x).max())) * 0.9 + rng.normal(0.0, 1e-3, x.shape).astype(np.float32)
         if sample_rate != 16000:
             x = soxr.resample(x, sample_rate, 16000)

@@ -131,8 +131,8 @@ def face_split(model, pairs) -> tuple[np.ndarray, np.ndarray, str]:
 
 
 def _frechet_terms(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """:func:`training.face_metrics.frechet_terms`, or NaNs where the sets are too small for the 256-d covariance
-    (fewer samples than dimensions: the matrix square root is not real)."""
+    """:func:`training.face_metrics.frechet_terms` (mean term, covariance term) of feature sets float [N, F] and
+    [M, F], or NaNs (with a warning) where it raises ``ValueError`` (fewer than 2 rows, non-finite values)."""
     from training import face_metrics as fm
 
     try:
@@ -298,7 +298,11 @@ def evaluate_faces(model, args: argparse.Namespace) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------- digits
 def evaluate_digits(model, args: argparse.Namespace) -> dict[str, Any]:
-    """The digits evaluation (see the module docstring)."""
+    """The digits evaluation (see the module docstring).
+
+    Raises:
+        UserError: ``--samples`` below 1, or data that :func:`.data.load_digits` refuses.
+    """
     from datastore.cache import default_cache_dir
     from engine.generator import to_uint8
     from training.families.avgan.data import load_digits, place
@@ -335,10 +339,11 @@ def evaluate_digits(model, args: argparse.Namespace) -> dict[str, Any]:
     real_img = data.images(held, np.random.default_rng(0), held_out=True)
     real_snd = np.stack([place(data.clips[i], window) for i in held])
     r_img, r_snd = predict(drawing, drawings_to_tensor(real_img[..., 0])), predict(spoken, torch.from_numpy(real_snd))
-    # Fréchet distance of the drawings in the drawing classifier's feature space: generated vs held-out drawings,
-    # next to as many training drawings vs the same held-out ones (shapes the classifier names but no one draws)
+    # Fréchet distance of the drawings in the drawing classifier's feature space: the n generated drawings vs the
+    # held-out ones, next to n training drawings (evenly spaced) vs the same held-out ones: the estimate depends on
+    # the set sizes, so both sides use the same
     val_d, train_d = np.flatnonzero(data.drawing_val), np.flatnonzero(~data.drawing_val)
-    train_d = train_d[np.linspace(0, len(train_d) - 1, min(len(train_d), max(n, len(val_d)))).astype(int)]
+    train_d = train_d[np.linspace(0, len(train_d) - 1, min(len(train_d), n)).astype(int)]
     f_val = drawing.features(drawings_to_tensor(data.drawings[val_d]))
     fd_gen = _frechet_terms(drawing.features(drawings_to_tensor(images)), f_val)
     fd_ref = _frechet_terms(drawing.features(drawings_to_tensor(data.drawings[train_d])), f_val)
@@ -410,10 +415,13 @@ def save_digit_sheet(path: Path, images: np.ndarray, d_img: np.ndarray, d_snd: n
 
 
 def log_spectrogram_picture(sound: np.ndarray, rate: int, height: int = 96) -> np.ndarray:
-    """uint8 [height, frames] picture of a sound's log-magnitude spectrogram (Hann window of 32 ms, hop 8 ms; the
-    loudest bin white, 80 dB below it black; low frequencies at the bottom), after peak normalisation."""
+    """uint8 [height, frames] picture of the log-magnitude spectrogram of ``sound`` (float [S], samples at ``rate``
+    Hz; Hann window of 32 ms, hop 8 ms, frames = S // hop + 1; the loudest bin white, 80 dB below it black, low
+    frequencies at the bottom), after peak normalisation. An empty sound gives an all-black picture 1 frame wide."""
     import cv2
 
+    if len(sound) == 0:
+        return np.zeros((height, 1), np.uint8)
     n_fft, hop = int(0.032 * rate), int(0.008 * rate)
     x = np.asarray(sound, np.float64)
     x = x / max(1e-9, float(np.abs(x).max()))
@@ -428,12 +436,17 @@ def save_spectrogram_sheet(path: Path, real: list[list[np.ndarray]], generated: 
                            rate: int) -> None:  # fmt: skip
     """Grey PNG sheet, one row per digit: the spectrograms (:func:`log_spectrogram_picture`) of real held-out
     recordings of it (left, ``real[k]``), then of generated sounds whose drawing reads as it (``generated[k]``);
-    float32 waveforms [S] at ``rate`` Hz. Empty places stay grey."""
+    float32 waveforms [S] at ``rate`` Hz, any lengths (each cell is as wide as the longest). Empty places stay grey.
+
+    Raises:
+        UserError: the file cannot be written.
+    """
     import cv2
 
-    n_real, n_gen = max(len(r) for r in real), max(len(g) for g in generated)
+    sounds = [x for row in list(real) + list(generated) for x in row]
+    n_real, n_gen = max((len(r) for r in real), default=0), max((len(g) for g in generated), default=0)
     h, gap = 96, 4
-    w = log_spectrogram_picture(np.zeros(rate, np.float32) + 1e-3, rate, h).shape[1]
+    w = max((log_spectrogram_picture(x, rate, h).shape[1] for x in sounds), default=1)
     label_w = 24
     sheet = np.full((len(real) * (h + gap) + 20, label_w + (n_real + n_gen) * (w + gap) + gap), 128, np.uint8)
     cv2.putText(sheet, "real", (label_w, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, 255, 1, cv2.LINE_AA)
