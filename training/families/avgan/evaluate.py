@@ -329,7 +329,8 @@ def evaluate_digits(model, args: argparse.Namespace) -> dict[str, Any]:
     images = to_uint8(out["image"])
     import torch
 
-    p_img = predict(drawing, drawings_to_tensor(images))
+    x_img = drawings_to_tensor(images)
+    p_img = predict(drawing, x_img)
     p_snd = predict(spoken, torch.from_numpy(np.ascontiguousarray(out["sound"], np.float32)))
     d_img, d_snd = p_img.argmax(1), p_snd.argmax(1)
     c_img, c_snd = p_img.max(1) >= CONFIDENT, p_snd.max(1) >= CONFIDENT
@@ -345,7 +346,7 @@ def evaluate_digits(model, args: argparse.Namespace) -> dict[str, Any]:
     val_d, train_d = np.flatnonzero(data.drawing_val), np.flatnonzero(~data.drawing_val)
     train_d = train_d[np.linspace(0, len(train_d) - 1, min(len(train_d), n)).astype(int)]
     f_val = drawing.features(drawings_to_tensor(data.drawings[val_d]))
-    fd_gen = _frechet_terms(drawing.features(drawings_to_tensor(images)), f_val)
+    fd_gen = _frechet_terms(drawing.features(x_img), f_val)
     fd_ref = _frechet_terms(drawing.features(drawings_to_tensor(data.drawings[train_d])), f_val)
     log.info("PocketSphinx listening to %d generated and %d real sounds", n, len(held))
     w_gen, w_real = recognise_digits(out["sound"], rate, args.seed), recognise_digits(real_snd, rate, args.seed)
@@ -416,18 +417,19 @@ def save_digit_sheet(path: Path, images: np.ndarray, d_img: np.ndarray, d_snd: n
 
 def log_spectrogram_picture(sound: np.ndarray, rate: int, height: int = 96) -> np.ndarray:
     """uint8 [height, frames] picture of the log-magnitude spectrogram of ``sound`` (float [S], samples at ``rate``
-    Hz; Hann window of 32 ms, hop 8 ms, frames = S // hop + 1; the loudest bin white, 80 dB below it black, low
-    frequencies at the bottom), after peak normalisation. An empty sound gives an all-black picture 1 frame wide."""
+    Hz; :func:`scipy.signal.stft` with a Hann window of 32 ms, hop 8 ms; the loudest bin white, 80 dB below it
+    black, low frequencies at the bottom), after peak normalisation. An empty sound gives an all-black picture 1
+    frame wide."""
     import cv2
+    from scipy.signal import stft
 
     if len(sound) == 0:
         return np.zeros((height, 1), np.uint8)
     n_fft, hop = int(0.032 * rate), int(0.008 * rate)
     x = np.asarray(sound, np.float64)
-    x = x / max(1e-9, float(np.abs(x).max()))
-    frames = np.lib.stride_tricks.sliding_window_view(np.pad(x, (0, n_fft)), n_fft)[::hop]
-    mag = np.abs(np.fft.rfft(frames * np.hanning(n_fft), axis=1)).T
-    db = 20 * np.log10(mag + 1e-9)
+    _, _, spec = stft(x / max(1e-9, float(np.abs(x).max())), fs=rate, window="hann", nperseg=n_fft,
+                      noverlap=n_fft - hop)  # fmt: skip
+    db = 20 * np.log10(np.abs(spec) + 1e-9)
     pic = (np.clip((db - db.max() + 80.0) / 80.0, 0, 1) * 255).astype(np.uint8)[::-1]
     return cv2.resize(pic, (pic.shape[1], height), interpolation=cv2.INTER_AREA)
 
