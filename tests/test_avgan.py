@@ -158,6 +158,8 @@ def test_latent_code_is_for_unconditional_models_only() -> None:
 
     with pytest.raises(ConfigError, match="latent_code"):
         config_from_dict({"family": "avgan", "model": {"conditioning": "voice", "latent_code": True}})
+    with pytest.raises(ConfigError, match="stream_classifiers"):
+        config_from_dict({"family": "avgan", "model": {"conditioning": "none", "stream_classifiers": True}})
 
 
 def test_codec_refuses_frames_that_do_not_cover_the_clip() -> None:
@@ -213,10 +215,14 @@ def faces_bundle(tmp_path_factory) -> Path:
         pytest.skip(f"{W2P} absent (the Wav2Pix pairs)")
     tmp_path = tmp_path_factory.mktemp("avgan-faces")
     data = _link_pairs(tmp_path / "pairs", 12)
-    cfg = {"family": "avgan", "data": {"kind": "faces"}, "model": {"conditioning": "voice", **TINY_MODEL},
-           "train": TINY_TRAIN}  # fmt: skip
+    model = {"conditioning": "voice", "stream_classifiers": True, "minibatch_std": True, **TINY_MODEL}
+    cfg = {"family": "avgan", "data": {"kind": "faces"}, "model": model, "train": TINY_TRAIN}
     with pytest.MonkeyPatch.context() as monkeypatch:
-        return _train_export(tmp_path, cfg, [data], monkeypatch)
+        bundle = _train_export(tmp_path, cfg, [data], monkeypatch)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    # the per-stream speaker classifiers train: the discriminator's on real items, the generator's on its own
+    assert all(r["loss_code_d"] > 0 and r["loss_code_g"] > 0 for r in log)
+    return bundle
 
 
 @needs_w2p

@@ -135,6 +135,8 @@ class Avgan(Family):
             f"log-magnitude + IF spectrogram (n_fft {s.n_fft}, hop {s.hop}), noise {m.noise_dim}, trunk {m.trunk_width}, "
             f"g_channels {m.g_channels} (min {m.g_min_channels}), d_channels {m.d_channels}, joint {m.joint_width}"
             + (", a categorical latent code over the labels (model.latent_code)" if m.latent_code else "")
+            + (", per-stream speaker classifiers in the discriminator (model.stream_classifiers)"
+               if m.stream_classifiers else "")
             + (f", {m.spec_top_blocks} full-resolution block(s) in the spectrogram stream (model.spec_top_blocks)"
                if m.spec_top_blocks else "")
             + (", the minibatch standard deviation in the discriminator (model.minibatch_std)" if m.minibatch_std else "")

@@ -69,6 +69,11 @@ class ModelConfig:
     the noise. The model stays unconditional (noise in, image + sound out); in training, a classifier on each of
     the discriminator's streams learns the labels of real items and the generator is trained so that *both* its
     streams are classified as its code (``loss.code_weight``): image and sound name the same label.
+    stream_classifiers: ``voice`` conditioning only: the same per-stream label classifiers, for the speaker: each of
+    the discriminator's streams learns the speaker of real faces and of real voices, and the generator is trained
+    so that its face and its voice are each classified as the condition's speaker (``loss.code_weight``; the
+    generator-side AC-GAN term, Odena et al. 2017, per stream). Without it only the joint score's projection of
+    the condition ties the two streams to the speaker.
     """
 
     conditioning: Literal["none", "voice"] = "voice"
@@ -89,10 +94,13 @@ class ModelConfig:
     spec_top_blocks: int = ranged(0, 0, 4)
     minibatch_std: bool = False
     latent_code: bool = False
+    stream_classifiers: bool = False
 
     def __post_init__(self) -> None:
         if self.latent_code and self.conditioning != "none":
             raise ValueError("model.latent_code: only for conditioning: none (a voice model's identity comes from the voice)")
+        if self.stream_classifiers and self.conditioning != "voice":
+            raise ValueError("model.stream_classifiers: only for conditioning: voice (unconditional models: model.latent_code)")
         if self.encoder_channels % 8:
             raise ValueError(f"model.encoder_channels: expected a multiple of 8, got {self.encoder_channels}")
 
@@ -109,8 +117,9 @@ class LossConfig:
     aux_weight: AC-GAN identity classification (Odena et al. 2017) of the discriminator's joint features of real
     pairs. speech_id_weight: ``voice`` only: identity classification of the speech embedding (trains the
     encoder). mode_seeking_weight: mode-seeking term on both streams (Mao et al., CVPR 2019); 0 disables.
-    code_weight: ``model.latent_code`` only: weight of the per-stream label classification (real items, for the
-    discriminator) and code classification (generated items, for the generator).
+    code_weight: ``model.latent_code`` / ``model.stream_classifiers`` only: weight of the per-stream label
+    classification (real items, for the discriminator) and of the code's or the condition's label (generated items,
+    for the generator).
     heard_sound: the discriminator's spectrogram stream judges a generated sound as the bundle outputs it: the
     generator's spectrogram image decoded to a waveform, clipped to [-1, 1] and analysed again (the log-magnitude
     channel; the IF channel stays the generator's), not the image itself. A spectrogram image is not the STFT of

@@ -19,7 +19,8 @@ Generation at a Glance", ECCV 2018: two streams that share a latent and meet by 
   features separately, so a real image can be scored with another item's real sound at no extra cost
   (matching-aware negatives, Reed et al. 2016). With ``model.latent_code`` each stream also has a label
   classifier (``image_code``, ``spec_code``), and the generator a categorical code in its latent
-  (:meth:`AvganGenerator.code`).
+  (:meth:`AvganGenerator.code`); with ``model.stream_classifiers`` (voice models) the same classifiers learn the
+  speaker.
 """
 
 from __future__ import annotations
@@ -198,10 +199,11 @@ class AvganDiscriminator(nn.Module):
         self.psi = spectral_norm(nn.Linear(m.joint_width, 1))
         self.embed = spectral_norm(nn.Linear(m.embedding_dim, m.joint_width)) if m.conditioning == "voice" else None
         self.classifier = spectral_norm(nn.Linear(m.joint_width, max(1, n_labels)))
-        # model.latent_code: one label classifier per stream, so each stream on its own must name the label
+        # model.latent_code / model.stream_classifiers: one label classifier per stream, so each stream on its own
+        # must name the label (the code's digit, the condition's speaker)
         self.image_code: nn.Module | None = None
         self.spec_code: nn.Module | None = None
-        if m.latent_code:
+        if m.latent_code or m.stream_classifiers:
             self.image_code = spectral_norm(nn.Linear(self.image.width, max(1, n_labels)))
             self.spec_code = spectral_norm(nn.Linear(self.spec.width, max(1, n_labels)))
 

@@ -14,7 +14,9 @@ Generator: the adversarial loss on its pairs, the speech encoder's identity clas
 
 ``model.latent_code`` (semi-supervised InfoGAN, Spurr et al. 2017; AC-GAN's per-class loss, Odena et al. 2017):
 the discriminator's per-stream classifiers learn the labels of real images and real sounds, and the generator is
-trained so that each of its streams is classified as the code in its latent (``loss.code_weight``).
+trained so that each of its streams is classified as the code in its latent (``loss.code_weight``). With
+``model.stream_classifiers`` (``voice`` models) the same per-stream classifiers learn the speaker, and the
+generator's face and voice must each be classified as the condition's speaker.
 
 ``loss.heard_sound``: the discriminator's spectrogram stream sees every sound, real and generated, as it is heard
 from a bundle (:func:`heard`: decoded, clipped to [-1, 1], analysed again), not the generator's spectrogram image.
@@ -212,7 +214,7 @@ class AvganTrainer:
             s_g = D.score(D.joint(h_img_g, h_spec_g), e).float()
             loss_code_g = torch.zeros((), device=dev)
             if D.image_code is not None and D.spec_code is not None:
-                c = G.code_labels(z)
+                c = G.code_labels(z) if G.n_codes else y  # the code's label, or the condition's speaker
                 loss_code_g = 0.5 * (F.cross_entropy(D.image_code(h_img_g).float(), c)
                                      + F.cross_entropy(D.spec_code(h_spec_g).float(), c))  # fmt: skip
             loss_ms = torch.zeros((), device=dev)
