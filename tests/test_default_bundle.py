@@ -37,7 +37,9 @@ def test_default_bundle_draws_what_the_format_1_bundle_drew(backend: str) -> Non
     want = ref[backend.split("-")[0]][:, ::-1]  # the reference's B, G, R -> R, G, B
     assert gen.bundle.family_info["swap_red_blue"] is True
     assert out["image"].shape == want.shape == (6, 3, 64, 64)
-    assert np.abs(out["image"] - want).max() <= 1e-5
+    # 1e-4: the reference was recorded on one CPU; other SIMD kernels round differently (2.0e-5 on an AVX-512 AMD
+    # EPYC), far below one 8-bit level (3.9e-3), so any real change of the weights or the graph still fails
+    assert np.abs(out["image"] - want).max() <= 1e-4
     assert np.abs(out["image"] - ref[backend.split("-")[0]]).max() > 0.1  # not the old colour order
     # the engine's own noise for the same seed is the same noise
     again = gen.run(seed=int(ref["noise_seed"]), audio=windows)["image"]
