@@ -239,6 +239,32 @@ def test_voice_conditioned_faces_train_export_and_run(faces_bundle) -> None:
     assert np.abs(out["sound"]).max() <= 1.0 and np.abs(out["sound"]).max() > 0
 
 
+@needs_w2p
+def test_stream_scores_continue_a_checkpoint_without_them(faces_bundle, monkeypatch, capsys) -> None:
+    """``--init-from`` a checkpoint of the faces run above (no per-stream scores) with ``model.stream_scores`` on:
+    the run continues at its step, the new heads train, and a checkpoint of other networks is refused by name."""
+    base = faces_bundle.parent
+    ckpt = base / "run" / "checkpoints" / "step-0000003.safetensors"
+    model = {"conditioning": "voice", "stream_classifiers": True, "minibatch_std": True, "stream_scores": True,
+             **TINY_MODEL}  # fmt: skip
+    cfg = {"family": "avgan", "data": {"kind": "faces"}, "model": model, "train": {**TINY_TRAIN, "steps": 5}}
+    path = base / "config-scores.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    monkeypatch.setenv("AVGAN_CACHE", str(base / "cache"))
+    monkeypatch.setattr(sys, "argv", ["run.py"])
+    out = base / "run-scores"
+    assert run.main(["train", "--config", str(path), "--data", str(base / "pairs"), "--out", str(out),
+                     "--init-from", str(ckpt)]) == 0  # fmt: skip
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [4, 5]
+    assert all(r["loss_stream_d"] > 0 and np.isfinite(r["loss_stream_g"]) for r in log)
+    path.write_text(yaml.safe_dump({**cfg, "model": {**model, "d_channels": 16}}))
+    assert run.main(["train", "--config", str(path), "--data", str(base / "pairs"), "--out", str(base / "run-wide"),
+                     "--init-from", str(ckpt)]) != 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert "do not match the config" in err and "size mismatch for image" in err
+
+
 @needs_digits
 def test_unconditional_digits_train_export_and_generate_count(tmp_path, monkeypatch) -> None:
     fsdd = _link_fsdd(tmp_path / "fsdd", 8)

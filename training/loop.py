@@ -187,8 +187,9 @@ def train(
     elif init_from is not None:
         tensors, meta = runs.read_checkpoint(Path(init_from))
         ctx.step = family.init_from_checkpoint(ctx, tensors, meta)
-        for group in opt_d.param_groups if opt_d is not None else ():
-            group["lr"], group["betas"] = tc.lr_d, tuple(tc.betas)
+        for opt, lr in ((opt_g, tc.lr_g), (opt_d, tc.lr_d)):  # a loaded Adam state brings its own; the config wins
+            for group in opt.param_groups if opt is not None else ():
+                group["lr"], group["betas"] = lr, tuple(tc.betas)
         if main:
             log.info("initialised from %s at step %d", init_from, ctx.step)
     if world > 1:  # identical start on every rank

@@ -74,6 +74,10 @@ class ModelConfig:
     so that its face and its voice are each classified as the condition's speaker (``loss.code_weight``; the
     generator-side AC-GAN term, Odena et al. 2017, per stream). Without it only the joint score's projection of
     the condition ties the two streams to the speaker.
+    stream_scores: each of the discriminator's streams also scores realness on its own (a spectral-normalised
+    linear head on its features, hinge or LSGAN as ``loss.kind``, weighted as the joint score), and the generator
+    must pass both: a sound that is not speech-like is caught even when the face alone already tells the joint
+    score what it needs (the per-stream discriminators of multi-discriminator GANs, e.g. Durugkar et al. 2017).
     """
 
     conditioning: Literal["none", "voice"] = "voice"
@@ -95,6 +99,7 @@ class ModelConfig:
     minibatch_std: bool = False
     latent_code: bool = False
     stream_classifiers: bool = False
+    stream_scores: bool = False
 
     def __post_init__(self) -> None:
         if self.latent_code and self.conditioning != "none":

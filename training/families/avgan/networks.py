@@ -20,7 +20,7 @@ Generation at a Glance", ECCV 2018: two streams that share a latent and meet by 
   (matching-aware negatives, Reed et al. 2016). With ``model.latent_code`` each stream also has a label
   classifier (``image_code``, ``spec_code``), and the generator a categorical code in its latent
   (:meth:`AvganGenerator.code`); with ``model.stream_classifiers`` (voice models) the same classifiers learn the
-  speaker.
+  speaker. With ``model.stream_scores`` each stream also scores realness on its own (``image_psi``, ``spec_psi``).
 """
 
 from __future__ import annotations
@@ -206,6 +206,13 @@ class AvganDiscriminator(nn.Module):
         if m.latent_code or m.stream_classifiers:
             self.image_code = spectral_norm(nn.Linear(self.image.width, max(1, n_labels)))
             self.spec_code = spectral_norm(nn.Linear(self.spec.width, max(1, n_labels)))
+        # model.stream_scores: each stream's own realness score (registered last: a checkpoint without them can
+        # initialise this discriminator, the heads and their Adam state starting fresh)
+        self.image_psi: nn.Module | None = None
+        self.spec_psi: nn.Module | None = None
+        if m.stream_scores:
+            self.image_psi = spectral_norm(nn.Linear(self.image.width, 1))
+            self.spec_psi = spectral_norm(nn.Linear(self.spec.width, 1))
 
     def image_features(self, image: torch.Tensor) -> torch.Tensor:
         return self.image(image)
