@@ -110,6 +110,7 @@ REMOVED_OPTIONS: dict[str, dict[str, Any]] = {
         "code_projection": False,  # avgan, 2026-12-03
         "code_fake_class": False,  # avgan, 2026-12-03
         "code_head": "pooled",  # avgan, 2026-12-03 (second session)
+        "stream_scores": "none",  # avgan, 2026-12-04 (faces voices; docs/AVGAN.md)
     },
     "loss": {
         "r1_gamma": 0.0,

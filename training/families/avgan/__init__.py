@@ -69,8 +69,8 @@ class Avgan(Family):
 
     def init_from_checkpoint(self, ctx: TrainContext, tensors: dict[str, Any], meta: dict[str, str]) -> int:
         """Continue another run's checkpoint under this config (``train --init-from``), e.g. with
-        ``model.stream_scores`` switched on: the generator, its moving average, the discriminator and both Adam
-        states carry over; discriminator heads the checkpoint lacks (``image_psi``, ``spec_psi``) start fresh with
+        ``model.content_encoder`` switched on or a lower learning rate: the generator, its moving average, the
+        discriminator and both Adam states carry over; a content encoder the checkpoint lacks starts fresh with
         empty Adam state. The networks must otherwise be the same. Returns the checkpoint's step.
 
         Raises:
@@ -84,21 +84,21 @@ class Avgan(Family):
         old_labels = runs.checkpoint_labels(meta)
         if old_labels != list(ctx.labels):
             raise UserError(f"--init-from: trained on labels {old_labels}, the data has {list(ctx.labels)}")
-        new_heads = ("image_psi.", "spec_psi.")
-        try:
-            ctx.G.load_state_dict(runs.sub_state(tensors, "G"))
-            ctx.G_ema.load_state_dict(runs.sub_state(tensors, "G_ema"))
-            missing, unexpected = ctx.D.load_state_dict(runs.sub_state(tensors, "D"), strict=False)
-        except RuntimeError as exc:
-            detail = "; ".join(line.strip() for line in str(exc).splitlines()[:3])
-            raise UserError(f"--init-from: the checkpoint's networks do not match the config ({detail})") from exc
-        wrong = [k for k in missing if not k.startswith(new_heads)] + list(unexpected)
+        new_parts = ("content_encoder.",)
+        wrong: list[str] = []
+        for prefix, module in (("G", ctx.G), ("G_ema", ctx.G_ema), ("D", ctx.D)):
+            try:
+                missing, unexpected = module.load_state_dict(runs.sub_state(tensors, prefix), strict=False)
+            except RuntimeError as exc:
+                detail = "; ".join(line.strip() for line in str(exc).splitlines()[:3])
+                raise UserError(f"--init-from: the checkpoint's networks do not match the config ({detail})") from exc
+            wrong += [f"{prefix}.{k}" for k in missing if not k.startswith(new_parts)] + [f"{prefix}.{k}" for k in unexpected]
         if wrong:
-            raise UserError(f"--init-from: discriminator tensors that do not match the config: {wrong[:5]}")
-        ctx.opt_g.load_state_dict(runs.unflatten_optimizer("opt_g", tensors, meta["opt_g_groups"]))
-        opt_d = runs.unflatten_optimizer("opt_d", tensors, meta["opt_d_groups"])
-        opt_d["param_groups"][0]["params"] = list(range(len(list(ctx.D.parameters()))))  # new heads: empty state
-        ctx.opt_d.load_state_dict(opt_d)
+            raise UserError(f"--init-from: the checkpoint's networks do not match the config: {wrong[:5]}")
+        for name, opt, module in (("opt_g", ctx.opt_g, ctx.G), ("opt_d", ctx.opt_d, ctx.D)):
+            state = runs.unflatten_optimizer(name, tensors, meta[f"{name}_groups"])
+            state["param_groups"][0]["params"] = list(range(len(list(module.parameters()))))  # new parts: empty state
+            opt.load_state_dict(state)
         return int(meta["step"])
 
     def trainer(self, ctx: TrainContext):

@@ -16,9 +16,11 @@ Generator: the adversarial loss on its pairs, the speech encoder's identity clas
 the discriminator's per-stream classifiers learn the labels of real images and real sounds, and the generator is
 trained so that each of its streams is classified as the code in its latent (``loss.code_weight``). With
 ``model.stream_classifiers`` (``voice`` models) the same per-stream classifiers learn the speaker, and the
-generator's face and voice must each be classified as the condition's speaker. ``model.stream_scores``: each of
-the discriminator's streams also judges realness on its own (hinge / LSGAN on real and generated items), and the
-generator's adversarial loss has the two per-stream terms added.
+generator's face and voice must each be classified as the condition's speaker.
+
+``model.content_encoder`` (cVAE-GAN, Larsen et al. 2016; BicycleGAN, Zhu et al. 2017): the generator also rebuilds
+each real sound's log-magnitude from a sample of its posterior noise (L1, ``loss.reconstruction_weight``; KL to the
+standard normal, ``loss.kl_weight``), a dense per-frame target for the voice stream.
 
 ``loss.heard_sound``: the discriminator's spectrogram stream sees every sound, real and generated, as it is heard
 from a bundle (:func:`heard`: decoded, clipped to [-1, 1], analysed again), not the generator's spectrogram image.
@@ -170,10 +172,9 @@ class AvganTrainer:
             f_img, f_spec = G(torch.randn(b, cfg.model.noise_dim, device=dev), e)
         with ctx.autocast():
             h_img_r, h_spec_r = D.image_features(aug(x_img)), D.spec_features(x_spec)
-            h_img_f, h_spec_f = D.image_features(aug(f_img)), D.spec_features(self._as_judged(f_spec))
             j_real = D.joint(h_img_r, h_spec_r)
             s_real = D.score(j_real, e)
-            s_fake = D.score(D.joint(h_img_f, h_spec_f), e)
+            s_fake = D.score(D.joint(D.image_features(aug(f_img)), D.spec_features(self._as_judged(f_spec))), e)
             logits = D.classifier(j_real)
             s_mis = D.score(D.joint(h_img_r, h_spec_r[wrong]), e) if lc.mismatch_weight > 0 else None
             s_wc = D.score(j_real, e[wrong]) if e is not None and lc.wrong_condition_weight > 0 else None
@@ -188,19 +189,12 @@ class AvganTrainer:
             negatives.append((lc.wrong_condition_weight, s_wc.float()))
         total_w = sum(w for w, _ in negatives)
         loss_d = real_term(lc.kind, s_real) + sum(w * losses.d_negative(lc.kind, s) for w, s in negatives) / total_w
-        loss_stream_d = torch.zeros((), device=dev)
-        if D.image_psi is not None and D.spec_psi is not None:  # model.stream_scores: each stream on its own
-            with ctx.autocast():
-                pairs = [(D.image_psi(h_img_r), D.image_psi(h_img_f)), (D.spec_psi(h_spec_r), D.spec_psi(h_spec_f))]
-            loss_stream_d = sum(real_term(lc.kind, r.float().squeeze(1)) + losses.d_negative(lc.kind, f.float().squeeze(1))
-                                for r, f in pairs)  # fmt: skip
         loss_aux = F.cross_entropy(logits, y)
         loss_code_d = torch.zeros((), device=dev)
         if D.image_code is not None and D.spec_code is not None:
             img_logits, spec_logits = D.image_code(h_img_r).float(), D.spec_code(h_spec_r).float()
             loss_code_d = 0.5 * (F.cross_entropy(img_logits, y) + F.cross_entropy(spec_logits, y))
-        ctx.optimise(ctx.opt_d, loss_d + loss_stream_d + lc.aux_weight * loss_aux + lc.code_weight * loss_code_d,
-                     list(D.parameters()))  # fmt: skip
+        ctx.optimise(ctx.opt_d, loss_d + lc.aux_weight * loss_aux + lc.code_weight * loss_code_d, list(D.parameters()))
         stats = {
             "loss_d": loss_d.item(),
             "d_real": s_real.mean().item(),
@@ -209,11 +203,10 @@ class AvganTrainer:
             "loss_aux": loss_aux.item(),
             "aux_acc": float((logits.argmax(1) == y).float().mean()),
             "loss_code_d": loss_code_d.item(),
-            "loss_stream_d": loss_stream_d.item(),
         }
         if not update_g:
             return {**stats, "loss_g": float("nan"), "loss_speech_id": float("nan"), "loss_ms": float("nan"),
-                    "loss_code_g": float("nan"), "loss_stream_g": float("nan")}  # fmt: skip
+                    "loss_code_g": float("nan"), "loss_rec": float("nan"), "loss_kl": float("nan")}  # fmt: skip
 
         # ---- generator (+ speech encoder)
         D.requires_grad_(False)
@@ -228,10 +221,6 @@ class AvganTrainer:
                 c = G.code_labels(z) if G.n_codes else y  # the code's label, or the condition's speaker
                 loss_code_g = 0.5 * (F.cross_entropy(D.image_code(h_img_g).float(), c)
                                      + F.cross_entropy(D.spec_code(h_spec_g).float(), c))  # fmt: skip
-            loss_stream_g = torch.zeros((), device=dev)
-            if D.image_psi is not None and D.spec_psi is not None:
-                loss_stream_g = (losses.g_loss(lc.kind, D.image_psi(h_img_g).float().squeeze(1))
-                                 + losses.g_loss(lc.kind, D.spec_psi(h_spec_g).float().squeeze(1)))  # fmt: skip
             loss_ms = torch.zeros((), device=dev)
             if lc.mode_seeking_weight > 0:
                 h = max(1, b // 2)
@@ -240,14 +229,22 @@ class AvganTrainer:
                 loss_ms = 0.5 * (losses.mode_seeking(f_img[:h].float(), i2.float(), z[:h], z2)
                                  + losses.mode_seeking(f_spec[:h].float(), s2.float(), z[:h], z2))  # fmt: skip
         loss_g = losses.g_loss(lc.kind, s_g)
+        loss_rec = loss_kl = torch.zeros((), device=dev)
+        if G.content_encoder is not None:  # cVAE-GAN: rebuild the real sound from its posterior sample
+            with ctx.autocast():
+                mean, logvar = G.content_encoder(x_spec)
+                z_post = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
+                _, r_spec = G(z_post, e)
+            loss_rec = (r_spec[:, 0].float() - x_spec[:, 0]).abs().mean()
+            loss_kl = 0.5 * (mean.float() ** 2 + logvar.float().exp() - 1.0 - logvar.float()).mean()
         loss_sid = torch.zeros((), device=dev)
         if e is not None and G.speaker_head is not None:
             loss_sid = F.cross_entropy(G.speaker_head(e.float()), y)
-        total = (loss_g + loss_stream_g + lc.speech_id_weight * loss_sid + lc.mode_seeking_weight * loss_ms
-                 + lc.code_weight * loss_code_g)  # fmt: skip
+        total = (loss_g + lc.speech_id_weight * loss_sid + lc.mode_seeking_weight * loss_ms + lc.code_weight * loss_code_g
+                 + lc.reconstruction_weight * loss_rec + lc.kl_weight * loss_kl)  # fmt: skip
         ctx.optimise(ctx.opt_g, total, list(G.parameters()))
         return {**stats, "loss_g": loss_g.item(), "loss_speech_id": loss_sid.item(), "loss_ms": loss_ms.item(),
-                "loss_code_g": loss_code_g.item(), "loss_stream_g": loss_stream_g.item()}  # fmt: skip
+                "loss_code_g": loss_code_g.item(), "loss_rec": loss_rec.item(), "loss_kl": loss_kl.item()}  # fmt: skip
 
     @torch.no_grad()
     def sample_grid(self) -> np.ndarray:
