@@ -111,6 +111,7 @@ REMOVED_OPTIONS: dict[str, dict[str, Any]] = {
         "code_fake_class": False,  # avgan, 2026-12-03
         "code_head": "pooled",  # avgan, 2026-12-03 (second session)
         "stream_scores": "none",  # avgan, 2026-12-04 (faces voices; docs/AVGAN.md)
+        "content_encoder": False,  # avgan, 2026-12-04 (faces voices; docs/AVGAN.md)
     },
     "loss": {
         "r1_gamma": 0.0,
@@ -119,6 +120,8 @@ REMOVED_OPTIONS: dict[str, dict[str, Any]] = {
         "landmark_components": None,
         "landmark_match": None,
         "appearance_code_weight": 0.0,
+        "reconstruction_weight": None,  # avgan model.content_encoder, 2026-12-04
+        "kl_weight": None,  # avgan model.content_encoder, 2026-12-04
     },
     "train": {"cache_features": None},
     "data": {"sound_placement": "random"},  # avgan, 2026-12-03

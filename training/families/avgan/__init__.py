@@ -68,13 +68,14 @@ class Avgan(Family):
         return build(cfg, len(labels))
 
     def init_from_checkpoint(self, ctx: TrainContext, tensors: dict[str, Any], meta: dict[str, str]) -> int:
-        """Continue another run's checkpoint under this config (``train --init-from``), e.g. with
-        ``model.content_encoder`` switched on or a lower learning rate: the generator, its moving average, the
-        discriminator and both Adam states carry over; a content encoder the checkpoint lacks starts fresh with
-        empty Adam state. The networks must otherwise be the same. Returns the checkpoint's step.
+        """Continue another run's checkpoint under this config (``train --init-from``), e.g. at a lower learning
+        rate or with other loss weights: the generator, its moving average, the discriminator and both Adam states
+        carry over (the loop then sets the learning rates and betas from this config). The networks must be the
+        same. Returns the checkpoint's step.
 
         Raises:
-            UserError: another family or other labels, or a tensor that does not fit (the message names it).
+            UserError: another family or other labels, or networks that do not match the config (the message
+                names the first tensors).
         """
         from training import runs
 
@@ -84,21 +85,14 @@ class Avgan(Family):
         old_labels = runs.checkpoint_labels(meta)
         if old_labels != list(ctx.labels):
             raise UserError(f"--init-from: trained on labels {old_labels}, the data has {list(ctx.labels)}")
-        new_parts = ("content_encoder.",)
-        wrong: list[str] = []
-        for prefix, module in (("G", ctx.G), ("G_ema", ctx.G_ema), ("D", ctx.D)):
-            try:
-                missing, unexpected = module.load_state_dict(runs.sub_state(tensors, prefix), strict=False)
-            except RuntimeError as exc:
-                detail = "; ".join(line.strip() for line in str(exc).splitlines()[:3])
-                raise UserError(f"--init-from: the checkpoint's networks do not match the config ({detail})") from exc
-            wrong += [f"{prefix}.{k}" for k in missing if not k.startswith(new_parts)] + [f"{prefix}.{k}" for k in unexpected]
-        if wrong:
-            raise UserError(f"--init-from: the checkpoint's networks do not match the config: {wrong[:5]}")
-        for name, opt, module in (("opt_g", ctx.opt_g, ctx.G), ("opt_d", ctx.opt_d, ctx.D)):
-            state = runs.unflatten_optimizer(name, tensors, meta[f"{name}_groups"])
-            state["param_groups"][0]["params"] = list(range(len(list(module.parameters()))))  # new parts: empty state
-            opt.load_state_dict(state)
+        try:
+            for prefix, module in (("G", ctx.G), ("G_ema", ctx.G_ema), ("D", ctx.D)):
+                module.load_state_dict(runs.sub_state(tensors, prefix))
+        except RuntimeError as exc:
+            detail = "; ".join(line.strip() for line in str(exc).splitlines()[:3])
+            raise UserError(f"--init-from: the checkpoint's networks do not match the config ({detail})") from exc
+        ctx.opt_g.load_state_dict(runs.unflatten_optimizer("opt_g", tensors, meta["opt_g_groups"]))
+        ctx.opt_d.load_state_dict(runs.unflatten_optimizer("opt_d", tensors, meta["opt_d_groups"]))
         return int(meta["step"])
 
     def trainer(self, ctx: TrainContext):

@@ -74,14 +74,6 @@ class ModelConfig:
     so that its face and its voice are each classified as the condition's speaker (``loss.code_weight``; the
     generator-side AC-GAN term, Odena et al. 2017, per stream). Without it only the joint score's projection of
     the condition ties the two streams to the speaker.
-    content_encoder: a training-only encoder of a real sound's spectrogram to a posterior over the generator's
-    noise (mean and log-variance [B, noise_dim]; cVAE-GAN, Larsen et al. 2016, as in BicycleGAN, Zhu et al. 2017):
-    the generator must rebuild the real sound's log-magnitude from a sample of it (and the condition), which gives
-    the voice stream a dense, per-frame target that an adversarial loss alone does not; a KL term keeps the
-    posterior near the standard normal noise the bundle draws (``loss.reconstruction_weight``,
-    ``loss.kl_weight``). The encoder reads the log-magnitude minus its mean over time (the long-term spectrum, the
-    most speaker- and channel-specific part, removed), so that the speaker comes from the condition, not the noise.
-    Not part of the exported graph.
     """
 
     conditioning: Literal["none", "voice"] = "voice"
@@ -103,7 +95,6 @@ class ModelConfig:
     minibatch_std: bool = False
     latent_code: bool = False
     stream_classifiers: bool = False
-    content_encoder: bool = False
 
     def __post_init__(self) -> None:
         if self.latent_code and self.conditioning != "none":
@@ -134,9 +125,6 @@ class LossConfig:
     channel; the IF channel stays the generator's), not the image itself. A spectrogram image is not the STFT of
     any signal in general, and one that decodes past full scale is clipped in the bundle: without this the
     discriminator never sees either. Real sounds take the same decode-and-analyse path.
-    reconstruction_weight / kl_weight: ``model.content_encoder`` only: weight of the mean absolute error between the
-    generator's log-magnitude (from the posterior sample) and the real sound's, and of the KL divergence of the
-    posterior from the standard normal (per noise dimension, averaged).
     """
 
     kind: Literal["hinge", "lsgan"] = "hinge"
@@ -147,8 +135,6 @@ class LossConfig:
     mode_seeking_weight: float = ranged(0.1, 0.0, 100.0)
     code_weight: float = ranged(1.0, 0.0, 100.0)
     heard_sound: bool = False
-    reconstruction_weight: float = ranged(10.0, 0.0, 1000.0)
-    kl_weight: float = ranged(0.01, 0.0, 100.0)
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,6 @@ Generation at a Glance", ECCV 2018: two streams that share a latent and meet by 
   classifier (``image_code``, ``spec_code``), and the generator a categorical code in its latent
   (:meth:`AvganGenerator.code`); with ``model.stream_classifiers`` (voice models) the same classifiers learn the
   speaker.
-* :class:`ContentEncoder` — (``model.content_encoder``, training only) a real sound's spectrogram -> the posterior
-  over the generator's noise (cVAE-GAN).
 """
 
 from __future__ import annotations
@@ -96,31 +94,9 @@ def _stream_channels(cfg: ModelConfig, n_up: int) -> list[int]:
     return channels(cfg.g_channels, n_up - 1, cfg.g_min_channels)
 
 
-class ContentEncoder(nn.Module):
-    """``model.content_encoder`` (training only): spectrogram images [B, 2, K, T] -> (mean, log-variance) float32
-    [B, Z] of the posterior over the generator's noise. Reads channel 0 (standardised log-magnitude) minus its mean
-    over time; four stride-2 4x4 convolutions with leaky ReLU, then a linear map of the whole flattened feature map
-    (not a mean over positions, which would lose *when* things happen: the content of a voice)."""
-
-    def __init__(self, noise_dim: int, rows: int, frames: int, width: int = 16) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        for cin, cout in zip([1, width, 2 * width, 4 * width], [width, 2 * width, 4 * width, 8 * width]):
-            layers += [nn.Conv2d(cin, cout, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
-        self.body = nn.Sequential(*layers)
-        self.out = nn.Linear(8 * width * (rows // 16) * (frames // 16), 2 * noise_dim)
-
-    def forward(self, spec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logmag = spec[:, :1]
-        h = self.body(logmag - logmag.mean(dim=3, keepdim=True)).flatten(1)
-        mean, logvar = self.out(h).chunk(2, dim=1)
-        return mean, logvar.clamp(-10.0, 10.0)
-
-
 class AvganGenerator(nn.Module):
     """Everything the generator's optimiser trains: speech encoder and identity head (``voice`` only), trunk, the
-    two streams, the spectrogram codec (fixed buffers + the data's log-magnitude statistics) and, with
-    ``model.content_encoder``, the training-only :class:`ContentEncoder`.
+    two streams, and the spectrogram codec (fixed buffers + the data's log-magnitude statistics).
 
     ``forward(noise [B, Z], embedding [B, E] or None)`` -> (image float32 [B, C, H, H] in [-1, 1], spectrogram
     float32 [B, 2, K, T]). :meth:`sound` decodes a spectrogram to a waveform [B, N].
@@ -158,8 +134,6 @@ class AvganGenerator(nn.Module):
         self.image = UpStream(m.trunk_width, (4, 4), _stream_channels(m, n_img), m.image_channels, use_sn)
         _, k, t = self.codec.shape
         self.spec = UpStream(m.trunk_width, (k // 16, t // 16), _stream_channels(m, 4), 2, use_sn, m.spec_top_blocks)
-        # registered last: a checkpoint without it can initialise this generator (its Adam state starts empty)
-        self.content_encoder = ContentEncoder(m.noise_dim, k, t) if m.content_encoder else None
 
     def forward(self, noise: torch.Tensor, embedding: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.conditional != (embedding is not None):

@@ -18,10 +18,6 @@ trained so that each of its streams is classified as the code in its latent (``l
 ``model.stream_classifiers`` (``voice`` models) the same per-stream classifiers learn the speaker, and the
 generator's face and voice must each be classified as the condition's speaker.
 
-``model.content_encoder`` (cVAE-GAN, Larsen et al. 2016; BicycleGAN, Zhu et al. 2017): the generator also rebuilds
-each real sound's log-magnitude from a sample of its posterior noise (L1, ``loss.reconstruction_weight``; KL to the
-standard normal, ``loss.kl_weight``), a dense per-frame target for the voice stream.
-
 ``loss.heard_sound``: the discriminator's spectrogram stream sees every sound, real and generated, as it is heard
 from a bundle (:func:`heard`: decoded, clipped to [-1, 1], analysed again), not the generator's spectrogram image.
 """
@@ -206,7 +202,7 @@ class AvganTrainer:
         }
         if not update_g:
             return {**stats, "loss_g": float("nan"), "loss_speech_id": float("nan"), "loss_ms": float("nan"),
-                    "loss_code_g": float("nan"), "loss_rec": float("nan"), "loss_kl": float("nan")}  # fmt: skip
+                    "loss_code_g": float("nan")}  # fmt: skip
 
         # ---- generator (+ speech encoder)
         D.requires_grad_(False)
@@ -229,22 +225,13 @@ class AvganTrainer:
                 loss_ms = 0.5 * (losses.mode_seeking(f_img[:h].float(), i2.float(), z[:h], z2)
                                  + losses.mode_seeking(f_spec[:h].float(), s2.float(), z[:h], z2))  # fmt: skip
         loss_g = losses.g_loss(lc.kind, s_g)
-        loss_rec = loss_kl = torch.zeros((), device=dev)
-        if G.content_encoder is not None:  # cVAE-GAN: rebuild the real sound from its posterior sample
-            with ctx.autocast():
-                mean, logvar = G.content_encoder(x_spec)
-                z_post = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
-                _, r_spec = G(z_post, e)
-            loss_rec = (r_spec[:, 0].float() - x_spec[:, 0]).abs().mean()
-            loss_kl = 0.5 * (mean.float() ** 2 + logvar.float().exp() - 1.0 - logvar.float()).mean()
         loss_sid = torch.zeros((), device=dev)
         if e is not None and G.speaker_head is not None:
             loss_sid = F.cross_entropy(G.speaker_head(e.float()), y)
-        total = (loss_g + lc.speech_id_weight * loss_sid + lc.mode_seeking_weight * loss_ms + lc.code_weight * loss_code_g
-                 + lc.reconstruction_weight * loss_rec + lc.kl_weight * loss_kl)  # fmt: skip
+        total = loss_g + lc.speech_id_weight * loss_sid + lc.mode_seeking_weight * loss_ms + lc.code_weight * loss_code_g
         ctx.optimise(ctx.opt_g, total, list(G.parameters()))
         return {**stats, "loss_g": loss_g.item(), "loss_speech_id": loss_sid.item(), "loss_ms": loss_ms.item(),
-                "loss_code_g": loss_code_g.item(), "loss_rec": loss_rec.item(), "loss_kl": loss_kl.item()}  # fmt: skip
+                "loss_code_g": loss_code_g.item()}  # fmt: skip
 
     @torch.no_grad()
     def sample_grid(self) -> np.ndarray:
