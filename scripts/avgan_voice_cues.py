@@ -2,9 +2,10 @@
 
 Real validation clips of the Wav2Pix pairs go through the bundle's own spectrogram codec (analysis -> edit ->
 synthesis, no generator) with one cue removed at a time, and Resemblyzer's nearest-centroid speaker accuracy is
-measured as in ``run.py evaluate`` (centroids from real training clips). Then the bundle's generated voices for the
-same clips are compared with the real clips on the cues it could have learned: the long-term spectrum's difference
-between the two speakers, the spread of the log-magnitude over time, and its frame-to-frame change.
+measured as ``run.py evaluate`` does (nearest speaker centroid), with centroids of 300 real training clips. Then the
+bundle's generated voices for the same clips are compared with the real clips on the cues it could have learned: the
+long-term spectrum's difference between the two speakers, the spread of the log-magnitude over time, and its frame-
+to-frame change.
 
     python scripts/avgan_voice_cues.py [--bundle presets/models/avgan-faces-64] [--data ../shared/data/wav2pix/train]
 
@@ -70,11 +71,14 @@ def main() -> int:
     codec = SpectrogramCodec(spec_cfg["n_fft"], spec_cfg["hop"], spec_cfg["frames"], n)
     from safetensors.torch import load_file
 
-    state = load_file(str(args.bundle / "generator.safetensors"))
+    state = load_file(str(Path(gen.bundle.path) / "generator.safetensors"))  # the folder open_bundle found
     codec.mean.copy_(state["codec.mean"])
     codec.std.copy_(state["codec.std"])
 
     pairs = load_dataset([args.data], rate, 64)
+    if len(pairs.identities) != 2:
+        print(f"{args.data}: expected the two Wav2Pix speakers, found {len(pairs.identities)}", file=sys.stderr)
+        return 2
     train, val = split_by_face(pairs, 0.1, 0)
     tr = train[np.linspace(0, len(train) - 1, 300).astype(int)]
     va = val[np.linspace(0, len(val) - 1, args.clips).astype(int)]

@@ -164,6 +164,8 @@ def test_latent_code_is_for_unconditional_models_only() -> None:
         config_from_dict({"family": "avgan", "model": {"stream_scores": "patch"}})
     with pytest.raises(ConfigError, match="model.content_encoder.*removed"):
         config_from_dict({"family": "avgan", "model": {"content_encoder": True}})
+    for off in ("none", False):  # "off" in both of its spellings (a bool at commit 5ce0256) still loads
+        config_from_dict({"family": "avgan", "model": {"stream_scores": off}})
 
 
 def test_codec_refuses_frames_that_do_not_cover_the_clip() -> None:
@@ -261,6 +263,14 @@ def test_init_from_continues_a_checkpoint_under_a_new_config(faces_bundle, monke
                      "--init-from", str(ckpt)]) == 0  # fmt: skip
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [4, 5] and all(np.isfinite(r["loss_g"]) for r in log)
+    from training import runs as runs_mod
+
+    tensors, meta = runs_mod.read_checkpoint(out / "checkpoints" / "step-0000005.safetensors")
+    old, _ = runs_mod.read_checkpoint(ckpt)
+    for name in ("opt_g", "opt_d"):
+        assert json.loads(meta[f"{name}_groups"])[0]["lr"] == 5e-5  # the new config's learning rate ...
+        assert float(tensors[f"{name}/0/step"]) == float(old[f"{name}/0/step"]) + 2  # ... on the carried Adam state
+    assert torch.equal(tensors["G_ema.codec.mean"], old["G_ema.codec.mean"])  # the statistics came with it
     bundle = base / "bundle-continue"
     assert run.main(["export", str(out), "-o", str(bundle)]) == 0
     path.write_text(yaml.safe_dump({**cfg, "model": {**model, "d_channels": 16}}))

@@ -96,9 +96,10 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------- upgrade
-#: options removed from the code (most when it was split into families, 2026-12), with the value that means "off". A config
-#: that sets one of them to that value (or leaves it out) loads; any other value is refused by name. The runs
-#: that used them are recorded in docs/EXPERIMENTS.md and presets/training/rejected/ (git history has the code).
+#: options removed from the code (most when it was split into families, 2026-12), with the value that means "off"
+#: (a tuple: each of them does). A config that sets one of them to that value (or leaves it out) loads; any other
+#: value is refused by name. The runs that used them are recorded in docs/EXPERIMENTS.md, docs/AVGAN.md and
+#: presets/training/rejected/ (git history has the code).
 REMOVED_OPTIONS: dict[str, dict[str, Any]] = {
     "model": {
         "family": None,  # moved to the top level
@@ -110,7 +111,7 @@ REMOVED_OPTIONS: dict[str, dict[str, Any]] = {
         "code_projection": False,  # avgan, 2026-12-03
         "code_fake_class": False,  # avgan, 2026-12-03
         "code_head": "pooled",  # avgan, 2026-12-03 (second session)
-        "stream_scores": "none",  # avgan, 2026-12-04 (faces voices; docs/AVGAN.md)
+        "stream_scores": ("none", False),  # avgan, 2026-12-04 (faces voices; docs/AVGAN.md); a bool at 5ce0256
         "content_encoder": False,  # avgan, 2026-12-04 (faces voices; docs/AVGAN.md)
     },
     "loss": {
@@ -155,10 +156,12 @@ def upgrade_config_mapping(data: dict[str, Any], source: str = "<config>") -> di
             if name not in values:
                 continue
             value = values.pop(name)
-            if off is not None and value != off and name != "family":
+            offs = off if isinstance(off, tuple) else (off,)
+            if off is not None and value not in offs and name != "family":
                 raise ConfigError(
                     f"{source}: key '{section}.{name}': {value!r}: this option was removed (it never improved the "
-                    f"shipped model; see docs/EXPERIMENTS.md); only {off!r} is accepted"
+                    f"shipped model; see docs/EXPERIMENTS.md or docs/AVGAN.md); only "
+                    f"{' or '.join(repr(o) for o in offs)} is accepted"
                 )
     return data
 
