@@ -80,22 +80,19 @@ def _resume(path: Path, G, G_ema, D, opt_g, opt_d, tc) -> int:
     """Load a checkpoint of this run into the modules and optimisers; returns its step."""
     tensors, meta = runs.read_checkpoint(path)
     try:
-        G.load_state_dict(runs.sub_state(tensors, "G"))
-        G_ema.load_state_dict(runs.sub_state(tensors, "G_ema"))
-        if D is not None:
-            D.load_state_dict(runs.sub_state(tensors, "D"))
+        step = runs.load_training_state(tensors, meta, G, G_ema, D, opt_g, opt_d)
     except RuntimeError as exc:
         raise UserError(f"{path}: does not match the config ({str(exc).splitlines()[0]})") from exc
-    opt_g.load_state_dict(runs.unflatten_optimizer("opt_g", tensors, meta["opt_g_groups"]))
-    if opt_d is not None:
-        opt_d.load_state_dict(runs.unflatten_optimizer("opt_d", tensors, meta["opt_d_groups"]))
-    # load_state_dict restores the saved hyper-parameters; the resumed run's config must win.
+    _config_hyperparameters(opt_g, opt_d, tc)
+    return step
+
+
+def _config_hyperparameters(opt_g, opt_d, tc) -> None:
+    """Set the config's learning rates and betas on the optimisers (``opt_d`` may be None): a loaded optimiser
+    state brings the saved ones, and the resumed or continued run's config must win."""
     for opt, lr in ((opt_g, tc.lr_g), (opt_d, tc.lr_d)):
-        if opt is None:
-            continue
-        for group in opt.param_groups:
+        for group in opt.param_groups if opt is not None else ():
             group["lr"], group["betas"] = lr, tuple(tc.betas)
-    return int(meta["step"])
 
 
 def train(
@@ -187,9 +184,7 @@ def train(
     elif init_from is not None:
         tensors, meta = runs.read_checkpoint(Path(init_from))
         ctx.step = family.init_from_checkpoint(ctx, tensors, meta)
-        for opt, lr in ((opt_g, tc.lr_g), (opt_d, tc.lr_d)):  # a loaded Adam state brings its own; the config wins
-            for group in opt.param_groups if opt is not None else ():
-                group["lr"], group["betas"] = lr, tuple(tc.betas)
+        _config_hyperparameters(opt_g, opt_d, tc)
         if main:
             log.info("initialised from %s at step %d", init_from, ctx.step)
     if world > 1:  # identical start on every rank

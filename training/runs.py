@@ -72,6 +72,24 @@ def sub_state(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.
     return {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
 
+def load_training_state(tensors: dict[str, torch.Tensor], meta: dict[str, str], G, G_ema, D, opt_g, opt_d) -> int:
+    """Load a checkpoint's tensors and metadata (:func:`read_checkpoint`) into the generator, its moving average,
+    the discriminator and both optimisers (``D`` / ``opt_d`` None: a family without a discriminator), strictly.
+    The optimisers get the checkpoint's hyper-parameters too (callers set the config's). Returns its step.
+
+    Raises:
+        RuntimeError: a network whose tensors do not match the checkpoint's (torch's message names them).
+    """
+    G.load_state_dict(sub_state(tensors, "G"))
+    G_ema.load_state_dict(sub_state(tensors, "G_ema"))
+    if D is not None:
+        D.load_state_dict(sub_state(tensors, "D"))
+    opt_g.load_state_dict(unflatten_optimizer("opt_g", tensors, meta["opt_g_groups"]))
+    if opt_d is not None:
+        opt_d.load_state_dict(unflatten_optimizer("opt_d", tensors, meta["opt_d_groups"]))
+    return int(meta["step"])
+
+
 def save_checkpoint(
     path: Path,
     step: int,

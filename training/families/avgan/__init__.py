@@ -86,14 +86,10 @@ class Avgan(Family):
         if old_labels != list(ctx.labels):
             raise UserError(f"--init-from: trained on labels {old_labels}, the data has {list(ctx.labels)}")
         try:
-            for prefix, module in (("G", ctx.G), ("G_ema", ctx.G_ema), ("D", ctx.D)):
-                module.load_state_dict(runs.sub_state(tensors, prefix))
+            return runs.load_training_state(tensors, meta, ctx.G, ctx.G_ema, ctx.D, ctx.opt_g, ctx.opt_d)
         except RuntimeError as exc:
             detail = "; ".join(line.strip() for line in str(exc).splitlines()[:3])
             raise UserError(f"--init-from: the checkpoint's networks do not match the config ({detail})") from exc
-        ctx.opt_g.load_state_dict(runs.unflatten_optimizer("opt_g", tensors, meta["opt_g_groups"]))
-        ctx.opt_d.load_state_dict(runs.unflatten_optimizer("opt_d", tensors, meta["opt_d_groups"]))
-        return int(meta["step"])
 
     def trainer(self, ctx: TrainContext):
         """:class:`.trainer.AvganTrainer`."""
