@@ -280,6 +280,67 @@ def test_init_from_continues_a_checkpoint_under_a_new_config(faces_bundle, monke
     assert "do not match the config" in err and "size mismatch for image" in err
 
 
+W2P_BUNDLE = Path(__file__).resolve().parents[1] / "presets" / "models" / "wav2pix-64"
+
+
+@needs_w2p
+def test_wav2pix_image_stream_is_taken_over_and_kept(tmp_path, monkeypatch, capsys) -> None:
+    """``model.image_stream: wav2pix`` with ``--init-from`` the shipped wav2pix bundle, and the spectrogram stream
+    over time (``model.spec_stream: conv1d``), as the shipped faces model: 3 steps train the voice side only, and
+    the exported bundle's faces are the wav2pix generator's own (eager, colour put back in order) for the same
+    speech and noise; a start without the bundle, or with another validation split, is refused by name."""
+    from training.export import load_bundle_source
+    from training.families.wav2pix.networks import swap_red_blue
+
+    data = _link_pairs(tmp_path / "pairs", 12)
+    model = {"conditioning": "voice", "stream_classifiers": True, "minibatch_std": True, **TINY_MODEL,
+             "noise_dim": 128, "embedding_dim": 128, "encoder_channels": 128, "image_stream": "wav2pix",
+             "image_g_channels": 128, "image_g_min_channels": 32, "spec_stream": "conv1d", "spec_top_blocks": 1,
+             "spec_d_channels": 8}  # fmt: skip
+    cfg = {"family": "avgan", "data": {"kind": "faces"}, "model": model, "train": {**TINY_TRAIN, "val_fraction": 0.1}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    monkeypatch.setenv("AVGAN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(sys, "argv", ["run.py"])
+    base = ["train", "--config", str(path), "--data", str(data)]
+    assert run.main([*base, "--out", str(tmp_path / "alone")]) != 0
+    assert "start the run with --init-from BUNDLE" in capsys.readouterr().err
+    run_dir, bundle = tmp_path / "run", tmp_path / "bundle"
+    assert run.main([*base, "--out", str(run_dir), "--init-from", str(W2P_BUNDLE)]) == 0
+    from training import runs as runs_mod
+
+    first, _ = runs_mod.read_checkpoint(run_dir / "checkpoints" / "step-0000003.safetensors")
+    assert run.main(["export", str(run_dir), "-o", str(bundle)]) == 0
+    source = load_bundle_source(W2P_BUNDLE)
+    net = swap_red_blue(source.G)
+    rng = np.random.default_rng(0)
+    audio = np.stack([_first_clip(ident) for ident in ("jaimealtozano", "javiermuniz")] * 2).astype(np.float32)
+    noise = rng.standard_normal((4, 128)).astype(np.float32)
+    out = _backends_agree(bundle, {"audio": audio, "noise": noise})
+    with torch.no_grad():
+        a, z = torch.from_numpy(audio), torch.from_numpy(noise)
+        want = net.generator(net.encoder(a), z).numpy()
+    assert np.abs(out["image"] - want).max() < 1e-3  # the bundle's faces are the wav2pix generator's
+    assert out["sound"].shape == (4, 16000) and np.abs(out["sound"]).max() > 0
+    w2p = {k: v for k, v in net.state_dict().items()}
+    assert torch.equal(first["G.image.fc.parametrizations.weight.original"],
+                       w2p["generator.fc.parametrizations.weight.original"])  # fmt: skip
+    assert torch.equal(first["G.encoder.proj.weight"], w2p["encoder.proj.weight"])
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss_g"]) and r["loss_code_g"] > 0 for r in log)
+    path.write_text(yaml.safe_dump({**cfg, "train": {**TINY_TRAIN, "val_fraction": 0.2}}))
+    assert run.main([*base, "--out", str(tmp_path / "other-split"), "--init-from", str(W2P_BUNDLE)]) != 0
+    assert "train.val_fraction" in capsys.readouterr().err
+
+
+def _first_clip(identity: str) -> np.ndarray:
+    import soundfile as sf
+
+    clip, rate = sf.read(sorted((W2P / identity).glob("preprocessed_frame_*"))[0], dtype="float32")
+    assert rate == 16000
+    return clip[:16000]
+
+
 @needs_digits
 def test_unconditional_digits_train_export_and_generate_count(tmp_path, monkeypatch) -> None:
     fsdd = _link_fsdd(tmp_path / "fsdd", 8)
@@ -475,6 +536,10 @@ def test_agreement_is_high_for_matched_and_low_for_mismatched_pairs(tmp_path, mo
     else:
         assert m["agreement"] > 0.8 and m["agreement_correct"] > 0.8
     assert (tmp_path / "eval" / "samples.png").is_file() and list((tmp_path / "eval" / "samples").glob("*.wav"))
+    import cv2
+
+    sheet = cv2.imread(str(tmp_path / "eval" / "spectrograms.png"), cv2.IMREAD_GRAYSCALE)
+    assert sheet is not None and sheet.shape[0] > 96 and sheet.std() > 10  # real and generated spectrograms drawn
 
 
 @pytest.mark.slow  # trains the two digit classifiers (about 2 min on 2 cores), PocketSphinx on 600 sounds

@@ -91,6 +91,61 @@ class Avgan(Family):
             detail = "; ".join(line.strip() for line in str(exc).splitlines()[:3])
             raise UserError(f"--init-from: the checkpoint's networks do not match the config ({detail})") from exc
 
+    def init_from_bundle(self, ctx: TrainContext, bundle_dir) -> None:
+        """``model.image_stream: wav2pix``: take the speech encoder, its speaker head and the image stream over from
+        a wav2pix bundle (``train --init-from BUNDLE``; both generator copies; kept fixed in training), red and blue
+        put back in order for a bundle exported with ``swap_red_blue``. The trunk, the spectrogram stream and the
+        discriminator start afresh, the run at step 0. The trained faces then come from the bundle's weights
+        unchanged; the validation split is the same (both families split by distinct face crop with
+        ``train.val_fraction`` and ``train.seed``; a bundle trained with others is refused).
+
+        Raises:
+            UserError: this config has its own image stream, or the bundle is not a readable wav2pix bundle with
+                this config's audio settings, speech encoder, image stream widths, speakers and split.
+        """
+        from pathlib import Path
+
+        from training.export import load_bundle_source
+        from training.families.avgan.networks import wav2pix_model_config
+
+        cfg: AvganConfig = ctx.cfg
+        if cfg.model.image_stream != "wav2pix":
+            raise UserError(f"--init-from {bundle_dir}: an avgan run starts from a bundle only with "
+                            "model.image_stream: wav2pix (a run's checkpoint continues any avgan run)")  # fmt: skip
+        source = load_bundle_source(Path(bundle_dir))
+        if source.family.name != "wav2pix":
+            raise UserError(f"--init-from {bundle_dir}: model.image_stream: wav2pix takes a wav2pix bundle, "
+                            f"this one is {source.family.name}")  # fmt: skip
+        old_cfg = source.cfg
+        want = wav2pix_model_config(cfg)
+        for key in ("front_end", "n_fft", "hop", "n_mels", "embedding_dim", "noise_dim", "image_size", "g_channels",
+                    "g_min_channels", "encoder_channels", "spectral_norm_g"):  # fmt: skip
+            a, b = getattr(old_cfg.model, key), getattr(want, key)
+            if a != b:
+                raise UserError(f"--init-from {bundle_dir}: its model.{key} is {a!r}, this config's image stream "
+                                f"needs {b!r} (model.{'image_' if key.startswith('g_') else ''}{key})")  # fmt: skip
+        if old_cfg.audio != cfg.audio:
+            raise UserError(f"--init-from {bundle_dir}: its audio settings {old_cfg.audio} differ from this config's "
+                            f"{cfg.audio}")  # fmt: skip
+        for key in ("val_fraction", "seed"):
+            if getattr(old_cfg.train, key) != getattr(cfg.train, key):
+                raise UserError(f"--init-from {bundle_dir}: trained with train.{key} {getattr(old_cfg.train, key)}, "
+                                f"this config has {getattr(cfg.train, key)}: its validation faces would not be this "
+                                "run's")  # fmt: skip
+        if list(source.labels) != list(ctx.labels):
+            raise UserError(f"--init-from {bundle_dir}: trained on speakers {list(source.labels)}, the data has "
+                            f"{list(ctx.labels)}")  # fmt: skip
+        old = source.G
+        if (source.manifest.get("family_info") or {}).get("swap_red_blue"):
+            from training.families.wav2pix.networks import swap_red_blue
+
+            swap_red_blue(old)  # its weights draw blue, green, red; this run's faces are RGB
+        for G in (ctx.G, ctx.G_ema):
+            G.encoder.load_state_dict(old.encoder.state_dict())
+            G.speaker_head.load_state_dict(old.speech_classifier.state_dict())
+            G.image.load_state_dict(old.generator.state_dict())
+        ctx.G.image_stream_from = str(bundle_dir)
+
     def trainer(self, ctx: TrainContext):
         """:class:`.trainer.AvganTrainer`."""
         from training.families.avgan.trainer import AvganTrainer
@@ -161,9 +216,14 @@ class Avgan(Family):
             + (", a categorical latent code over the labels (model.latent_code)" if m.latent_code else "")
             + (", per-stream speaker classifiers in the discriminator (model.stream_classifiers)"
                if m.stream_classifiers else "")
+            + (f", the spectrogram stream over time with the bins as channels (model.spec_stream: conv1d; "
+               f"discriminator width {m.spec_d_channels or m.d_channels})" if m.spec_stream == "conv1d" else "")
             + (f", {m.spec_top_blocks} full-resolution block(s) in the spectrogram stream (model.spec_top_blocks)"
                if m.spec_top_blocks else "")
             + (", the minibatch standard deviation in the discriminator (model.minibatch_std)" if m.minibatch_std else "")
+            + (f", image stream and speech encoder a wav2pix generator's (g_channels {m.image_g_channels or m.g_channels}"
+               f", min {m.image_g_min_channels or m.g_min_channels}; taken over from a wav2pix bundle, kept fixed: "
+               "model.image_stream)" if m.image_stream == "wav2pix" else "")
         )  # fmt: skip
 
 

@@ -69,6 +69,18 @@ class ModelConfig:
     the noise. The model stays unconditional (noise in, image + sound out); in training, a classifier on each of
     the discriminator's streams learns the labels of real items and the generator is trained so that *both* its
     streams are classified as its code (``loss.code_weight``): image and sound name the same label.
+    image_stream: ``avgan`` (the image stream above, trained with the rest) or ``wav2pix`` (``voice`` models, 64 px
+    RGB faces): the image stream is a wav2pix generator (:class:`training.families.wav2pix.networks.Generator`,
+    reading the speech embedding and the noise directly, ``image_g_channels`` wide) and the speech encoder a
+    wav2pix one, both taken over from a wav2pix bundle with ``train --init-from BUNDLE`` and kept fixed: the
+    training then trains the shared trunk and the spectrogram stream against the joint discriminator. The face
+    and the voice still come from one latent (the same noise and embedding feed both streams).
+    image_g_channels / image_g_min_channels: the image stream's widths (0: ``g_channels`` / ``g_min_channels``).
+    spec_stream: ``conv2d`` (the spectrogram as an image: 3x3 convolutions over frequency and time, in the generator
+    and the discriminator) or ``conv1d`` (the frequency bins as channels, convolutions over time only; the
+    generator's widths ``g_channels`` halving to ``g_min_channels`` over five stages, the discriminator's
+    ``spec_d_channels`` x 1, 2, 4, 4). spec_d_channels: the discriminator's spectrogram stream width (0:
+    ``d_channels``).
     stream_classifiers: ``voice`` conditioning only: the same per-stream label classifiers, for the speaker: each of
     the discriminator's streams learns the speaker of real faces and of real voices, and the generator is trained
     so that its face and its voice are each classified as the condition's speaker (``loss.code_weight``; the
@@ -95,8 +107,18 @@ class ModelConfig:
     minibatch_std: bool = False
     latent_code: bool = False
     stream_classifiers: bool = False
+    image_stream: Literal["avgan", "wav2pix"] = "avgan"
+    image_g_channels: int = ranged(0, 0, 4096)
+    image_g_min_channels: int = ranged(0, 0, 4096)
+    spec_stream: Literal["conv2d", "conv1d"] = "conv2d"
+    spec_d_channels: int = ranged(0, 0, 4096)
 
     def __post_init__(self) -> None:
+        if self.image_stream == "wav2pix" and (self.conditioning != "voice" or self.image_size != 64
+                                               or self.image_channels != 3):  # fmt: skip
+            raise ValueError("model.image_stream: wav2pix needs conditioning: voice, image_size: 64, image_channels: 3 "
+                             f"(a wav2pix bundle's faces); got {self.conditioning}, {self.image_size}, "
+                             f"{self.image_channels}")  # fmt: skip
         if self.latent_code and self.conditioning != "none":
             raise ValueError("model.latent_code: only for conditioning: none (a voice model's identity comes from the voice)")
         if self.stream_classifiers and self.conditioning != "voice":

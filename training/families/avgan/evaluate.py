@@ -32,7 +32,8 @@ next to that of training drawings: shapes the classifier names but no one draws 
 
 Writes ``metrics.json``, ``samples.png`` (faces: per row the real face, then one generated face per seed; digits:
 generated drawings captioned with both classifiers' digits), ``samples-generated.png`` (faces: the generated ones
-only), ``spectrograms.png`` (digits: per digit, real held-out recordings next to generated sounds) and
+only), ``spectrograms.png`` (digits: per digit, real held-out recordings next to generated sounds; faces: per sheet
+row, the row's real clip next to the generated voices) and
 ``samples/*.wav`` (the sheet's sounds; faces: ``rowJ-NAME-real.wav`` is the row's real clip) to ``--out``
 and prints a table.
 """
@@ -276,11 +277,17 @@ def evaluate_faces(model, args: argparse.Namespace) -> dict[str, Any]:
     grid = fakes[:, rows].transpose(1, 0, 2, 3, 4)  # [rows, seeds, H, W, 3]
     save_image(out / "samples-generated.png", np.concatenate([np.concatenate(list(r), axis=1) for r in grid], axis=0))
     seed_sounds = np.stack(sounds)  # [seeds, P, N]
+    real_rows, gen_rows = [], []
     for j, r in enumerate(rows):
         name = pairs.identities[labels[r]]
-        write_wav(out / "samples" / f"row{j}-{name}-real.wav", pairs.windows([val_idx[r]], window)[0], rate)
+        real_clip = pairs.windows([val_idx[r]], window)[0]
+        write_wav(out / "samples" / f"row{j}-{name}-real.wav", real_clip, rate)
         for s in range(args.seeds):
             write_wav(out / "samples" / f"row{j}-{name}-seed{s}.wav", seed_sounds[s, r], rate)
+        real_rows.append([real_clip])
+        gen_rows.append([seed_sounds[s, r] for s in range(args.seeds)])
+    save_spectrogram_sheet(out / "spectrograms.png", real_rows, gen_rows, rate,
+                           [pairs.identities[labels[r]] for r in rows], "generated from the real clip, per seed")
     return {
         "kind": "faces",
         "conditioning": "voice" if conditional else "none",
@@ -435,10 +442,13 @@ def log_spectrogram_picture(sound: np.ndarray, rate: int, height: int = 96) -> n
 
 
 def save_spectrogram_sheet(path: Path, real: list[list[np.ndarray]], generated: list[list[np.ndarray]],
-                           rate: int) -> None:  # fmt: skip
-    """Grey PNG sheet, one row per digit: the spectrograms (:func:`log_spectrogram_picture`) of real held-out
-    recordings of it (left, ``real[k]``), then of generated sounds whose drawing reads as it (``generated[k]``);
+                           rate: int, row_labels: list[str] | None = None,
+                           generated_title: str = "generated (rows: the drawing's digit)") -> None:  # fmt: skip
+    """Grey PNG sheet, one row per digit (or per sample-sheet voice): the spectrograms
+    (:func:`log_spectrogram_picture`) of real recordings (left, ``real[k]``), then of generated sounds
+    (``generated[k]``: whose drawing reads as the digit, or the row's voices per seed);
     float32 waveforms [S] at ``rate`` Hz, any lengths (each cell is as wide as the longest). Empty places stay grey.
+    ``row_labels``: each row's caption (default its index); ``generated_title``: the generated columns' heading.
 
     Raises:
         UserError: the file cannot be written.
@@ -449,14 +459,15 @@ def save_spectrogram_sheet(path: Path, real: list[list[np.ndarray]], generated: 
     n_real, n_gen = max((len(r) for r in real), default=0), max((len(g) for g in generated), default=0)
     h, gap = 96, 4
     w = max((log_spectrogram_picture(x, rate, h).shape[1] for x in sounds), default=1)
-    label_w = 24
+    labels = row_labels if row_labels is not None else [str(k) for k in range(len(real))]
+    label_w = 24 if max((len(t) for t in labels), default=1) <= 2 else 8 * max(len(t) for t in labels) + 8
     sheet = np.full((len(real) * (h + gap) + 20, label_w + (n_real + n_gen) * (w + gap) + gap), 128, np.uint8)
     cv2.putText(sheet, "real", (label_w, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, 255, 1, cv2.LINE_AA)
-    cv2.putText(sheet, "generated (rows: the drawing's digit)", (label_w + n_real * (w + gap) + gap, 14),
+    cv2.putText(sheet, generated_title, (label_w + n_real * (w + gap) + gap, 14),
                 cv2.FONT_HERSHEY_SIMPLEX, 0.45, 255, 1, cv2.LINE_AA)  # fmt: skip
     for k, (rr, gg) in enumerate(zip(real, generated)):
         y = 20 + k * (h + gap)
-        cv2.putText(sheet, str(k), (6, y + h // 2 + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.5, 255, 1, cv2.LINE_AA)
+        cv2.putText(sheet, labels[k], (6, y + h // 2 + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.5, 255, 1, cv2.LINE_AA)
         for c, snd in [(c, s) for c, s in enumerate(rr)] + [(n_real + c, s) for c, s in enumerate(gg)]:
             x = label_w + c * (w + gap) + (gap if c >= n_real else 0)
             pic = log_spectrogram_picture(snd, rate, h)

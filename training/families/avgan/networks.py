@@ -89,9 +89,68 @@ class UpStream(nn.Module):
         return self.out(self.blocks(F.leaky_relu(self.seed_norm(x), 0.2)))
 
 
+class UpStream1d(nn.Module):
+    """``model.spec_stream: conv1d``: trunk features [B, W] -> spectrogram image [B, 2, K, T] drawn with the
+    frequency bins as channels and convolutions over time only (as speech generators draw spectrogram frames,
+    e.g. MelGAN, Kumar et al. 2019): a linear seed of ``chans[0]`` channels at T / 2^n frames, ``n = len(chans)``
+    blocks of nearest x2 upsampling in time, a kernel-5 convolution, pixel norm and leaky ReLU, ``top_blocks``
+    more at full length, and a kernel-5 convolution to 2K channels (log-magnitude bins, then IF bins)."""
+
+    def __init__(self, width: int, k: int, t: int, chans: list[int], use_sn: bool, top_blocks: int = 0) -> None:
+        super().__init__()
+        n = len(chans)
+        self.k, self.c0, self.t0 = k, chans[0], t >> n
+        self.fc = sn(nn.Linear(width, chans[0] * self.t0), use_sn)
+        self.seed_norm = PixelNorm()
+        blocks: list[nn.Module] = []
+        for i, (cin, cout) in enumerate(zip(chans + [chans[-1]] * top_blocks, [*chans[1:], *[chans[-1]] * (1 + top_blocks)])):
+            if i < n:
+                blocks.append(nn.Upsample(scale_factor=2, mode="nearest"))
+            blocks += [sn(nn.Conv1d(cin, cout, 5, padding=2), use_sn), PixelNorm(), nn.LeakyReLU(0.2)]
+        self.blocks = nn.Sequential(*blocks)
+        self.out = nn.Conv1d(chans[-1], 2 * k, 5, padding=2)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        x = F.leaky_relu(self.seed_norm(self.fc(h).view(-1, self.c0, self.t0)), 0.2)
+        y = self.out(self.blocks(x))
+        return y.view(y.shape[0], 2, self.k, y.shape[2])
+
+
+class DownStream1d(nn.Module):
+    """``model.spec_stream: conv1d``: spectrogram image [B, 2, K, T] -> features [B, chans[-1]], the 2K bins as
+    channels: spectral-normalised kernel-4 stride-2 convolutions over time with leaky ReLU (one per entry of
+    ``chans``), a kernel-3 one, summed over time."""
+
+    def __init__(self, k: int, chans: list[int]) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for cin, cout in zip([2 * k, *chans[:-1]], chans):
+            layers += [spectral_norm(nn.Conv1d(cin, cout, 4, stride=2, padding=1)), nn.LeakyReLU(0.2)]
+        layers += [spectral_norm(nn.Conv1d(chans[-1], chans[-1], 3, padding=1)), nn.LeakyReLU(0.2)]
+        self.body = nn.Sequential(*layers)
+        self.width = chans[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x.flatten(1, 2)).sum(dim=2)
+
+
 def _stream_channels(cfg: ModelConfig, n_up: int) -> list[int]:
     """Widths of a stream with ``n_up`` x2 upsamplings: ``g_channels`` halving down to ``g_min_channels``."""
     return channels(cfg.g_channels, n_up - 1, cfg.g_min_channels)
+
+
+def wav2pix_model_config(cfg: AvganConfig):
+    """The :class:`training.families.wav2pix.config.ModelConfig` of a ``model.image_stream: wav2pix`` generator's
+    speech encoder and image stream (what the wav2pix bundle it is taken from must have)."""
+    from training.families.wav2pix.config import ModelConfig as Wav2PixModel
+
+    m = cfg.model
+    return Wav2PixModel(
+        front_end="mel", n_fft=m.n_fft, hop=m.hop, n_mels=m.n_mels, embedding_dim=m.embedding_dim,
+        noise_dim=m.noise_dim, image_size=m.image_size, g_channels=m.image_g_channels or m.g_channels,
+        g_min_channels=m.image_g_min_channels or m.g_min_channels, encoder_channels=m.encoder_channels,
+        spectral_norm_g=m.spectral_norm_g, pose_code_dim=0,
+    )  # fmt: skip
 
 
 class AvganGenerator(nn.Module):
@@ -100,6 +159,11 @@ class AvganGenerator(nn.Module):
 
     ``forward(noise [B, Z], embedding [B, E] or None)`` -> (image float32 [B, C, H, H] in [-1, 1], spectrogram
     float32 [B, 2, K, T]). :meth:`sound` decodes a spectrogram to a waveform [B, N].
+
+    With ``model.image_stream: wav2pix`` the image stream is a wav2pix generator that reads the embedding and the
+    noise themselves (the spectrogram stream reads the trunk of the same two); it, the speech encoder and the
+    identity head are taken over from a wav2pix bundle (:meth:`training.families.avgan.Avgan.init_from_bundle`) and
+    have ``requires_grad`` off.
 
     Raises:
         ValueError: ``voice`` conditioning without an embedding, or one given to an unconditional generator.
@@ -110,6 +174,7 @@ class AvganGenerator(nn.Module):
         m, s = cfg.model, cfg.spectrogram
         self.conditional = m.conditioning == "voice"
         self.noise_dim = m.noise_dim
+        self.fixed_image_stream = m.image_stream == "wav2pix"
         self.codec = SpectrogramCodec(s.n_fft, s.hop, s.frames, cfg.audio.window_samples)
         if self.conditional:
             self.encoder: SpeechEncoder | None = SpeechEncoder(cfg.audio, m)
@@ -131,9 +196,22 @@ class AvganGenerator(nn.Module):
             sn(nn.Linear(m.trunk_width, m.trunk_width), use_sn), nn.LeakyReLU(0.2),
         )  # fmt: skip
         n_img = int(math.log2(m.image_size // 4))
-        self.image = UpStream(m.trunk_width, (4, 4), _stream_channels(m, n_img), m.image_channels, use_sn)
+        self.image: nn.Module
+        if self.fixed_image_stream:
+            from training.families.wav2pix.networks import Generator as Wav2PixImage
+
+            self.image = Wav2PixImage(wav2pix_model_config(cfg))
+            for part in (self.encoder, self.speaker_head, self.image):
+                part.requires_grad_(False)  # taken over from a wav2pix bundle and kept (Avgan.init_from_bundle)
+        else:
+            widths = channels(m.image_g_channels or m.g_channels, n_img - 1, m.image_g_min_channels or m.g_min_channels)
+            self.image = UpStream(m.trunk_width, (4, 4), widths, m.image_channels, use_sn)
         _, k, t = self.codec.shape
-        self.spec = UpStream(m.trunk_width, (k // 16, t // 16), _stream_channels(m, 4), 2, use_sn, m.spec_top_blocks)
+        self.spec: nn.Module
+        if m.spec_stream == "conv1d":
+            self.spec = UpStream1d(m.trunk_width, k, t, _stream_channels(m, 5), use_sn, m.spec_top_blocks)
+        else:
+            self.spec = UpStream(m.trunk_width, (k // 16, t // 16), _stream_channels(m, 4), 2, use_sn, m.spec_top_blocks)
 
     def forward(self, noise: torch.Tensor, embedding: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.conditional != (embedding is not None):
@@ -142,7 +220,11 @@ class AvganGenerator(nn.Module):
         if self.n_codes:
             x = torch.cat([x, self.code(noise)], dim=1)
         h = self.trunk(x)
-        image = torch.tanh(self.image(h))
+        if self.fixed_image_stream:
+            assert embedding is not None
+            image = self.image(embedding, noise)  # the wav2pix generator: (embedding, noise) -> tanh image
+        else:
+            image = torch.tanh(self.image(h))
         spec = self.spec(h)
         return image, torch.stack([spec[:, 0], torch.tanh(spec[:, 1])], dim=1)
 
@@ -192,7 +274,12 @@ class AvganDiscriminator(nn.Module):
         m = cfg.model
         n_img = int(math.log2(m.image_size // 4))
         self.image = DownStream(m.image_channels, [m.d_channels * 2**i for i in range(n_img)])
-        self.spec = DownStream(2, [m.d_channels * 2**i for i in range(4)])
+        self.spec: nn.Module
+        if m.spec_stream == "conv1d":
+            c = m.spec_d_channels or m.d_channels
+            self.spec = DownStream1d(cfg.spectrogram.n_fft // 2, [c, 2 * c, 4 * c, 4 * c])
+        else:
+            self.spec = DownStream(2, [(m.spec_d_channels or m.d_channels) * 2**i for i in range(4)])
         self.minibatch_std = m.minibatch_std
         extra = 2 if m.minibatch_std else 0
         self.fc = spectral_norm(nn.Linear(self.image.width + self.spec.width + extra, m.joint_width))

@@ -103,6 +103,11 @@ class AvganTrainer:
         self.rng = np.random.default_rng([tc.seed, ctx.rank, ctx.step])
         self.batches = Batches(ctx.split.train, tc.batch_size, tc.seed + ctx.step, ctx.rank, ctx.world)
         self.policy = cfg.augment.policy if cfg.augment.enabled else ()
+        if cfg.model.image_stream == "wav2pix" and ctx.step == 0 and not getattr(ctx.G, "image_stream_from", None):
+            from engine.errors import UserError
+
+            raise UserError("model.image_stream: wav2pix takes the image stream and the speech encoder from a wav2pix "
+                            "bundle: start the run with --init-from BUNDLE (e.g. presets/models/wav2pix-64)")  # fmt: skip
         labels = self.data.labels
         self.by_label = {int(k): ctx.split.train[labels[ctx.split.train] == k] for k in np.unique(labels)}
         if ctx.step == 0:  # the log-magnitude statistics: part of the generator's state from here on
