@@ -171,7 +171,9 @@ def test_cli_export_wiring(tmp_path: Path, tiny_model, monkeypatch: pytest.Monke
     run_dir.mkdir()
     (run_dir / "metrics.json").write_text(json.dumps({"fid": 50.0}))
     (run_dir / "split.json").write_text(json.dumps({"data": ["/data/voices"]}))
-    (run_dir / "log.jsonl").write_text('{"step": 5, "time": 100.0}\nnot json\n{"step": 10, "time": 160.5}\n')
+    # the exported checkpoint is step 4: the run's later records are not its training time
+    (run_dir / "log.jsonl").write_text('{"step": 2, "time": 100.0}\nnot json\n{"step": 4, "time": 160.5}\n'
+                                       '{"step": 6, "time": 400.0}\n')
 
     def load_run(path, checkpoint=None, generator="ema"):
         assert Path(path) == run_dir and checkpoint is None

@@ -512,10 +512,12 @@ def export_run(run_dir: Path, out: Path, args: argparse.Namespace, metrics: dict
     graph = inference_graph(family, cfg, G, labels, source, args)
     info = {**info, "data": list(data)}
     if info.get("wall_time_s") is None:
-        wall = runs.wall_time_from_log(run_dir / runs.LOG_FILE)
+        step = info.get("step")
+        wall = runs.wall_time_from_log(run_dir / runs.LOG_FILE, step if isinstance(step, int) else None)
         if wall is not None:
             info["wall_time_s"] = round(wall, 1)
-            info["wall_time_source"] = "log.jsonl, first to last record (includes pauses between resumed runs)"
+            info["wall_time_source"] = ("log.jsonl, first record to the checkpoint's step (includes pauses between "
+                                        "resumed runs)")  # fmt: skip
     if metrics is None and (run_dir / METRICS_FILE).is_file():
         metrics = _read_json(run_dir / METRICS_FILE)
     return write_bundle(family, cfg, G, labels, graph, out, training_info=info, metrics=metrics,

@@ -280,8 +280,10 @@ def set_aside_log_after(log_path: Path, step: int) -> None:
     log.info("resume at step %d: %d log records of later steps moved to %s", step, len(later), aside.name)
 
 
-def wall_time_from_log(path: Path) -> float | None:
-    """Seconds between the first and last ``time`` stamps of a training log (JSON lines), or ``None``."""
+def wall_time_from_log(path: Path, until_step: int | None = None) -> float | None:
+    """Seconds between the first and last ``time`` stamps of a training log (JSON lines), or ``None``; with
+    ``until_step``, the last stamp of a record at or before that step (a checkpoint exported while the run goes on,
+    or one from before its end)."""
     if not path.is_file():
         return None
     stamps: list[float] = []
@@ -289,8 +291,11 @@ def wall_time_from_log(path: Path) -> float | None:
         with open(path, encoding="utf-8") as fh:
             for line in fh:
                 try:
-                    t = json.loads(line).get("time")
+                    record = json.loads(line)
+                    t, step = record.get("time"), record.get("step")
                 except (json.JSONDecodeError, AttributeError):
+                    continue
+                if until_step is not None and isinstance(step, int) and step > until_step:
                     continue
                 if isinstance(t, (int, float)):
                     stamps.append(float(t))
