@@ -176,6 +176,11 @@ def test_codec_refuses_frames_that_do_not_cover_the_clip() -> None:
 
     with pytest.raises(ConfigError, match="spectrogram"):
         config_from_dict({"family": "avgan", "spectrogram": {"n_fft": 512, "hop": 256, "frames": 48}})
+    with pytest.raises(ConfigError, match="multiple of 32"):  # the stream over time upsamples x32
+        config_from_dict({"family": "avgan", "spectrogram": {"n_fft": 512, "hop": 256, "frames": 80},
+                          "model": {"spec_stream": "conv1d"}})  # fmt: skip
+    with pytest.raises(ConfigError, match="image_stream: wav2pix needs conditioning: voice"):
+        config_from_dict({"family": "avgan", "model": {"conditioning": "none", "image_stream": "wav2pix"}})
 
 
 # ------------------------------------------------------------------------------------ training and export
@@ -280,6 +285,18 @@ def test_init_from_continues_a_checkpoint_under_a_new_config(faces_bundle, monke
     assert "do not match the config" in err and "size mismatch for image" in err
 
 
+def test_exclude_selection_leaves_out_the_pairs_max_pairs_picks() -> None:
+    from engine.errors import UserError
+    from training.families.avgan.evaluate import selection_pairs
+
+    out = selection_pairs(555, "60,200")
+    assert set(np.linspace(0, 554, 60).round().astype(int)) <= set(out.tolist())
+    assert set(np.linspace(0, 554, 200).round().astype(int)) <= set(out.tolist()) and len(out) == len(set(out.tolist()))
+    assert len(selection_pairs(555, "")) == 0 and len(selection_pairs(10, "60")) == 10
+    with pytest.raises(UserError, match="positive pair counts"):
+        selection_pairs(555, "60,x")
+
+
 W2P_BUNDLE = Path(__file__).resolve().parents[1] / "presets" / "models" / "wav2pix-64"
 
 
@@ -326,6 +343,10 @@ def test_wav2pix_image_stream_is_taken_over_and_kept(tmp_path, monkeypatch, caps
     assert torch.equal(first["G.image.fc.parametrizations.weight.original"],
                        w2p["generator.fc.parametrizations.weight.original"])  # fmt: skip
     assert torch.equal(first["G.encoder.proj.weight"], w2p["encoder.proj.weight"])
+    for key in ("image.fc.parametrizations.weight.0._u", "image.blocks.1.parametrizations.weight.0._v"):
+        # kept in eval mode: spectral normalisation's power iteration does not move the taken-over weights
+        assert torch.equal(first[f"G.{key}"], w2p[key.replace("image.", "generator.", 1)])
+        assert torch.equal(first[f"G_ema.{key}"], w2p[key.replace("image.", "generator.", 1)])
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["loss_g"]) and r["loss_code_g"] > 0 for r in log)
     path.write_text(yaml.safe_dump({**cfg, "train": {**TINY_TRAIN, "val_fraction": 0.2}}))

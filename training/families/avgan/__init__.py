@@ -19,12 +19,17 @@ classifiers evaluation trains).
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from engine.errors import UserError
 from training.families.avgan.config import AvganConfig
 from training.families.contract import Family, GraphSource, InferenceGraph, Split, TensorSpec, TrainContext
+
+log = logging.getLogger(__name__)
 
 
 class Avgan(Family):
@@ -91,20 +96,19 @@ class Avgan(Family):
             detail = "; ".join(line.strip() for line in str(exc).splitlines()[:3])
             raise UserError(f"--init-from: the checkpoint's networks do not match the config ({detail})") from exc
 
-    def init_from_bundle(self, ctx: TrainContext, bundle_dir) -> None:
+    def init_from_bundle(self, ctx: TrainContext, bundle_dir: Path) -> None:
         """``model.image_stream: wav2pix``: take the speech encoder, its speaker head and the image stream over from
         a wav2pix bundle (``train --init-from BUNDLE``; both generator copies; kept fixed in training), red and blue
         put back in order for a bundle exported with ``swap_red_blue``. The trunk, the spectrogram stream and the
         discriminator start afresh, the run at step 0. The trained faces then come from the bundle's weights
         unchanged; the validation split is the same (both families split by distinct face crop with
-        ``train.val_fraction`` and ``train.seed``; a bundle trained with others is refused).
+        ``train.val_fraction`` and ``train.seed``; a bundle trained with others is refused, and one trained on other
+        data folders gets a warning: this run's validation faces may have been its training faces).
 
         Raises:
             UserError: this config has its own image stream, or the bundle is not a readable wav2pix bundle with
                 this config's audio settings, speech encoder, image stream widths, speakers and split.
         """
-        from pathlib import Path
-
         from training.export import load_bundle_source
         from training.families.avgan.networks import wav2pix_model_config
 
@@ -118,7 +122,10 @@ class Avgan(Family):
                             f"this one is {source.family.name}")  # fmt: skip
         old_cfg = source.cfg
         want = wav2pix_model_config(cfg)
-        for key in ("front_end", "n_fft", "hop", "n_mels", "embedding_dim", "noise_dim", "image_size", "g_channels",
+        if old_cfg.model.front_end != "mel":
+            raise UserError(f"--init-from {bundle_dir}: its speech encoder reads the raw waveform (model.front_end: "
+                            f"{old_cfg.model.front_end}); avgan's is a log-mel encoder")  # fmt: skip
+        for key in ("n_fft", "hop", "n_mels", "embedding_dim", "noise_dim", "image_size", "g_channels",
                     "g_min_channels", "encoder_channels", "spectral_norm_g"):  # fmt: skip
             a, b = getattr(old_cfg.model, key), getattr(want, key)
             if a != b:
@@ -135,6 +142,12 @@ class Avgan(Family):
         if list(source.labels) != list(ctx.labels):
             raise UserError(f"--init-from {bundle_dir}: trained on speakers {list(source.labels)}, the data has "
                             f"{list(ctx.labels)}")  # fmt: skip
+        trained_on = [str(Path(d).resolve()) for d in (source.manifest.get("training") or {}).get("data") or []]
+        split_file = ctx.run_dir / "split.json"
+        here = json.loads(split_file.read_text()).get("data", []) if split_file.is_file() else []
+        if trained_on and sorted(trained_on) != sorted(str(Path(d).resolve()) for d in here):
+            log.warning("--init-from %s: the bundle was trained on %s, this run reads %s: its validation faces may "
+                        "have been the bundle's training faces", bundle_dir, trained_on, here)  # fmt: skip
         old = source.G
         if (source.manifest.get("family_info") or {}).get("swap_red_blue"):
             from training.families.wav2pix.networks import swap_red_blue
@@ -213,16 +226,18 @@ class Avgan(Family):
             f"sound {cfg.audio.window_seconds:g} s at {cfg.audio.sample_rate} Hz as a (2, {s.n_fft // 2}, {s.frames}) "
             f"log-magnitude + IF spectrogram (n_fft {s.n_fft}, hop {s.hop}), noise {m.noise_dim}, trunk {m.trunk_width}, "
             f"g_channels {m.g_channels} (min {m.g_min_channels}), d_channels {m.d_channels}, joint {m.joint_width}"
+            + (f", image stream g_channels {m.image_g_channels or m.g_channels} (min "
+               f"{m.image_g_min_channels or m.g_min_channels})" if m.image_g_channels or m.image_g_min_channels else "")
+            + (f", spectrogram discriminator width {m.spec_d_channels}" if m.spec_d_channels else "")
             + (", a categorical latent code over the labels (model.latent_code)" if m.latent_code else "")
             + (", per-stream speaker classifiers in the discriminator (model.stream_classifiers)"
                if m.stream_classifiers else "")
-            + (f", the spectrogram stream over time with the bins as channels (model.spec_stream: conv1d; "
-               f"discriminator width {m.spec_d_channels or m.d_channels})" if m.spec_stream == "conv1d" else "")
+            + (", the spectrogram stream over time with the bins as channels (model.spec_stream: conv1d)"
+               if m.spec_stream == "conv1d" else "")
             + (f", {m.spec_top_blocks} full-resolution block(s) in the spectrogram stream (model.spec_top_blocks)"
                if m.spec_top_blocks else "")
             + (", the minibatch standard deviation in the discriminator (model.minibatch_std)" if m.minibatch_std else "")
-            + (f", image stream and speech encoder a wav2pix generator's (g_channels {m.image_g_channels or m.g_channels}"
-               f", min {m.image_g_min_channels or m.g_min_channels}; taken over from a wav2pix bundle, kept fixed: "
+            + (", image stream and speech encoder a wav2pix generator's (taken over from a wav2pix bundle, kept fixed: "
                "model.image_stream)" if m.image_stream == "wav2pix" else "")
         )  # fmt: skip
 

@@ -73,8 +73,9 @@ class ModelConfig:
     RGB faces): the image stream is a wav2pix generator (:class:`training.families.wav2pix.networks.Generator`,
     reading the speech embedding and the noise directly, ``image_g_channels`` wide) and the speech encoder a
     wav2pix one, both taken over from a wav2pix bundle with ``train --init-from BUNDLE`` and kept fixed: the
-    training then trains the shared trunk and the spectrogram stream against the joint discriminator. The face
-    and the voice still come from one latent (the same noise and embedding feed both streams).
+    training then trains the shared trunk and the spectrogram stream against the joint discriminator
+    (``loss.speech_id_weight`` has no effect: the encoder and its identity head are fixed). The face and the voice
+    still come from one latent (the same noise and embedding feed both streams).
     image_g_channels / image_g_min_channels: the image stream's widths (0: ``g_channels`` / ``g_min_channels``).
     spec_stream: ``conv2d`` (the spectrogram as an image: 3x3 convolutions over frequency and time, in the generator
     and the discriminator) or ``conv1d`` (the frequency bins as channels, convolutions over time only; the
@@ -181,5 +182,8 @@ class AvganConfig:
             )
         if s.frames % 16 or (s.n_fft // 2) % 16:
             raise ValueError(f"spectrogram: frames ({s.frames}) and n_fft/2 ({s.n_fft // 2}) must be multiples of 16")
+        if self.model.spec_stream == "conv1d" and s.frames % 32:
+            raise ValueError(f"spectrogram.frames: model.spec_stream: conv1d upsamples its seed five times (x32); frames must "
+                             f"be a multiple of 32, got {s.frames}")  # fmt: skip
         if s.hop > s.n_fft // 2:
             raise ValueError(f"spectrogram.hop: expected at most n_fft/2 = {s.n_fft // 2}, got {s.hop}")

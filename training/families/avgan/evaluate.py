@@ -65,10 +65,34 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
         help="avgan digits: unconditional samples to generate and classify (default 1000)",
     )  # fmt: skip
     group.add_argument(
+        "--exclude-selection", type=str, default="", metavar="N[,N...]",
+        help="avgan faces: leave out the validation pairs that --max-pairs N picks, for each N (the pairs a checkpoint "
+        "was selected on), so the figures come from validation pairs the selection never saw",
+    )  # fmt: skip
+    group.add_argument(
         "--voice-train-clips", type=int, default=600, metavar="N",
         help="avgan faces: real training clips (evenly spaced) whose Resemblyzer embeddings give the speaker "
         "centroids and the Fréchet reference (default 600; cached)",
     )  # fmt: skip
+
+
+def selection_pairs(n_val: int, spec: str) -> np.ndarray:
+    """Positions (int64, sorted, unique) among ``n_val`` validation pairs that ``--max-pairs N`` picks for each N in
+    ``spec`` ("60,200"; "" = none): evenly spaced, as :func:`evaluate_faces` picks them.
+
+    Raises:
+        UserError: ``spec`` is not a comma-separated list of positive integers.
+    """
+    if not spec:
+        return np.zeros(0, np.int64)
+    try:
+        counts = [int(t) for t in spec.split(",")]
+    except ValueError:
+        counts = [0]
+    if any(c <= 0 for c in counts):
+        raise UserError(f"--exclude-selection {spec!r}: expected positive pair counts such as 60,200")
+    picked = [np.linspace(0, n_val - 1, c).round().astype(np.int64) if c < n_val else np.arange(n_val) for c in counts]
+    return np.unique(np.concatenate(picked))
 
 
 def run_batched(model, n: int, batch: int = 64, **inputs: np.ndarray) -> dict[str, np.ndarray]:
@@ -201,6 +225,10 @@ def evaluate_faces(model, args: argparse.Namespace) -> dict[str, Any]:
     if len(val_idx) == 0:
         raise UserError(f"no validation pairs (train.val_fraction={cfg.train.val_fraction})")
     n_val_total = len(val_idx)
+    excluded = selection_pairs(n_val_total, getattr(args, "exclude_selection", ""))
+    val_idx = np.delete(val_idx, excluded)
+    if len(val_idx) == 0:
+        raise UserError(f"--exclude-selection {args.exclude_selection}: no validation pairs left of {n_val_total}")
     if args.max_pairs and args.max_pairs < len(val_idx):
         val_idx = val_idx[np.linspace(0, len(val_idx) - 1, args.max_pairs).round().astype(np.int64)]
     k = len(pairs.identities)
@@ -296,7 +324,8 @@ def evaluate_faces(model, args: argparse.Namespace) -> dict[str, Any]:
         **both,
         "n_generated": int(len(gen_images)),
         "split": {"val_fraction": cfg.train.val_fraction, "seed": cfg.train.seed, "from": split_from,
-                  "n_val_pairs": int(n_val_total), "n_val_pairs_evaluated": int(len(val_idx))},  # fmt: skip
+                  "n_val_pairs": int(n_val_total), "n_val_pairs_evaluated": int(len(val_idx)),
+                  "excluded_for_selection": getattr(args, "exclude_selection", "") or None},  # fmt: skip
         "seeds": args.seeds,
         "seed": args.seed,
         "generation_seconds": round(gen_seconds, 1),

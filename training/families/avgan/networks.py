@@ -36,6 +36,7 @@ from engine.configs import ConfigError
 from training.config import AudioConfig
 from training.families.avgan.config import AvganConfig, ModelConfig
 from training.families.avgan.spectral import SpectrogramCodec
+from training.families.wav2pix.config import ModelConfig as WavPixModelConfig
 from training.layers import AudioPreprocess, LogMel, PixelNorm, channels, mel_encoder_body, sn
 
 
@@ -94,11 +95,18 @@ class UpStream1d(nn.Module):
     frequency bins as channels and convolutions over time only (as speech generators draw spectrogram frames,
     e.g. MelGAN, Kumar et al. 2019): a linear seed of ``chans[0]`` channels at T / 2^n frames, ``n = len(chans)``
     blocks of nearest x2 upsampling in time, a kernel-5 convolution, pixel norm and leaky ReLU, ``top_blocks``
-    more at full length, and a kernel-5 convolution to 2K channels (log-magnitude bins, then IF bins)."""
+    more at full length, and a kernel-5 convolution to 2K channels (log-magnitude bins, then IF bins). float32 in,
+    float32 out, no output activation.
+
+    Raises:
+        ValueError: ``t`` is not a multiple of 2^n.
+    """
 
     def __init__(self, width: int, k: int, t: int, chans: list[int], use_sn: bool, top_blocks: int = 0) -> None:
         super().__init__()
         n = len(chans)
+        if t % (1 << n):
+            raise ValueError(f"UpStream1d: {t} frames are not a multiple of 2^{n} (the stream's {n} x2 upsamplings)")
         self.k, self.c0, self.t0 = k, chans[0], t >> n
         self.fc = sn(nn.Linear(width, chans[0] * self.t0), use_sn)
         self.seed_norm = PixelNorm()
@@ -139,13 +147,11 @@ def _stream_channels(cfg: ModelConfig, n_up: int) -> list[int]:
     return channels(cfg.g_channels, n_up - 1, cfg.g_min_channels)
 
 
-def wav2pix_model_config(cfg: AvganConfig):
+def wav2pix_model_config(cfg: AvganConfig) -> WavPixModelConfig:
     """The :class:`training.families.wav2pix.config.ModelConfig` of a ``model.image_stream: wav2pix`` generator's
     speech encoder and image stream (what the wav2pix bundle it is taken from must have)."""
-    from training.families.wav2pix.config import ModelConfig as Wav2PixModel
-
     m = cfg.model
-    return Wav2PixModel(
+    return WavPixModelConfig(
         front_end="mel", n_fft=m.n_fft, hop=m.hop, n_mels=m.n_mels, embedding_dim=m.embedding_dim,
         noise_dim=m.noise_dim, image_size=m.image_size, g_channels=m.image_g_channels or m.g_channels,
         g_min_channels=m.image_g_min_channels or m.g_min_channels, encoder_channels=m.encoder_channels,
@@ -202,7 +208,8 @@ class AvganGenerator(nn.Module):
 
             self.image = Wav2PixImage(wav2pix_model_config(cfg))
             for part in (self.encoder, self.speaker_head, self.image):
-                part.requires_grad_(False)  # taken over from a wav2pix bundle and kept (Avgan.init_from_bundle)
+                part.requires_grad_(False)  # taken over from a wav2pix bundle and kept (Avgan.init_from_bundle) ...
+                part.train(False)  # ... with its spectral normalisation's vectors (see train())
         else:
             widths = channels(m.image_g_channels or m.g_channels, n_img - 1, m.image_g_min_channels or m.g_min_channels)
             self.image = UpStream(m.trunk_width, (4, 4), widths, m.image_channels, use_sn)
@@ -212,6 +219,16 @@ class AvganGenerator(nn.Module):
             self.spec = UpStream1d(m.trunk_width, k, t, _stream_channels(m, 5), use_sn, m.spec_top_blocks)
         else:
             self.spec = UpStream(m.trunk_width, (k // 16, t // 16), _stream_channels(m, 4), 2, use_sn, m.spec_top_blocks)
+
+    def train(self, mode: bool = True) -> AvganGenerator:
+        """As :meth:`torch.nn.Module.train`, but a fixed image stream, speech encoder and identity head stay in eval
+        mode: in train mode spectral normalisation refines its power-iteration vectors at every forward pass, which
+        would move the taken-over weights' normalisation."""
+        super().train(mode)
+        if self.fixed_image_stream:
+            for part in (self.encoder, self.speaker_head, self.image):
+                part.train(False)
+        return self
 
     def forward(self, noise: torch.Tensor, embedding: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.conditional != (embedding is not None):
