@@ -19,7 +19,6 @@ classifiers evaluation trains).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -109,6 +108,7 @@ class Avgan(Family):
             UserError: this config has its own image stream, or the bundle is not a readable wav2pix bundle with
                 this config's audio settings, speech encoder, image stream widths, speakers and split.
         """
+        from training import runs
         from training.export import load_bundle_source
         from training.families.avgan.networks import wav2pix_model_config
 
@@ -143,8 +143,7 @@ class Avgan(Family):
             raise UserError(f"--init-from {bundle_dir}: trained on speakers {list(source.labels)}, the data has "
                             f"{list(ctx.labels)}")  # fmt: skip
         trained_on = [str(Path(d).resolve()) for d in (source.manifest.get("training") or {}).get("data") or []]
-        split_file = ctx.run_dir / "split.json"
-        here = json.loads(split_file.read_text()).get("data", []) if split_file.is_file() else []
+        here = (runs.read_split(ctx.run_dir) or {}).get("data", [])
         if trained_on and sorted(trained_on) != sorted(str(Path(d).resolve()) for d in here):
             log.warning("--init-from %s: the bundle was trained on %s, this run reads %s: its validation faces may "
                         "have been the bundle's training faces", bundle_dir, trained_on, here)  # fmt: skip

@@ -91,8 +91,13 @@ def selection_pairs(n_val: int, spec: str) -> np.ndarray:
         counts = [0]
     if any(c <= 0 for c in counts):
         raise UserError(f"--exclude-selection {spec!r}: expected positive pair counts such as 60,200")
-    picked = [np.linspace(0, n_val - 1, c).round().astype(np.int64) if c < n_val else np.arange(n_val) for c in counts]
-    return np.unique(np.concatenate(picked))
+    return np.unique(np.concatenate([evenly_spaced(n_val, c) for c in counts]))
+
+
+def evenly_spaced(n: int, k: int) -> np.ndarray:
+    """int64 positions of ``k`` items spread evenly over ``n`` (first and last included; all ``n`` when k >= n):
+    the pairs ``--max-pairs k`` evaluates."""
+    return np.linspace(0, n - 1, k).round().astype(np.int64) if k < n else np.arange(n, dtype=np.int64)
 
 
 def run_batched(model, n: int, batch: int = 64, **inputs: np.ndarray) -> dict[str, np.ndarray]:
@@ -229,8 +234,8 @@ def evaluate_faces(model, args: argparse.Namespace) -> dict[str, Any]:
     val_idx = np.delete(val_idx, excluded)
     if len(val_idx) == 0:
         raise UserError(f"--exclude-selection {args.exclude_selection}: no validation pairs left of {n_val_total}")
-    if args.max_pairs and args.max_pairs < len(val_idx):
-        val_idx = val_idx[np.linspace(0, len(val_idx) - 1, args.max_pairs).round().astype(np.int64)]
+    if args.max_pairs:
+        val_idx = val_idx[evenly_spaced(len(val_idx), args.max_pairs)]
     k = len(pairs.identities)
     labels = pairs.labels[val_idx]
     t0 = time.perf_counter()

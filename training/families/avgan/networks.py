@@ -111,10 +111,11 @@ class UpStream1d(nn.Module):
         self.fc = sn(nn.Linear(width, chans[0] * self.t0), use_sn)
         self.seed_norm = PixelNorm()
         blocks: list[nn.Module] = []
-        for i, (cin, cout) in enumerate(zip(chans + [chans[-1]] * top_blocks, [*chans[1:], *[chans[-1]] * (1 + top_blocks)])):
-            if i < n:
-                blocks.append(nn.Upsample(scale_factor=2, mode="nearest"))
-            blocks += [sn(nn.Conv1d(cin, cout, 5, padding=2), use_sn), PixelNorm(), nn.LeakyReLU(0.2)]
+        for cin, cout in zip(chans, [*chans[1:], chans[-1]]):  # n upsampling blocks ...
+            blocks += [nn.Upsample(scale_factor=2, mode="nearest"), sn(nn.Conv1d(cin, cout, 5, padding=2), use_sn),
+                       PixelNorm(), nn.LeakyReLU(0.2)]  # fmt: skip
+        for _ in range(top_blocks):  # ... then the full-length ones
+            blocks += [sn(nn.Conv1d(chans[-1], chans[-1], 5, padding=2), use_sn), PixelNorm(), nn.LeakyReLU(0.2)]
         self.blocks = nn.Sequential(*blocks)
         self.out = nn.Conv1d(chans[-1], 2 * k, 5, padding=2)
 
