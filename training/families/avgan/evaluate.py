@@ -28,7 +28,9 @@ CMU PocketSphinx with a grammar of the ten digit words (:func:`.digits.recognise
 sounds in which it hears a digit word at all (``sound_recognised``) and the share where that word is the image's
 digit (``agreement_recogniser``), next to the same on real held-out pairs. The drawings' Fréchet distance
 (``image_frechet_distance``) in the drawing classifier's 128-d penultimate features, to the held-out drawings,
-next to that of training drawings: shapes the classifier names but no one draws show there.
+next to that of training drawings: shapes the classifier names but no one draws show there. For models with a
+latent code (``model.latent_code``), the share of images and of sounds classified as their noise's code
+(``image_names_code``, ``sound_names_code``): which stream misses when the two disagree.
 
 Writes ``metrics.json``, ``samples.png`` (faces: per row the real face, then one generated face per seed; digits:
 generated drawings captioned with both classifiers' digits), ``samples-generated.png`` (faces: the generated ones
@@ -422,6 +424,10 @@ def evaluate_digits(model, args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "generation_seconds": round(gen_seconds, 1),
     }
+    if cfg.model.latent_code:  # the code: argmax of the first 10 noise values (AvganGenerator.code_labels)
+        code = inputs["noise"][:, :10].argmax(axis=1)
+        metrics["image_names_code"] = float((d_img == code).mean())
+        metrics["sound_names_code"] = float((d_snd == code).mean())
     if conditioned_labels is not None:
         metrics["image_accuracy"] = float((d_img == conditioned_labels).mean())
         metrics["sound_accuracy"] = float((d_snd == conditioned_labels).mean())
@@ -527,6 +533,8 @@ def format_table(m: dict[str, Any]) -> str:
             ("image and sound name the same digit (chance 0.1)", f(m["agreement"]), f(ref["real_pairs_agreement"])),
             ("  ... both confident and the same", f(m["agreement_confident"]), ""),
             ("  ... expected from the digit frequencies alone", f(m.get("agreement_if_independent")), ""),
+            ("image / sound classified as the latent code", f"{f(m.get('image_names_code'))} / "
+             f"{f(m.get('sound_names_code'))}", ""),
             ("drawings' Fréchet distance to held-out drawings", f(m.get("image_frechet_distance")),
              f(ref.get("image_frechet_distance_train_vs_val")) + " (train vs held-out)"),
             ("sound heard as a digit word (PocketSphinx)", f(m.get("sound_recognised")),
