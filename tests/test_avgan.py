@@ -563,6 +563,26 @@ def test_agreement_is_high_for_matched_and_low_for_mismatched_pairs(tmp_path, mo
     assert sheet is not None and sheet.shape[0] > 96 and sheet.std() > 10  # real and generated spectrograms drawn
 
 
+@needs_digits
+def test_digit_classifiers_start_from_their_seed_whatever_ran_before(monkeypatch) -> None:
+    """The evaluation's classifiers are retrained wherever their cache is absent: their initial weights must come
+    from their seed, not from the torch random state the process happens to be in (which made two trainings
+    differ, and the agreement of one model move by 0.05 between them)."""
+    from training.families.avgan import digits
+    from training.families.avgan.data import load_digits
+
+    monkeypatch.setattr(digits, "_fit_seeded", lambda *a, **k: None)  # the initial weights only
+    data = load_digits([FSDD.parent, MNIST], 8000, 8000, 32, 0.1)
+    states = []
+    for before in (1, 2):
+        torch.manual_seed(before)
+        torch.randn(before * 7)
+        drawing, spoken, _ = digits.classifiers_for(data, None)
+        states.append({**drawing.state_dict(), **{f"s.{k}": v for k, v in spoken.state_dict().items()}})
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
 @pytest.mark.slow  # trains the two digit classifiers (about 2 min on 2 cores), PocketSphinx on 600 sounds
 @needs_digits
 def test_digits_agreement_is_high_for_matched_and_low_for_mismatched_pairs(tmp_path, monkeypatch) -> None:

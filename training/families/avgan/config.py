@@ -148,12 +148,6 @@ class LossConfig:
     channel; the IF channel stays the generator's), not the image itself. A spectrogram image is not the STFT of
     any signal in general, and one that decodes past full scale is clipped in the bundle: without this the
     discriminator never sees either. Real sounds take the same decode-and-analyse path.
-    imle_weight: ``model.latent_code`` only: weight of the conditional implicit maximum likelihood term on the sound
-    (IMLE, Li & Malik 2018; conditional IMLE, Li, Zhang & Malik, CVPR 2019): for every real sound in the batch,
-    ``imle_samples`` generated sounds with its label's code are drawn, and the one nearest to it is pulled towards
-    it. 0 disables. imle_samples: candidates per real sound. imle_max_shift: the real sound may shift up to this
-    many frames to meet a candidate. imle_cepstrum: compare the first N cepstral coefficients (1..N) of the
-    log-magnitude by mean squared difference (0: the log-magnitude itself, by mean absolute difference).
     """
 
     kind: Literal["hinge", "lsgan"] = "hinge"
@@ -164,10 +158,6 @@ class LossConfig:
     mode_seeking_weight: float = ranged(0.1, 0.0, 100.0)
     code_weight: float = ranged(1.0, 0.0, 100.0)
     heard_sound: bool = False
-    imle_weight: float = ranged(0.0, 0.0, 100.0)
-    imle_samples: int = ranged(8, 1, 256)
-    imle_max_shift: int = ranged(0, 0, 1024)
-    imle_cepstrum: int = ranged(0, 0, 1024)
 
 
 @dataclass(frozen=True)
@@ -195,8 +185,5 @@ class AvganConfig:
         if self.model.spec_stream == "conv1d" and s.frames % 32:
             raise ValueError(f"spectrogram.frames: model.spec_stream: conv1d upsamples its seed five times (x32); frames must "
                              f"be a multiple of 32, got {s.frames}")  # fmt: skip
-        if self.loss.imle_weight > 0 and not self.model.latent_code:
-            raise ValueError("loss.imle_weight: needs model.latent_code (the real sound's label picks the code of its "
-                             "generated candidates)")  # fmt: skip
         if s.hop > s.n_fft // 2:
             raise ValueError(f"spectrogram.hop: expected at most n_fft/2 = {s.n_fft // 2}, got {s.hop}")

@@ -25,7 +25,6 @@ from a bundle (:func:`heard`: decoded, clipped to [-1, 1], analysed again), not 
 from __future__ import annotations
 
 import logging
-import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -63,17 +62,6 @@ def heard(G: AvganGenerator, spec: torch.Tensor) -> torch.Tensor:
     image's own IF. Real items take the same path, so that the float rounding of the synthesis, which lifts a real
     clip's exact digital silence, is no cue either."""
     return torch.stack([G.codec.log_magnitude(G.sound(spec)), spec[:, 1]], dim=1)
-
-
-def coded_noise(labels: torch.Tensor, n_codes: int, noise_dim: int) -> torch.Tensor:
-    """Standard-normal noise float32 [B, noise_dim] whose latent code is ``labels`` int64 [B] (the largest of the
-    first ``n_codes`` values swapped into the label's place)."""
-    z = torch.randn(len(labels), noise_dim, device=labels.device)
-    rows = torch.arange(len(labels), device=labels.device)
-    top = z[:, :n_codes].argmax(dim=1)
-    at_top, at_label = z[rows, top].clone(), z[rows, labels].clone()
-    z[rows, labels], z[rows, top] = at_top, at_label
-    return z
 
 
 def real_term(kind: str, scores: torch.Tensor) -> torch.Tensor:
@@ -158,44 +146,6 @@ class AvganTrainer:
         ``loss.heard_sound``, else the images themselves."""
         return heard(self.ctx.G, spec) if self.cfg.loss.heard_sound else spec
 
-    def imle(self, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The conditional IMLE term (``loss.imle_weight``; Li & Malik 2018, Li, Zhang & Malik 2019): for each real
-        sound of label ``y`` int64 [B] (log-magnitude as judged ``target`` float32 [B, K, T]), the nearest of
-        ``loss.imle_samples`` generated sounds with code ``y`` (and shift of the real one), regenerated, and its
-        distance to the real one (scalar)."""
-        G, m, zdim, S = self.ctx.G, self.cfg.loss.imle_samples, self.cfg.model.noise_dim, self.cfg.loss.imle_max_shift
-        nc = self.cfg.loss.imle_cepstrum
-        b, k, t = target.shape
-        if nc:
-            n = torch.arange(k, device=target.device, dtype=torch.float32)
-            dct = torch.stack([torch.cos(math.pi * (n + 0.5) * c / k) for c in range(1, nc + 1)]) * (2.0 / k)
-
-            def view(x: torch.Tensor) -> torch.Tensor:
-                return torch.einsum("ck,bkt->bct", dct, x)
-        else:
-
-            def view(x: torch.Tensor) -> torch.Tensor:
-                return x
-
-        def dist_fn(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-            return ((a - g) ** 2).mean(dim=(-2, -1)) if nc else (a - g).abs().mean(dim=(-2, -1))
-
-        z = coded_noise(y.repeat_interleave(m), G.n_codes, zdim)
-        floor = target.amin(dim=(1, 2), keepdim=True)
-        padded = view(torch.cat([floor.expand(b, k, S), target, floor.expand(b, k, S)], dim=2))
-        with torch.no_grad(), self.ctx.autocast():
-            _, pool = G(z)
-            pool = view(self._as_judged(pool)[:, 0].float()).view(b, m, -1, t)
-            dist = torch.stack([dist_fn(pool, padded[:, None, :, s : s + t]) for s in range(2 * S + 1)], dim=2)
-            best = dist.flatten(1).argmin(dim=1)
-            pick, shift = best // (2 * S + 1), best % (2 * S + 1)
-        rows = torch.arange(b, device=y.device)
-        chosen = z.view(b, m, zdim)[rows, pick]
-        goal = torch.stack([padded[i, :, int(shift[i]) : int(shift[i]) + t] for i in range(b)])
-        with self.ctx.autocast():
-            _, spec = G(chosen)
-            return dist_fn(view(self._as_judged(spec)[:, 0].float()), goal).mean()
-
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         return diff_augment(x, self.policy) if self.policy else x
 
@@ -257,7 +207,7 @@ class AvganTrainer:
         }
         if not update_g:
             return {**stats, "loss_g": float("nan"), "loss_speech_id": float("nan"), "loss_ms": float("nan"),
-                    "loss_code_g": float("nan"), "loss_imle": float("nan")}  # fmt: skip
+                    "loss_code_g": float("nan")}  # fmt: skip
 
         # ---- generator (+ speech encoder)
         D.requires_grad_(False)
@@ -280,15 +230,13 @@ class AvganTrainer:
                 loss_ms = 0.5 * (losses.mode_seeking(f_img[:h].float(), i2.float(), z[:h], z2)
                                  + losses.mode_seeking(f_spec[:h].float(), s2.float(), z[:h], z2))  # fmt: skip
         loss_g = losses.g_loss(lc.kind, s_g)
-        loss_imle = self.imle(y, x_spec[:, 0].float()) if lc.imle_weight > 0 else torch.zeros((), device=dev)
         loss_sid = torch.zeros((), device=dev)
         if e is not None and G.speaker_head is not None:
             loss_sid = F.cross_entropy(G.speaker_head(e.float()), y)
-        total = (loss_g + lc.speech_id_weight * loss_sid + lc.mode_seeking_weight * loss_ms
-                 + lc.code_weight * loss_code_g + lc.imle_weight * loss_imle)  # fmt: skip
+        total = loss_g + lc.speech_id_weight * loss_sid + lc.mode_seeking_weight * loss_ms + lc.code_weight * loss_code_g
         ctx.optimise(ctx.opt_g, total, list(G.parameters()))
         return {**stats, "loss_g": loss_g.item(), "loss_speech_id": loss_sid.item(), "loss_ms": loss_ms.item(),
-                "loss_code_g": loss_code_g.item(), "loss_imle": loss_imle.item()}  # fmt: skip
+                "loss_code_g": loss_code_g.item()}  # fmt: skip
 
     @torch.no_grad()
     def sample_grid(self) -> np.ndarray:
