@@ -123,6 +123,11 @@ REMOVED_OPTIONS: dict[str, dict[str, Any]] = {
         "appearance_code_weight": 0.0,
         "reconstruction_weight": None,  # avgan model.content_encoder, 2026-12-04
         "kl_weight": None,  # avgan model.content_encoder, 2026-12-04
+        # avgan digits, conditional IMLE on the sound (docs/AVGAN.md, "Tried for the sound"), 2026-12-05
+        "imle_weight": 0.0,
+        "imle_samples": None,
+        "imle_max_shift": None,
+        "imle_cepstrum": None,
     },
     "train": {"cache_features": None},
     "data": {"sound_placement": "random"},  # avgan, 2026-12-03
