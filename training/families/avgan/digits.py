@@ -147,7 +147,7 @@ def _fit(model: nn.Module, x: np.ndarray, y: np.ndarray, make_batch, epochs: int
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one thread: the same weights whatever the machine's core count (reduction order)
     try:
-        with torch.random.fork_rng():  # the caller's torch random state is left as it was
+        with torch.random.fork_rng(devices=[]):  # the caller's torch random state is left as it was
             _fit_seeded(model, x, y, make_batch, epochs, seed)
     finally:
         torch.set_num_threads(threads)
@@ -193,7 +193,7 @@ def classifiers_for(data, cache_dir: Path | None, seed: int = 0) -> tuple[Drawin
                                    int(data.drawing_val.sum()), data.drawings.shape[1],
                                    [float(c[:64].sum()) for c in data.clips[:50]]]).encode()).hexdigest()[:16]  # fmt: skip
     path = None if cache_dir is None else Path(cache_dir) / f"avgan-digit-classifiers-{key}.safetensors"
-    with torch.random.fork_rng():  # the initial weights from ``seed``, not from whatever ran before in the process
+    with torch.random.fork_rng(devices=[]):  # the initial weights from ``seed``, not from whatever ran before in the process
         torch.manual_seed(seed)
         drawing, spoken = DrawingClassifier(), SpokenDigitClassifier(data.sample_rate)
     images_all = drawings_to_tensor(data.drawings)
