@@ -370,10 +370,12 @@ def test_unconditional_digits_train_export_and_generate_count(tmp_path, monkeypa
            "spectrogram": {"n_fft": 256, "hop": 128, "frames": 64},
            "model": {"conditioning": "none", "image_size": 32, "image_channels": 1, **TINY_MODEL, "noise_dim": 16,
                      "latent_code": True, "spec_top_blocks": 1, "minibatch_std": True},
-           "loss": {"heard_sound": True}, "train": TINY_TRAIN}  # fmt: skip
+           "loss": {"heard_sound": True, "guide_weight": 1.0}, "train": TINY_TRAIN}  # fmt: skip
     bundle = _train_export(tmp_path, cfg, [fsdd, MNIST], monkeypatch)
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["loss_code_d"]) and np.isfinite(r["loss_code_g"]) for r in log)
+    assert all(0 < r["loss_guide"] < 10 for r in log)  # the robust guide was trained (and cached) and names codes
+    assert len(list((tmp_path / "cache").glob("avgan-digit-guide-*.safetensors"))) == 1
     manifest = json.loads((bundle / "bundle.json").read_text())
     assert list(manifest["inputs"]) == ["noise"] and manifest["sample_rate"] == 8000
     noise = np.random.default_rng(1).standard_normal((2, 16)).astype(np.float32)
@@ -584,6 +586,27 @@ def test_digit_classifiers_start_from_their_seed_whatever_ran_before(monkeypatch
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
 
+def test_pgd_finds_a_worse_case_inside_its_ball() -> None:
+    """The guide's adversarial training attacks (Madry et al. 2018): every perturbation stays within epsilon, and it
+    raises the classifier's loss over the clean input."""
+    import torch.nn.functional as F
+
+    from training.families.avgan.guide import SoundGuide, pgd
+
+    torch.manual_seed(0)
+    model = SoundGuide(8000).eval()
+    m = model.front(torch.randn(6, 8000) * 0.1).detach()
+    y = torch.arange(6)
+    adv = pgd(model, m, y, 0.2, 3, torch.Generator().manual_seed(0))
+    assert adv.shape == m.shape and (adv - m).abs().max() <= 0.2 + 1e-6
+    with torch.no_grad():
+        assert F.cross_entropy(model.body(adv), y) > F.cross_entropy(model.body(m), y)
+    with pytest.raises(ValueError, match="guide_epsilon"):
+        from training.families.avgan.guide import guide_for
+
+        guide_for(None, 5, float("nan"), None)
+
+
 @pytest.mark.slow  # trains the two digit classifiers (about 3 min, one thread), PocketSphinx on 600 sounds
 @needs_digits
 def test_digits_agreement_is_high_for_matched_and_low_for_mismatched_pairs(tmp_path, monkeypatch) -> None:
@@ -631,3 +654,5 @@ def test_digits_agreement_is_high_for_matched_and_low_for_mismatched_pairs(tmp_p
     assert right["sound_recognised"] > 0.9  # real speech: PocketSphinx hears a digit word
     # real drawings: Fréchet distance near the train-vs-held-out reference, not far above it
     assert right["image_frechet_distance"] < 3 * right["reference"]["image_frechet_distance_train_vs_val"]
+    # the held-out recordings themselves: nearer to the held-out set than the training recordings are
+    assert right["sound_frechet_distance"] < right["reference"]["sound_frechet_distance_train_vs_val"]

@@ -76,11 +76,21 @@ class SpokenDigitClassifier(nn.Module):
             nn.Flatten(), nn.Dropout(0.3), nn.Linear(64 * 8, 10),
         )  # fmt: skip
 
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+    def _front(self, audio: torch.Tensor) -> torch.Tensor:
         peak = audio.abs().amax(dim=1, keepdim=True).clamp_min(1e-3)
         m = self.mel(audio / peak)
         m = (m - m.mean(dim=(1, 2), keepdim=True)) / (m.std(dim=(1, 2), keepdim=True) + 1e-3)
-        return self.body(m.unsqueeze(1))
+        return m.unsqueeze(1)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.body(self._front(audio))
+
+    @torch.no_grad()
+    def features(self, audio: torch.Tensor, batch: int = 256) -> np.ndarray:
+        """float32 [B, 512] penultimate activations of speech float32 [B, S] (a CPU tensor): the space of the sounds'
+        Fréchet distance. Leaves the module in eval mode."""
+        self.eval()
+        return torch.cat([self.body[:-1](self._front(audio[i : i + batch])) for i in range(0, len(audio), batch)]).numpy()
 
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")

@@ -28,7 +28,9 @@ CMU PocketSphinx with a grammar of the ten digit words (:func:`.digits.recognise
 sounds in which it hears a digit word at all (``sound_recognised``) and the share where that word is the image's
 digit (``agreement_recogniser``), next to the same on real held-out pairs. The drawings' Fréchet distance
 (``image_frechet_distance``) in the drawing classifier's 128-d penultimate features, to the held-out drawings,
-next to that of training drawings: shapes the classifier names but no one draws show there. For models with a
+next to that of training drawings: shapes the classifier names but no one draws show there; the same for the sounds
+(``sound_frechet_distance``, the spoken-digit classifier's 512-d penultimate features, to the held-out recordings,
+next to training recordings): it rises when all the sounds of a digit are alike. For models with a
 latent code (``model.latent_code``), the share of images and of sounds classified as their noise's code
 (``image_names_code``, ``sound_names_code``): which stream misses when the two disagree.
 
@@ -391,6 +393,15 @@ def evaluate_digits(model, args: argparse.Namespace) -> dict[str, Any]:
     f_val = drawing.features(drawings_to_tensor(data.drawings[val_d]))
     fd_gen = _frechet_terms(drawing.features(x_img), f_val)
     fd_ref = _frechet_terms(drawing.features(drawings_to_tensor(data.drawings[train_d])), f_val)
+    # the same for the sounds, in the spoken-digit classifier's feature space: n generated sounds vs the held-out
+    # recordings, next to n training recordings (evenly spaced, centred) vs the same; it rises when the sounds of a
+    # digit are all alike
+    train_r = np.flatnonzero(data.takes >= cfg.data.val_takes)
+    train_r = train_r[np.linspace(0, len(train_r) - 1, min(len(train_r), n)).astype(int)]
+    s_val = spoken.features(torch.from_numpy(real_snd))
+    sfd_gen = _frechet_terms(spoken.features(torch.from_numpy(np.ascontiguousarray(out["sound"], np.float32))), s_val)
+    sfd_ref = _frechet_terms(spoken.features(torch.from_numpy(np.stack([place(data.clips[i], window) for i in train_r]))),
+                             s_val)  # fmt: skip
     log.info("PocketSphinx listening to %d generated and %d real sounds", n, len(held))
     w_gen, w_real = recognise_digits(out["sound"], rate, args.seed), recognise_digits(real_snd, rate, args.seed)
     metrics: dict[str, Any] = {
@@ -404,6 +415,7 @@ def evaluate_digits(model, args: argparse.Namespace) -> dict[str, Any]:
         # what the two classifiers' digit frequencies alone give if image and sound were independent
         "agreement_if_independent": independent_agreement(d_img, d_snd, 10),
         "image_frechet_distance": sum(fd_gen),
+        "sound_frechet_distance": sum(sfd_gen),
         "image_digits": np.bincount(d_img, minlength=10).tolist(),
         "sound_digits": np.bincount(d_snd, minlength=10).tolist(),
         # an independent listener (digits.recognise_digits): does it hear a digit word, and the image's digit?
@@ -416,6 +428,7 @@ def evaluate_digits(model, args: argparse.Namespace) -> dict[str, Any]:
             "real_image_confident": float((r_img.max(1) >= CONFIDENT).mean()),
             "real_sound_confident": float((r_snd.max(1) >= CONFIDENT).mean()),
             "image_frechet_distance_train_vs_val": sum(fd_ref),
+            "sound_frechet_distance_train_vs_val": sum(sfd_ref),
             "real_sound_recognised": float((w_real >= 0).mean()),
             "recogniser_accuracy": float((w_real == data.labels[held]).mean()),
             "real_pairs_agreement_recogniser": float((w_real == r_img.argmax(1)).mean()),
@@ -537,6 +550,8 @@ def format_table(m: dict[str, Any]) -> str:
              f"{f(m.get('sound_names_code'))}", ""),
             ("drawings' Fréchet distance to held-out drawings", f(m.get("image_frechet_distance")),
              f(ref.get("image_frechet_distance_train_vs_val")) + " (train vs held-out)"),
+            ("sounds' Fréchet distance to held-out recordings", f(m.get("sound_frechet_distance")),
+             f(ref.get("sound_frechet_distance_train_vs_val")) + " (train vs held-out)"),
             ("sound heard as a digit word (PocketSphinx)", f(m.get("sound_recognised")),
              f(ref.get("real_sound_recognised"))),
             ("  ... the image's digit", f(m.get("agreement_recogniser")),

@@ -10,7 +10,9 @@ condition is fake too (``loss.wrong_condition_weight``). An AC-GAN classifier on
 learns the identity (``loss.aux_weight``).
 
 Generator: the adversarial loss on its pairs, the speech encoder's identity classification
-(``loss.speech_id_weight``, ``voice`` only) and the mode-seeking term on both streams (Mao et al. 2019).
+(``loss.speech_id_weight``, ``voice`` only), the mode-seeking term on both streams (Mao et al. 2019) and, with
+``loss.guide_weight`` (digits), a frozen robust spoken-digit classifier naming its sound's code
+(:mod:`training.families.avgan.guide`).
 
 ``model.latent_code`` (semi-supervised InfoGAN, Spurr et al. 2017; AC-GAN's per-class loss, Odena et al. 2017):
 the discriminator's per-stream classifiers learn the labels of real images and real sounds, and the generator is
@@ -115,6 +117,19 @@ class AvganTrainer:
             clips = torch.from_numpy(normalise_peak(self.data.sounds(pick)))
             for g in (ctx.G, ctx.G_ema):
                 g.codec.fit_statistics(clips)
+        self.guide = None
+        if cfg.loss.guide_weight > 0:
+            from engine.errors import UserError
+
+            if not ctx.G.n_codes or getattr(self.data, "kind", "") != "digits":
+                raise UserError("loss.guide_weight: the robust spoken-digit guide needs digits data and "
+                                "model.latent_code: true")  # fmt: skip
+            from datastore.cache import default_cache_dir
+            from training.families.avgan.guide import guide_for
+
+            self.guide, report = guide_for(self.data, cfg.data.val_takes, cfg.loss.guide_epsilon, default_cache_dir())
+            self.guide.to(ctx.device)
+            log.info("sound guide: %s", report)
         pool = ctx.split.val if len(ctx.split.val) else ctx.split.train
         self.sample_items = self._sample_items(pool)
         gen = torch.Generator().manual_seed(1234)
@@ -207,7 +222,7 @@ class AvganTrainer:
         }
         if not update_g:
             return {**stats, "loss_g": float("nan"), "loss_speech_id": float("nan"), "loss_ms": float("nan"),
-                    "loss_code_g": float("nan")}  # fmt: skip
+                    "loss_code_g": float("nan"), "loss_guide": float("nan")}  # fmt: skip
 
         # ---- generator (+ speech encoder)
         D.requires_grad_(False)
@@ -222,6 +237,9 @@ class AvganTrainer:
                 c = G.code_labels(z) if G.n_codes else y  # the code's label, or the condition's speaker
                 loss_code_g = 0.5 * (F.cross_entropy(D.image_code(h_img_g).float(), c)
                                      + F.cross_entropy(D.spec_code(h_spec_g).float(), c))  # fmt: skip
+            loss_guide = torch.zeros((), device=dev)
+            if self.guide is not None:
+                loss_guide = F.cross_entropy(self.guide(G.sound(f_spec).float()), G.code_labels(z))
             loss_ms = torch.zeros((), device=dev)
             if lc.mode_seeking_weight > 0:
                 h = max(1, b // 2)
@@ -233,10 +251,11 @@ class AvganTrainer:
         loss_sid = torch.zeros((), device=dev)
         if e is not None and G.speaker_head is not None:
             loss_sid = F.cross_entropy(G.speaker_head(e.float()), y)
-        total = loss_g + lc.speech_id_weight * loss_sid + lc.mode_seeking_weight * loss_ms + lc.code_weight * loss_code_g
+        total = (loss_g + lc.speech_id_weight * loss_sid + lc.mode_seeking_weight * loss_ms + lc.code_weight * loss_code_g
+                 + lc.guide_weight * loss_guide)
         ctx.optimise(ctx.opt_g, total, list(G.parameters()))
         return {**stats, "loss_g": loss_g.item(), "loss_speech_id": loss_sid.item(), "loss_ms": loss_ms.item(),
-                "loss_code_g": loss_code_g.item()}  # fmt: skip
+                "loss_code_g": loss_code_g.item(), "loss_guide": loss_guide.item()}  # fmt: skip
 
     @torch.no_grad()
     def sample_grid(self) -> np.ndarray:
