@@ -128,6 +128,8 @@ REMOVED_OPTIONS: dict[str, dict[str, Any]] = {
         "imle_samples": None,
         "imle_max_shift": None,
         "imle_cepstrum": None,
+        # avgan digits, the sound guide trained adversarially (docs/AVGAN.md), 2026-12-05
+        "guide_epsilon": 0.0,
     },
     "train": {"cache_features": None},
     "data": {"sound_placement": "random"},  # avgan, 2026-12-03

@@ -148,10 +148,9 @@ class LossConfig:
     channel; the IF channel stays the generator's), not the image itself. A spectrogram image is not the STFT of
     any signal in general, and one that decodes past full scale is clipped in the bundle: without this the
     discriminator never sees either. Real sounds take the same decode-and-analyse path.
-    guide_weight: ``model.latent_code`` with digits data only: weight of the generator's loss that a frozen, robust
-    spoken-digit classifier (:mod:`training.families.avgan.guide`, adversarially trained on the training
-    recordings) names its sound's code; 0 disables. guide_epsilon: that classifier's adversarial-training radius
-    (L-infinity, in standard deviations of its standardised log-mel); 0 trains it without attacks.
+    guide_weight: ``model.latent_code`` with digits data only: weight of the generator's loss that a frozen
+    spoken-digit classifier (:mod:`training.families.avgan.guide`, trained on the training recordings) names its
+    sound's code (cross-entropy); 0 disables.
     """
 
     kind: Literal["hinge", "lsgan"] = "hinge"
@@ -163,7 +162,6 @@ class LossConfig:
     code_weight: float = ranged(1.0, 0.0, 100.0)
     heard_sound: bool = False
     guide_weight: float = ranged(0.0, 0.0, 100.0)
-    guide_epsilon: float = ranged(0.2, 0.0, 10.0)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ learns the identity (``loss.aux_weight``).
 
 Generator: the adversarial loss on its pairs, the speech encoder's identity classification
 (``loss.speech_id_weight``, ``voice`` only), the mode-seeking term on both streams (Mao et al. 2019) and, with
-``loss.guide_weight`` (digits), a frozen robust spoken-digit classifier naming its sound's code
+``loss.guide_weight`` (digits), a frozen spoken-digit classifier naming its sound's code
 (:mod:`training.families.avgan.guide`).
 
 ``model.latent_code`` (semi-supervised InfoGAN, Spurr et al. 2017; AC-GAN's per-class loss, Odena et al. 2017):
@@ -122,12 +122,11 @@ class AvganTrainer:
             from engine.errors import UserError
 
             if not ctx.G.n_codes or getattr(self.data, "kind", "") != "digits":
-                raise UserError("loss.guide_weight: the robust spoken-digit guide needs digits data and "
-                                "model.latent_code: true")  # fmt: skip
+                raise UserError("loss.guide_weight: the spoken-digit guide needs digits data and model.latent_code: true")
             from datastore.cache import default_cache_dir
             from training.families.avgan.guide import guide_for
 
-            self.guide, report = guide_for(self.data, cfg.data.val_takes, cfg.loss.guide_epsilon, default_cache_dir())
+            self.guide, report = guide_for(self.data, cfg.data.val_takes, default_cache_dir())
             self.guide.to(ctx.device)
             log.info("sound guide: %s", report)
         pool = ctx.split.val if len(ctx.split.val) else ctx.split.train
