@@ -374,7 +374,7 @@ def test_unconditional_digits_train_export_and_generate_count(tmp_path, monkeypa
     bundle = _train_export(tmp_path, cfg, [fsdd, MNIST], monkeypatch)
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["loss_code_d"]) and np.isfinite(r["loss_code_g"]) for r in log)
-    assert all(0 < r["loss_guide"] < 10 for r in log)  # the robust guide was trained (and cached) and names codes
+    assert all(0 < r["loss_guide"] < 10 for r in log)  # the sound guide was trained (and cached) and reads the sounds
     assert len(list((tmp_path / "cache").glob("avgan-digit-guide-*.safetensors"))) == 1
     manifest = json.loads((bundle / "bundle.json").read_text())
     assert list(manifest["inputs"]) == ["noise"] and manifest["sample_rate"] == 8000

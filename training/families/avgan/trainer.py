@@ -238,7 +238,8 @@ class AvganTrainer:
                                      + F.cross_entropy(D.spec_code(h_spec_g).float(), c))  # fmt: skip
             loss_guide = torch.zeros((), device=dev)
             if self.guide is not None:
-                loss_guide = F.cross_entropy(self.guide(G.sound(f_spec).float()), G.code_labels(z))
+                with torch.autocast(dev.type, enabled=False):  # the guide reads in float32, as it was trained
+                    loss_guide = F.cross_entropy(self.guide(G.sound(f_spec.float())), G.code_labels(z))
             loss_ms = torch.zeros((), device=dev)
             if lc.mode_seeking_weight > 0:
                 h = max(1, b // 2)
