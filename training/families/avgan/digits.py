@@ -153,32 +153,53 @@ def drawings_to_tensor(images: np.ndarray) -> torch.Tensor:
     return t
 
 
-def _fit(model: nn.Module, x: np.ndarray, y: np.ndarray, make_batch, epochs: int, seed: int) -> None:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one thread: the same weights whatever the machine's core count (reduction order)
+def _fit(model: nn.Module, x: np.ndarray, y: np.ndarray, make_batch, epochs: int, seed: int, threads: int = 1) -> None:
+    """Train a classifier: Adam at 1e-3 on a cosine schedule, batches of 64 items of ``x`` (all of them where fewer)
+    made by ``make_batch(idx, numpy_generator)``, labels int64 ``y``; seeded, on a fixed number of ``threads`` (the
+    same weights whatever the machine's core count: reduction order). The caller's torch random state and thread
+    count are left as they were."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
-        with torch.random.fork_rng(devices=[]):  # the caller's torch random state is left as it was
+        with torch.random.fork_rng(devices=[]):
             _fit_seeded(model, x, y, make_batch, epochs, seed)
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 def _fit_seeded(model: nn.Module, x: np.ndarray, y: np.ndarray, make_batch, epochs: int, seed: int) -> None:
     gen = np.random.default_rng(seed)
     torch.manual_seed(seed)
+    size = min(64, len(x))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * max(1, len(x) // 64))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * max(1, len(x) // size))
     model.train()
     for _ in range(epochs):
         order = gen.permutation(len(x))
-        for i in range(0, len(order) - 63, 64):
-            idx = order[i : i + 64]
+        for i in range(0, len(order) - size + 1, size):
+            idx = order[i : i + size]
             loss = F.cross_entropy(model(make_batch(idx, gen)), torch.from_numpy(y[idx]))
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
     model.eval()
+
+
+def sound_batches(data, items: np.ndarray):
+    """A ``make_batch`` for :func:`_fit` over recordings ``items`` (indices into ``data.clips``): for positions
+    ``idx`` into ``items``, float32 [len(idx), data.window], each recording at a random gain of 0.3-1 and a random
+    place in the window."""
+    from training.families.avgan.data import place
+
+    def batch(idx: np.ndarray, gen: np.random.Generator) -> torch.Tensor:
+        out = []
+        for i in items[idx]:
+            clip = data.clips[int(i)] * float(gen.uniform(0.3, 1.0))
+            out.append(place(clip, data.window, int(gen.integers(0, max(1, data.window - len(clip) + 1)))))
+        return torch.from_numpy(np.stack(out))
+
+    return batch
 
 
 @torch.no_grad()
@@ -225,15 +246,7 @@ def classifiers_for(data, cache_dir: Path | None, seed: int = 0) -> tuple[Drawin
 
         _fit(drawing, train_d, data.drawing_labels[train_d], drawing_batch, epochs=3, seed=seed)
         train_r = np.flatnonzero(~val_rec)
-
-        def sound_batch(idx: np.ndarray, gen: np.random.Generator) -> torch.Tensor:
-            out = []
-            for i in train_r[idx]:
-                clip = data.clips[int(i)] * float(gen.uniform(0.3, 1.0))
-                out.append(place(clip, data.window, int(gen.integers(0, max(1, data.window - len(clip) + 1)))))
-            return torch.from_numpy(np.stack(out))
-
-        _fit(spoken, train_r, data.labels[train_r], sound_batch, epochs=25, seed=seed)
+        _fit(spoken, train_r, data.labels[train_r], sound_batches(data, train_r), epochs=25, seed=seed)
         seconds = time.perf_counter() - started
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)

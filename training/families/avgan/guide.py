@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from training.families.avgan.digits import _fit, sound_batches
 from training.layers import LogMel
 
 log = logging.getLogger(__name__)
@@ -64,39 +64,6 @@ class SoundGuide(nn.Module):
         return self.body(self.front(audio))
 
 
-def fit_guide(model: SoundGuide, clips: list[np.ndarray], labels: np.ndarray, window: int, epochs: int,
-              seed: int) -> None:  # fmt: skip
-    """Train ``model`` on recordings ``clips`` (float32 [n_i], samples) with digit ``labels`` int64 [N], each placed
-    at a random offset in ``window`` samples at a gain of 0.3-1: Adam, learning rate 1e-3 on a cosine schedule,
-    batch 64 (or all recordings, where fewer), two threads, seeded (leaves the caller's torch random state and thread count as they were)."""
-    from training.families.avgan.data import place
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)  # a fixed count: the same weights on any machine (reduction order)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            gen = np.random.default_rng(seed)
-            size = min(64, len(clips))  # batch (fewer recordings than that: one batch of all of them)
-            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * max(1, len(clips) // size))
-            model.train()
-            for _ in range(epochs):
-                order = gen.permutation(len(clips))
-                for i in range(0, len(order) - size + 1, size):
-                    idx = order[i : i + size]
-                    x = np.stack([place(clips[j] * float(gen.uniform(0.3, 1.0)), window,
-                                        int(gen.integers(0, max(1, window - len(clips[j]) + 1)))) for j in idx])  # fmt: skip
-                    loss = F.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(labels[idx]))
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                    sched.step()
-    finally:
-        torch.set_num_threads(threads)
-    model.eval()
-
-
 def guide_for(data, val_takes: int, cache_dir: Path | None, seed: int = 0, epochs: int = 12) -> tuple[SoundGuide, dict]:
     """The guide for a :class:`~training.families.avgan.data.DigitData`: trained on its recordings of takes >=
     ``val_takes`` (or read from the cache under ``cache_dir``; None: not cached), frozen (eval mode, no gradients
@@ -112,7 +79,9 @@ def guide_for(data, val_takes: int, cache_dir: Path | None, seed: int = 0, epoch
     train = np.flatnonzero(data.takes >= val_takes)
     held = np.flatnonzero(data.takes < val_takes)
     if not len(train):
-        raise ValueError(f"data.val_takes: {val_takes} holds out every recording; the sound guide needs some to learn from")
+        raise ValueError(
+            f"data.val_takes: {val_takes} holds out every recording; the sound guide needs some to learn from"
+        )
     key = hashlib.sha1(json.dumps([GUIDE_VERSION, seed, epochs, val_takes, data.sample_rate, data.window,
                                    len(data.clips), [float(c[:64].sum()) for c in data.clips[:50]]])
                        .encode()).hexdigest()[:16]  # fmt: skip
@@ -126,7 +95,8 @@ def guide_for(data, val_takes: int, cache_dir: Path | None, seed: int = 0, epoch
     else:
         started = time.perf_counter()
         log.info("training the sound guide on %d recordings", len(train))
-        fit_guide(model, [data.clips[i] for i in train], data.labels[train], data.window, epochs, seed)
+        # the evaluation's training loop and batches (digits._fit, sound_batches), on two threads
+        _fit(model, train, data.labels[train], sound_batches(data, train), epochs, seed, threads=2)
         seconds = time.perf_counter() - started
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -137,5 +107,7 @@ def guide_for(data, val_takes: int, cache_dir: Path | None, seed: int = 0, epoch
     if len(held):
         x = torch.from_numpy(np.stack([place(data.clips[i], data.window) for i in held]))
         with torch.no_grad():
-            report["held_out_accuracy"] = float((model(x).argmax(1) == torch.from_numpy(data.labels[held])).float().mean())
+            report["held_out_accuracy"] = float(
+                (model(x).argmax(1) == torch.from_numpy(data.labels[held])).float().mean()
+            )
     return model, report

@@ -23,7 +23,7 @@ from datastore.cache import default_cache_dir  # noqa: E402
 from training.evaluate import open_model  # noqa: E402
 from training.face_eval import seed_noise  # noqa: E402
 from training.families.avgan.data import load_digits, place  # noqa: E402
-from training.families.avgan.digits import SpokenDigitClassifier, _fit, classifiers_for, predict  # noqa: E402
+from training.families.avgan.digits import SpokenDigitClassifier, _fit, classifiers_for, predict, sound_batches  # noqa: E402
 from training.families.avgan.evaluate import run_batched  # noqa: E402
 from training.families.avgan.guide import guide_for  # noqa: E402
 
@@ -41,14 +41,7 @@ def held_out_classifier(data) -> SpokenDigitClassifier:
         model.load_state_dict(load_file(str(cache)))
         return model.eval()
 
-    def batch(idx: np.ndarray, gen: np.random.Generator) -> torch.Tensor:
-        out = []
-        for i in held[idx]:
-            clip = data.clips[int(i)] * float(gen.uniform(0.3, 1.0))
-            out.append(place(clip, data.window, int(gen.integers(0, max(1, data.window - len(clip) + 1)))))
-        return torch.from_numpy(np.stack(out))
-
-    _fit(model, held, data.labels[held], batch, epochs=150, seed=0)
+    _fit(model, held, data.labels[held], sound_batches(data, held), epochs=150, seed=0)
     cache.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(cache))
     return model.eval()
